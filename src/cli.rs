@@ -1,0 +1,187 @@
+//! The command line (SPEC §2). Parsing and dispatch only; the work is in the
+//! modules each subcommand names.
+
+use crate::config::{self, BlockKind, FileConfig, Listen, RunConfig, SourceKind, StatePath};
+use crate::duration;
+use crate::sink::Format;
+use clap::{Args, Parser, Subcommand};
+use ipnet::IpNet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Exit codes of SPEC §2.
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_FATAL: i32 = 1;
+pub const EXIT_USAGE: i32 = 2;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tcpwatch",
+    version,
+    about = "Reports new TCP connections, detects port scans and blocks scanners",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Watch the host (the default when no subcommand is given)
+    Run(RunArgs),
+    /// Print the current connections once and exit
+    List(ListArgs),
+}
+
+#[derive(Args, Debug, Default)]
+struct RunArgs {
+    /// Where connections come from
+    #[arg(short, long, value_enum)]
+    source: Option<SourceKind>,
+    /// Poll period of the procfs/netlink sources (e.g. 500ms, 10s)
+    #[arg(short, long, value_name = "DURATION", value_parser = duration::parse_positive)]
+    interval: Option<Duration>,
+    /// pcap/xdp: interface to watch (repeatable; default every up, non-loopback interface)
+    #[arg(long = "interface", value_name = "IFACE")]
+    interfaces: Vec<String>,
+    /// Alert when one remote IP touches MORE than N distinct local ports [default: 3]
+    #[arg(long, value_name = "N")]
+    scan_ports: Option<usize>,
+    /// Sliding window of the scan detector [default: 60s]
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse_positive)]
+    scan_window: Option<Duration>,
+    /// How scanners are blocked [default: nftables]
+    #[arg(long, value_enum)]
+    block: Option<BlockKind>,
+    /// How long a block lasts [default: 1h]
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse_positive)]
+    block_ttl: Option<Duration>,
+    /// Never block this IP or CIDR (repeatable); loopback and the host's own addresses are always allowed
+    #[arg(long, value_name = "IP|CIDR", value_parser = config::parse_allow)]
+    allow: Vec<IpNet>,
+    /// Decide and report blocks, change nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Serve Prometheus metrics here, or 'off' [default: 127.0.0.1:9472]
+    #[arg(long, value_name = "ADDR:PORT|off")]
+    metrics_addr: Option<Listen>,
+    /// Format of the events on stdout [default: text]
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+    /// Persistent state file, or 'off' [default: /var/lib/tcpwatch/state]
+    #[arg(long, value_name = "PATH|off")]
+    state: Option<StatePath>,
+    /// Also report the connections open at start-up
+    #[arg(long)]
+    report_existing: bool,
+    /// TOML file with the same keys as the long flags (flags win)
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct ListArgs {
+    /// Where connections come from
+    #[arg(short, long, value_enum, default_value = "procfs")]
+    source: SourceKind,
+    /// Output format
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+}
+
+impl RunArgs {
+    /// Flags over the config file over the defaults.
+    fn resolve(self) -> anyhow::Result<RunConfig> {
+        let mut config = RunConfig::default();
+        if let Some(path) = &self.config {
+            FileConfig::load(path)?
+                .apply(&mut config)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        }
+        let RunArgs {
+            source,
+            interval,
+            interfaces,
+            scan_ports,
+            scan_window,
+            block,
+            block_ttl,
+            allow,
+            dry_run,
+            metrics_addr,
+            format,
+            state,
+            report_existing,
+            config: _,
+        } = self;
+        set(&mut config.source, source);
+        set(&mut config.interval, interval);
+        set(&mut config.scan_ports, scan_ports);
+        set(&mut config.scan_window, scan_window);
+        set(&mut config.block, block);
+        set(&mut config.block_ttl, block_ttl);
+        set(&mut config.metrics_addr, metrics_addr);
+        set(&mut config.format, format);
+        set(&mut config.state, state);
+        if !interfaces.is_empty() {
+            config.interfaces = interfaces;
+        }
+        if !allow.is_empty() {
+            config.allow = allow;
+        }
+        config.dry_run |= dry_run;
+        config.report_existing |= report_existing;
+        Ok(config)
+    }
+}
+
+fn set<T>(slot: &mut T, flag: Option<T>) {
+    if let Some(value) = flag {
+        *slot = value;
+    }
+}
+
+/// Parses the command line, runs the subcommand and returns the exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help, --version
+            let _ = e.print();
+            return EXIT_OK;
+        }
+        Err(e) => {
+            let rendered = e.render().to_string();
+            let first = rendered
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("bad usage");
+            eprintln!("tcpwatch: {first}");
+            return EXIT_USAGE;
+        }
+    };
+    match cli.command.unwrap_or(Command::Run(cli.run)) {
+        Command::Run(args) => match args.resolve() {
+            Ok(config) => report(crate::pipeline::run_blocking(config)),
+            Err(e) => {
+                eprintln!("tcpwatch: error: {e:#}");
+                EXIT_USAGE
+            }
+        },
+        Command::List(args) => report(crate::list::run(args.source, args.format)),
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> i32 {
+    match result {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            let message = format!("{e:#}").replace('\n', " ");
+            eprintln!("tcpwatch: error: {message}");
+            EXIT_FATAL
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! The agent's settings: command-line flags over a TOML file over defaults.
+//!
+//! The file takes the same keys as the long flags (`interval = "5s"`,
+//! `scan-ports = 3`, `allow = ["10.0.0.0/8"]`); unknown keys are errors, so a
+//! typo never silently runs the agent with a default.
+
+use crate::duration;
+use crate::sink::Format;
+use anyhow::Context;
+use ipnet::IpNet;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Procfs,
+    Netlink,
+    Pcap,
+    Xdp,
+}
+
+impl SourceKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceKind::Procfs => "procfs",
+            SourceKind::Netlink => "netlink",
+            SourceKind::Pcap => "pcap",
+            SourceKind::Xdp => "xdp",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BlockKind {
+    None,
+    Nftables,
+    Iptables,
+    Xdp,
+}
+
+/// Where metrics are served, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    Off,
+    At(SocketAddr),
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text == "off" {
+            return Ok(Listen::Off);
+        }
+        text.parse()
+            .map(Listen::At)
+            .map_err(|_| format!("'{text}' is not ADDR:PORT or 'off' (e.g. 127.0.0.1:9472)"))
+    }
+}
+
+/// `--state`: a path, or `off`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatePath {
+    Off,
+    At(PathBuf),
+}
+
+impl std::str::FromStr for StatePath {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "off" => Ok(StatePath::Off),
+            "" => Err("empty path (use a path or 'off')".to_string()),
+            path => Ok(StatePath::At(PathBuf::from(path))),
+        }
+    }
+}
+
+pub const DEFAULT_STATE: &str = "/var/lib/tcpwatch/state";
+
+/// The settings of `tcpwatch run`, resolved.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub source: SourceKind,
+    pub interval: Duration,
+    pub interfaces: Vec<String>,
+    pub scan_ports: usize,
+    pub scan_window: Duration,
+    pub block: BlockKind,
+    pub block_ttl: Duration,
+    pub allow: Vec<IpNet>,
+    pub dry_run: bool,
+    pub metrics_addr: Listen,
+    pub format: Format,
+    pub state: StatePath,
+    pub report_existing: bool,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            source: SourceKind::Procfs,
+            interval: Duration::from_secs(10),
+            interfaces: Vec::new(),
+            scan_ports: 3,
+            scan_window: Duration::from_secs(60),
+            block: BlockKind::Nftables,
+            block_ttl: Duration::from_secs(3600),
+            allow: Vec::new(),
+            dry_run: false,
+            metrics_addr: Listen::At(SocketAddr::from(([127, 0, 0, 1], 9472))),
+            format: Format::Text,
+            state: StatePath::At(PathBuf::from(DEFAULT_STATE)),
+            report_existing: false,
+        }
+    }
+}
+
+/// The config file: every key optional, the same names as the long flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileConfig {
+    pub source: Option<SourceKind>,
+    pub interval: Option<String>,
+    pub interface: Option<Vec<String>>,
+    pub scan_ports: Option<usize>,
+    pub scan_window: Option<String>,
+    pub block: Option<BlockKind>,
+    pub block_ttl: Option<String>,
+    pub allow: Option<Vec<String>>,
+    pub dry_run: Option<bool>,
+    pub metrics_addr: Option<String>,
+    pub format: Option<Format>,
+    pub state: Option<String>,
+    pub report_existing: Option<bool>,
+}
+
+impl FileConfig {
+    /// Reads and checks a config file; errors are one line naming the file
+    /// and line.
+    pub fn load(path: &Path) -> anyhow::Result<FileConfig> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+        Self::parse(&text).map_err(|e| anyhow::anyhow!("{}:{}", path.display(), e))
+    }
+
+    /// Parses TOML text; an error reads `LINE: reason`.
+    pub fn parse(text: &str) -> Result<FileConfig, String> {
+        toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1)
+                .unwrap_or(1);
+            format!("{line}: {}", e.message().trim().replace('\n', " "))
+        })
+    }
+
+    /// Applies the file's values over `config`; a bad value names its key.
+    pub fn apply(self, config: &mut RunConfig) -> Result<(), String> {
+        let dur = |key: &str, text: &str| {
+            duration::parse_positive(text).map_err(|e| format!("{key}: {e}"))
+        };
+        if let Some(v) = self.source {
+            config.source = v;
+        }
+        if let Some(v) = self.interval {
+            config.interval = dur("interval", &v)?;
+        }
+        if let Some(v) = self.interface {
+            config.interfaces = v;
+        }
+        if let Some(v) = self.scan_ports {
+            config.scan_ports = v;
+        }
+        if let Some(v) = self.scan_window {
+            config.scan_window = dur("scan-window", &v)?;
+        }
+        if let Some(v) = self.block {
+            config.block = v;
+        }
+        if let Some(v) = self.block_ttl {
+            config.block_ttl = dur("block-ttl", &v)?;
+        }
+        if let Some(v) = self.allow {
+            config.allow = v
+                .iter()
+                .map(|a| parse_allow(a).map_err(|e| format!("allow: {e}")))
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(v) = self.dry_run {
+            config.dry_run = v;
+        }
+        if let Some(v) = self.metrics_addr {
+            config.metrics_addr = v.parse().map_err(|e| format!("metrics-addr: {e}"))?;
+        }
+        if let Some(v) = self.format {
+            config.format = v;
+        }
+        if let Some(v) = self.state {
+            config.state = v.parse().map_err(|e| format!("state: {e}"))?;
+        }
+        if let Some(v) = self.report_existing {
+            config.report_existing = v;
+        }
+        Ok(())
+    }
+}
+
+/// `--allow` takes an address or a CIDR block.
+pub fn parse_allow(text: &str) -> Result<IpNet, String> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("'{text}' is not an IP address or CIDR block"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_keys_match_the_flags() {
+        let file = FileConfig::parse(
+            "source = \"procfs\"\ninterval = \"5s\"\nscan-ports = 5\nscan-window = \"2m\"\nallow = [\"10.0.0.0/8\", \"192.0.2.1\"]\nmetrics-addr = \"off\"\nstate = \"off\"\nformat = \"json\"\nreport-existing = true\n",
+        )
+        .unwrap();
+        let mut config = RunConfig::default();
+        file.apply(&mut config).unwrap();
+        assert_eq!(config.interval, Duration::from_secs(5));
+        assert_eq!(config.scan_ports, 5);
+        assert_eq!(config.scan_window, Duration::from_secs(120));
+        assert_eq!(config.allow.len(), 2);
+        assert_eq!(config.metrics_addr, Listen::Off);
+        assert_eq!(config.state, StatePath::Off);
+        assert_eq!(config.format, Format::Json);
+        assert!(config.report_existing);
+    }
+
+    #[test]
+    fn unknown_key_names_its_line() {
+        let err = FileConfig::parse("interval = \"5s\"\nscan-prots = 5\n").unwrap_err();
+        assert!(err.starts_with("2: "), "{err}");
+        assert!(err.contains("scan-prots"), "{err}");
+        assert!(!err.contains('\n'));
+    }
+
+    #[test]
+    fn bad_value_names_its_key() {
+        let file = FileConfig::parse("interval = \"soon\"\n").unwrap();
+        let err = file.apply(&mut RunConfig::default()).unwrap_err();
+        assert!(err.starts_with("interval: "), "{err}");
+    }
+
+    #[test]
+    fn allow_takes_addresses_and_blocks() {
+        assert_eq!(
+            parse_allow("192.0.2.1").unwrap().to_string(),
+            "192.0.2.1/32"
+        );
+        assert_eq!(
+            parse_allow("2001:db8::/32").unwrap().to_string(),
+            "2001:db8::/32"
+        );
+        assert!(parse_allow("example.com").is_err());
+    }
+}

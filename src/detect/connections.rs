@@ -1,0 +1,310 @@
+//! The new-connection table: which connections of a socket table were not
+//! there before.
+//!
+//! A connection is keyed by its two endpoints in either order, so it is
+//! reported once whatever state it goes through, and a connection between
+//! two sockets of this host (both ends visible, e.g. over loopback) is
+//! reported once, not once per end.
+
+use crate::event::{Connection, Direction};
+use crate::source::{Socket, TcpState};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+
+/// Polls a connection may be absent from before it is forgotten. The kernel's
+/// table walk can skip a socket that moves while it is read; forgetting on
+/// the first miss would report that connection a second time.
+const GRACE_POLLS: u64 = 2;
+
+pub struct ConnectionTable {
+    /// Connection key -> the poll that last saw it.
+    seen: HashMap<(SocketAddr, SocketAddr), u64>,
+    poll: u64,
+    report_existing: bool,
+}
+
+impl ConnectionTable {
+    /// `report_existing`: whether the connections of the first table are
+    /// reported (they were open before the agent started).
+    pub fn new(report_existing: bool) -> Self {
+        ConnectionTable {
+            seen: HashMap::new(),
+            poll: 0,
+            report_existing,
+        }
+    }
+
+    /// Takes the next socket table and returns the connections new in it, in
+    /// table order.
+    pub fn observe(&mut self, sockets: &[Socket]) -> Vec<Connection> {
+        self.poll += 1;
+        let listeners = Listeners::of(sockets);
+        let mut fresh: Vec<Connection> = Vec::new();
+        let mut index: HashMap<(SocketAddr, SocketAddr), usize> = HashMap::new();
+        let first = self.poll == 1;
+        for socket in sockets.iter().filter(|s| is_connection(s)) {
+            let conn = classify(socket, &listeners);
+            let key = pair(socket.local, socket.remote);
+            match self.seen.insert(key, self.poll) {
+                // Seen by an earlier poll: already reported (or existing).
+                Some(last) if last < self.poll => continue,
+                // The other end of a local connection, in this same poll:
+                // one report, and inbound wins.
+                Some(_) => {
+                    if let Some(&i) = index.get(&key) {
+                        if conn.direction == Direction::Inbound {
+                            fresh[i] = conn;
+                        }
+                    }
+                    continue;
+                }
+                None if first && !self.report_existing => continue,
+                None => {
+                    index.insert(key, fresh.len());
+                    fresh.push(conn);
+                }
+            }
+        }
+        let poll = self.poll;
+        self.seen.retain(|_, last| poll - *last < GRACE_POLLS);
+        fresh
+    }
+
+    /// Connections currently remembered.
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+}
+
+/// A connection's identity: its two endpoints, in either order. The same for
+/// both ends of a local connection, and unchanged when a listener closes and
+/// the direction can no longer be told.
+fn pair(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
+    if a <= b {
+        (a, b)
+    } else {
+        (b, a)
+    }
+}
+
+/// A row is a connection when it is not a listener and has a peer.
+pub fn is_connection(socket: &Socket) -> bool {
+    socket.state != TcpState::Listen
+        && socket.remote.port() != 0
+        && !socket.remote.ip().is_unspecified()
+}
+
+/// Inbound when the local end is a listening endpoint; the initiator is then
+/// the remote end.
+pub fn classify(socket: &Socket, listeners: &Listeners) -> Connection {
+    if listeners.accepts(socket.local) {
+        Connection {
+            initiator: socket.remote,
+            acceptor: socket.local,
+            direction: Direction::Inbound,
+        }
+    } else {
+        Connection {
+            initiator: socket.local,
+            acceptor: socket.remote,
+            direction: Direction::Outbound,
+        }
+    }
+}
+
+/// The listening endpoints of a socket table.
+#[derive(Default)]
+pub struct Listeners {
+    exact: HashSet<SocketAddr>,
+    /// Ports of `0.0.0.0` listeners: any local IPv4 address.
+    any_v4: HashSet<u16>,
+    /// Ports of `::` listeners: any local address, since a dual-stack
+    /// listener also accepts IPv4 (unmapped to plain IPv4 by the sources).
+    any: HashSet<u16>,
+}
+
+impl Listeners {
+    pub fn of(sockets: &[Socket]) -> Self {
+        let mut listeners = Listeners::default();
+        for s in sockets.iter().filter(|s| s.state == TcpState::Listen) {
+            match s.local.ip() {
+                ip if !ip.is_unspecified() => {
+                    listeners.exact.insert(s.local);
+                }
+                std::net::IpAddr::V4(_) => {
+                    listeners.any_v4.insert(s.local.port());
+                }
+                std::net::IpAddr::V6(_) => {
+                    listeners.any.insert(s.local.port());
+                }
+            }
+        }
+        listeners
+    }
+
+    pub fn accepts(&self, local: SocketAddr) -> bool {
+        self.exact.contains(&local)
+            || self.any.contains(&local.port())
+            || (local.is_ipv4() && self.any_v4.contains(&local.port()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sock(local: &str, remote: &str, state: TcpState) -> Socket {
+        Socket {
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            state,
+            inode: 1,
+        }
+    }
+
+    fn listen(local: &str) -> Socket {
+        let any = if local.starts_with('[') {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        };
+        sock(local, any, TcpState::Listen)
+    }
+
+    fn est(local: &str, remote: &str) -> Socket {
+        sock(local, remote, TcpState::Established)
+    }
+
+    fn lines(conns: &[Connection]) -> Vec<String> {
+        conns
+            .iter()
+            .map(|c| format!("{} -> {} {}", c.initiator, c.acceptor, c.direction.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn listeners_are_not_connections_and_decide_direction() {
+        let mut table = ConnectionTable::new(true);
+        let got = table.observe(&[
+            listen("0.0.0.0:80"),
+            est("10.0.0.5:80", "192.0.2.56:5973"),
+            est("10.0.0.5:40000", "192.0.2.9:443"),
+        ]);
+        assert_eq!(
+            lines(&got),
+            [
+                "192.0.2.56:5973 -> 10.0.0.5:80 inbound",
+                "10.0.0.5:40000 -> 192.0.2.9:443 outbound"
+            ]
+        );
+    }
+
+    #[test]
+    fn dual_stack_listener_makes_v4_clients_inbound() {
+        let mut table = ConnectionTable::new(true);
+        let got = table.observe(&[listen("[::]:8080"), est("10.0.0.5:8080", "10.0.0.7:5555")]);
+        assert_eq!(lines(&got), ["10.0.0.7:5555 -> 10.0.0.5:8080 inbound"]);
+    }
+
+    #[test]
+    fn v4_wildcard_does_not_cover_v6() {
+        let listeners = Listeners::of(&[listen("0.0.0.0:80")]);
+        assert!(listeners.accepts("10.1.1.1:80".parse().unwrap()));
+        assert!(!listeners.accepts("[2001:db8::1]:80".parse().unwrap()));
+        let exact = Listeners::of(&[listen("127.0.0.1:53")]);
+        assert!(!exact.accepts("10.1.1.1:53".parse().unwrap()));
+    }
+
+    #[test]
+    fn reported_once_across_polls_and_state_changes() {
+        let mut table = ConnectionTable::new(false);
+        assert!(table.observe(&[listen("0.0.0.0:80")]).is_empty());
+        let open = [listen("0.0.0.0:80"), est("10.0.0.5:80", "10.0.0.7:1000")];
+        assert_eq!(table.observe(&open).len(), 1);
+        assert!(table.observe(&open).is_empty());
+        let closing = [
+            listen("0.0.0.0:80"),
+            sock("10.0.0.5:80", "10.0.0.7:1000", TcpState::TimeWait),
+        ];
+        assert!(table.observe(&closing).is_empty());
+    }
+
+    #[test]
+    fn existing_connections_are_not_reported_by_default() {
+        let mut table = ConnectionTable::new(false);
+        let open = [est("10.0.0.5:40000", "10.0.0.7:22")];
+        assert!(table.observe(&open).is_empty());
+        assert!(table.observe(&open).is_empty());
+        let more = [
+            est("10.0.0.5:40000", "10.0.0.7:22"),
+            est("10.0.0.5:40001", "10.0.0.7:22"),
+        ];
+        assert_eq!(
+            lines(&table.observe(&more)),
+            ["10.0.0.5:40001 -> 10.0.0.7:22 outbound"]
+        );
+    }
+
+    #[test]
+    fn one_missed_poll_does_not_report_again_but_a_real_gap_does() {
+        let mut table = ConnectionTable::new(true);
+        let open = [est("10.0.0.5:40000", "10.0.0.7:22")];
+        assert_eq!(table.observe(&open).len(), 1);
+        assert!(table.observe(&[]).is_empty());
+        assert!(
+            table.observe(&open).is_empty(),
+            "a torn read must not re-report"
+        );
+        assert!(table.observe(&[]).is_empty());
+        assert!(table.observe(&[]).is_empty());
+        assert_eq!(
+            table.observe(&open).len(),
+            1,
+            "a reused tuple is a new connection"
+        );
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn both_ends_of_a_local_connection_print_once_as_inbound() {
+        let mut table = ConnectionTable::new(true);
+        let got = table.observe(&[
+            est("127.0.0.1:45000", "127.0.0.1:80"),
+            listen("127.0.0.1:80"),
+            est("127.0.0.1:80", "127.0.0.1:45000"),
+        ]);
+        assert_eq!(lines(&got), ["127.0.0.1:45000 -> 127.0.0.1:80 inbound"]);
+    }
+
+    #[test]
+    fn both_ends_of_a_local_connection_stay_reported_once() {
+        let mut table = ConnectionTable::new(false);
+        table.observe(&[]);
+        let open = [
+            listen("127.0.0.1:41693"),
+            est("127.0.0.1:41693", "127.0.0.1:43702"),
+            est("127.0.0.1:43702", "127.0.0.1:41693"),
+        ];
+        assert_eq!(
+            lines(&table.observe(&open)),
+            ["127.0.0.1:43702 -> 127.0.0.1:41693 inbound"]
+        );
+        assert!(table.observe(&open).is_empty());
+        assert!(
+            table.observe(&open[1..]).is_empty(),
+            "listener gone, the ends still known"
+        );
+    }
+
+    #[test]
+    fn unconnected_sockets_are_ignored() {
+        let mut table = ConnectionTable::new(true);
+        assert!(table
+            .observe(&[sock("0.0.0.0:5000", "0.0.0.0:0", TcpState::Close)])
+            .is_empty());
+    }
+}

@@ -1,0 +1,19 @@
+//! tcpwatch: a Linux host agent that reports new TCP connections, detects port
+//! scans and blocks scanners.
+//!
+//! The crate is a pipeline, in the manner of Vector: a [`source`] turns the
+//! kernel's view of TCP into [`source::Observation`]s, [`detect`] turns those
+//! into [`event::Event`]s (new connections, port scans), and [`sink`] writes the
+//! events out. [`pipeline`] wires the stages with bounded channels; [`cli`]
+//! parses the command line and the config file.
+
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod detect;
+pub mod duration;
+pub mod event;
+pub mod list;
+pub mod pipeline;
+pub mod sink;
+pub mod source;
