@@ -1,0 +1,37 @@
+# tcpwatch — build, run and test. `make test` and `make run` set themselves up
+# on a fresh Debian/Ubuntu host when run as root (see scripts/install-deps.sh).
+
+CARGO ?= cargo
+BIN := target/release/tcpwatch
+RUN_ARGS ?=
+
+.PHONY: all build deps run test lint unit fuzz bench clean
+
+all: build
+
+build:
+	$(CARGO) build --release --locked
+
+deps:
+	scripts/install-deps.sh
+
+run: deps build
+	$(BIN) run $(RUN_ARGS)
+
+# Unit, integration and end-to-end tests (the end-to-end ones need root:
+# they build network namespaces and run the release binary in them).
+test: deps lint
+	$(CARGO) test --release --locked -- --test-threads=2
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+fuzz:
+	scripts/fuzz.sh $(FUZZ_SECONDS)
+
+bench: deps
+	scripts/bench.sh
+
+clean:
+	$(CARGO) clean
