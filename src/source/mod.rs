@@ -1,9 +1,10 @@
 //! Sources: the kernel's view of TCP, behind one narrow interface so the
 //! detectors can be fed fixtures.
 //!
-//! Polling sources (`procfs`) produce whole socket tables; the detectors diff
+//! Polling sources (`procfs`, `netlink`) produce whole socket tables; the detectors diff
 //! successive tables to find new connections.
 
+pub mod netlink;
 pub mod procfs;
 
 use crate::clock::Stamp;
@@ -92,6 +93,7 @@ pub trait SocketTable: Send {
 pub fn socket_table(name: &str) -> anyhow::Result<Box<dyn SocketTable>> {
     match name {
         "procfs" => Ok(Box::new(procfs::Procfs::host())),
+        "netlink" => Ok(Box::new(netlink::Netlink::open()?)),
         other => anyhow::bail!("source '{other}' is not available in this build"),
     }
 }
