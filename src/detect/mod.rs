@@ -4,12 +4,14 @@
 //! socket tables; [`portscan::ScanDetector`] watches inbound attempts for
 //! port scans.
 
+pub mod attempts;
 pub mod connections;
 pub mod portscan;
 
 use crate::clock::Stamp;
 use crate::event::{Direction, Event, EventKind};
 use crate::source::Observation;
+use attempts::AttemptTable;
 use connections::ConnectionTable;
 use portscan::ScanDetector;
 use std::time::Duration;
@@ -17,6 +19,7 @@ use std::time::Duration;
 /// The detect stage: new connections first, then the scans they complete.
 pub struct Detector {
     connections: ConnectionTable,
+    attempts: AttemptTable,
     scans: ScanDetector,
     source: &'static str,
 }
@@ -30,6 +33,7 @@ impl Detector {
     ) -> Self {
         Detector {
             connections: ConnectionTable::new(report_existing),
+            attempts: AttemptTable::new(attempts::RETRANSMIT_WINDOW, attempts::CAPACITY),
             scans: ScanDetector::new(scan_ports, scan_window),
             source,
         }
@@ -42,19 +46,36 @@ impl Detector {
                 let fresh = self.connections.observe(sockets);
                 let mut events = Vec::with_capacity(fresh.len());
                 for conn in fresh {
-                    let event = |kind| Event { at: *at, kind };
-                    events.push(event(EventKind::NewConnection {
-                        conn,
-                        source: self.source,
-                    }));
-                    events.extend(
-                        self.inbound_attempt(*at, &conn)
-                            .map(|s| event(EventKind::PortScan(s))),
-                    );
+                    self.report(*at, conn, &mut events);
                 }
                 self.scans.sweep(at.mono);
                 events
             }
+            Observation::Attempt { at, conn } => {
+                let mut events = Vec::new();
+                if self.attempts.is_new(at.mono, conn) {
+                    self.report(*at, *conn, &mut events);
+                }
+                events
+            }
+            Observation::Lost { .. } => Vec::new(),
+        }
+    }
+
+    /// A new connection's line, then the scan it completes, if any.
+    fn report(&mut self, at: Stamp, conn: crate::event::Connection, events: &mut Vec<Event>) {
+        events.push(Event {
+            at,
+            kind: EventKind::NewConnection {
+                conn,
+                source: self.source,
+            },
+        });
+        if let Some(scan) = self.inbound_attempt(at, &conn) {
+            events.push(Event {
+                at,
+                kind: EventKind::PortScan(scan),
+            });
         }
     }
 

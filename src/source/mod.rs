@@ -8,6 +8,7 @@ pub mod netlink;
 pub mod procfs;
 
 use crate::clock::Stamp;
+use crate::event::Connection;
 use std::net::SocketAddr;
 
 /// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
@@ -78,8 +79,14 @@ pub struct Socket {
 /// Everything a source hands to the detectors.
 #[derive(Debug, Clone)]
 pub enum Observation {
-    /// A whole socket table, read at `at`.
+    /// A whole socket table, read at `at` (polling sources).
     Snapshot { at: Stamp, sockets: Vec<Socket> },
+    /// One connection attempt seen as it happened (real-time sources): an
+    /// inbound SYN to this host, or an outbound connection. Retransmissions
+    /// of the same attempt may be observed again; the detectors drop them.
+    Attempt { at: Stamp, conn: Connection },
+    /// Events the source knows it missed (kernel buffer overflow, drops).
+    Lost { count: u64 },
 }
 
 /// A source that can list the host's TCP sockets on demand.

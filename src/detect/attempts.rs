@@ -1,0 +1,126 @@
+//! Deduplication of real-time attempts: a SYN that is retransmitted (the
+//! kernel retries after 1 s, 3 s, 7 s, … up to about two minutes) is the same
+//! attempt and is reported once.
+
+use crate::event::Connection;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Longer than the kernel's default SYN retry span (6 retries: 127 s).
+pub const RETRANSMIT_WINDOW: Duration = Duration::from_secs(130);
+/// Spoofed floods create one entry per packet; past this the oldest go.
+pub const CAPACITY: usize = 65_536;
+
+pub struct AttemptTable {
+    window: Duration,
+    capacity: usize,
+    /// (initiator, acceptor) -> when first seen.
+    seen: HashMap<(SocketAddr, SocketAddr), Duration>,
+    /// Insertion order, for expiry and eviction.
+    order: VecDeque<((SocketAddr, SocketAddr), Duration)>,
+    evicted: u64,
+}
+
+impl AttemptTable {
+    pub fn new(window: Duration, capacity: usize) -> Self {
+        AttemptTable {
+            window,
+            capacity: capacity.max(1),
+            seen: HashMap::new(),
+            order: VecDeque::new(),
+            evicted: 0,
+        }
+    }
+
+    /// Whether `conn`, observed at `at` (monotonic, non-decreasing), is a new
+    /// attempt rather than a retransmission of one seen within the window.
+    pub fn is_new(&mut self, at: Duration, conn: &Connection) -> bool {
+        self.expire(at);
+        let key = (conn.initiator, conn.acceptor);
+        if self.seen.contains_key(&key) {
+            return false;
+        }
+        if self.seen.len() >= self.capacity {
+            if let Some((old, _)) = self.order.pop_front() {
+                self.seen.remove(&old);
+                self.evicted += 1;
+            }
+        }
+        self.seen.insert(key, at);
+        self.order.push_back((key, at));
+        true
+    }
+
+    fn expire(&mut self, now: Duration) {
+        while let Some(&(key, first)) = self.order.front() {
+            if first + self.window > now {
+                break;
+            }
+            self.order.pop_front();
+            self.seen.remove(&key);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+
+    /// Entries dropped because the table was full.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Direction;
+
+    fn syn(from: &str, to: &str) -> Connection {
+        Connection {
+            initiator: from.parse().unwrap(),
+            acceptor: to.parse().unwrap(),
+            direction: Direction::Inbound,
+        }
+    }
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn retransmissions_are_one_attempt() {
+        let mut table = AttemptTable::new(RETRANSMIT_WINDOW, CAPACITY);
+        let a = syn("10.0.0.7:40000", "10.0.0.5:80");
+        assert!(table.is_new(secs(0), &a));
+        for t in [1, 3, 7, 15, 31, 63] {
+            assert!(!table.is_new(secs(t), &a), "retransmission at {t}s");
+        }
+        assert!(table.is_new(secs(0), &syn("10.0.0.7:40001", "10.0.0.5:80")));
+        assert!(
+            table.is_new(secs(200), &a),
+            "the same tuple much later is a new attempt"
+        );
+    }
+
+    #[test]
+    fn full_table_evicts_the_oldest_and_counts_it() {
+        let mut table = AttemptTable::new(RETRANSMIT_WINDOW, 2);
+        let (a, b, c) = (
+            syn("10.0.0.7:1", "10.0.0.5:80"),
+            syn("10.0.0.7:2", "10.0.0.5:80"),
+            syn("10.0.0.7:3", "10.0.0.5:80"),
+        );
+        assert!(table.is_new(secs(0), &a));
+        assert!(table.is_new(secs(0), &b));
+        assert!(table.is_new(secs(0), &c));
+        assert_eq!((table.len(), table.evicted()), (2, 1));
+        assert!(table.is_new(secs(1), &a), "a was evicted");
+        assert!(!table.is_new(secs(1), &c));
+    }
+}
