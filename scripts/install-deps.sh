@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Installs the Debian packages that running and testing tcpwatch need, when
-# run as root on a Debian/Ubuntu host and only those that are missing.
-# Not root: says what it would need and goes on (tests that need them skip
+# Installs what running and testing tcpwatch need, when run as root on a
+# Debian/Ubuntu host, and only what is missing: Debian packages first, then
+# the test tools Debian does not package (scripts/install-test-tools.sh).
+# Not root: says what is missing and goes on (tests that need it skip
 # locally, and fail in CI).
 set -euo pipefail
 
 packages=(
-  nftables iptables ipset iproute2 procps psmisc
+  nftables iptables ipset iproute2 procps psmisc systemd
   ncat nmap hping3 tcpdump curl python3
 )
 
@@ -14,13 +15,16 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
 
-if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
-  echo "install-deps: not root or no apt-get; missing packages: ${missing[*]}" >&2
-  exit 0
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
+    echo "install-deps: not root or no apt-get; missing packages: ${missing[*]}" >&2
+  else
+    echo "install-deps: installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
 fi
-echo "install-deps: installing ${missing[*]}" >&2
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+
+"$(dirname "$0")/install-test-tools.sh"

@@ -1,0 +1,26 @@
+{{- define "tcpwatch.fullname" -}}
+{{- printf "%s" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "tcpwatch.labels" -}}
+app.kubernetes.io/name: tcpwatch
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "tcpwatch.selector" -}}
+app.kubernetes.io/name: tcpwatch
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* A TOML value: strings quoted, lists as arrays, the rest as is. */}}
+{{- define "tcpwatch.toml" -}}
+{{- if kindIs "string" . -}}
+{{ . | quote }}
+{{- else if kindIs "slice" . -}}
+[{{ range $i, $e := . }}{{ if $i }}, {{ end }}{{ $e | quote }}{{ end }}]
+{{- else -}}
+{{ . }}
+{{- end -}}
+{{- end -}}

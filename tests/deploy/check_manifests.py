@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Checks the deployment files; called by tests/deploy.rs.
+
+- Chart.yaml and values.yaml parse, and name the fields the chart uses;
+- every plain manifest under deploy/kubernetes/ validates (strict) against the
+  Kubernetes schemas (kubernetes-validate, offline);
+- when `helm` is on PATH: `helm lint`, `helm template` with the defaults and
+  with every optional part switched on; the output validates, and the default
+  rendering is exactly the committed plain manifest.
+
+Prints one JSON object: {"helm": bool, "configs": [TOML text, ...]} with the
+agent configuration of every rendered ConfigMap, for the Rust side to parse
+with the agent's own config loader. Exits non-zero with a reason on failure.
+"""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import kubernetes_validate
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "deploy/helm/tcpwatch"
+PLAIN = ROOT / "deploy/kubernetes"
+K8S_VERSION = kubernetes_validate.latest_version()
+# Custom resources have no schema in the Kubernetes set; checked by shape.
+CUSTOM_KINDS = {"ServiceMonitor"}
+
+
+def fail(message):
+    print(f"check_manifests: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def validate(docs, where):
+    kinds = []
+    for doc in docs:
+        if not doc:
+            continue
+        kind = doc.get("kind")
+        if kind in CUSTOM_KINDS:
+            check_service_monitor(doc, where)
+        else:
+            try:
+                kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+            except Exception as e:  # the library raises several types
+                fail(f"{where}: {kind}/{doc.get('metadata', {}).get('name')}: {e}")
+        kinds.append(kind)
+    return kinds
+
+
+def check_service_monitor(doc, where):
+    endpoints = doc.get("spec", {}).get("endpoints", [])
+    if doc.get("apiVersion") != "monitoring.coreos.com/v1" or not endpoints:
+        fail(f"{where}: ServiceMonitor malformed")
+    if endpoints[0].get("path") != "/metrics" or endpoints[0].get("port") != "metrics":
+        fail(f"{where}: ServiceMonitor does not scrape port 'metrics' at /metrics")
+
+
+def configs(docs):
+    return [d["data"]["tcpwatch.toml"] for d in docs if d and d.get("kind") == "ConfigMap"]
+
+
+def helm(*args):
+    run = subprocess.run(["helm", *args], capture_output=True, text=True)
+    if run.returncode != 0:
+        fail(f"helm {' '.join(args)}: {run.stderr.strip()}")
+    return run.stdout
+
+
+def strip_comments(text):
+    return "\n".join(l for l in text.splitlines() if not l.startswith("#")).strip()
+
+
+def main():
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    if chart.get("apiVersion") != "v2" or chart.get("name") != "tcpwatch":
+        fail("Chart.yaml: expected apiVersion v2, name tcpwatch")
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    for key in ("image", "config", "metrics", "resources", "tolerations", "capabilities"):
+        if key not in values:
+            fail(f"values.yaml: missing '{key}'")
+
+    found = []
+    for path in sorted(PLAIN.glob("*.yaml")):
+        docs = list(yaml.safe_load_all(path.read_text()))
+        kinds = validate(docs, path.name)
+        if "DaemonSet" not in kinds:
+            fail(f"{path.name}: no DaemonSet")
+        found += configs(docs)
+
+    have_helm = shutil.which("helm") is not None
+    if have_helm:
+        helm("lint", "--strict", str(CHART))
+        default = helm("template", "tcpwatch", str(CHART))
+        committed = (PLAIN / "tcpwatch.yaml").read_text()
+        if strip_comments(default) != strip_comments(committed):
+            fail("deploy/kubernetes/tcpwatch.yaml differs from `helm template tcpwatch deploy/helm/tcpwatch`; regenerate it")
+        full = helm(
+            "template", "tcpwatch", str(CHART),
+            "--set", "metrics.serviceMonitor.enabled=true",
+            "--set", "config.allow={10.0.0.0/8,192.0.2.1}",
+            "--set", "priorityClassName=system-node-critical",
+        )
+        docs = list(yaml.safe_load_all(full))
+        kinds = validate(docs, "helm template (all options)")
+        if "ServiceMonitor" not in kinds:
+            fail("serviceMonitor.enabled=true rendered no ServiceMonitor")
+        found += configs(docs)
+
+    print(json.dumps({"helm": have_helm, "configs": found}))
+
+
+if __name__ == "__main__":
+    main()
