@@ -5,7 +5,7 @@ CARGO ?= cargo
 BIN := target/release/tcpwatch
 RUN_ARGS ?=
 
-.PHONY: all build deps run test lint unit fuzz bench clean
+.PHONY: all build deps run test lint unit fuzz bench image clean
 
 all: build
 
@@ -32,6 +32,11 @@ fuzz:
 
 bench: deps
 	scripts/bench.sh
+
+# The container image (deploy/Dockerfile); creates debian:bookworm-slim and
+# starts dockerd when this host has neither.
+image: deps build
+	scripts/image.sh $(BIN)
 
 clean:
 	$(CARGO) clean

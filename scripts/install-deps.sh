@@ -9,6 +9,7 @@ set -euo pipefail
 packages=(
   nftables iptables ipset iproute2 procps psmisc systemd
   ncat nmap hping3 tcpdump curl python3
+  docker.io debootstrap
 )
 
 missing=()

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Builds the tcpwatch image on a host without an image registry:
+#   scripts/image.sh [BINARY] [TAG]
+# - starts dockerd if no engine answers (Debian's docker.io);
+# - creates debian:bookworm-slim with debootstrap when it is not present;
+# - runs the same `docker build -f deploy/Dockerfile` a registry user runs,
+#   on a context holding only the binary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+binary=${1:-target/release/tcpwatch}
+tag=${2:-tcpwatch:$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)}
+base=debian:bookworm-slim
+mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+
+log() { echo "image: $*" >&2; }
+
+start_engine() {
+  docker info >/dev/null 2>&1 && return
+  command -v dockerd >/dev/null || { log "no docker engine and no dockerd (apt-get install docker.io)"; exit 1; }
+  log "starting dockerd"
+  nohup dockerd >/var/log/tcpwatch-dockerd.log 2>&1 &
+  for _ in $(seq 60); do docker info >/dev/null 2>&1 && return; sleep 0.5; done
+  log "dockerd did not start; see /var/log/tcpwatch-dockerd.log"
+  exit 1
+}
+
+make_base() {
+  docker image inspect "$base" >/dev/null 2>&1 && return
+  command -v debootstrap >/dev/null || { log "$base missing and no debootstrap (apt-get install debootstrap)"; exit 1; }
+  log "creating $base with debootstrap (minbase)"
+  local root
+  root=$(mktemp -d)
+  debootstrap --variant=minbase bookworm "$root" "$mirror" >/dev/null
+  rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+  tar -C "$root" -c . | docker import - "$base" >/dev/null
+  rm -rf "$root"
+}
+
+[ -x "$binary" ] || { log "$binary not found: run 'cargo build --release' first"; exit 1; }
+start_engine
+make_base
+context=$(mktemp -d)
+trap 'rm -rf "$context"' EXIT
+install -D -m 0755 "$binary" "$context/target/release/tcpwatch"
+docker build -q -f deploy/Dockerfile -t "$tag" "$context" >/dev/null
+log "built $tag"
+echo "$tag"
