@@ -2,29 +2,21 @@
 //! the listeners.
 
 use crate::config::SourceKind;
-use crate::detect::connections::{classify, is_connection, Listeners};
+use crate::detect::connections::distinct;
 use crate::sink::Format;
 use crate::source;
-use std::collections::BTreeMap;
 use std::io::Write;
 
 pub fn run(source: SourceKind, format: Format) -> anyhow::Result<()> {
     let sockets = source::socket_table(source.name())?.snapshot()?;
-    let listeners = Listeners::of(&sockets);
-    // Keyed by (acceptor, initiator): sorted output, and one row for both
-    // ends of a local connection.
-    let mut rows = BTreeMap::new();
-    for socket in sockets.iter().filter(|s| is_connection(s)) {
-        let conn = classify(socket, &listeners);
-        rows.entry((conn.acceptor, conn.initiator))
-            .or_insert((conn, socket.state));
-    }
+    let mut rows = distinct(&sockets);
+    rows.sort_by_key(|(conn, _)| (conn.acceptor, conn.initiator));
     let mut out = std::io::stdout().lock();
-    for (conn, state) in rows.values() {
+    for (conn, socket) in &rows {
         let line = match format {
             Format::Text => format!(
                 "{:<11} {:<8} {} -> {}",
-                state.name(),
+                socket.state.name(),
                 conn.direction.as_str(),
                 conn.initiator,
                 conn.acceptor
@@ -33,7 +25,7 @@ pub fn run(source: SourceKind, format: Format) -> anyhow::Result<()> {
                 "src": conn.initiator.to_string(),
                 "dst": conn.acceptor.to_string(),
                 "direction": conn.direction.as_str(),
-                "state": state.name(),
+                "state": socket.state.name(),
             })
             .to_string(),
         };

@@ -143,19 +143,13 @@ fn list_prints_current_connections_in_its_format() {
     let pair = &loopback.pairs()[0];
     let ours: Vec<&String> = lines.iter().filter(|l| l.ends_with(pair)).collect();
     assert_eq!(ours.len(), 1, "want one '... {pair}' in:\n{lines:#?}");
-    // WORKAROUND of a known bug (reported to the lead): `list` labels a
-    // loopback connection `outbound` when the client's socket comes first
-    // in /proc/net/tcp, though its server end matches a listener. Only the
-    // state and the endpoints are checked here; the direction is checked by
-    // the ignored `list_labels_loopback_connections_inbound` below.
-    let label = regex::Regex::new(r"^ESTABLISHED (inbound |outbound) ").unwrap();
-    assert!(label.is_match(ours[0]), "{}", ours[0]);
+    assert!(ours[0].starts_with("ESTABLISHED inbound  "), "{}", ours[0]);
 }
 
-/// KNOWN BUG, ignored until fixed (see the workaround above): with several
-/// connections one of them nearly always has its client socket listed first.
+/// Both ends of a loopback connection are listed; whichever comes first in
+/// the table, the row is the inbound one. With 16 connections, one nearly
+/// always has its client end first.
 #[test]
-#[ignore = "known bug: list labels some loopback connections outbound"]
 fn list_labels_loopback_connections_inbound() {
     let loopback = Loopback::open(16);
     let lines = list_lines();

@@ -8,6 +8,7 @@
 
 use crate::event::{Connection, Direction};
 use crate::source::{Socket, TcpState};
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
@@ -38,31 +39,15 @@ impl ConnectionTable {
     /// table order.
     pub fn observe(&mut self, sockets: &[Socket]) -> Vec<Connection> {
         self.poll += 1;
-        let listeners = Listeners::of(sockets);
-        let mut fresh: Vec<Connection> = Vec::new();
-        let mut index: HashMap<(SocketAddr, SocketAddr), usize> = HashMap::new();
-        let first = self.poll == 1;
-        for socket in sockets.iter().filter(|s| is_connection(s)) {
-            let conn = classify(socket, &listeners);
-            let key = pair(socket.local, socket.remote);
-            match self.seen.insert(key, self.poll) {
-                // Seen by an earlier poll: already reported (or existing).
-                Some(last) if last < self.poll => continue,
-                // The other end of a local connection, in this same poll:
-                // one report, and inbound wins.
-                Some(_) => {
-                    if let Some(&i) = index.get(&key) {
-                        if conn.direction == Direction::Inbound {
-                            fresh[i] = conn;
-                        }
-                    }
-                    continue;
-                }
-                None if first && !self.report_existing => continue,
-                None => {
-                    index.insert(key, fresh.len());
-                    fresh.push(conn);
-                }
+        let report = self.poll > 1 || self.report_existing;
+        let mut fresh = Vec::new();
+        for (conn, socket) in distinct(sockets) {
+            let known = self
+                .seen
+                .insert(pair(socket.local, socket.remote), self.poll)
+                .is_some();
+            if !known && report {
+                fresh.push(conn);
             }
         }
         let poll = self.poll;
@@ -89,6 +74,29 @@ fn pair(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
     } else {
         (b, a)
     }
+}
+
+/// The connections of one socket table, each once, in table order, with the
+/// row it came from. The two ends of a local connection are one connection,
+/// inbound (the end that matches a listener wins).
+pub fn distinct(sockets: &[Socket]) -> Vec<(Connection, Socket)> {
+    let listeners = Listeners::of(sockets);
+    let mut out: Vec<(Connection, Socket)> = Vec::new();
+    let mut index: HashMap<(SocketAddr, SocketAddr), usize> = HashMap::new();
+    for socket in sockets.iter().filter(|s| is_connection(s)) {
+        let conn = classify(socket, &listeners);
+        match index.entry(pair(socket.local, socket.remote)) {
+            Entry::Occupied(at) if conn.direction == Direction::Inbound => {
+                out[*at.get()] = (conn, *socket)
+            }
+            Entry::Occupied(_) => {}
+            Entry::Vacant(at) => {
+                at.insert(out.len());
+                out.push((conn, *socket));
+            }
+        }
+    }
+    out
 }
 
 /// A row is a connection when it is not a listener and has a peer.

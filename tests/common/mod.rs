@@ -191,6 +191,25 @@ impl Proc {
         self.shared.captured.lock().unwrap().stdout.clone()
     }
 
+    /// Waits up to `timeout` for stderr to contain `text`; false on timeout
+    /// or once the process has closed its output.
+    pub fn wait_for_stderr(&self, text: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut captured = self.shared.captured.lock().unwrap();
+        loop {
+            if captured.stderr.contains(text) {
+                return true;
+            }
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            if captured.stdout_closed {
+                return false;
+            }
+            captured = self.shared.changed.wait_timeout(captured, left).unwrap().0;
+        }
+    }
+
     /// The stderr text printed so far.
     pub fn stderr(&self) -> String {
         self.shared.captured.lock().unwrap().stderr.clone()
@@ -273,6 +292,7 @@ fn read_all(mut pipe: impl Read + Send + 'static, shared: Arc<Shared>) -> JoinHa
             }
             let text = String::from_utf8_lossy(&chunk[..n]).into_owned();
             shared.captured.lock().unwrap().stderr.push_str(&text);
+            shared.changed.notify_all();
         }
     })
 }
@@ -570,11 +590,12 @@ pub const CORE_ARGS: &[&str] = &[
     "off",
 ];
 
-/// Time after start-up by which the agent has certainly taken its first
-/// poll. The agent gives no readiness signal; its first poll runs as soon as
-/// it starts (the interval timer fires at once), so 1.5 intervals of 1 s
-/// cover process start-up with a wide margin.
-pub const FIRST_POLL: Duration = Duration::from_millis(1500);
+/// The agent's readiness line on stderr: printed once its source is running
+/// (for polling sources, once the first table has been read).
+pub const READY: &str = "tcpwatch: watching";
+
+/// How long start-up may take before a test gives up.
+pub const START_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Quiet time after the last expected line that proves nothing else is
 /// printed: two polls at 1 s.
@@ -594,14 +615,14 @@ impl Agent {
         }
     }
 
-    /// Starts the agent in host `index` and returns once it has taken its
-    /// first poll ([`FIRST_POLL`]); panics if it exited meanwhile.
+    /// Starts the agent in host `index` and returns once it says it is
+    /// watching ([`READY`] on stderr); panics if it does not.
     pub fn start(lab: &Lab, index: usize, args: &[&str]) -> Agent {
         let mut agent = Agent::spawn(lab, index, args);
-        std::thread::sleep(FIRST_POLL);
-        if let Some(status) = agent.proc.try_status() {
+        if !agent.proc.wait_for_stderr(READY, START_TIMEOUT) {
+            let status = agent.proc.try_status();
             panic!(
-                "agent exited at start-up ({status}); stderr: {}",
+                "agent not ready within {START_TIMEOUT:?} (exit: {status:?}); stderr: {}",
                 agent.proc.stderr()
             );
         }
