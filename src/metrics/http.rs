@@ -139,6 +139,9 @@ mod tests {
         let first = bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = first.local_addr().unwrap();
         let err = bind(addr).unwrap_err().to_string();
-        assert_eq!(err, format!("metrics address {addr}: Address already in use"));
+        assert_eq!(
+            err,
+            format!("metrics address {addr}: Address already in use")
+        );
     }
 }
