@@ -34,7 +34,10 @@ fn main() -> anyhow::Result<()> {
     // The same batch again: the idempotent re-block (timeouts reset).
     let started = Instant::now();
     nft.block(&many, ttl)?;
-    println!("same batch again: {:.1} ms", started.elapsed().as_secs_f64() * 1e3);
+    println!(
+        "same batch again: {:.1} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
     nft.flush()?;
 
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
