@@ -34,6 +34,27 @@ enum Command {
     Run(RunArgs),
     /// Print the current connections once and exit
     List(ListArgs),
+    /// Inspect or lift active blocks (in the nft table or the ipsets that exist)
+    Blocks(BlocksArgs),
+}
+
+#[derive(Args, Debug)]
+struct BlocksArgs {
+    #[command(subcommand)]
+    action: Option<BlocksAction>,
+}
+
+#[derive(Subcommand, Debug)]
+enum BlocksAction {
+    /// One line per blocked address with the time it has left (the default)
+    List,
+    /// Lift the block of one address (succeeds if it is not blocked)
+    Remove {
+        #[arg(value_name = "IP", value_parser = crate::block::admin::parse_ip)]
+        ip: std::net::IpAddr,
+    },
+    /// Lift every block, keeping the table/sets for the running agent
+    Flush,
 }
 
 #[derive(Args, Debug, Default)]
@@ -172,6 +193,14 @@ pub fn main() -> i32 {
             }
         },
         Command::List(args) => report(crate::list::run(args.source, args.format)),
+        Command::Blocks(args) => {
+            use crate::block::admin::{run, Action};
+            report(run(match args.action {
+                None | Some(BlocksAction::List) => Action::List,
+                Some(BlocksAction::Remove { ip }) => Action::Remove(ip),
+                Some(BlocksAction::Flush) => Action::Flush,
+            }))
+        }
     }
 }
 

@@ -1,16 +1,24 @@
-//! Wires the stages: source -> detect -> sink, joined by bounded channels, and
-//! shuts them down in order on SIGINT/SIGTERM.
+//! Wires the stages: source -> detect -> block -> sink, joined by bounded
+//! channels, beside the metrics server; shuts them down in order on
+//! SIGINT/SIGTERM and removes the firewall objects last.
 
+use crate::block::allow::Allowlist;
+use crate::block::{self, Blocker};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{BlockKind, Listen, RunConfig};
+use crate::config::{Listen, RunConfig};
 use crate::detect::Detector;
 use crate::event::Event;
+use crate::metrics::{self, Metrics};
 use crate::sink::LineSink;
 use crate::source::{self, Observation, SocketTable};
 use anyhow::Context;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+
+/// How often the blocked-address gauges are re-read from the firewall
+/// (besides after each block): entries expire in the kernel, unseen.
+const RECOUNT_EVERY: Duration = Duration::from_secs(5);
 
 /// Runs the agent on its own runtime until a signal or a fatal error.
 pub fn run_blocking(config: RunConfig) -> anyhow::Result<()> {
@@ -23,9 +31,25 @@ pub fn run_blocking(config: RunConfig) -> anyhow::Result<()> {
 }
 
 pub async fn run(config: RunConfig) -> anyhow::Result<()> {
-    warn_unavailable(&config);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
     let table = source::socket_table(config.source.name())?;
+    // Bound first: an agent that is about to exit on a taken port must not
+    // touch the firewall.
+    let listener = match config.metrics_addr {
+        Listen::At(addr) => Some(metrics::http::bind(addr)?),
+        Listen::Off => None,
+    };
+    let (kind, ttl, dry_run) = (config.block, config.block_ttl, config.dry_run);
+    let mode = tokio::task::spawn_blocking(move || block::Mode::start(kind, ttl, dry_run))
+        .await
+        .context("block set-up failed")?;
+    let metrics = Metrics::new(table.name(), mode.backend_name());
+    let blocker = Blocker::new(
+        mode,
+        config.block_ttl,
+        Allowlist::of_host(config.allow.clone()),
+        clock.clone(),
+    );
     let detector = Detector::new(
         table.name(),
         config.report_existing,
@@ -33,23 +57,53 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         config.scan_window,
     );
     let (observations, observed) = mpsc::channel(8);
-    let (events, to_print) = mpsc::channel(1024);
+    let (detected, to_block) = mpsc::channel(64);
+    let (decided, to_print) = mpsc::channel(64);
 
-    let mut source = tokio::spawn(poll(table, config.interval, clock, observations));
-    let detect = tokio::spawn(detect(detector, observed, events));
+    let server = listener.map(|l| tokio::spawn(metrics::http::serve(l, metrics.clone())));
+    let mut source = tokio::spawn(poll(
+        table,
+        config.interval,
+        clock,
+        observations,
+        metrics.clone(),
+    ));
+    let detect = tokio::spawn(detect(detector, observed, detected, metrics.clone()));
+    let block = tokio::spawn(block_stage(blocker, to_block, decided, metrics.clone()));
     let mut sink = tokio::spawn(print(
         LineSink::new(std::io::stdout(), config.format),
         to_print,
+        metrics,
     ));
+    let server_ended = async {
+        match server {
+            Some(task) => task.await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut server_ended = std::pin::pin!(server_ended);
 
+    let mut sink_done = false;
     let outcome = tokio::select! {
         signal = shutdown_signal() => signal,
         ended = &mut source => flatten(ended),
-        ended = &mut sink => return flatten(ended),
+        ended = &mut sink => {
+            sink_done = true;
+            flatten(ended)
+        }
+        ended = &mut server_ended => flatten(ended).context("metrics server"),
     };
+    // Stop reading, let the events in flight drain through every stage, and
+    // let the block stage remove its firewall objects, whatever ended the run.
     source.abort();
     let _ = detect.await;
-    outcome.and(flatten(sink.await))
+    let _ = block.await;
+    let printed = if sink_done {
+        Ok(())
+    } else {
+        flatten(sink.await)
+    };
+    outcome.and(printed)
 }
 
 fn flatten(joined: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
@@ -57,16 +111,6 @@ fn flatten(joined: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow
         Ok(result) => result,
         Err(e) if e.is_cancelled() => Ok(()),
         Err(e) => Err(anyhow::anyhow!("internal task failed: {e}")),
-    }
-}
-
-/// Capabilities whose flags are accepted but that this build does not have.
-fn warn_unavailable(config: &RunConfig) {
-    if config.block != BlockKind::None {
-        eprintln!("tcpwatch: warning: blocking is not available in this build; detecting only");
-    }
-    if let Listen::At(addr) = config.metrics_addr {
-        eprintln!("tcpwatch: warning: metrics are not available in this build; not serving {addr}");
     }
 }
 
@@ -82,6 +126,15 @@ async fn shutdown_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Clears the health flag however the poll task ends (error, abort).
+struct Running(Arc<Metrics>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.set_source_running(false);
+    }
+}
+
 /// The polling source: one table read a tick, off the async threads. A read
 /// that fails is reported once and retried each tick.
 async fn poll(
@@ -89,20 +142,25 @@ async fn poll(
     every: Duration,
     clock: Arc<dyn Clock>,
     out: mpsc::Sender<Observation>,
+    metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
+    metrics.set_source_running(true);
+    let _running = Running(metrics.clone());
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
     loop {
         ticks.tick().await;
         let at = clock.now();
-        let (back, read) = tokio::task::spawn_blocking(move || {
+        let (back, read, took) = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
             let read = table.snapshot();
-            (table, read)
+            (table, read, started.elapsed())
         })
         .await
         .context("source task failed")?;
         table = back;
+        metrics.observe_poll(table.name(), took.as_secs_f64());
         match read {
             Ok(sockets) => {
                 if failing {
@@ -130,27 +188,126 @@ async fn poll(
     }
 }
 
+/// Turns each observation into one batch of events, so that the scans one
+/// poll finds reach the block stage together.
 async fn detect(
     mut detector: Detector,
     mut input: mpsc::Receiver<Observation>,
-    out: mpsc::Sender<Event>,
+    out: mpsc::Sender<Vec<Event>>,
+    metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
     while let Some(observation) = input.recv().await {
-        for event in detector.process(&observation) {
-            if out.send(event).await.is_err() {
-                return Ok(());
-            }
+        let events = detector.process(&observation);
+        metrics.set_tracked_sources(detector.tracked_sources());
+        if !events.is_empty() && out.send(events).await.is_err() {
+            return Ok(());
         }
     }
     Ok(())
 }
 
+/// Blocks the scanners of each batch (one backend call for all of them),
+/// keeps the blocked-address gauges current, and removes the firewall
+/// objects when its input closes.
+async fn block_stage(
+    blocker: Blocker,
+    mut input: mpsc::Receiver<Vec<Event>>,
+    out: mpsc::Sender<Vec<Event>>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<()> {
+    if !blocker.is_active() {
+        while let Some(events) = input.recv().await {
+            if out.send(events).await.is_err() {
+                break;
+            }
+        }
+        return Ok(());
+    }
+    let mut blocker = Some(blocker);
+    let mut recount = tokio::time::interval(RECOUNT_EVERY);
+    recount.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let b = blocker.take().expect("the blocker is always put back");
+        let batch = tokio::select! {
+            batch = input.recv() => match batch {
+                Some(mut events) => {
+                    // Whatever else is already waiting joins the same batch.
+                    while let Ok(more) = input.try_recv() {
+                        events.extend(more);
+                    }
+                    Some(events)
+                }
+                None => None,
+            },
+            _ = recount.tick() => {
+                let (back, counted) = off_thread(move || {
+                    let mut b = b;
+                    let counted = b.count();
+                    (b, counted)
+                })
+                .await?;
+                if let Ok((v4, v6)) = counted {
+                    metrics.set_blocked_ips(v4, v6);
+                }
+                blocker = Some(back);
+                continue;
+            }
+        };
+        let Some(events) = batch else {
+            off_thread(move || {
+                let mut b = b;
+                b.shutdown()
+            })
+            .await?;
+            return Ok(());
+        };
+        let (back, events, counted) = off_thread(move || {
+            let mut b = b;
+            let events = b.handle(events);
+            let blocked = events
+                .iter()
+                .any(|e| matches!(e.kind, crate::event::EventKind::Blocked(_)));
+            let counted = if blocked { Some(b.count()) } else { None };
+            (b, events, counted)
+        })
+        .await?;
+        blocker = Some(back);
+        if let Some(Ok((v4, v6))) = counted {
+            metrics.set_blocked_ips(v4, v6);
+        }
+        if out.send(events).await.is_err() {
+            let b = blocker.take().expect("just put back");
+            off_thread(move || {
+                let mut b = b;
+                b.shutdown()
+            })
+            .await?;
+            return Ok(());
+        }
+    }
+}
+
+/// Runs firewall tool calls (tens of ms each) off the async threads.
+async fn off_thread<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .context("block stage failed")
+}
+
+/// Prints each event and counts it once printed: the counters always equal
+/// the lines on stdout.
 async fn print(
     mut sink: LineSink<std::io::Stdout>,
-    mut input: mpsc::Receiver<Event>,
+    mut input: mpsc::Receiver<Vec<Event>>,
+    metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
-    while let Some(event) = input.recv().await {
-        sink.write(&event).context("stdout")?;
+    while let Some(events) = input.recv().await {
+        for event in events {
+            sink.write(&event).context("stdout")?;
+            metrics.printed(&event);
+        }
     }
     Ok(())
 }

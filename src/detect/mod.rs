@@ -79,6 +79,11 @@ impl Detector {
         }
     }
 
+    /// (remote, local) pairs the scan detector is tracking.
+    pub fn tracked_sources(&self) -> usize {
+        self.scans.tracked()
+    }
+
     fn inbound_attempt(
         &mut self,
         at: Stamp,

@@ -1,0 +1,63 @@
+//! `tcpwatch blocks [list|remove IP|flush]`: inspect or lift the blocks of
+//! a running (or crashed) agent, in whichever backend's objects exist.
+
+use super::{iptables::Iptables, nft::Nftables, Backend};
+use std::io::Write;
+use std::net::IpAddr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    List,
+    Remove(IpAddr),
+    Flush,
+}
+
+/// The backends whose objects exist on this host.
+fn present() -> Vec<Box<dyn Backend>> {
+    let all: Vec<Box<dyn Backend>> = vec![Box::new(Nftables), Box::new(Iptables)];
+    all.into_iter()
+        .filter_map(|mut b| b.present().then_some(b))
+        .collect()
+}
+
+pub fn run(action: Action) -> anyhow::Result<()> {
+    let backends = present();
+    if backends.is_empty() {
+        eprintln!(
+            "tcpwatch: no blocks: neither the nft table inet tcpwatch nor the ipsets tcpwatch4/tcpwatch6 exist"
+        );
+        return Ok(());
+    }
+    let mut out = std::io::stdout().lock();
+    for mut backend in backends {
+        let name = backend.name();
+        match action {
+            Action::List => {
+                let mut entries = backend.list()?;
+                entries.sort_by_key(|e| e.ip);
+                for entry in entries {
+                    let left = match entry.remaining {
+                        Some(d) => format!("expires in {}s", d.as_secs()),
+                        None => "never expires".to_string(),
+                    };
+                    writeln!(out, "{} {left} via {name}", entry.ip)?;
+                }
+            }
+            Action::Remove(ip) => {
+                backend.unblock(ip.to_canonical())?;
+                writeln!(out, "Unblocked {} via {name}", ip.to_canonical())?;
+            }
+            Action::Flush => {
+                backend.flush()?;
+                writeln!(out, "Flushed all blocks via {name}")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `blocks remove` takes one address (not a network: a block is one address).
+pub fn parse_ip(text: &str) -> Result<IpAddr, String> {
+    text.parse()
+        .map_err(|_| format!("'{text}' is not an IP address"))
+}

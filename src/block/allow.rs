@@ -1,0 +1,227 @@
+//! Who is never blocked: `--allow` networks, loopback, and every address of
+//! the host's own interfaces (re-read before each decision, so an address
+//! added by DHCP or an operator a minute ago is already safe). Blocking the
+//! host's own address would cut it off from itself; blocking loopback would
+//! break every local service.
+
+use ipnet::IpNet;
+use std::net::IpAddr;
+
+/// Why an address is not blocked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Allowed {
+    Loopback,
+    HostAddress,
+    Listed(IpNet),
+}
+
+impl std::fmt::Display for Allowed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Allowed::Loopback => write!(f, "loopback"),
+            Allowed::HostAddress => write!(f, "an address of this host"),
+            Allowed::Listed(net) => write!(f, "--allow {net}"),
+        }
+    }
+}
+
+/// Reads the host's interface addresses; injected so tests need no OS.
+pub type AddressReader = Box<dyn FnMut() -> std::io::Result<Vec<IpAddr>> + Send>;
+
+pub struct Allowlist {
+    nets: Vec<IpNet>,
+    host: Vec<IpAddr>,
+    read_host: AddressReader,
+    warned: bool,
+}
+
+impl Allowlist {
+    pub fn new(nets: Vec<IpNet>, read_host: AddressReader) -> Self {
+        let mut list = Allowlist {
+            nets,
+            host: Vec::new(),
+            read_host,
+            warned: false,
+        };
+        list.refresh();
+        list
+    }
+
+    /// The allowlist of this host: `--allow` plus getifaddrs(3).
+    pub fn of_host(nets: Vec<IpNet>) -> Self {
+        Self::new(nets, Box::new(host_addresses))
+    }
+
+    /// Re-reads the host's addresses. On failure the last list is kept (it
+    /// only errs on the safe side for addresses that were removed).
+    pub fn refresh(&mut self) {
+        match (self.read_host)() {
+            Ok(addrs) => {
+                self.host = addrs.into_iter().map(|a| a.to_canonical()).collect();
+                self.warned = false;
+            }
+            Err(e) if !self.warned => {
+                eprintln!("tcpwatch: warning: cannot list the host's addresses: {e}");
+                self.warned = true;
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// `Some(reason)` when `ip` must not be blocked. IPv4-mapped IPv6
+    /// addresses (`::ffff:a.b.c.d`) are judged as the IPv4 address they
+    /// carry, both ways round.
+    pub fn check(&self, ip: IpAddr) -> Option<Allowed> {
+        let canonical = ip.to_canonical();
+        if canonical.is_loopback() || canonical.is_unspecified() {
+            return Some(Allowed::Loopback);
+        }
+        if self.host.contains(&canonical) {
+            return Some(Allowed::HostAddress);
+        }
+        let mapped = match canonical {
+            IpAddr::V4(v4) => Some(IpAddr::V6(v4.to_ipv6_mapped())),
+            IpAddr::V6(_) => None,
+        };
+        self.nets
+            .iter()
+            .find(|net| {
+                net.contains(&canonical)
+                    || mapped.is_some_and(|m| net.contains(&m))
+                    || unmapped_net(net).is_some_and(|n| n.contains(&canonical))
+            })
+            .map(|net| Allowed::Listed(*net))
+    }
+}
+
+/// `::ffff:10.0.0.0/104` is the IPv4 network `10.0.0.0/8`.
+fn unmapped_net(net: &IpNet) -> Option<IpNet> {
+    let IpNet::V6(v6) = net else { return None };
+    let v4 = v6.addr().to_ipv4_mapped()?;
+    let prefix = v6.prefix_len().checked_sub(96)?;
+    ipnet::Ipv4Net::new(v4, prefix).ok().map(IpNet::V4)
+}
+
+/// Every address of every interface, via getifaddrs(3).
+pub fn host_addresses() -> std::io::Result<Vec<IpAddr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below, once.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut addrs = Vec::new();
+    let mut cursor = head;
+    while !cursor.is_null() {
+        // SAFETY: `cursor` is a node of the list getifaddrs returned; each
+        // `ifa_addr` is null or points at a sockaddr whose family tells its
+        // real type.
+        unsafe {
+            let ifa = &*cursor;
+            if !ifa.ifa_addr.is_null() {
+                match i32::from((*ifa.ifa_addr).sa_family) {
+                    libc::AF_INET => {
+                        let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                        addrs.push(IpAddr::from(
+                            u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                        ));
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                        addrs.push(IpAddr::from(sin6.sin6_addr.s6_addr));
+                    }
+                    _ => {}
+                }
+            }
+            cursor = ifa.ifa_next;
+        }
+    }
+    // SAFETY: `head` came from getifaddrs and is freed exactly once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(addrs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn list(nets: &[&str], host: &[&str]) -> Allowlist {
+        let host: Vec<IpAddr> = host.iter().map(|s| ip(s)).collect();
+        Allowlist::new(
+            nets.iter().map(|n| n.parse().unwrap()).collect(),
+            Box::new(move || Ok(host.clone())),
+        )
+    }
+
+    #[test]
+    fn loopback_is_always_allowed() {
+        let l = list(&[], &[]);
+        for addr in [
+            "127.0.0.1",
+            "127.200.0.9",
+            "::1",
+            "::ffff:127.0.0.1",
+            "0.0.0.0",
+            "::",
+        ] {
+            assert_eq!(l.check(ip(addr)), Some(Allowed::Loopback), "{addr}");
+        }
+        assert_eq!(l.check(ip("192.0.2.1")), None);
+        assert_eq!(l.check(ip("2001:db8::1")), None);
+    }
+
+    #[test]
+    fn host_addresses_are_allowed_in_every_form() {
+        let l = list(&[], &["10.0.0.5", "fd00::5", "fe80::1"]);
+        assert_eq!(l.check(ip("10.0.0.5")), Some(Allowed::HostAddress));
+        assert_eq!(l.check(ip("::ffff:10.0.0.5")), Some(Allowed::HostAddress));
+        assert_eq!(l.check(ip("fd00::5")), Some(Allowed::HostAddress));
+        assert_eq!(l.check(ip("fe80::1")), Some(Allowed::HostAddress));
+        assert_eq!(l.check(ip("10.0.0.6")), None);
+    }
+
+    #[test]
+    fn allow_networks_match_plain_and_mapped_addresses() {
+        let l = list(
+            &["10.1.0.0/16", "2001:db8::/32", "::ffff:192.0.2.0/120"],
+            &[],
+        );
+        let net = |s: &str| Some(Allowed::Listed(s.parse().unwrap()));
+        assert_eq!(l.check(ip("10.1.2.3")), net("10.1.0.0/16"));
+        assert_eq!(l.check(ip("::ffff:10.1.2.3")), net("10.1.0.0/16"));
+        assert_eq!(l.check(ip("2001:db8:1::9")), net("2001:db8::/32"));
+        assert_eq!(l.check(ip("192.0.2.77")), net("::ffff:192.0.2.0/120"));
+        assert_eq!(l.check(ip("10.2.0.1")), None);
+        assert_eq!(l.check(ip("192.0.3.1")), None);
+    }
+
+    #[test]
+    fn refresh_follows_address_changes_and_keeps_the_list_on_error() {
+        let current = Arc::new(Mutex::new(Ok(vec![ip("10.0.0.5")])));
+        let feed = current.clone();
+        let mut l = Allowlist::new(
+            Vec::new(),
+            Box::new(move || match &*feed.lock().unwrap() {
+                Ok(v) => Ok(v.clone()),
+                Err(()) => Err(std::io::Error::other("boom")),
+            }),
+        );
+        assert!(l.check(ip("10.0.0.9")).is_none());
+        *current.lock().unwrap() = Ok(vec![ip("10.0.0.5"), ip("10.0.0.9")]);
+        l.refresh();
+        assert_eq!(l.check(ip("10.0.0.9")), Some(Allowed::HostAddress));
+        *current.lock().unwrap() = Err(());
+        l.refresh();
+        assert_eq!(l.check(ip("10.0.0.9")), Some(Allowed::HostAddress));
+    }
+
+    #[test]
+    fn getifaddrs_sees_loopback() {
+        let addrs = host_addresses().unwrap();
+        assert!(addrs.contains(&ip("127.0.0.1")), "{addrs:?}");
+    }
+}

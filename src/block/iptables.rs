@@ -1,0 +1,214 @@
+//! The iptables backend: ipsets `tcpwatch4`/`tcpwatch6` (`hash:ip` with
+//! per-entry timeouts, so the kernel expires blocks) matched by one rule in a
+//! chain `TCPWATCH` that the `raw` table's PREROUTING jumps to first, in
+//! iptables and ip6tables alike. Like the nftables chain it sees traffic to
+//! the host and to containers before conntrack, one set lookup per packet.
+//!
+//! Without ipset there is no per-entry expiry in the kernel; the backend
+//! then refuses to start (one warning, detection goes on) rather than grow a
+//! rule per address with userspace timers.
+
+use super::{exec, Backend, Entry, Family};
+use anyhow::Context;
+use std::net::IpAddr;
+use std::time::Duration;
+
+pub const SET4: &str = "tcpwatch4";
+pub const SET6: &str = "tcpwatch6";
+pub const CHAIN: &str = "TCPWATCH";
+/// ipset's largest timeout, in seconds.
+pub const MAX_TTL: Duration = Duration::from_secs(2_147_483);
+/// Default maxelem is 65536; a large scan wave should not hit it.
+const MAXELEM: &str = "1048576";
+
+pub struct Iptables;
+
+/// (tool, restore tool, set) of each family.
+const FAMILIES: [(&str, &str, &str); 2] = [
+    ("iptables", "iptables-restore", SET4),
+    ("ip6tables", "ip6tables-restore", SET6),
+];
+
+impl Backend for Iptables {
+    fn name(&self) -> &'static str {
+        "iptables"
+    }
+
+    fn install(&mut self, ttl: Duration) -> anyhow::Result<()> {
+        if ttl > MAX_TTL {
+            anyhow::bail!("--block-ttl is longer than ipset allows (2147483s)");
+        }
+        // A crashed run may have left anything: remove it all, then build.
+        self.remove()?;
+        for (family, set) in [("inet", SET4), ("inet6", SET6)] {
+            exec::run(
+                "ipset",
+                &[
+                    "create", set, "hash:ip", "family", family, "timeout", "0", "maxelem", MAXELEM,
+                ],
+                None,
+            )?;
+        }
+        for (_, restore, set) in FAMILIES {
+            exec::run(restore, &["--noflush"], Some(&chain_script(set)))
+                .with_context(|| format!("cannot create chain {CHAIN}"))?;
+        }
+        Ok(())
+    }
+
+    fn block(&mut self, ips: &[IpAddr], ttl: Duration) -> anyhow::Result<()> {
+        exec::run(
+            "ipset",
+            &["-exist", "restore"],
+            Some(&block_script(ips, ttl)),
+        )
+        .map(|_| ())
+    }
+
+    fn unblock(&mut self, ip: IpAddr) -> anyhow::Result<()> {
+        exec::run(
+            "ipset",
+            &["-exist", "del", set_of(ip), &ip.to_string()],
+            None,
+        )
+        .map(|_| ())
+    }
+
+    fn list(&mut self) -> anyhow::Result<Vec<Entry>> {
+        let mut entries = Vec::new();
+        for set in [SET4, SET6] {
+            let saved = exec::run("ipset", &["list", set, "-output", "save"], None)?;
+            entries.extend(parse_save(&saved));
+        }
+        Ok(entries)
+    }
+
+    fn flush(&mut self) -> anyhow::Result<()> {
+        for set in [SET4, SET6] {
+            exec::run("ipset", &["flush", set], None)?;
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self) -> anyhow::Result<()> {
+        for (tool, _, _) in FAMILIES {
+            // Each jump is deleted until none is left (a crash loop could have
+            // added several with an older build); errors mean "none left" or
+            // "no such chain", and whatever remains is checked below.
+            for _ in 0..16 {
+                if exec::run(tool, &["-t", "raw", "-D", "PREROUTING", "-j", CHAIN], None).is_err() {
+                    break;
+                }
+            }
+            let _ = exec::run(tool, &["-t", "raw", "-F", CHAIN], None);
+            let _ = exec::run(tool, &["-t", "raw", "-X", CHAIN], None);
+        }
+        for set in [SET4, SET6] {
+            if let Err(e) = exec::run("ipset", &["destroy", set], None) {
+                if set_exists(set)? {
+                    return Err(e.context(format!("cannot remove ipset {set}")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn present(&mut self) -> bool {
+        [SET4, SET6]
+            .iter()
+            .any(|set| set_exists(set).unwrap_or(false))
+    }
+}
+
+fn set_exists(set: &str) -> anyhow::Result<bool> {
+    let names = exec::run("ipset", &["list", "-n"], None)?;
+    Ok(names.lines().any(|l| l.trim() == set))
+}
+
+fn set_of(ip: IpAddr) -> &'static str {
+    match Family::of(ip) {
+        Family::V4 => SET4,
+        Family::V6 => SET6,
+    }
+}
+
+/// The `raw` table's chain for one family, for `*-restore --noflush`
+/// (declaring the chain flushes it; the jump goes first in PREROUTING).
+pub fn chain_script(set: &str) -> String {
+    format!(
+        "*raw\n:{CHAIN} - [0:0]\n-A {CHAIN} -m set --match-set {set} src -j DROP\n-I PREROUTING 1 -j {CHAIN}\nCOMMIT\n"
+    )
+}
+
+/// One `ipset -exist restore` batch: `-exist` makes re-adding an address
+/// succeed and reset its timeout. ipset counts whole seconds; a sub-second
+/// remainder rounds up so a block never ends early.
+pub fn block_script(ips: &[IpAddr], ttl: Duration) -> String {
+    let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    ips.iter()
+        .map(|ip| format!("add {} {ip} timeout {secs}\n", set_of(*ip)))
+        .collect()
+}
+
+/// Reads `ipset list SET -output save`: `add SET IP timeout N` lines.
+pub fn parse_save(text: &str) -> Vec<Entry> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            if words.next() != Some("add") {
+                return None;
+            }
+            let ip = words.nth(1)?.parse().ok()?;
+            let mut remaining = None;
+            while let Some(word) = words.next() {
+                if word == "timeout" {
+                    remaining = words
+                        .next()
+                        .and_then(|n| n.parse().ok())
+                        .map(Duration::from_secs);
+                }
+            }
+            Some(Entry { ip, remaining })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_restore_batch_for_both_families() {
+        let ips: Vec<IpAddr> = vec!["192.0.2.1".parse().unwrap(), "2001:db8::7".parse().unwrap()];
+        assert_eq!(
+            block_script(&ips, Duration::from_millis(1500)),
+            "add tcpwatch4 192.0.2.1 timeout 2\nadd tcpwatch6 2001:db8::7 timeout 2\n"
+        );
+    }
+
+    #[test]
+    fn chain_matches_the_set_and_is_jumped_to_first() {
+        let script = chain_script(SET6);
+        assert!(script.contains("-A TCPWATCH -m set --match-set tcpwatch6 src -j DROP\n"));
+        assert!(script.contains("-I PREROUTING 1 -j TCPWATCH\n"));
+        assert!(script.starts_with("*raw\n") && script.ends_with("COMMIT\n"));
+    }
+
+    #[test]
+    fn parses_a_saved_set() {
+        let saved = "create tcpwatch4 hash:ip family inet hashsize 1024 maxelem 65536 timeout 0 bucketsize 12 initval 0x1b45a33a\nadd tcpwatch4 10.0.0.2 timeout 39\nadd tcpwatch4 10.0.0.3\n";
+        assert_eq!(
+            parse_save(saved),
+            [
+                Entry {
+                    ip: "10.0.0.2".parse().unwrap(),
+                    remaining: Some(Duration::from_secs(39))
+                },
+                Entry {
+                    ip: "10.0.0.3".parse().unwrap(),
+                    remaining: None
+                },
+            ]
+        );
+    }
+}

@@ -1,0 +1,470 @@
+//! The block stage: between detect and the sinks, it blocks the remote of
+//! every port scan that is not on the allowlist and adds a `Blocked` event
+//! right after the scan's.
+//!
+//! Firewalls sit behind [`Backend`], a narrow interface whose two
+//! implementations ([`nft`], [`iptables`]) turn requests into batched,
+//! idempotent scripts for the system tools; the stage itself is tested with
+//! a fake backend.
+
+pub mod admin;
+pub mod allow;
+pub mod exec;
+pub mod iptables;
+pub mod nft;
+
+use crate::clock::Clock;
+use crate::config::BlockKind;
+use crate::event::{Block, Event, EventKind};
+use allow::Allowlist;
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A blocked address as the firewall holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub ip: IpAddr,
+    /// Time left; `None` for an entry without a timeout (added by hand).
+    pub remaining: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// The family an address is blocked in: IPv4-mapped IPv6 counts as IPv4
+    /// (callers canonicalize first; this is the last guard).
+    pub fn of(ip: IpAddr) -> Family {
+        match ip.to_canonical() {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+}
+
+/// A host firewall that can hold a set of blocked addresses with timeouts.
+/// Every call is one transaction (or as close as the tool allows) and is
+/// idempotent.
+pub trait Backend: Send {
+    /// The name printed in `Blocked ... via NAME` and in metric labels.
+    fn name(&self) -> &'static str;
+    /// Creates the backend's objects, replacing any a crashed run left.
+    fn install(&mut self, ttl: Duration) -> anyhow::Result<()>;
+    /// Blocks every address for `ttl`; re-blocking resets the timeout.
+    fn block(&mut self, ips: &[IpAddr], ttl: Duration) -> anyhow::Result<()>;
+    /// Lifts a block; succeeds if there was none.
+    fn unblock(&mut self, ip: IpAddr) -> anyhow::Result<()>;
+    fn list(&mut self) -> anyhow::Result<Vec<Entry>>;
+    fn flush(&mut self) -> anyhow::Result<()>;
+    /// Removes everything `install` created; succeeds if nothing is there.
+    fn remove(&mut self) -> anyhow::Result<()>;
+    /// Whether this backend's objects exist on the host.
+    fn present(&mut self) -> bool;
+}
+
+/// The backend of a `--block` value, if this build has one.
+pub fn backend(kind: BlockKind) -> Option<Box<dyn Backend>> {
+    match kind {
+        BlockKind::Nftables => Some(Box::new(nft::Nftables)),
+        BlockKind::Iptables => Some(Box::new(iptables::Iptables)),
+        BlockKind::None | BlockKind::Xdp => None,
+    }
+}
+
+pub fn kind_name(kind: BlockKind) -> &'static str {
+    match kind {
+        BlockKind::None => "none",
+        BlockKind::Nftables => "nftables",
+        BlockKind::Iptables => "iptables",
+        BlockKind::Xdp => "xdp",
+    }
+}
+
+/// What the stage does with a decision to block.
+pub enum Mode {
+    /// Apply it with this backend.
+    Apply(Box<dyn Backend>),
+    /// Report it as if applied (`--dry-run`), under the backend's name.
+    DryRun(&'static str),
+    /// Report scans only (`--block none`, or a backend that could not start).
+    Off,
+}
+
+impl Mode {
+    /// Sets up the mode `--block`/`--dry-run` ask for. A backend that cannot
+    /// start (not root, tool missing) costs one warning line, never the run.
+    pub fn start(kind: BlockKind, ttl: Duration, dry_run: bool) -> Mode {
+        if kind == BlockKind::None {
+            return Mode::Off;
+        }
+        let Some(mut backend) = backend(kind) else {
+            eprintln!(
+                "tcpwatch: warning: --block {} is not available in this build; detecting only",
+                kind_name(kind)
+            );
+            return Mode::Off;
+        };
+        if dry_run {
+            eprintln!(
+                "tcpwatch: dry run: blocks are decided and printed, the firewall is not changed"
+            );
+            return Mode::DryRun(backend.name());
+        }
+        match backend.install(ttl) {
+            Ok(()) => Mode::Apply(backend),
+            Err(e) => {
+                let cause = format!("{e:#}").replace('\n', " ");
+                eprintln!(
+                    "tcpwatch: warning: cannot block via {}: {cause}; detecting only",
+                    backend.name()
+                );
+                Mode::Off
+            }
+        }
+    }
+
+    pub fn backend_name(&self) -> Option<&'static str> {
+        match self {
+            Mode::Apply(b) => Some(b.name()),
+            Mode::DryRun(name) => Some(name),
+            Mode::Off => None,
+        }
+    }
+}
+
+/// Decides and applies blocks for batches of events.
+pub struct Blocker {
+    mode: Mode,
+    ttl: Duration,
+    allow: Allowlist,
+    clock: Arc<dyn Clock>,
+}
+
+impl Blocker {
+    pub fn new(mode: Mode, ttl: Duration, allow: Allowlist, clock: Arc<dyn Clock>) -> Self {
+        Blocker {
+            mode,
+            ttl,
+            allow,
+            clock,
+        }
+    }
+
+    /// Blocks the scanners of one batch of events in one backend call and
+    /// returns the events with a `Blocked` right after each scan whose
+    /// remote was blocked. Every input event is returned, in order.
+    pub fn handle(&mut self, events: Vec<Event>) -> Vec<Event> {
+        let Some(backend_name) = self.mode.backend_name() else {
+            return events;
+        };
+        let scanners: Vec<IpAddr> = events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::PortScan(scan) => Some(scan.remote.to_canonical()),
+                _ => None,
+            })
+            .collect();
+        if scanners.is_empty() {
+            return events;
+        }
+        self.allow.refresh();
+        let mut chosen = Vec::new();
+        for ip in scanners {
+            if chosen.contains(&ip) {
+                continue;
+            }
+            match self.allow.check(ip) {
+                Some(reason) => eprintln!("tcpwatch: not blocking {ip}: {reason}"),
+                None => chosen.push(ip),
+            }
+        }
+        if chosen.is_empty() {
+            return events;
+        }
+        if let Mode::Apply(backend) = &mut self.mode {
+            if let Err(e) = backend.block(&chosen, self.ttl) {
+                let cause = format!("{e:#}").replace('\n', " ");
+                eprintln!(
+                    "tcpwatch: warning: cannot block {} via {backend_name}: {cause}",
+                    list(&chosen)
+                );
+                return events;
+            }
+        }
+        let at = self.clock.now();
+        let mut pending: HashSet<IpAddr> = chosen.into_iter().collect();
+        let mut out = Vec::with_capacity(events.len() + pending.len());
+        for event in events {
+            let blocked = match &event.kind {
+                EventKind::PortScan(scan) => pending.take(&scan.remote.to_canonical()),
+                _ => None,
+            };
+            out.push(event);
+            if let Some(ip) = blocked {
+                out.push(Event {
+                    at,
+                    kind: EventKind::Blocked(Block {
+                        ip,
+                        ttl: self.ttl,
+                        backend: backend_name,
+                    }),
+                });
+            }
+        }
+        out
+    }
+
+    /// Counts the addresses in the backend's sets, (IPv4, IPv6); zero when
+    /// nothing is applied.
+    pub fn count(&mut self) -> anyhow::Result<(usize, usize)> {
+        let Mode::Apply(backend) = &mut self.mode else {
+            return Ok((0, 0));
+        };
+        let entries = backend.list()?;
+        let v4 = entries
+            .iter()
+            .filter(|e| Family::of(e.ip) == Family::V4)
+            .count();
+        Ok((v4, entries.len() - v4))
+    }
+
+    /// Removes the backend's objects (shutdown).
+    pub fn shutdown(&mut self) {
+        if let Mode::Apply(backend) = &mut self.mode {
+            if let Err(e) = backend.remove() {
+                let cause = format!("{e:#}").replace('\n', " ");
+                eprintln!(
+                    "tcpwatch: warning: cannot remove the {} objects: {cause}",
+                    backend.name()
+                );
+            }
+        }
+    }
+
+    pub fn is_active(&self) -> bool {
+        !matches!(self.mode, Mode::Off)
+    }
+}
+
+fn list(ips: &[IpAddr]) -> String {
+    let shown: Vec<String> = ips.iter().take(5).map(IpAddr::to_string).collect();
+    match ips.len() {
+        n if n > 5 => format!("{} and {} more", shown.join(", "), n - 5),
+        _ => shown.join(", "),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{ManualClock, Stamp};
+    use crate::event::{Connection, Direction, PortScan};
+    use std::sync::Mutex;
+
+    /// Records every call; fails `block` when told to.
+    #[derive(Clone, Default)]
+    struct Fake {
+        calls: Arc<Mutex<Vec<Vec<IpAddr>>>>,
+        fail: bool,
+    }
+
+    impl Backend for Fake {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+        fn install(&mut self, _: Duration) -> anyhow::Result<()> {
+            Ok(())
+        }
+        fn block(&mut self, ips: &[IpAddr], _: Duration) -> anyhow::Result<()> {
+            self.calls.lock().unwrap().push(ips.to_vec());
+            if self.fail {
+                anyhow::bail!("nft: Operation not permitted");
+            }
+            Ok(())
+        }
+        fn unblock(&mut self, _: IpAddr) -> anyhow::Result<()> {
+            Ok(())
+        }
+        fn list(&mut self) -> anyhow::Result<Vec<Entry>> {
+            Ok(self
+                .calls
+                .lock()
+                .unwrap()
+                .iter()
+                .flatten()
+                .map(|ip| Entry {
+                    ip: *ip,
+                    remaining: None,
+                })
+                .collect())
+        }
+        fn flush(&mut self) -> anyhow::Result<()> {
+            Ok(())
+        }
+        fn remove(&mut self) -> anyhow::Result<()> {
+            Ok(())
+        }
+        fn present(&mut self) -> bool {
+            true
+        }
+    }
+
+    fn stamp() -> Stamp {
+        Stamp {
+            wall: chrono::Local::now(),
+            mono: Duration::ZERO,
+        }
+    }
+
+    fn scan(remote: &str) -> Event {
+        Event {
+            at: stamp(),
+            kind: EventKind::PortScan(PortScan {
+                remote: remote.parse().unwrap(),
+                local: "10.0.0.5".parse().unwrap(),
+                ports: vec![1, 2, 3, 4],
+            }),
+        }
+    }
+
+    fn conn() -> Event {
+        Event {
+            at: stamp(),
+            kind: EventKind::NewConnection {
+                conn: Connection {
+                    initiator: "192.0.2.9:4000".parse().unwrap(),
+                    acceptor: "10.0.0.5:22".parse().unwrap(),
+                    direction: Direction::Inbound,
+                },
+                source: "procfs",
+            },
+        }
+    }
+
+    fn blocker(mode: Mode, allow: &[&str]) -> Blocker {
+        let host = vec!["10.0.0.5".parse().unwrap()];
+        Blocker::new(
+            mode,
+            Duration::from_secs(30),
+            Allowlist::new(
+                allow.iter().map(|a| a.parse().unwrap()).collect(),
+                Box::new(move || Ok(host.clone())),
+            ),
+            Arc::new(ManualClock::new(chrono::Local::now())),
+        )
+    }
+
+    /// The events as short tags: `C` connection, `S ip` scan, `B ip` block.
+    fn tags(events: &[Event]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| match &e.kind {
+                EventKind::NewConnection { .. } => "C".to_string(),
+                EventKind::PortScan(s) => format!("S {}", s.remote),
+                EventKind::Blocked(b) => {
+                    assert_eq!(b.ttl, Duration::from_secs(30));
+                    format!("B {} {}", b.ip, b.backend)
+                }
+                EventKind::Unblocked { ip, .. } => format!("U {ip}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn scans_of_one_batch_are_blocked_in_one_call_each_right_after_its_scan() {
+        let fake = Fake::default();
+        let mut b = blocker(Mode::Apply(Box::new(fake.clone())), &[]);
+        let out = b.handle(vec![
+            conn(),
+            scan("192.0.2.1"),
+            conn(),
+            scan("2001:db8::7"),
+            scan("192.0.2.1"),
+        ]);
+        assert_eq!(
+            tags(&out),
+            [
+                "C",
+                "S 192.0.2.1",
+                "B 192.0.2.1 fake",
+                "C",
+                "S 2001:db8::7",
+                "B 2001:db8::7 fake",
+                "S 192.0.2.1"
+            ]
+        );
+        let calls = fake.calls.lock().unwrap().clone();
+        assert_eq!(
+            calls,
+            [vec![
+                "192.0.2.1".parse::<IpAddr>().unwrap(),
+                "2001:db8::7".parse().unwrap()
+            ]]
+        );
+        assert_eq!(b.count().unwrap(), (1, 1));
+    }
+
+    #[test]
+    fn allowlisted_scanners_are_reported_but_never_blocked() {
+        let fake = Fake::default();
+        let mut b = blocker(Mode::Apply(Box::new(fake.clone())), &["192.0.2.0/24"]);
+        let batch = vec![
+            scan("192.0.2.1"),
+            scan("127.0.0.1"),
+            scan("10.0.0.5"),
+            scan("::ffff:10.0.0.5"),
+        ];
+        let out = b.handle(batch);
+        assert_eq!(
+            tags(&out),
+            [
+                "S 192.0.2.1",
+                "S 127.0.0.1",
+                "S 10.0.0.5",
+                "S ::ffff:10.0.0.5"
+            ]
+        );
+        assert!(
+            fake.calls.lock().unwrap().is_empty(),
+            "no backend call at all"
+        );
+    }
+
+    #[test]
+    fn mapped_scanners_are_blocked_as_ipv4() {
+        let fake = Fake::default();
+        let mut b = blocker(Mode::Apply(Box::new(fake.clone())), &[]);
+        let out = b.handle(vec![scan("::ffff:198.51.100.7")]);
+        assert_eq!(tags(&out), ["S ::ffff:198.51.100.7", "B 198.51.100.7 fake"]);
+    }
+
+    #[test]
+    fn a_failed_block_is_not_reported_as_blocked() {
+        let fake = Fake {
+            fail: true,
+            ..Fake::default()
+        };
+        let mut b = blocker(Mode::Apply(Box::new(fake)), &[]);
+        assert_eq!(tags(&b.handle(vec![scan("192.0.2.1")])), ["S 192.0.2.1"]);
+    }
+
+    #[test]
+    fn dry_run_reports_without_a_backend_and_off_passes_through() {
+        let mut b = blocker(Mode::DryRun("nftables"), &[]);
+        assert_eq!(
+            tags(&b.handle(vec![scan("192.0.2.1")])),
+            ["S 192.0.2.1", "B 192.0.2.1 nftables"]
+        );
+        assert_eq!(b.count().unwrap(), (0, 0));
+        let mut off = blocker(Mode::Off, &[]);
+        assert_eq!(
+            tags(&off.handle(vec![scan("192.0.2.1"), conn()])),
+            ["S 192.0.2.1", "C"]
+        );
+    }
+}

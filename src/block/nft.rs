@@ -1,0 +1,262 @@
+//! The nftables backend: table `inet tcpwatch`, sets `blocked4`/`blocked6`
+//! with kernel-side timeouts, and one chain at prerouting/raw priority that
+//! drops their sources (so containers behind the host are covered too, and
+//! each packet costs one set lookup, never one rule per address).
+//!
+//! Every change is one `nft -f -` batch, which the kernel applies as one
+//! transaction. nft 1.0.6 has no `destroy`: adding an existing element
+//! succeeds and deleting an absent one fails, so idempotent scripts are
+//! built from `add; delete; add` (see ENGINEERING.md).
+
+use super::{exec, Backend, Entry, Family};
+use anyhow::Context;
+use std::fmt::Write;
+use std::net::IpAddr;
+use std::time::Duration;
+
+pub const TABLE: &str = "inet tcpwatch";
+pub const SET4: &str = "blocked4";
+pub const SET6: &str = "blocked6";
+/// Addresses per `add element` statement: keeps each line of a large batch
+/// reasonable; the batch stays one transaction whatever its size.
+const CHUNK: usize = 1000;
+
+pub struct Nftables;
+
+impl Backend for Nftables {
+    fn name(&self) -> &'static str {
+        "nftables"
+    }
+
+    fn install(&mut self, _ttl: Duration) -> anyhow::Result<()> {
+        nft(&install_script()).context("cannot create table inet tcpwatch")
+    }
+
+    fn block(&mut self, ips: &[IpAddr], ttl: Duration) -> anyhow::Result<()> {
+        nft(&block_script(ips, ttl))
+    }
+
+    fn unblock(&mut self, ip: IpAddr) -> anyhow::Result<()> {
+        nft(&unblock_script(ip))
+    }
+
+    fn list(&mut self) -> anyhow::Result<Vec<Entry>> {
+        let mut entries = Vec::new();
+        for set in [SET4, SET6] {
+            let json = exec::run("nft", &["-j", "list", "set", "inet", "tcpwatch", set], None)?;
+            entries.extend(parse_list(&json)?);
+        }
+        Ok(entries)
+    }
+
+    fn flush(&mut self) -> anyhow::Result<()> {
+        nft(&format!(
+            "flush set {TABLE} {SET4}\nflush set {TABLE} {SET6}\n"
+        ))
+    }
+
+    fn remove(&mut self) -> anyhow::Result<()> {
+        nft(&remove_script())
+    }
+
+    fn present(&mut self) -> bool {
+        exec::run("nft", &["list", "table", "inet", "tcpwatch"], None).is_ok()
+    }
+}
+
+fn nft(script: &str) -> anyhow::Result<()> {
+    exec::run("nft", &["-f", "-"], Some(script)).map(|_| ())
+}
+
+/// Creates the table, replacing one left by a crashed run, in one batch:
+/// afterwards there is exactly one table with one rule per family.
+pub fn install_script() -> String {
+    format!(
+        "add table {TABLE}\n\
+         delete table {TABLE}\n\
+         add table {TABLE}\n\
+         add set {TABLE} {SET4} {{ type ipv4_addr; flags timeout; }}\n\
+         add set {TABLE} {SET6} {{ type ipv6_addr; flags timeout; }}\n\
+         add chain {TABLE} prerouting {{ type filter hook prerouting priority raw; policy accept; }}\n\
+         add rule {TABLE} prerouting ip saddr @{SET4} drop\n\
+         add rule {TABLE} prerouting ip6 saddr @{SET6} drop\n"
+    )
+}
+
+/// Removes the table whether or not it exists.
+pub fn remove_script() -> String {
+    format!("add table {TABLE}\ndelete table {TABLE}\n")
+}
+
+/// Blocks every address for `ttl` in one transaction. `add; delete; add`
+/// makes it idempotent and resets the timeout of an address already there.
+pub fn block_script(ips: &[IpAddr], ttl: Duration) -> String {
+    let timeout = nft_time(ttl);
+    let mut script = String::new();
+    for (set, family) in [(SET4, Family::V4), (SET6, Family::V6)] {
+        let ips: Vec<IpAddr> = ips
+            .iter()
+            .copied()
+            .filter(|ip| Family::of(*ip) == family)
+            .collect();
+        for chunk in ips.chunks(CHUNK) {
+            let plain = join(chunk, "");
+            let timed = join(chunk, &format!(" timeout {timeout}"));
+            // Writing to a String cannot fail.
+            let _ = write!(
+                script,
+                "add element {TABLE} {set} {{ {plain} }}\n\
+                 delete element {TABLE} {set} {{ {plain} }}\n\
+                 add element {TABLE} {set} {{ {timed} }}\n"
+            );
+        }
+    }
+    script
+}
+
+/// Lifts a block whether or not it is there.
+pub fn unblock_script(ip: IpAddr) -> String {
+    let set = match Family::of(ip) {
+        Family::V4 => SET4,
+        Family::V6 => SET6,
+    };
+    format!("add element {TABLE} {set} {{ {ip} }}\ndelete element {TABLE} {set} {{ {ip} }}\n")
+}
+
+fn join(ips: &[IpAddr], suffix: &str) -> String {
+    let items: Vec<String> = ips.iter().map(|ip| format!("{ip}{suffix}")).collect();
+    items.join(", ")
+}
+
+/// nft's time syntax: whole seconds as `30s`, anything finer in `ms`.
+fn nft_time(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// Reads the elements of `nft -j list set ...`: `{"elem": {"val": ip,
+/// "timeout": s, "expires": s}}`, or a bare address for an element added
+/// without a timeout.
+pub fn parse_list(json: &str) -> anyhow::Result<Vec<Entry>> {
+    let doc: serde_json::Value =
+        serde_json::from_str(json).context("nft -j printed something that is not JSON")?;
+    let mut entries = Vec::new();
+    let objects = doc["nftables"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    for set in objects.iter().filter_map(|o| o.get("set")) {
+        for elem in set["elem"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+            let (val, expires) = match elem.get("elem") {
+                Some(inner) => (&inner["val"], inner["expires"].as_u64()),
+                None => (elem, None),
+            };
+            let Some(ip) = val.as_str().and_then(|s| s.parse::<IpAddr>().ok()) else {
+                continue;
+            };
+            entries.push(Entry {
+                ip,
+                remaining: expires.map(Duration::from_secs),
+            });
+        }
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ips(list: &[&str]) -> Vec<IpAddr> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn one_batch_blocks_both_families_idempotently() {
+        let script = block_script(
+            &ips(&["192.0.2.1", "2001:db8::7", "192.0.2.2"]),
+            Duration::from_secs(3600),
+        );
+        assert_eq!(
+            script,
+            "add element inet tcpwatch blocked4 { 192.0.2.1, 192.0.2.2 }\n\
+             delete element inet tcpwatch blocked4 { 192.0.2.1, 192.0.2.2 }\n\
+             add element inet tcpwatch blocked4 { 192.0.2.1 timeout 3600s, 192.0.2.2 timeout 3600s }\n\
+             add element inet tcpwatch blocked6 { 2001:db8::7 }\n\
+             delete element inet tcpwatch blocked6 { 2001:db8::7 }\n\
+             add element inet tcpwatch blocked6 { 2001:db8::7 timeout 3600s }\n"
+        );
+    }
+
+    #[test]
+    fn sub_second_ttls_are_written_in_ms() {
+        let script = block_script(&ips(&["192.0.2.1"]), Duration::from_millis(1500));
+        assert!(
+            script.ends_with("{ 192.0.2.1 timeout 1500ms }\n"),
+            "{script}"
+        );
+    }
+
+    #[test]
+    fn large_batches_are_chunked_in_one_script() {
+        let many: Vec<IpAddr> = (0..2500u32)
+            .map(|n| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n)))
+            .collect();
+        let script = block_script(&many, Duration::from_secs(30));
+        assert_eq!(script.lines().count(), 9, "3 chunks x add/delete/add");
+        assert_eq!(script.matches("timeout 30s").count(), 2500);
+    }
+
+    #[test]
+    fn install_replaces_a_leftover_table_in_one_batch() {
+        let script = install_script();
+        let lines: Vec<&str> = script.lines().collect();
+        assert_eq!(
+            lines[..3],
+            [
+                "add table inet tcpwatch",
+                "delete table inet tcpwatch",
+                "add table inet tcpwatch"
+            ]
+        );
+        assert!(script.contains("type filter hook prerouting priority raw;"));
+        assert_eq!(script.matches("add rule").count(), 2);
+        assert!(script.contains("ip saddr @blocked4 drop"));
+        assert!(script.contains("ip6 saddr @blocked6 drop"));
+    }
+
+    #[test]
+    fn unblock_and_remove_succeed_on_absent_objects() {
+        assert_eq!(
+            unblock_script("2001:db8::7".parse().unwrap()),
+            "add element inet tcpwatch blocked6 { 2001:db8::7 }\ndelete element inet tcpwatch blocked6 { 2001:db8::7 }\n"
+        );
+        assert_eq!(
+            remove_script(),
+            "add table inet tcpwatch\ndelete table inet tcpwatch\n"
+        );
+    }
+
+    #[test]
+    fn parses_the_listing_of_nft_1_0_6() {
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"set": {"family": "inet", "name": "blocked4", "table": "tcpwatch", "type": "ipv4_addr", "handle": 1, "flags": ["timeout"], "elem": [{"elem": {"val": "10.0.0.2", "timeout": 30, "expires": 29}}, "10.0.0.9"]}}]}"#;
+        let entries = parse_list(json).unwrap();
+        assert_eq!(
+            entries,
+            [
+                Entry {
+                    ip: "10.0.0.2".parse().unwrap(),
+                    remaining: Some(Duration::from_secs(29))
+                },
+                Entry {
+                    ip: "10.0.0.9".parse().unwrap(),
+                    remaining: None
+                },
+            ]
+        );
+        let empty = r#"{"nftables": [{"metainfo": {}}, {"set": {"name": "blocked6", "type": "ipv6_addr"}}]}"#;
+        assert!(parse_list(empty).unwrap().is_empty());
+        assert!(parse_list("garbage").is_err());
+    }
+}

@@ -1,0 +1,421 @@
+//! Prometheus metrics (SPEC §4): what the agent counts, and both exposition
+//! formats. [`http`] serves them.
+//!
+//! The stages update the handles in [`Metrics`] directly (they are atomics);
+//! nothing here reads a clock or the OS, so the exposition is unit-tested.
+//! Labels are closed sets (`direction`, `backend`, `family`, `source`,
+//! `version`): never an address or a port, so cardinality stays fixed.
+
+pub mod http;
+
+use crate::event::{Event, EventKind};
+use prometheus_client::encoding::{prometheus_text, text};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// One label, `name="value"`; values are static strings from closed sets.
+type Label = [(&'static str, &'static str); 1];
+type HistogramFamily = Family<Label, Histogram, fn() -> Histogram>;
+
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const TEXT_CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
+/// Every metric of SPEC §4, plus the health flag `/healthz` reports.
+pub struct Metrics {
+    registry: Registry,
+    new_connections: Family<Label, Counter>,
+    port_scans: Counter,
+    blocks: Family<Label, Counter>,
+    blocked_ips: Family<Label, Gauge>,
+    events_lost: Family<Label, Counter>,
+    poll_duration: HistogramFamily,
+    tracked_sources: Gauge,
+    source_running: AtomicBool,
+}
+
+fn poll_buckets() -> Histogram {
+    // 1 ms .. ~16 s: an empty /proc/net/tcp read costs ~3.5 ms, 20k sockets
+    // ~55 ms; a stalled read should still land in a finite bucket.
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+impl Metrics {
+    /// Registers every metric; the label sets that are known up front
+    /// (`source`, `backend`, both families) start at zero so that a
+    /// dashboard sees the series before the first event.
+    pub fn new(source: &'static str, backend: Option<&'static str>) -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("tcpwatch");
+        let new_connections = Family::<Label, Counter>::default();
+        let port_scans = Counter::default();
+        let blocks = Family::<Label, Counter>::default();
+        let blocked_ips = Family::<Label, Gauge>::default();
+        let events_lost = Family::<Label, Counter>::default();
+        let poll_duration = HistogramFamily::new_with_constructor(poll_buckets);
+        let tracked_sources = Gauge::default();
+        let build_info = Family::<Label, Gauge>::default();
+
+        // Counters are registered without `_total`: the encoder appends it
+        // (and a registered `*_total` name panics in debug builds).
+        registry.register(
+            "new_connections",
+            "New TCP connections reported, by direction",
+            new_connections.clone(),
+        );
+        registry.register("port_scans", "Port scans detected", port_scans.clone());
+        registry.register(
+            "blocks",
+            "Scanners blocked (or, with --dry-run, that would have been), by backend",
+            blocks.clone(),
+        );
+        registry.register(
+            "blocked_ips",
+            "Addresses currently in the block sets, by address family",
+            blocked_ips.clone(),
+        );
+        registry.register(
+            "events_lost",
+            "Events a source dropped before the detectors saw them",
+            events_lost.clone(),
+        );
+        registry.register(
+            "poll_duration_seconds",
+            "Time to read the kernel's socket table once",
+            poll_duration.clone(),
+        );
+        registry.register(
+            "tracked_sources",
+            "(remote, local) address pairs the scan detector is tracking",
+            tracked_sources.clone(),
+        );
+        registry.register(
+            "build_info",
+            "Always 1; the version label names the build",
+            build_info.clone(),
+        );
+
+        build_info
+            .get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])
+            .set(1);
+        for direction in ["inbound", "outbound"] {
+            let _ = new_connections.get_or_create(&[("direction", direction)]);
+        }
+        let _ = events_lost.get_or_create(&[("source", source)]);
+        let _ = poll_duration.get_or_create(&[("source", source)]);
+        if let Some(backend) = backend {
+            let _ = blocks.get_or_create(&[("backend", backend)]);
+        }
+        for family in ["ipv4", "ipv6"] {
+            let _ = blocked_ips.get_or_create(&[("family", family)]);
+        }
+
+        Arc::new(Metrics {
+            registry,
+            new_connections,
+            port_scans,
+            blocks,
+            blocked_ips,
+            events_lost,
+            poll_duration,
+            tracked_sources,
+            source_running: AtomicBool::new(false),
+        })
+    }
+
+    /// Counts an event as it is printed, so that the counters always equal
+    /// the lines on stdout.
+    pub fn printed(&self, event: &Event) {
+        match &event.kind {
+            EventKind::NewConnection { conn, .. } => {
+                self.new_connections
+                    .get_or_create(&[("direction", conn.direction.as_str())])
+                    .inc();
+            }
+            EventKind::PortScan(_) => {
+                self.port_scans.inc();
+            }
+            EventKind::Blocked(block) => {
+                self.blocks
+                    .get_or_create(&[("backend", block.backend)])
+                    .inc();
+            }
+            EventKind::Unblocked { .. } => {}
+        }
+    }
+
+    pub fn observe_poll(&self, source: &'static str, seconds: f64) {
+        self.poll_duration
+            .get_or_create(&[("source", source)])
+            .observe(seconds);
+    }
+
+    pub fn events_lost(&self, source: &'static str, n: u64) {
+        self.events_lost
+            .get_or_create(&[("source", source)])
+            .inc_by(n);
+    }
+
+    pub fn set_tracked_sources(&self, n: usize) {
+        self.tracked_sources.set(clamp(n));
+    }
+
+    pub fn set_blocked_ips(&self, v4: usize, v6: usize) {
+        self.blocked_ips
+            .get_or_create(&[("family", "ipv4")])
+            .set(clamp(v4));
+        self.blocked_ips
+            .get_or_create(&[("family", "ipv6")])
+            .set(clamp(v6));
+    }
+
+    /// Marks the source task as running (`true`) or ended (`false`).
+    pub fn set_source_running(&self, running: bool) {
+        self.source_running.store(running, Ordering::Relaxed);
+    }
+
+    pub fn source_running(&self) -> bool {
+        self.source_running.load(Ordering::Relaxed)
+    }
+
+    /// OpenMetrics 1.0 text, `# EOF` included.
+    pub fn openmetrics(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// The classic Prometheus text format 0.0.4. prometheus-client 0.26
+    /// encodes it natively (counters TYPEd under their `_total` name, no
+    /// `_created`, `# UNIT` or `# EOF`), so no conversion of the OpenMetrics
+    /// text is needed.
+    pub fn prometheus_text(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+fn clamp(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Which format an `Accept` header asks for: OpenMetrics when it lists
+/// `application/openmetrics-text` with a non-zero quality (Prometheus sends
+/// it first), the text format otherwise (curl, browsers, promtool).
+pub fn wants_openmetrics(accept: Option<&str>) -> bool {
+    let Some(accept) = accept else {
+        return false;
+    };
+    accept.split(',').any(|range| {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or("");
+        if !media.eq_ignore_ascii_case("application/openmetrics-text") {
+            return false;
+        }
+        let q = parts
+            .filter_map(|p| p.strip_prefix("q="))
+            .filter_map(|q| q.parse::<f64>().ok())
+            .next()
+            .unwrap_or(1.0);
+        q > 0.0
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Stamp;
+    use crate::event::{Block, Connection, Direction, PortScan};
+    use std::time::Duration;
+
+    fn event(kind: EventKind) -> Event {
+        Event {
+            at: Stamp {
+                wall: chrono::Local::now(),
+                mono: Duration::ZERO,
+            },
+            kind,
+        }
+    }
+
+    fn sample() -> Arc<Metrics> {
+        let m = Metrics::new("procfs", Some("nftables"));
+        let conn = |direction| {
+            event(EventKind::NewConnection {
+                conn: Connection {
+                    initiator: "192.0.2.56:5973".parse().unwrap(),
+                    acceptor: "10.0.0.5:80".parse().unwrap(),
+                    direction,
+                },
+                source: "procfs",
+            })
+        };
+        m.printed(&conn(Direction::Inbound));
+        m.printed(&conn(Direction::Inbound));
+        m.printed(&conn(Direction::Outbound));
+        m.printed(&event(EventKind::PortScan(PortScan {
+            remote: "192.0.2.56".parse().unwrap(),
+            local: "10.0.0.5".parse().unwrap(),
+            ports: vec![80, 81, 82, 83],
+        })));
+        m.printed(&event(EventKind::Blocked(Block {
+            ip: "192.0.2.56".parse().unwrap(),
+            ttl: Duration::from_secs(3600),
+            backend: "nftables",
+        })));
+        m.observe_poll("procfs", 0.004);
+        m.set_tracked_sources(7);
+        m.set_blocked_ips(1, 0);
+        m
+    }
+
+    /// A small checker of the 0.0.4 text format, the rules promtool and the
+    /// Prometheus parser apply: every sample belongs to the family TYPEd
+    /// just before it (counters by their `_total` name; histograms by
+    /// `_bucket`/`_sum`/`_count`), names and labels are well-formed, values
+    /// are numbers, and nothing OpenMetrics-only is left.
+    fn check_text_format(text: &str) -> Result<(), String> {
+        let name_ok = |n: &str| {
+            !n.is_empty()
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+                && !n.starts_with(|c: char| c.is_ascii_digit())
+        };
+        let mut current: Option<(String, String)> = None;
+        let mut seen = std::collections::HashSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# ") {
+                let mut words = rest.splitn(3, ' ');
+                let (kind, name) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+                match kind {
+                    "HELP" => {}
+                    "TYPE" => {
+                        let ty = words.next().unwrap_or("");
+                        if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&ty) {
+                            return Err(format!("bad type: {line}"));
+                        }
+                        if ty == "counter" && !name.ends_with("_total") {
+                            return Err(format!("counter without _total: {line}"));
+                        }
+                        if !seen.insert(name.to_string()) {
+                            return Err(format!("family TYPEd twice: {line}"));
+                        }
+                        current = Some((name.to_string(), ty.to_string()));
+                    }
+                    _ => return Err(format!("not a text-format comment: {line}")),
+                }
+                if !name_ok(name) {
+                    return Err(format!("bad name: {line}"));
+                }
+                continue;
+            }
+            let (series, value) = line
+                .rsplit_once(' ')
+                .ok_or_else(|| format!("no value: {line}"))?;
+            if value.parse::<f64>().is_err() && !["+Inf", "-Inf", "NaN"].contains(&value) {
+                return Err(format!("bad value: {line}"));
+            }
+            let name = series.split('{').next().unwrap_or("");
+            if series.contains('{') && !series.ends_with('}') {
+                return Err(format!("bad labels: {line}"));
+            }
+            let (family, ty) = current
+                .as_ref()
+                .ok_or_else(|| format!("sample before TYPE: {line}"))?;
+            let belongs = match ty.as_str() {
+                "histogram" => ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|s| name == format!("{family}{s}")),
+                _ => name == family,
+            };
+            if !belongs {
+                return Err(format!("sample {name} outside its family {family}"));
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn text_format_has_every_metric_with_its_type_and_labels() {
+        let text = sample().prometheus_text();
+        for expected in [
+            "# TYPE tcpwatch_new_connections_total counter",
+            "tcpwatch_new_connections_total{direction=\"inbound\"} 2",
+            "tcpwatch_new_connections_total{direction=\"outbound\"} 1",
+            "# TYPE tcpwatch_port_scans_total counter",
+            "tcpwatch_port_scans_total 1",
+            "# TYPE tcpwatch_blocks_total counter",
+            "tcpwatch_blocks_total{backend=\"nftables\"} 1",
+            "# TYPE tcpwatch_blocked_ips gauge",
+            "tcpwatch_blocked_ips{family=\"ipv4\"} 1",
+            "tcpwatch_blocked_ips{family=\"ipv6\"} 0",
+            "# TYPE tcpwatch_events_lost_total counter",
+            "tcpwatch_events_lost_total{source=\"procfs\"} 0",
+            "# TYPE tcpwatch_poll_duration_seconds histogram",
+            "tcpwatch_poll_duration_seconds_count{source=\"procfs\"} 1",
+            "tcpwatch_poll_duration_seconds_bucket{source=\"procfs\",le=\"+Inf\"} 1",
+            "# TYPE tcpwatch_tracked_sources gauge",
+            "tcpwatch_tracked_sources 7",
+            "# TYPE tcpwatch_build_info gauge",
+        ] {
+            assert!(
+                text.lines().any(|l| l == expected),
+                "missing line {expected:?} in\n{text}"
+            );
+        }
+        assert!(text.contains(&format!(
+            "tcpwatch_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )));
+        check_text_format(&text).unwrap();
+        assert!(!text.contains("# EOF"));
+        assert!(!text.contains("_created"));
+        assert!(!text.contains("# UNIT"));
+    }
+
+    #[test]
+    fn no_label_holds_an_address_or_port() {
+        let text = sample().prometheus_text();
+        for bad in ["192.0.2.56", "10.0.0.5", "5973", "80,"] {
+            assert!(!text.contains(bad), "{bad} leaked into\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_checker_catches_what_promtool_would() {
+        assert!(check_text_format("# TYPE a counter\na_total 1\n").is_err());
+        assert!(check_text_format("# TYPE a_total counter\na_total 1\n# EOF\n").is_err());
+        assert!(check_text_format("# TYPE a_total counter\nb_total 1\n").is_err());
+        assert!(check_text_format(
+            "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_sum 1\nh_count 1\n"
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn openmetrics_ends_with_eof_and_types_counters_by_base_name() {
+        let text = sample().openmetrics();
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(text.contains("# TYPE tcpwatch_new_connections counter\n"));
+        assert!(text.contains("tcpwatch_new_connections_total{direction=\"inbound\"} 2\n"));
+    }
+
+    #[test]
+    fn content_negotiation() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert!(wants_openmetrics(Some(prometheus)));
+        assert!(wants_openmetrics(Some("application/openmetrics-text")));
+        assert!(!wants_openmetrics(None));
+        assert!(!wants_openmetrics(Some("*/*")));
+        assert!(!wants_openmetrics(Some("text/plain;version=0.0.4")));
+        assert!(!wants_openmetrics(Some(
+            "application/openmetrics-text;q=0, text/plain"
+        )));
+    }
+}

@@ -1,0 +1,298 @@
+//! End-to-end tests of the metrics endpoint (SPEC §4): the agent serves on
+//! host A's lab address; curl, promtool and a real Prometheus server (the
+//! Debian package, run inside host A's namespace with a throwaway config and
+//! TSDB) read it.
+//!
+//! Needs root, curl, promtool and prometheus (skips otherwise; fails under
+//! `CI=true`). Run with `cargo test --release --test e2e_metrics`.
+
+mod common;
+
+use common::*;
+use std::io::Write;
+use std::net::IpAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const EVENT: Duration = Duration::from_secs(5);
+const A: usize = 0;
+const B: usize = 1;
+/// Where Prometheus runs: its own connections to A are all it adds there.
+const P: usize = 2;
+const PORT: u16 = 9472;
+
+fn have(tool: &str, arg: &str) -> bool {
+    let ok = Command::new(tool)
+        .arg(arg)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        missing_prerequisite(&format!(
+            "cannot run `{tool}` (scripts/install-deps.sh installs it)"
+        ));
+    }
+    ok
+}
+
+fn lab() -> Option<Lab> {
+    if !have("curl", "--version")
+        || !have("promtool", "--version")
+        || !have("prometheus", "--version")
+    {
+        return None;
+    }
+    Lab::new(3)
+}
+
+fn metrics_addr(lab: &Lab) -> String {
+    format!("{}:{PORT}", lab.v4(A))
+}
+
+fn start(lab: &Lab) -> Agent {
+    let addr = metrics_addr(lab);
+    Agent::start(
+        lab,
+        A,
+        &[
+            "run",
+            "--source",
+            "procfs",
+            "--interval",
+            "1s",
+            "--state",
+            "off",
+            "--block",
+            "none",
+            "--metrics-addr",
+            &addr,
+        ],
+    )
+}
+
+/// `curl -sS -D - URL [-H header]` from host B: (response head, body).
+fn curl(lab: &Lab, url: &str, header: Option<&str>) -> (String, String) {
+    let mut args = vec!["-sS", "-D", "-", url];
+    if let Some(h) = header {
+        args.extend(["-H", h]);
+    }
+    let out = lab.run(B, "curl", &args);
+    assert!(
+        out.status.success(),
+        "curl {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    (head.to_lowercase(), body.to_string())
+}
+
+fn new_connection_lines(agent: &Agent) -> usize {
+    agent
+        .stdout_lines()
+        .iter()
+        .filter(|l| event_text(l).is_some_and(|t| t.starts_with("New connection: ")))
+        .count()
+}
+
+/// The sum of a counter's samples in the text format.
+fn sum_of(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn text_format_passes_promtool_and_counts_every_printed_connection() {
+    let Some(lab) = lab() else { return };
+    let _server = lab.serve(A, Listen::V4, &[80, 81]);
+    let agent = start(&lab);
+    let _clients = lab.connect(B, lab.v4(A).into(), &[80, 81], None);
+    let url = format!("http://{}/metrics", metrics_addr(&lab));
+    assert!(agent
+        .wait_for(|l| l.contains("New connection"), EVENT)
+        .is_some());
+    std::thread::sleep(SETTLE);
+
+    let (head, body) = curl(&lab, &url, None);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains("content-type: text/plain; version=0.0.4; charset=utf-8"),
+        "{head}"
+    );
+    assert_eq!(
+        sum_of(&body, "tcpwatch_new_connections_total"),
+        new_connection_lines(&agent) as f64
+    );
+    assert_eq!(new_connection_lines(&agent), 2);
+    for (name, ty) in [
+        ("tcpwatch_new_connections_total", "counter"),
+        ("tcpwatch_port_scans_total", "counter"),
+        ("tcpwatch_blocked_ips", "gauge"),
+        ("tcpwatch_events_lost_total", "counter"),
+        ("tcpwatch_poll_duration_seconds", "histogram"),
+        ("tcpwatch_tracked_sources", "gauge"),
+        ("tcpwatch_build_info", "gauge"),
+    ] {
+        assert!(
+            body.contains(&format!("# TYPE {name} {ty}\n")),
+            "no {name} {ty} in\n{body}"
+        );
+    }
+    assert!(body.contains("tcpwatch_poll_duration_seconds_count{source=\"procfs\"}"));
+    assert!(
+        !body.contains(&lab.v4(B).to_string()),
+        "an address leaked into a label"
+    );
+
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success() && checked.stdout.is_empty() && checked.stderr.is_empty(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+
+    let (head, body) = curl(
+        &lab,
+        &url,
+        Some("Accept: application/openmetrics-text; version=1.0.0"),
+    );
+    assert!(
+        head.contains("content-type: application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        "{head}"
+    );
+    assert!(body.ends_with("# EOF\n"), "{body}");
+
+    let (head, body) = curl(
+        &lab,
+        &format!("http://{}/healthz", metrics_addr(&lab)),
+        None,
+    );
+    assert!(
+        head.starts_with("http/1.1 200") && body == "ok\n",
+        "{head}\n{body}"
+    );
+    let (head, body) = curl(&lab, &format!("http://{}/", metrics_addr(&lab)), None);
+    assert!(
+        head.contains("text/html") && body.contains("href=\"/metrics\""),
+        "{body}"
+    );
+
+    assert_eq!(agent.stop().status.code(), Some(0));
+}
+
+#[test]
+fn a_taken_port_is_exit_1_with_one_line() {
+    let Some(lab) = lab() else { return };
+    let agent = start(&lab);
+    let addr = metrics_addr(&lab);
+    let second = lab.run(
+        A,
+        AGENT,
+        &[
+            "run",
+            "--state",
+            "off",
+            "--block",
+            "none",
+            "--metrics-addr",
+            &addr,
+        ],
+    );
+    assert_eq!(second.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&second.stderr),
+        format!("tcpwatch: error: metrics address {addr}: Address already in use\n")
+    );
+    assert!(second.stdout.is_empty());
+    assert_eq!(agent.stop().status.code(), Some(0));
+}
+
+/// A real Prometheus on host P scrapes the agent on A every second; its view
+/// of `tcpwatch_new_connections_total` must equal the number of `New
+/// connection` lines A printed (B's three connections plus Prometheus's own
+/// scrape connection, which A sees and reports too).
+#[test]
+fn prometheus_scrapes_the_number_of_printed_connections() {
+    let Some(lab) = lab() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: tcpwatch\n    static_configs:\n      - targets: ['{}']\n",
+            metrics_addr(&lab)
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let _server = lab.serve(A, Listen::V4, &[80, 81, 82]);
+    let agent = start(&lab);
+    let prometheus = lab.spawn(
+        P,
+        "prometheus",
+        &[
+            &format!("--config.file={}", config.display()),
+            &format!("--storage.tsdb.path={}", data.display()),
+            "--web.listen-address=127.0.0.1:9090",
+        ],
+    );
+    let _clients = lab.connect(B, lab.v4(A).into(), &[80, 81, 82], None);
+    assert!(agent
+        .wait_for(|l| l.contains("New connection"), EVENT)
+        .is_some());
+    std::thread::sleep(SETTLE);
+
+    let query = "http://127.0.0.1:9090/api/v1/query?query=sum(tcpwatch_new_connections_total)";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let printed = new_connection_lines(&agent);
+        let out = lab.run(P, "curl", &["-sS", query]);
+        let last = String::from_utf8_lossy(&out.stdout).into_owned();
+        let value = serde_json::from_str::<serde_json::Value>(&last)
+            .ok()
+            .and_then(|v| {
+                v["data"]["result"][0]["value"][1]
+                    .as_str()
+                    .map(str::to_string)
+            });
+        // Equal, and past B's three: the scrape connection is in both.
+        if printed > 3 && value.as_deref() == Some(printed.to_string().as_str()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never saw {printed}; last answer: {last}\nprometheus: {}",
+            prometheus
+                .stderr()
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // The scrape was classic text or OpenMetrics, as Prometheus negotiated;
+    // either way its target is healthy.
+    let targets = lab.run(P, "curl", &["-sS", "http://127.0.0.1:9090/api/v1/targets"]);
+    let targets = String::from_utf8_lossy(&targets.stdout);
+    assert!(targets.contains("\"health\":\"up\""), "{targets}");
+    let lab_ip: IpAddr = lab.v4(A).into();
+    assert!(targets.contains(&lab_ip.to_string()));
+    assert_eq!(agent.stop().status.code(), Some(0));
+}
