@@ -149,6 +149,7 @@ async fn poll(
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
+    let mut ready = false;
     loop {
         ticks.tick().await;
         let at = clock.now();
@@ -173,6 +174,16 @@ async fn poll(
                     .is_err()
                 {
                     return Ok(());
+                }
+                if !ready {
+                    // For operators and tests: the first table is read, so
+                    // every connection from now on will be reported.
+                    eprintln!(
+                        "tcpwatch: watching: {} every {}",
+                        table.name(),
+                        crate::duration::format(every)
+                    );
+                    ready = true;
                 }
             }
             Err(e) if !failing => {

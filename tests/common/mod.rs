@@ -594,6 +594,12 @@ pub const CORE_ARGS: &[&str] = &[
 /// (for polling sources, once the first table has been read).
 pub const READY: &str = "tcpwatch: watching";
 
+/// The lines of `stderr` other than the readiness line: what the agent had
+/// to say about something going wrong (or being skipped).
+pub fn diagnostics(stderr: &str) -> Vec<&str> {
+    stderr.lines().filter(|l| !l.starts_with(READY)).collect()
+}
+
 /// How long start-up may take before a test gives up.
 pub const START_TIMEOUT: Duration = Duration::from_secs(15);
 
