@@ -69,7 +69,7 @@ pub fn require_root() -> bool {
 }
 
 /// True when `program --version`-like `args` runs; otherwise reports it.
-fn require_tool(program: &str, args: &[&str]) -> bool {
+pub fn require_tool(program: &str, args: &[&str]) -> bool {
     let ran = Command::new(program)
         .args(args)
         .stdout(Stdio::null())

@@ -1,0 +1,258 @@
+//! The container image watches its host: built with `scripts/image.sh` (what
+//! `make image` runs), started with the README's `docker run` command, it
+//! reports a connection made on the host, blocks a scanner in the host's
+//! nftables ruleset, and removes its table when the container stops.
+//!
+//! Unlike the other suites this one touches the root namespace, as a
+//! container watching its host must: a veth to a scanner namespace
+//! (10.251.x.0/24), servers on high ports, and the agent's own
+//! `inet tcpwatch` table, all removed at the end.
+
+mod common;
+
+use common::*;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+const IMAGE: &str = "tcpwatch:e2e";
+const EVENT: Duration = Duration::from_secs(10);
+
+fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+}
+
+fn must(program: &str, args: &[&str]) -> String {
+    let out = run(program, args);
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A namespace wired to the root namespace by a veth: a remote host.
+struct Scanner {
+    ns: String,
+    link: String,
+    host: Ipv4Addr,
+    addr: Ipv4Addr,
+}
+
+impl Scanner {
+    fn new() -> Scanner {
+        let id = std::process::id();
+        let net = (id % 250) as u8;
+        let scanner = Scanner {
+            ns: format!("twct-{id}"),
+            link: format!("twct{id}"),
+            host: Ipv4Addr::new(10, 251, net, 1),
+            addr: Ipv4Addr::new(10, 251, net, 2),
+        };
+        let (ns, link) = (scanner.ns.as_str(), scanner.link.as_str());
+        must("ip", &["netns", "add", ns]);
+        must(
+            "ip",
+            &[
+                "link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", ns,
+            ],
+        );
+        must(
+            "ip",
+            &["addr", "add", &format!("{}/24", scanner.host), "dev", link],
+        );
+        must("ip", &["link", "set", link, "up"]);
+        let addr = format!("{}/24", scanner.addr);
+        must("ip", &["-n", ns, "addr", "add", &addr, "dev", "eth0"]);
+        must("ip", &["-n", ns, "link", "set", "eth0", "up"]);
+        must("ip", &["-n", ns, "link", "set", "lo", "up"]);
+        scanner
+    }
+}
+
+impl Drop for Scanner {
+    fn drop(&mut self) {
+        let _ = run("ip", &["link", "del", &self.link]);
+        let _ = run("ip", &["netns", "del", &self.ns]);
+    }
+}
+
+/// A running container, removed (forcibly) when dropped.
+struct Container(String);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = run("docker", &["rm", "-f", &self.0]);
+    }
+}
+
+/// The README's command (host network, least capabilities, read-only root,
+/// state on a volume), with test-sized settings after the image name.
+fn docker_run(name: &str, state: &str, metrics: &str) -> Container {
+    let volume = format!("{state}:/var/lib/tcpwatch");
+    must(
+        "docker",
+        &[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "host",
+            "--cap-drop",
+            "ALL",
+            "--cap-add",
+            "NET_ADMIN",
+            "--cap-add",
+            "NET_RAW",
+            "--read-only",
+            "--tmpfs",
+            "/run",
+            "-v",
+            &volume,
+            IMAGE,
+            "run",
+            "--interval",
+            "1s",
+            "--block-ttl",
+            "30s",
+            "--metrics-addr",
+            metrics,
+        ],
+    );
+    Container(name.to_string())
+}
+
+fn tcpwatch_table_exists() -> bool {
+    must("nft", &["list", "tables"])
+        .lines()
+        .any(|l| l.contains("tcpwatch"))
+}
+
+fn python_peer(args: &[&str]) -> Command {
+    let mut command = Command::new("python3");
+    command.arg("-u").arg(PEER).args(args);
+    command
+}
+
+#[test]
+fn container_reports_host_connections_and_blocks_on_the_host_firewall() {
+    if !require_root() || !require_tool("nft", &["--version"]) {
+        return;
+    }
+    let built = run("scripts/image.sh", &[AGENT, IMAGE]);
+    if !built.status.success() {
+        missing_prerequisite(&format!(
+            "cannot build the image: {}",
+            String::from_utf8_lossy(&built.stderr)
+        ));
+        return;
+    }
+    assert!(
+        !tcpwatch_table_exists(),
+        "a tcpwatch table exists before the test"
+    );
+    let scanner = Scanner::new();
+    let base = 40_000 + (std::process::id() % 5_000) as u16 * 5;
+    let ports = [base + 1, base + 2, base + 3, base + 4];
+    let port_args: Vec<String> = std::iter::once(base)
+        .chain(ports)
+        .map(|p| p.to_string())
+        .collect();
+    let mut serve_args = vec!["serve", "--v4"];
+    serve_args.extend(port_args.iter().map(String::as_str));
+    let servers = Proc::start("servers", python_peer(&serve_args));
+    assert!(
+        servers.wait_for(|l| l == "ready", HELPER_TIMEOUT).is_some(),
+        "{}",
+        servers.stderr()
+    );
+
+    let state = tempfile::tempdir().unwrap();
+    let metrics = format!("127.0.0.1:{}", base + 5);
+    let name = format!("tcpwatch-e2e-{}", std::process::id());
+    let container = docker_run(&name, state.path().to_str().unwrap(), &metrics);
+    let logs = Proc::start("docker logs", {
+        let mut c = Command::new("docker");
+        c.args(["logs", "-f", &container.0]);
+        c
+    });
+    assert!(
+        logs.wait_for_stderr(READY, START_TIMEOUT),
+        "container not ready: {}",
+        logs.stderr()
+    );
+    let health = must("curl", &["-sf", &format!("http://{metrics}/healthz")]);
+    assert_eq!(health.trim(), "ok");
+
+    // A connection on the host.
+    let client = Proc::start(
+        "client",
+        python_peer(&["connect", "127.0.0.1", &base.to_string()]),
+    );
+    let local = client
+        .wait_for_lines(1, HELPER_TIMEOUT)
+        .expect("client connected");
+    let local: SocketAddr = local[0].replace(' ', ":").parse().unwrap();
+    let server = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), base);
+    let line = new_connection(local, server);
+    assert!(
+        logs.wait_for(|l| event_text(l) == Some(line.as_str()), EVENT)
+            .is_some(),
+        "no '{line}' from the container: {:?}",
+        logs.stdout_lines()
+    );
+
+    // A scan from the namespace host, blocked on the host's firewall.
+    let mut scan_args = vec![
+        "netns",
+        "exec",
+        &scanner.ns,
+        "python3",
+        "-u",
+        PEER,
+        "connect",
+    ];
+    let host = scanner.host.to_string();
+    scan_args.push(&host);
+    scan_args.extend(port_args[1..].iter().map(String::as_str));
+    let _scan = Proc::start("scanner", {
+        let mut c = Command::new("ip");
+        c.args(&scan_args);
+        c
+    });
+    let scan = port_scan(scanner.addr.into(), scanner.host.into(), &ports);
+    let blocked = format!("Blocked {} for 30s via nftables", scanner.addr);
+    for want in [&scan, &blocked] {
+        assert!(
+            logs.wait_for(|l| event_text(l) == Some(want.as_str()), EVENT)
+                .is_some(),
+            "no '{want}': {:?} {}",
+            logs.stdout_lines(),
+            logs.stderr()
+        );
+    }
+    let set = must("nft", &["list", "set", "inet", "tcpwatch", "blocked4"]);
+    assert!(set.contains(&scanner.addr.to_string()), "{set}");
+
+    // Stopping the container (SIGTERM) removes the table.
+    must("docker", &["stop", "-t", "20", &container.0]);
+    let code = must(
+        "docker",
+        &["inspect", "-f", "{{.State.ExitCode}}", &container.0],
+    );
+    assert_eq!(
+        code.trim(),
+        "0",
+        "container exit code; stderr: {}",
+        logs.stderr()
+    );
+    assert!(
+        !tcpwatch_table_exists(),
+        "table left after the container stopped"
+    );
+}
