@@ -7,7 +7,7 @@ set -euo pipefail
 
 packages=(
   nftables iptables ipset iproute2 procps psmisc
-  ncat nmap hping3 tcpdump curl python3
+  ncat nmap hping3 tcpdump curl python3 libpcap-dev
 )
 
 missing=()
