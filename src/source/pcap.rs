@@ -389,3 +389,260 @@ impl Drops {
         (lost > 0).then_some(lost)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SYN: u8 = TCP_SYN;
+    const SYN_ACK: u8 = TCP_SYN | TCP_ACK;
+    const RST: u8 = TCP_RST;
+
+    /// A 20-byte TCP header followed by 20 bytes of options, as a real SYN
+    /// carries (MSS, SACK, timestamps, window scale).
+    fn tcp(src: u16, dst: u16, flags: u8) -> Vec<u8> {
+        let mut h = vec![0u8; 40];
+        h[0..2].copy_from_slice(&src.to_be_bytes());
+        h[2..4].copy_from_slice(&dst.to_be_bytes());
+        h[12] = 10 << 4; // data offset: 40 bytes
+        h[13] = flags;
+        h
+    }
+
+    /// IPv4 header with `options` 32-bit words of options (IHL = 5 + options).
+    fn ipv4(src: [u8; 4], dst: [u8; 4], options: usize, payload: &[u8]) -> Vec<u8> {
+        let ihl = 5 + options;
+        let mut h = vec![0u8; ihl * 4];
+        h[0] = 0x40 | ihl as u8;
+        let total = (h.len() + payload.len()) as u16;
+        h[2..4].copy_from_slice(&total.to_be_bytes());
+        h[8] = 64; // TTL
+        h[9] = 6; // TCP
+        h[12..16].copy_from_slice(&src);
+        h[16..20].copy_from_slice(&dst);
+        // Options: NOPs (type 1), which any parser must skip.
+        for byte in &mut h[20..] {
+            *byte = 1;
+        }
+        h.extend_from_slice(payload);
+        h
+    }
+
+    fn ipv6(src: &str, dst: &str, payload: &[u8]) -> Vec<u8> {
+        let mut h = vec![0u8; 40];
+        h[0] = 0x60;
+        h[4..6].copy_from_slice(&(payload.len() as u16).to_be_bytes());
+        h[6] = 6; // next header: TCP
+        h[7] = 64;
+        h[8..24].copy_from_slice(&src.parse::<std::net::Ipv6Addr>().unwrap().octets());
+        h[24..40].copy_from_slice(&dst.parse::<std::net::Ipv6Addr>().unwrap().octets());
+        h.extend_from_slice(payload);
+        h
+    }
+
+    fn ethernet(ether_type: u16, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+        f.extend_from_slice(&ether_type.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    fn vlan(id: u16, ether_type: u16, payload: &[u8]) -> Vec<u8> {
+        let mut tag = id.to_be_bytes().to_vec();
+        tag.extend_from_slice(&ether_type.to_be_bytes());
+        tag.extend_from_slice(payload);
+        ethernet(0x8100, &tag)
+    }
+
+    fn v4_syn(flags: u8) -> Vec<u8> {
+        ethernet(
+            0x0800,
+            &ipv4([10, 0, 0, 7], [10, 0, 0, 5], 0, &tcp(40000, 22, flags)),
+        )
+    }
+
+    fn syn(src: &str, dst: &str) -> Option<Syn> {
+        Some(Syn {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+        })
+    }
+
+    #[test]
+    fn ipv4_syn_is_read() {
+        assert_eq!(
+            parse_syn(Link::Ethernet, &v4_syn(SYN)),
+            syn("10.0.0.7:40000", "10.0.0.5:22")
+        );
+    }
+
+    #[test]
+    fn ipv6_syn_is_read() {
+        let frame = ethernet(0x86dd, &ipv6("fd00::7", "fd00::5", &tcp(40000, 443, SYN)));
+        assert_eq!(
+            parse_syn(Link::Ethernet, &frame),
+            syn("[fd00::7]:40000", "[fd00::5]:443")
+        );
+    }
+
+    #[test]
+    fn vlan_tagged_syn_is_read() {
+        let frame = vlan(
+            42,
+            0x0800,
+            &ipv4([10, 0, 0, 7], [10, 0, 0, 5], 0, &tcp(40000, 80, SYN)),
+        );
+        assert_eq!(
+            parse_syn(Link::Ethernet, &frame),
+            syn("10.0.0.7:40000", "10.0.0.5:80")
+        );
+        let frame = vlan(7, 0x86dd, &ipv6("fd00::7", "fd00::5", &tcp(1, 2, SYN)));
+        assert_eq!(
+            parse_syn(Link::Ethernet, &frame),
+            syn("[fd00::7]:1", "[fd00::5]:2")
+        );
+    }
+
+    #[test]
+    fn ipv4_options_are_skipped() {
+        // IHL 15: the longest IPv4 header; the ports must come from after it.
+        let frame = ethernet(
+            0x0800,
+            &ipv4([10, 0, 0, 7], [10, 0, 0, 5], 10, &tcp(1234, 8080, SYN)),
+        );
+        assert_eq!(
+            parse_syn(Link::Ethernet, &frame),
+            syn("10.0.0.7:1234", "10.0.0.5:8080")
+        );
+    }
+
+    #[test]
+    fn syn_ack_rst_and_plain_ack_are_not_attempts() {
+        for flags in [SYN_ACK, RST, SYN | RST, TCP_ACK, 0] {
+            assert_eq!(
+                parse_syn(Link::Ethernet, &v4_syn(flags)),
+                None,
+                "{flags:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn truncated_frames_are_none() {
+        let frame = v4_syn(SYN);
+        // 14 Ethernet + 20 IPv4 + 14 TCP bytes are the least that holds the flags.
+        assert!(parse_syn(Link::Ethernet, &frame[..48]).is_some());
+        for len in 0..48 {
+            assert_eq!(
+                parse_syn(Link::Ethernet, &frame[..len]),
+                None,
+                "{len} bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn snaplen_cut_is_enough_for_the_longest_headers() {
+        // Two VLAN tags and a 60-byte IPv4 header still fit in SNAPLEN.
+        let mut inner = 0x0800u16.to_be_bytes().to_vec();
+        inner.extend(ipv4([10, 0, 0, 7], [10, 0, 0, 5], 10, &tcp(5, 6, SYN)));
+        let frame = vlan(1, 0x8100, &[&2u16.to_be_bytes()[..], &inner].concat());
+        let cut = &frame[..SNAPLEN as usize];
+        assert_eq!(
+            parse_syn(Link::Ethernet, cut),
+            syn("10.0.0.7:5", "10.0.0.5:6")
+        );
+    }
+
+    #[test]
+    fn non_tcp_and_later_fragments_are_none() {
+        let mut udp = ipv4([10, 0, 0, 7], [10, 0, 0, 5], 0, &tcp(1, 2, SYN));
+        udp[9] = 17;
+        assert_eq!(parse_syn(Link::Ethernet, &ethernet(0x0800, &udp)), None);
+        let mut fragment = ipv4([10, 0, 0, 7], [10, 0, 0, 5], 0, &tcp(1, 2, SYN));
+        fragment[6..8].copy_from_slice(&100u16.to_be_bytes()); // offset 800 bytes
+        assert_eq!(
+            parse_syn(Link::Ethernet, &ethernet(0x0800, &fragment)),
+            None
+        );
+        assert_eq!(parse_syn(Link::Ethernet, &ethernet(0x0806, &[0; 28])), None);
+    }
+
+    #[test]
+    fn raw_and_cooked_links_are_read() {
+        let packet = ipv4([10, 0, 0, 7], [10, 0, 0, 5], 0, &tcp(40000, 22, SYN));
+        let want = syn("10.0.0.7:40000", "10.0.0.5:22");
+        assert_eq!(parse_syn(Link::RawIp, &packet), want);
+        let mut sll = vec![0u8; 14];
+        sll.extend_from_slice(&0x0800u16.to_be_bytes());
+        sll.extend_from_slice(&packet);
+        assert_eq!(parse_syn(Link::LinuxSll, &sll), want);
+        let mut sll2 = 0x0800u16.to_be_bytes().to_vec();
+        sll2.extend_from_slice(&[0u8; 18]);
+        sll2.extend_from_slice(&packet);
+        assert_eq!(parse_syn(Link::LinuxSll2, &sll2), want);
+    }
+
+    #[test]
+    fn direction_follows_the_host_addresses() {
+        let local: HashSet<IpAddr> = ["10.0.0.5".parse().unwrap(), "fd00::5".parse().unwrap()]
+            .into_iter()
+            .collect();
+        let inbound = parse_attempt(Link::Ethernet, &v4_syn(SYN), &local).unwrap();
+        assert_eq!(inbound.direction, Direction::Inbound);
+        assert_eq!(inbound.initiator, "10.0.0.7:40000".parse().unwrap());
+        assert_eq!(inbound.acceptor, "10.0.0.5:22".parse().unwrap());
+
+        let out = ethernet(0x86dd, &ipv6("fd00::5", "fd00::9", &tcp(50000, 80, SYN)));
+        let outbound = parse_attempt(Link::Ethernet, &out, &local).unwrap();
+        assert_eq!(outbound.direction, Direction::Outbound);
+        assert_eq!(outbound.initiator, "[fd00::5]:50000".parse().unwrap());
+        assert_eq!(outbound.acceptor, "[fd00::9]:80".parse().unwrap());
+
+        let transit = ethernet(0x86dd, &ipv6("fd00::7", "fd00::9", &tcp(1, 2, SYN)));
+        assert_eq!(parse_attempt(Link::Ethernet, &transit, &local), None);
+    }
+
+    #[test]
+    fn drop_counters_become_increments_across_wraparound() {
+        let stat = |dropped, if_dropped| pcap::Stat {
+            received: 0,
+            dropped,
+            if_dropped,
+        };
+        let mut drops = Drops::default();
+        assert_eq!(drops.lost_since_last(stat(0, 0)), None);
+        assert_eq!(drops.lost_since_last(stat(5, 2)), Some(7));
+        assert_eq!(drops.lost_since_last(stat(5, 2)), None);
+        assert_eq!(
+            drops.lost_since_last(stat(u32::MAX, 2)),
+            Some(u64::from(u32::MAX - 5))
+        );
+        assert_eq!(drops.lost_since_last(stat(3, 2)), Some(4));
+    }
+
+    #[test]
+    fn kernel_filter_passes_only_syns() {
+        let dead = Capture::dead(Linktype(1)).unwrap();
+        let program = dead.compile(&filter_with_vlan(), true).unwrap();
+        let v6 = |flags| ethernet(0x86dd, &ipv6("fd00::7", "fd00::5", &tcp(1, 2, flags)));
+        let tagged = vlan(
+            9,
+            0x0800,
+            &ipv4([10, 0, 0, 7], [10, 0, 0, 5], 2, &tcp(1, 2, SYN)),
+        );
+        for frame in [v4_syn(SYN), v4_syn(SYN | RST), v6(SYN), tagged] {
+            assert!(program.filter(&frame), "{frame:02x?}");
+        }
+        let udp = ethernet(0x0800, &{
+            let mut p = ipv4([10, 0, 0, 7], [10, 0, 0, 5], 0, &tcp(1, 2, SYN));
+            p[9] = 17;
+            p
+        });
+        for frame in [v4_syn(SYN_ACK), v4_syn(TCP_ACK), v6(SYN_ACK), v6(RST), udp] {
+            assert!(!program.filter(&frame), "{frame:02x?}");
+        }
+        let raw = Capture::dead(Linktype(12)).unwrap();
+        assert!(raw.compile(FILTER, true).is_ok());
+    }
+}
