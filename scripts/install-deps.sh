@@ -8,7 +8,7 @@ set -euo pipefail
 
 packages=(
   nftables iptables ipset iproute2 procps psmisc systemd
-  ncat nmap hping3 tcpdump curl python3 prometheus
+  ncat nmap hping3 tcpdump curl python3 prometheus libpcap-dev
   docker.io debootstrap
 )
 

@@ -5,7 +5,7 @@
 use crate::block::allow::Allowlist;
 use crate::block::{self, Blocker};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Listen, RunConfig};
+use crate::config::{Listen, RunConfig, SourceKind};
 use crate::detect::Detector;
 use crate::event::Event;
 use crate::metrics::{self, Metrics};
@@ -32,7 +32,6 @@ pub fn run_blocking(config: RunConfig) -> anyhow::Result<()> {
 
 pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
-    let table = source::socket_table(config.source.name())?;
     // Bound first: an agent that is about to exit on a taken port must not
     // touch the firewall.
     let listener = match config.metrics_addr {
@@ -43,7 +42,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let mode = tokio::task::spawn_blocking(move || block::Mode::start(kind, ttl, dry_run))
         .await
         .context("block set-up failed")?;
-    let metrics = Metrics::new(table.name(), mode.backend_name());
+    let metrics = Metrics::new(config.source.name(), mode.backend_name());
     let blocker = Blocker::new(
         mode,
         config.block_ttl,
@@ -51,7 +50,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         clock.clone(),
     );
     let detector = Detector::new(
-        table.name(),
+        config.source.name(),
         config.report_existing,
         config.scan_ports,
         config.scan_window,
@@ -61,13 +60,22 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let (decided, to_print) = mpsc::channel(64);
 
     let server = listener.map(|l| tokio::spawn(metrics::http::serve(l, metrics.clone())));
-    let mut source = tokio::spawn(poll(
-        table,
-        config.interval,
-        clock,
-        observations,
-        metrics.clone(),
-    ));
+    let mut source = match config.source {
+        SourceKind::Pcap => {
+            let captures = source::pcap::open(&config.interfaces)?;
+            tokio::spawn(source::pcap::run(captures, clock, observations))
+        }
+        _ => {
+            let table = source::socket_table(config.source.name())?;
+            tokio::spawn(poll(
+                table,
+                config.interval,
+                clock,
+                observations,
+                metrics.clone(),
+            ))
+        }
+    };
     let detect = tokio::spawn(detect(detector, observed, detected, metrics.clone()));
     let block = tokio::spawn(block_stage(blocker, to_block, decided, metrics.clone()));
     let mut sink = tokio::spawn(print(
@@ -208,6 +216,9 @@ async fn detect(
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
     while let Some(observation) = input.recv().await {
+        if let Observation::Lost { count } = observation {
+            metrics.events_lost(detector.source(), count);
+        }
         let events = detector.process(&observation);
         metrics.set_tracked_sources(detector.tracked_sources());
         if !events.is_empty() && out.send(events).await.is_err() {

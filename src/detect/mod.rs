@@ -39,6 +39,11 @@ impl Detector {
         }
     }
 
+    /// The source's name, for events and metric labels.
+    pub fn source(&self) -> &'static str {
+        self.source
+    }
+
     /// The events an observation gives, in the order they are to be printed.
     pub fn process(&mut self, observation: &Observation) -> Vec<Event> {
         match observation {
