@@ -103,7 +103,10 @@ fn parse_endpoint(field: &str) -> Result<SocketAddr, String> {
         32 => {
             let mut octets = [0u8; 16];
             for (i, chunk) in octets.chunks_exact_mut(4).enumerate() {
-                chunk.copy_from_slice(&word(&addr[i * 8..i * 8 + 8]).ok_or_else(bad)?);
+                // `get`: 32 bytes need not be 32 characters, and slicing
+                // inside a multi-byte character would panic.
+                let hex = addr.get(i * 8..i * 8 + 8).ok_or_else(bad)?;
+                chunk.copy_from_slice(&word(hex).ok_or_else(bad)?);
             }
             unmap(Ipv6Addr::from(octets))
         }
@@ -119,12 +122,15 @@ fn word(hex: &str) -> Option<[u8; 4]> {
     hex_exact(hex, 8).map(|n| n.to_ne_bytes())
 }
 
-/// Exactly `len` hex digits. `from_str_radix` alone would take a leading `+`.
+/// Exactly `len` (at most 8) hex digits, in one pass. No sign: `to_digit`
+/// takes only `0-9a-fA-F` (`from_str_radix` would take a leading `+`).
 fn hex_exact(text: &str, len: usize) -> Option<u32> {
-    if text.len() != len || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+    debug_assert!(len <= 8, "a u32 holds 8 hex digits");
+    if text.len() != len {
         return None;
     }
-    u32::from_str_radix(text, 16).ok()
+    text.bytes()
+        .try_fold(0u32, |n, b| Some(n << 4 | char::from(b).to_digit(16)?))
 }
 
 fn parse_decimal(text: &str) -> Option<u64> {
@@ -271,5 +277,19 @@ mod tests {
             assert!(parse_line(&bad).is_err(), "accepted {bad}");
         }
         assert!(parse_line("   0: 0100007F:0050").is_err());
+    }
+
+    /// Found by the fuzzer (fuzz/fuzz_targets/procfs_parse.rs): a 32-byte
+    /// address with a multi-byte character across a word boundary panicked
+    /// ("byte index 8 is not a char boundary") instead of being rejected.
+    #[test]
+    fn non_ascii_ipv6_address_is_rejected_not_a_panic() {
+        let line = "   2: 0500000A:0016 3802000\u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD}A:D5A2 01 00000000:00000000 02:000000000000 100 0 0 10 0";
+        let err = parse_line(line).unwrap_err();
+        assert!(err.starts_with("bad address"), "{err}");
+        let line = "0: B80D012\u{e9}00000000000000000100000:01BB 00000000000000000000000000000000:0000 01 0 0 0 0 0 1";
+        assert!(parse_line(line).unwrap_err().starts_with("bad address"));
+        let table = format!("  sl  local_address\n{line}\n");
+        assert_eq!(parse_table(&table).unwrap_err().line, 2);
     }
 }
