@@ -76,3 +76,10 @@ section "procfs parser and connection table (benches/parse.rs)"
 criterion parse \
   "procfs/parse_table tcp 100k=20" \
   "procfs/parse_table tcp6 100k=20"
+
+section "nftables blocking: 10,000-address batch, detection-to-kernel latency (scripts/bench-block.sh)"
+scripts/bench-block.sh
+
+section "pcap vs procfs: short-lived connections missed, connect-to-line latency (scripts/bench-pcap.sh)"
+cargo build --release --locked -q
+scripts/bench-pcap.sh target/release/tcpwatch 200
