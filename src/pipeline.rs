@@ -2,7 +2,7 @@
 //! shuts them down in order on SIGINT/SIGTERM.
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::{BlockKind, Listen, RunConfig};
+use crate::config::{BlockKind, Listen, RunConfig, SourceKind};
 use crate::detect::Detector;
 use crate::event::Event;
 use crate::sink::LineSink;
@@ -25,9 +25,8 @@ pub fn run_blocking(config: RunConfig) -> anyhow::Result<()> {
 pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     warn_unavailable(&config);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
-    let table = source::socket_table(config.source.name())?;
     let detector = Detector::new(
-        table.name(),
+        config.source.name(),
         config.report_existing,
         config.scan_ports,
         config.scan_window,
@@ -35,7 +34,16 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let (observations, observed) = mpsc::channel(8);
     let (events, to_print) = mpsc::channel(1024);
 
-    let mut source = tokio::spawn(poll(table, config.interval, clock, observations));
+    let mut source = match config.source {
+        SourceKind::Xdp => {
+            let xdp = source::xdp::XdpSource::open(&config.interfaces)?;
+            tokio::spawn(xdp.run(clock, observations))
+        }
+        _ => {
+            let table = source::socket_table(config.source.name())?;
+            tokio::spawn(poll(table, config.interval, clock, observations))
+        }
+    };
     let detect = tokio::spawn(detect(detector, observed, events));
     let mut sink = tokio::spawn(print(
         LineSink::new(std::io::stdout(), config.format),

@@ -6,6 +6,7 @@
 
 pub mod netlink;
 pub mod procfs;
+pub mod xdp;
 
 use crate::clock::Stamp;
 use crate::event::Connection;
