@@ -1,0 +1,214 @@
+//! The command line of the real binary (SPEC §2): help, usage errors, config
+//! file errors, `list`, and clean exits on SIGINT/SIGTERM. No root needed.
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_tcpwatch");
+
+/// A detecting agent that needs no privileges and touches nothing.
+const QUIET_RUN: &[&str] = &[
+    "run",
+    "--interval",
+    "1s",
+    "--block",
+    "none",
+    "--metrics-addr",
+    "off",
+    "--state",
+    "off",
+];
+
+fn tcpwatch(args: &[&str]) -> Output {
+    Command::new(AGENT)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot run tcpwatch")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Asserts a usage error: exit 2, nothing on stdout, exactly one line on
+/// stderr; returns that line.
+fn usage_error(args: &[&str]) -> String {
+    let out = tcpwatch(args);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: stderr: {stderr}");
+    assert_eq!(text(&out.stdout), "", "{args:?} printed on stdout");
+    assert!(
+        stderr.ends_with('\n'),
+        "{args:?}: stderr not one line: {stderr:?}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{args:?}: stderr: {stderr:?}");
+    stderr.trim_end().to_string()
+}
+
+#[test]
+fn help_of_each_subcommand_exits_0() {
+    for args in [&["--help"][..], &["run", "--help"], &["list", "--help"]] {
+        let out = tcpwatch(args);
+        let stdout = text(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(stdout.contains("Usage:"), "{args:?}: {stdout}");
+    }
+    // Each help is the subcommand's own.
+    assert!(text(&tcpwatch(&["run", "--help"]).stdout).contains("--scan-window"));
+    assert!(!text(&tcpwatch(&["list", "--help"]).stdout).contains("--scan-window"));
+}
+
+#[test]
+fn unknown_flag_is_a_one_line_usage_error() {
+    for args in [&["run", "--no-such-flag"][..], &["list", "--no-such-flag"]] {
+        let line = usage_error(args);
+        assert!(line.contains("--no-such-flag"), "{line}");
+    }
+}
+
+#[test]
+fn bad_duration_names_the_flag() {
+    let line = usage_error(&["run", "--interval", "10x"]);
+    assert!(line.contains("--interval"), "{line}");
+    assert!(line.contains("10x"), "{line}");
+}
+
+#[test]
+fn config_file_with_unknown_key_names_file_and_line() {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(b"interval = \"1s\"\n\nscan-prots = 5\n")
+        .unwrap();
+    let path = file.path().to_str().unwrap();
+    let mut args = QUIET_RUN.to_vec();
+    args.extend(["--config", path]);
+
+    let line = usage_error(&args);
+    assert!(line.contains(&format!("{path}:3")), "{line}");
+    assert!(line.contains("scan-prots"), "{line}");
+}
+
+/// Loopback connections held open while `list` runs: the test process owns
+/// both ends, so the listing cannot be vacuously empty.
+struct Loopback {
+    listener: TcpListener,
+    held: Vec<(TcpStream, TcpStream)>,
+}
+
+impl Loopback {
+    fn open(count: usize) -> Loopback {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let held = (0..count)
+            .map(|_| {
+                let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+                (client, listener.accept().unwrap().0)
+            })
+            .collect();
+        Loopback { listener, held }
+    }
+
+    /// `INITIATOR -> ACCEPTOR` of each connection.
+    fn pairs(&self) -> Vec<String> {
+        let server = self.listener.local_addr().unwrap();
+        let clients = self.held.iter().map(|(c, _)| c.local_addr().unwrap());
+        clients.map(|c| format!("{c} -> {server}")).collect()
+    }
+}
+
+/// `tcpwatch list` once: exit 0, every line `STATE DIRECTION SRC -> DST`.
+fn list_lines() -> Vec<String> {
+    let out = tcpwatch(&["list"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let row = regex::Regex::new(r"^[A-Z][A-Z0-9-]{3,10} +(inbound |outbound) \S+:\d+ -> \S+:\d+$")
+        .unwrap();
+    let stdout = text(&out.stdout);
+    for line in stdout.lines() {
+        assert!(row.is_match(line), "bad list line: '{line}'");
+        assert!(!line.starts_with("LISTEN"), "listener listed: '{line}'");
+    }
+    stdout.lines().map(str::to_string).collect()
+}
+
+#[test]
+fn list_prints_current_connections_in_its_format() {
+    let loopback = Loopback::open(1);
+    let lines = list_lines();
+    let pair = &loopback.pairs()[0];
+    let ours: Vec<&String> = lines.iter().filter(|l| l.ends_with(pair)).collect();
+    assert_eq!(ours.len(), 1, "want one '... {pair}' in:\n{lines:#?}");
+    // WORKAROUND of a known bug (reported to the lead): `list` labels a
+    // loopback connection `outbound` when the client's socket comes first
+    // in /proc/net/tcp, though its server end matches a listener. Only the
+    // state and the endpoints are checked here; the direction is checked by
+    // the ignored `list_labels_loopback_connections_inbound` below.
+    let label = regex::Regex::new(r"^ESTABLISHED (inbound |outbound) ").unwrap();
+    assert!(label.is_match(ours[0]), "{}", ours[0]);
+}
+
+/// KNOWN BUG, ignored until fixed (see the workaround above): with several
+/// connections one of them nearly always has its client socket listed first.
+#[test]
+#[ignore = "known bug: list labels some loopback connections outbound"]
+fn list_labels_loopback_connections_inbound() {
+    let loopback = Loopback::open(16);
+    let lines = list_lines();
+    for pair in loopback.pairs() {
+        let want = format!("ESTABLISHED inbound  {pair}");
+        assert!(lines.contains(&want), "want '{want}' in:\n{lines:#?}");
+    }
+}
+
+/// Waits up to `timeout` for `child` to exit; kills it and panics otherwise.
+fn exit_code_within(child: &mut Child, timeout: Duration) -> Option<i32> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("tcpwatch did not exit within {timeout:?} of the signal");
+}
+
+fn exits_0_on(signal: &str) {
+    let mut child = Command::new(AGENT)
+        .args(QUIET_RUN)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "tcpwatch exited before SIG{signal}"
+    );
+    let sent = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let code = exit_code_within(&mut child, Duration::from_secs(5));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(code, Some(0), "SIG{signal}: stderr: {stderr}");
+}
+
+#[test]
+fn sigint_exits_0() {
+    exits_0_on("INT");
+}
+
+#[test]
+fn sigterm_exits_0() {
+    exits_0_on("TERM");
+}
