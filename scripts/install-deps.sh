@@ -8,6 +8,7 @@ set -euo pipefail
 packages=(
   nftables iptables ipset iproute2 procps psmisc
   ncat nmap hping3 tcpdump curl python3
+  clang llvm libbpf-dev bpftool
 )
 
 missing=()
