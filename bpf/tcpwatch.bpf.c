@@ -33,9 +33,11 @@
 #define TCPW_SYN 1	// SYN without ACK: src is the initiator
 #define TCPW_SYNACK 2	// SYN+ACK: dst is the initiator
 
-// One report: 40 bytes, laid out without padding. Addresses are in network
-// byte order; an IPv4 address fills the first 4 bytes of its 16. Ports are
-// in network byte order too; userspace converts.
+// One report: 44 bytes, laid out without padding. Addresses are in network
+// byte order; an IPv4 address fills the first 4 bytes of its 16. Ports and
+// the sequence number are in network byte order too; userspace converts.
+// The sequence number (the sender's ISN) tells a retransmitted SYN (same
+// ISN) from a new connection that reuses the 4-tuple (new ISN).
 struct event {
 	__u8 family;	// 4 or 6
 	__u8 kind;	// TCPW_SYN or TCPW_SYNACK
@@ -43,6 +45,7 @@ struct event {
 	__u8 pad;
 	__be16 sport;
 	__be16 dport;
+	__be32 seq;
 	__u8 saddr[16];
 	__u8 daddr[16];
 };
@@ -146,6 +149,7 @@ static __always_inline int parse_syn(struct xdp_md *ctx, struct event *ev)
 	ev->flags = flags;
 	ev->sport = tcp->source;
 	ev->dport = tcp->dest;
+	ev->seq = tcp->seq;
 	return 0;
 }
 

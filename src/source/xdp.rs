@@ -51,9 +51,11 @@ pub fn built() -> bool {
 // Events
 
 /// `struct event` of the BPF program: family, kind, TCP flags, pad, source
-/// port, destination port (network order), source and destination addresses
-/// (16 bytes each, network order; IPv4 in the first 4).
-pub const EVENT_LEN: usize = 40;
+/// port, destination port, sequence number (network order), source and
+/// destination addresses (16 bytes each, network order; IPv4 in the first 4).
+pub const EVENT_LEN: usize = 44;
+const SADDR: usize = 12;
+const DADDR: usize = 28;
 const KIND_SYN: u8 = 1;
 const KIND_SYNACK: u8 = 2;
 
@@ -67,10 +69,18 @@ pub enum BadEvent {
     Kind(u8),
 }
 
+/// One decoded event: the connection and the sender's initial sequence
+/// number (the same in a retransmission, new when a 4-tuple is reused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SynEvent {
+    pub conn: Connection,
+    pub isn: u32,
+}
+
 /// Turns one ring-buffer event into the connection it reports: a SYN is an
 /// inbound attempt (source -> destination); a SYN+ACK answers an outbound
 /// connection of this host (destination -> source).
-pub fn parse_event(bytes: &[u8]) -> Result<Connection, BadEvent> {
+pub fn parse_event(bytes: &[u8]) -> Result<SynEvent, BadEvent> {
     let bytes: &[u8; EVENT_LEN] = bytes
         .try_into()
         .map_err(|_| BadEvent::Length(bytes.len()))?;
@@ -86,21 +96,23 @@ pub fn parse_event(bytes: &[u8]) -> Result<Connection, BadEvent> {
             other => Err(BadEvent::Family(other)),
         }
     };
-    let src = SocketAddr::new(addr(8)?, sport);
-    let dst = SocketAddr::new(addr(24)?, dport);
-    match bytes[1] {
-        KIND_SYN => Ok(Connection {
+    let isn = u32::from_be_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+    let src = SocketAddr::new(addr(SADDR)?, sport);
+    let dst = SocketAddr::new(addr(DADDR)?, dport);
+    let conn = match bytes[1] {
+        KIND_SYN => Connection {
             initiator: src,
             acceptor: dst,
             direction: Direction::Inbound,
-        }),
-        KIND_SYNACK => Ok(Connection {
+        },
+        KIND_SYNACK => Connection {
             initiator: dst,
             acceptor: src,
             direction: Direction::Outbound,
-        }),
-        other => Err(BadEvent::Kind(other)),
-    }
+        },
+        other => return Err(BadEvent::Kind(other)),
+    };
+    Ok(SynEvent { conn, isn })
 }
 
 // ---------------------------------------------------------------------------
@@ -268,7 +280,7 @@ impl XdpSource {
                     while batch.len() < BATCH {
                         let Some(item) = ring.next() else { break };
                         match parse_event(&item) {
-                            Ok(conn) => batch.push((clock.now(), conn)),
+                            Ok(event) => batch.push((clock.now(), event.conn)),
                             Err(_) => malformed += 1,
                         }
                     }
@@ -342,8 +354,9 @@ mod tests {
         e[2] = if kind == KIND_SYN { 0x02 } else { 0x12 };
         e[4..6].copy_from_slice(&sport.to_be_bytes());
         e[6..8].copy_from_slice(&dport.to_be_bytes());
-        e[8..8 + src.len()].copy_from_slice(src);
-        e[24..24 + dst.len()].copy_from_slice(dst);
+        e[8..12].copy_from_slice(&0xdead_beefu32.to_be_bytes());
+        e[12..12 + src.len()].copy_from_slice(src);
+        e[28..28 + dst.len()].copy_from_slice(dst);
         e
     }
 
@@ -358,10 +371,12 @@ mod tests {
     #[test]
     fn syn_v4_is_inbound_from_source() {
         let e = event(4, KIND_SYN, &[10, 9, 0, 2], 40000, &[10, 9, 0, 1], 22);
+        let got = parse_event(&e).unwrap();
         assert_eq!(
-            parse_event(&e).unwrap(),
+            got.conn,
             conn("10.9.0.2:40000", "10.9.0.1:22", Direction::Inbound)
         );
+        assert_eq!(got.isn, 0xdead_beef);
     }
 
     #[test]
@@ -369,7 +384,7 @@ mod tests {
         // The SYN+ACK of 10.9.0.2:80 answering our 10.9.0.1:51000.
         let e = event(4, KIND_SYNACK, &[10, 9, 0, 2], 80, &[10, 9, 0, 1], 51000);
         assert_eq!(
-            parse_event(&e).unwrap(),
+            parse_event(&e).unwrap().conn,
             conn("10.9.0.1:51000", "10.9.0.2:80", Direction::Outbound)
         );
     }
@@ -379,7 +394,7 @@ mod tests {
         let src: Ipv6Addr = "fd00::2".parse().unwrap();
         let dst: Ipv6Addr = "fd00:0:0:1::ffff:1".parse().unwrap();
         let e = event(6, KIND_SYN, &src.octets(), 0x1234, &dst.octets(), 0xfffe);
-        let got = parse_event(&e).unwrap();
+        let got = parse_event(&e).unwrap().conn;
         assert_eq!(
             got,
             conn(
@@ -393,10 +408,10 @@ mod tests {
     #[test]
     fn bad_events_are_errors() {
         let good = event(4, KIND_SYN, &[1, 2, 3, 4], 1, &[5, 6, 7, 8], 2);
-        assert_eq!(parse_event(&good[..39]), Err(BadEvent::Length(39)));
+        assert_eq!(parse_event(&good[..43]), Err(BadEvent::Length(43)));
         assert_eq!(
             parse_event(&[good.clone(), vec![0]].concat()),
-            Err(BadEvent::Length(41))
+            Err(BadEvent::Length(45))
         );
         assert_eq!(parse_event(&[]), Err(BadEvent::Length(0)));
         let mut fam = good.clone();
