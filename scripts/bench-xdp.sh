@@ -8,7 +8,9 @@
 #   2. a 5 s `hping3 --flood -S --rand-source` from B to A: SYNs sent (hping3's
 #      count and A's veth rx counter) against attempts accounted for (lines
 #      printed + ring-buffer losses read from the program's `lost` map), and
-#      the agent's CPU time and peak RSS (VmHWM).
+#      the agent's CPU time and peak RSS (VmHWM);
+#   3. the same flood for 2 s while the agent is stopped (SIGSTOP): the ring
+#      buffer overflows, and lines + counted losses must still add up.
 # Needs root, hping3, bpftool, python3 and a release build with clang.
 # Usage: scripts/bench-xdp.sh [N_CONNECTIONS]   (default 500)
 set -euo pipefail
@@ -101,20 +103,35 @@ for _ in $(seq 100); do grep -q "xdp: watching" "$WORK/err" && break; sleep 0.1;
 PROG=$(ip -n "$NA" -d link show eth0 | sed -n 's/.*prog\/xdp id \([0-9]*\).*/\1/p')
 LOST_MAP=$(bpftool prog show id "$PROG" | sed -n 's/.*map_ids \([0-9,]*\).*/\1/p' | tr , '\n' |
   while read -r id; do bpftool map show id "$id" | grep -q "name lost" && echo "$id"; done)
+lost() {
+  bpftool -j map dump id "$LOST_MAP" | python3 -c '
+import json, sys
+print(sum(v["value"] for e in json.load(sys.stdin) for v in e["formatted"]["values"]))'
+}
 RX0=$(rx)
 ip netns exec "$NB" timeout -s INT 5 hping3 --flood -S --rand-source -p 8080 10.250.0.1 \
   >"$WORK/hping" 2>&1 || true
 sleep 2  # let the agent drain what it holds
 RX1=$(rx)
-LOST=$(bpftool -j map dump id "$LOST_MAP" | python3 -c '
-import json, sys
-print(sum(v["value"] for e in json.load(sys.stdin) for v in e["formatted"]["values"]))')
+LOST=$(lost)
+LINES=$(grep -c "New connection: " "$WORK/out" || true)
+
+# --- 3. overflow: the agent stopped (SIGSTOP) for a 2 s flood -----------------
+kill -STOP "$AGENT"
+ip netns exec "$NB" timeout -s INT 2 hping3 --flood -S --rand-source -p 8080 10.250.0.1 \
+  >/dev/null 2>&1 || true
+kill -CONT "$AGENT"
+sleep 3
+RX2=$(rx)
+LOST2=$(lost)
+LINES2=$(grep -c "New connection: " "$WORK/out" || true)
 read -r UT ST < <(awk '{print $14, $15}' "/proc/$AGENT/stat")
 HWM=$(awk '/VmHWM/{print $2, $3}' "/proc/$AGENT/status")
 kill -TERM "$AGENT"; wait "$AGENT" || true
-LINES=$(grep -c "New connection: " "$WORK/out" || true)
 SENT=$(sed -n 's/^\([0-9]*\) packets transmitted.*/\1/p' "$WORK/hping")
 TICK=$(getconf CLK_TCK)
 echo "flood: hping3 sent ${SENT:-?} SYNs in 5 s; A's eth0 received $((RX1 - RX0)) packets"
 echo "flood: accounted $((LINES + LOST)) = $LINES lines + $LOST ring-buffer losses"
+echo "overflow: A's eth0 received $((RX2 - RX1)) packets while the agent was stopped;" \
+  "accounted $((LINES2 - LINES + LOST2 - LOST)) = $((LINES2 - LINES)) lines + $((LOST2 - LOST)) losses"
 echo "flood: agent CPU $(python3 -c "print(f'{($UT + $ST) / $TICK:.2f}')") s (user+sys, whole run), peak RSS $HWM"

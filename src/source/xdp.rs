@@ -182,12 +182,18 @@ fn one_line(error: &dyn std::error::Error) -> String {
         parts.push(e.to_string());
         source = e.source();
     }
-    let mut line = parts
-        .iter()
-        .map(|p| p.lines().next().unwrap_or("").trim().to_string())
-        .filter(|p| !p.is_empty())
-        .collect::<Vec<_>>()
-        .join(": ");
+    // Some errors repeat their source in their own text: keep each once.
+    let mut line = String::new();
+    for part in &parts {
+        let part = part.lines().next().unwrap_or("").trim();
+        if part.is_empty() || line.contains(part) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(part);
+    }
     if line.contains("Operation not permitted") {
         line.push_str(" (needs root, or CAP_BPF and CAP_NET_ADMIN)");
     }
@@ -267,7 +273,7 @@ impl XdpSource {
         clock: Arc<dyn Clock>,
         out: mpsc::Sender<Observation>,
     ) -> anyhow::Result<()> {
-        let mut reported_lost = self.lost_total();
+        let mut losses = LossCounter::new(self.lost_total());
         let mut malformed = 0u64;
         let mut ticks = tokio::time::interval(LOSS_PERIOD);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -295,9 +301,7 @@ impl XdpSource {
                 }
                 _ = ticks.tick() => {
                     let total = self.lost_total().wrapping_add(malformed);
-                    let count = total.wrapping_sub(reported_lost);
-                    if count > 0 {
-                        reported_lost = total;
+                    if let Some(count) = losses.delta(total) {
                         if out.send(Observation::Lost { count }).await.is_err() {
                             return Ok(());
                         }
@@ -305,6 +309,25 @@ impl XdpSource {
                 }
             }
         }
+    }
+}
+
+/// Turns the kernel's running loss total into the deltas to report.
+struct LossCounter {
+    reported: u64,
+}
+
+impl LossCounter {
+    fn new(start: u64) -> Self {
+        LossCounter { reported: start }
+    }
+
+    /// The losses since the last report, if any (the counter is a u64 that
+    /// only grows; wrapping arithmetic keeps a wrap-around right).
+    fn delta(&mut self, total: u64) -> Option<u64> {
+        let count = total.wrapping_sub(self.reported);
+        self.reported = total;
+        (count > 0).then_some(count)
     }
 }
 
@@ -434,6 +457,50 @@ mod tests {
                 assert_eq!(ok, matches!(family, 4 | 6) && matches!(kind, 1 | 2));
             }
         }
+    }
+
+    #[derive(Debug)]
+    struct Chain(&'static str, Option<Box<Chain>>);
+    impl std::fmt::Display for Chain {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl std::error::Error for Chain {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|c| c as _)
+        }
+    }
+
+    #[test]
+    fn error_chains_become_one_line_without_repeats() {
+        let e = Chain(
+            "map error: failed to create map `lost`",
+            Some(Box::new(Chain(
+                "failed to create map `lost`",
+                Some(Box::new(Chain(
+                    "Operation not permitted (os error 1)",
+                    None,
+                ))),
+            ))),
+        );
+        assert_eq!(
+            one_line(&e),
+            "map error: failed to create map `lost`: Operation not permitted (os error 1) (needs root, or CAP_BPF and CAP_NET_ADMIN)"
+        );
+        let log = Chain("verifier rejected\nline 2\nline 3", None);
+        assert_eq!(one_line(&log), "verifier rejected");
+    }
+
+    #[test]
+    fn losses_are_reported_as_deltas_once() {
+        let mut losses = LossCounter::new(5);
+        assert_eq!(losses.delta(5), None);
+        assert_eq!(losses.delta(12), Some(7));
+        assert_eq!(losses.delta(12), None);
+        assert_eq!(losses.delta(13), Some(1));
+        let mut wrapping = LossCounter::new(u64::MAX - 1);
+        assert_eq!(wrapping.delta(2), Some(4));
     }
 
     #[test]
