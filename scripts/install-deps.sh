@@ -8,7 +8,8 @@ set -euo pipefail
 
 packages=(
   nftables iptables ipset iproute2 procps psmisc systemd
-  ncat nmap hping3 tcpdump curl python3 prometheus libpcap-dev
+  ncat nmap hping3 tcpdump curl python3 prometheus
+  libpcap-dev clang llvm libbpf-dev bpftool
   docker.io debootstrap
 )
 

@@ -32,6 +32,9 @@ pub fn run_blocking(config: RunConfig) -> anyhow::Result<()> {
 
 pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
+    // Opened and bound first: an agent that is about to exit on a bad
+    // interface or a taken port must not touch the firewall.
+    let opened = open_source(&config)?;
     // Bound first: an agent that is about to exit on a taken port must not
     // touch the firewall.
     let listener = match config.metrics_addr {
@@ -60,21 +63,16 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let (decided, to_print) = mpsc::channel(64);
 
     let server = listener.map(|l| tokio::spawn(metrics::http::serve(l, metrics.clone())));
-    let mut source = match config.source {
-        SourceKind::Pcap => {
-            let captures = source::pcap::open(&config.interfaces)?;
-            tokio::spawn(source::pcap::run(captures, clock, observations))
-        }
-        _ => {
-            let table = source::socket_table(config.source.name())?;
-            tokio::spawn(poll(
-                table,
-                config.interval,
-                clock,
-                observations,
-                metrics.clone(),
-            ))
-        }
+    let mut source = match opened {
+        Opened::Table(table) => tokio::spawn(poll(
+            table,
+            config.interval,
+            clock,
+            observations,
+            metrics.clone(),
+        )),
+        Opened::Pcap(captures) => tokio::spawn(source::pcap::run(captures, clock, observations)),
+        Opened::Xdp(xdp) => tokio::spawn(xdp.run(clock, observations)),
     };
     let detect = tokio::spawn(detect(detector, observed, detected, metrics.clone()));
     let block = tokio::spawn(block_stage(blocker, to_block, decided, metrics.clone()));
@@ -112,6 +110,23 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         flatten(sink.await)
     };
     outcome.and(printed)
+}
+
+/// A source, opened but not yet running.
+enum Opened {
+    Table(Box<dyn SocketTable>),
+    Pcap(Vec<source::pcap::Opened>),
+    Xdp(source::xdp::XdpSource),
+}
+
+fn open_source(config: &RunConfig) -> anyhow::Result<Opened> {
+    Ok(match config.source {
+        SourceKind::Procfs | SourceKind::Netlink => {
+            Opened::Table(source::socket_table(config.source.name())?)
+        }
+        SourceKind::Pcap => Opened::Pcap(source::pcap::open(&config.interfaces)?),
+        SourceKind::Xdp => Opened::Xdp(source::xdp::XdpSource::open(&config.interfaces)?),
+    })
 }
 
 fn flatten(joined: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {

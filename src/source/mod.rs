@@ -7,6 +7,7 @@
 pub mod netlink;
 pub mod pcap;
 pub mod procfs;
+pub mod xdp;
 
 use crate::clock::Stamp;
 use crate::event::Connection;

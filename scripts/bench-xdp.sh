@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Figures of `--source xdp`, measured between two network namespaces joined by
+# a veth pair (nothing leaves them: they have no other interface, no default
+# route):
+#   1. connect-to-line latency: B opens N connections to A, one every 5 ms;
+#      for each, the time from just before connect() to the agent printing
+#      its line (p50, p99, max);
+#   2. a 5 s `hping3 --flood -S --rand-source` from B to A: SYNs sent (hping3's
+#      count and A's veth rx counter) against attempts accounted for (lines
+#      printed + ring-buffer losses read from the program's `lost` map), and
+#      the agent's CPU time and peak RSS (VmHWM);
+#   3. the same flood for 2 s while the agent is stopped (SIGSTOP): the ring
+#      buffer overflows, and lines + counted losses must still add up.
+# Needs root, hping3, bpftool, python3 and a release build with clang.
+# Usage: scripts/bench-xdp.sh [N_CONNECTIONS]   (default 500)
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+N=${1:-500}
+BIN=${BIN:-target/release/tcpwatch}
+[ "$(id -u)" -eq 0 ] || { echo "bench-xdp: needs root" >&2; exit 1; }
+for tool in hping3 bpftool python3 ip; do
+  command -v "$tool" >/dev/null || { echo "bench-xdp: $tool missing" >&2; exit 1; }
+done
+[ -x "$BIN" ] || cargo build --release --locked
+
+NA=twbench-$$-a NB=twbench-$$-b
+WORK=$(mktemp -d)
+cleanup() {
+  for ns in "$NA" "$NB"; do
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
+    ip netns del "$ns" 2>/dev/null || true
+  done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+ip netns add "$NA"; ip netns add "$NB"
+ip -n "$NA" link add eth0 type veth peer name eth0 netns "$NB"
+ip -n "$NA" addr add 10.250.0.1/24 dev eth0
+ip -n "$NB" addr add 10.250.0.2/24 dev eth0
+for ns in "$NA" "$NB"; do ip -n "$ns" link set lo up; ip -n "$ns" link set eth0 up; done
+ARGS=(run --source xdp --interface eth0 --block none --metrics-addr off --state off)
+
+# --- 1. latency --------------------------------------------------------------
+# The server holds each connection a while so the client closes first: a
+# server closing first lets the client reuse a 4-tuple at once, which the
+# agent's retransmission filter takes for a retransmission (see README/issue).
+ip netns exec "$NA" python3 -c '
+import collections, socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 8080)); s.listen(4096)
+held = collections.deque(maxlen=500)
+while True: held.append(s.accept()[0])' &
+disown
+for _ in $(seq 100); do
+  ip netns exec "$NA" ss -Hltn 'sport = :8080' | grep -q . && break; sleep 0.1
+done
+
+ip netns exec "$NB" python3 - "$N" "$NA" "$BIN" "${ARGS[@]}" <<'EOF'
+import subprocess, sys, threading, time, socket, re
+n, ns_a, binary, args = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
+agent = subprocess.Popen(["ip", "netns", "exec", ns_a, binary, *args],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+seen, ready = {}, threading.Event()
+def read_out():
+    pat = re.compile(r"New connection: 10\.250\.0\.2:(\d+) -> 10\.250\.0\.1:8080$")
+    for line in agent.stdout:
+        t = time.monotonic()
+        m = pat.search(line.rstrip("\n"))
+        if m: seen.setdefault(int(m.group(1)), t)
+def read_err():
+    for line in agent.stderr:
+        if "xdp: watching" in line: ready.set()
+        sys.stderr.write(line)
+threading.Thread(target=read_out, daemon=True).start()
+threading.Thread(target=read_err, daemon=True).start()
+if not ready.wait(15): sys.exit("agent did not attach")
+started, reused = {}, 0
+for _ in range(n):
+    t0 = time.monotonic()
+    s = socket.create_connection(("10.250.0.1", 8080))
+    port = s.getsockname()[1]
+    reused += port in started
+    started[port] = t0
+    s.close()
+    time.sleep(0.005)
+time.sleep(1)
+if reused: print(f"warning: {reused} source ports reused; their latency is not measured")
+agent.terminate(); agent.wait(5)
+lat = sorted((seen[p] - t0) * 1000 for p, t0 in started.items() if p in seen)
+missing = len(started) - len(lat)
+pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]
+print(f"latency: {len(lat)}/{len(started)} connections printed (missing {missing}); "
+      f"p50 {pct(0.50):.2f} ms, p99 {pct(0.99):.2f} ms, max {lat[-1]:.2f} ms")
+EOF
+
+# --- 2. flood ----------------------------------------------------------------
+rx() { ip -n "$NA" -s link show eth0 | awk '/RX:/{getline; print $2; exit}'; }
+ip netns exec "$NA" "$BIN" "${ARGS[@]}" >"$WORK/out" 2>"$WORK/err" &
+AGENT=$!
+for _ in $(seq 100); do grep -q "xdp: watching" "$WORK/err" && break; sleep 0.1; done
+PROG=$(ip -n "$NA" -d link show eth0 | sed -n 's/.*prog\/xdp id \([0-9]*\).*/\1/p')
+LOST_MAP=$(bpftool prog show id "$PROG" | sed -n 's/.*map_ids \([0-9,]*\).*/\1/p' | tr , '\n' |
+  while read -r id; do bpftool map show id "$id" | grep -q "name lost" && echo "$id"; done)
+lost() {
+  bpftool -j map dump id "$LOST_MAP" | python3 -c '
+import json, sys
+print(sum(v["value"] for e in json.load(sys.stdin) for v in e["formatted"]["values"]))'
+}
+RX0=$(rx)
+ip netns exec "$NB" timeout -s INT 5 hping3 --flood -S --rand-source -p 8080 10.250.0.1 \
+  >"$WORK/hping" 2>&1 || true
+sleep 2  # let the agent drain what it holds
+RX1=$(rx)
+LOST=$(lost)
+LINES=$(grep -c "New connection: " "$WORK/out" || true)
+
+# --- 3. overflow: the agent stopped (SIGSTOP) for a 2 s flood -----------------
+kill -STOP "$AGENT"
+ip netns exec "$NB" timeout -s INT 2 hping3 --flood -S --rand-source -p 8080 10.250.0.1 \
+  >/dev/null 2>&1 || true
+kill -CONT "$AGENT"
+sleep 3
+RX2=$(rx)
+LOST2=$(lost)
+LINES2=$(grep -c "New connection: " "$WORK/out" || true)
+read -r UT ST < <(awk '{print $14, $15}' "/proc/$AGENT/stat")
+HWM=$(awk '/VmHWM/{print $2, $3}' "/proc/$AGENT/status")
+kill -TERM "$AGENT"; wait "$AGENT" || true
+SENT=$(sed -n 's/^\([0-9]*\) packets transmitted.*/\1/p' "$WORK/hping")
+TICK=$(getconf CLK_TCK)
+echo "flood: hping3 sent ${SENT:-?} SYNs in 5 s; A's eth0 received $((RX1 - RX0)) packets"
+echo "flood: accounted $((LINES + LOST)) = $LINES lines + $LOST ring-buffer losses"
+echo "overflow: A's eth0 received $((RX2 - RX1)) packets while the agent was stopped;" \
+  "accounted $((LINES2 - LINES + LOST2 - LOST)) = $((LINES2 - LINES)) lines + $((LOST2 - LOST)) losses"
+echo "flood: agent CPU $(python3 -c "print(f'{($UT + $ST) / $TICK:.2f}')") s (user+sys, whole run), peak RSS $HWM"
