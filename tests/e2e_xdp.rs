@@ -368,7 +368,6 @@ fn unknown_interface_is_a_one_line_error() {
 /// client, so the client may reuse the same 4-tuple at once: a new
 /// connection, with a new ISN, that must be printed again.
 #[test]
-#[ignore = "known bug in src/detect/attempts.rs: a reused 4-tuple within 130 s is taken for a SYN retransmission (the xdp event carries the ISN that tells them apart)"]
 fn reused_four_tuple_is_a_new_connection() {
     let Some(lab) = lab() else { return };
     let server = "import socket\n\

@@ -1,6 +1,8 @@
 //! Deduplication of real-time attempts: a SYN that is retransmitted (the
 //! kernel retries after 1 s, 3 s, 7 s, … up to about two minutes) is the same
-//! attempt and is reported once.
+//! attempt and is reported once. A retransmission carries the same initial
+//! sequence number; a new connection that reuses the tuple at once (the
+//! client may, when the server closed first) carries another, and is new.
 
 use crate::event::Connection;
 use std::collections::{HashMap, VecDeque};
@@ -15,8 +17,8 @@ pub const CAPACITY: usize = 65_536;
 pub struct AttemptTable {
     window: Duration,
     capacity: usize,
-    /// (initiator, acceptor) -> when first seen.
-    seen: HashMap<(SocketAddr, SocketAddr), Duration>,
+    /// (initiator, acceptor) -> when first seen, and its sequence number.
+    seen: HashMap<(SocketAddr, SocketAddr), (Duration, u32)>,
     /// Insertion order, for expiry and eviction.
     order: VecDeque<((SocketAddr, SocketAddr), Duration)>,
     evicted: u64,
@@ -35,19 +37,21 @@ impl AttemptTable {
 
     /// Whether `conn`, observed at `at` (monotonic, non-decreasing), is a new
     /// attempt rather than a retransmission of one seen within the window.
-    pub fn is_new(&mut self, at: Duration, conn: &Connection) -> bool {
+    pub fn is_new(&mut self, at: Duration, conn: &Connection, isn: u32) -> bool {
         self.expire(at);
         let key = (conn.initiator, conn.acceptor);
-        if self.seen.contains_key(&key) {
+        if self.seen.get(&key).is_some_and(|&(_, seen)| seen == isn) {
             return false;
         }
-        if self.seen.len() >= self.capacity {
-            if let Some((old, _)) = self.order.pop_front() {
-                self.seen.remove(&old);
+        while self.seen.len() >= self.capacity {
+            let Some((old, first)) = self.order.pop_front() else {
+                break;
+            };
+            if self.forget(old, first) {
                 self.evicted += 1;
             }
         }
-        self.seen.insert(key, at);
+        self.seen.insert(key, (at, isn));
         self.order.push_back((key, at));
         true
     }
@@ -58,8 +62,18 @@ impl AttemptTable {
                 break;
             }
             self.order.pop_front();
+            self.forget(key, first);
+        }
+    }
+
+    /// Removes `key` if its entry is the one queued at `first` (a tuple
+    /// reused by a new connection is queued again, later).
+    fn forget(&mut self, key: (SocketAddr, SocketAddr), first: Duration) -> bool {
+        let current = self.seen.get(&key).is_some_and(|&(at, _)| at == first);
+        if current {
             self.seen.remove(&key);
         }
+        current
     }
 
     pub fn len(&self) -> usize {
@@ -97,15 +111,25 @@ mod tests {
     fn retransmissions_are_one_attempt() {
         let mut table = AttemptTable::new(RETRANSMIT_WINDOW, CAPACITY);
         let a = syn("10.0.0.7:40000", "10.0.0.5:80");
-        assert!(table.is_new(secs(0), &a));
+        assert!(table.is_new(secs(0), &a, 7));
         for t in [1, 3, 7, 15, 31, 63] {
-            assert!(!table.is_new(secs(t), &a), "retransmission at {t}s");
+            assert!(!table.is_new(secs(t), &a, 7), "retransmission at {t}s");
         }
-        assert!(table.is_new(secs(0), &syn("10.0.0.7:40001", "10.0.0.5:80")));
-        assert!(
-            table.is_new(secs(200), &a),
-            "the same tuple much later is a new attempt"
-        );
+        let b = syn("10.0.0.7:40001", "10.0.0.5:80");
+        assert!(table.is_new(secs(0), &b, 7));
+        assert!(table.is_new(secs(200), &a, 7), "the same tuple much later is new");
+    }
+
+    #[test]
+    fn a_reused_tuple_with_a_new_sequence_number_is_a_new_attempt() {
+        let mut table = AttemptTable::new(RETRANSMIT_WINDOW, CAPACITY);
+        let a = syn("10.0.0.7:40000", "10.0.0.5:80");
+        assert!(table.is_new(secs(0), &a, 1000));
+        assert!(table.is_new(secs(1), &a, 2000), "new ISN: a new connection");
+        assert!(!table.is_new(secs(2), &a, 2000), "its retransmission");
+        // The first entry's expiry must not drop the second.
+        assert!(!table.is_new(secs(130), &a, 2000));
+        assert!(table.is_new(secs(131), &a, 2000), "expired with its own window");
     }
 
     #[test]
@@ -116,11 +140,11 @@ mod tests {
             syn("10.0.0.7:2", "10.0.0.5:80"),
             syn("10.0.0.7:3", "10.0.0.5:80"),
         );
-        assert!(table.is_new(secs(0), &a));
-        assert!(table.is_new(secs(0), &b));
-        assert!(table.is_new(secs(0), &c));
+        assert!(table.is_new(secs(0), &a, 1));
+        assert!(table.is_new(secs(0), &b, 1));
+        assert!(table.is_new(secs(0), &c, 1));
         assert_eq!((table.len(), table.evicted()), (2, 1));
-        assert!(table.is_new(secs(1), &a), "a was evicted");
-        assert!(!table.is_new(secs(1), &c));
+        assert!(table.is_new(secs(1), &a, 1), "a was evicted");
+        assert!(!table.is_new(secs(1), &c, 1));
     }
 }

@@ -17,7 +17,11 @@ use portscan::ScanDetector;
 use std::time::Duration;
 
 /// The detect stage: new connections first, then the scans they complete.
+/// How often real-time observations sweep the scan detector.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 pub struct Detector {
+    last_sweep: Duration,
     connections: ConnectionTable,
     attempts: AttemptTable,
     scans: ScanDetector,
@@ -32,6 +36,7 @@ impl Detector {
         scan_window: Duration,
     ) -> Self {
         Detector {
+            last_sweep: Duration::ZERO,
             connections: ConnectionTable::new(report_existing),
             attempts: AttemptTable::new(attempts::RETRANSMIT_WINDOW, attempts::CAPACITY),
             scans: ScanDetector::new(scan_ports, scan_window),
@@ -56,10 +61,16 @@ impl Detector {
                 self.scans.sweep(at.mono);
                 events
             }
-            Observation::Attempt { at, conn } => {
+            Observation::Attempt { at, conn, isn } => {
                 let mut events = Vec::new();
-                if self.attempts.is_new(at.mono, conn) {
+                if self.attempts.is_new(at.mono, conn, *isn) {
                     self.report(*at, *conn, &mut events);
+                }
+                // Real-time sources never pause: forget quiet scanners once a
+                // second, or a spoofed flood would grow the detector forever.
+                if at.mono >= self.last_sweep + SWEEP_EVERY {
+                    self.scans.sweep(at.mono);
+                    self.last_sweep = at.mono;
                 }
                 events
             }

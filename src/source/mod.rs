@@ -86,7 +86,14 @@ pub enum Observation {
     /// One connection attempt seen as it happened (real-time sources): an
     /// inbound SYN to this host, or an outbound connection. Retransmissions
     /// of the same attempt may be observed again; the detectors drop them.
-    Attempt { at: Stamp, conn: Connection },
+    /// `isn` is the initial sequence number of the packet seen (the SYN's, or
+    /// the SYN-ACK's for an outbound connection seen by its answer): the same
+    /// for a retransmission, different for a new connection on a reused tuple.
+    Attempt {
+        at: Stamp,
+        conn: Connection,
+        isn: u32,
+    },
     /// Events the source knows it missed (kernel buffer overflow, drops).
     Lost { count: u64 },
 }

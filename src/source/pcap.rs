@@ -79,6 +79,9 @@ impl Link {
 pub struct Syn {
     pub src: SocketAddr,
     pub dst: SocketAddr,
+    /// The SYN's sequence number: tells a retransmission from a new
+    /// connection that reuses the same ports.
+    pub isn: u32,
 }
 
 /// The SYN a captured frame carries; `None` for anything else, including
@@ -111,6 +114,7 @@ pub fn parse_syn(link: Link, frame: &[u8]) -> Option<Syn> {
     Some(Syn {
         src: SocketAddr::new(src, port(0)),
         dst: SocketAddr::new(dst, port(2)),
+        isn: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
     })
 }
 
@@ -366,7 +370,8 @@ async fn pump(
 fn attempt(syn: Syn, clock: &dyn Clock, local: &Local) -> Option<Observation> {
     let at = clock.now();
     let local = local.borrow();
-    classify(syn, |ip| local.contains(&ip)).map(|conn| Observation::Attempt { at, conn })
+    let isn = syn.isn;
+    classify(syn, |ip| local.contains(&ip)).map(|conn| Observation::Attempt { at, conn, isn })
 }
 
 /// pcap's drop counters are totals since the capture opened, 32 bits wide;
@@ -465,6 +470,7 @@ mod tests {
         Some(Syn {
             src: src.parse().unwrap(),
             dst: dst.parse().unwrap(),
+            isn: 0,
         })
     }
 

@@ -286,15 +286,15 @@ impl XdpSource {
                     while batch.len() < BATCH {
                         let Some(item) = ring.next() else { break };
                         match parse_event(&item) {
-                            Ok(event) => batch.push((clock.now(), event.conn)),
+                            Ok(event) => batch.push((clock.now(), event.conn, event.isn)),
                             Err(_) => malformed += 1,
                         }
                     }
                     if batch.len() < BATCH {
                         guard.clear_ready();
                     }
-                    for (at, conn) in batch.drain(..) {
-                        if out.send(Observation::Attempt { at, conn }).await.is_err() {
+                    for (at, conn, isn) in batch.drain(..) {
+                        if out.send(Observation::Attempt { at, conn, isn }).await.is_err() {
                             return Ok(());
                         }
                     }
