@@ -116,7 +116,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
 enum Opened {
     Table(Box<dyn SocketTable>),
     Pcap(Vec<source::pcap::Opened>),
-    Xdp(source::xdp::XdpSource),
+    Xdp(Box<source::xdp::XdpSource>),
 }
 
 fn open_source(config: &RunConfig) -> anyhow::Result<Opened> {
@@ -125,7 +125,7 @@ fn open_source(config: &RunConfig) -> anyhow::Result<Opened> {
             Opened::Table(source::socket_table(config.source.name())?)
         }
         SourceKind::Pcap => Opened::Pcap(source::pcap::open(&config.interfaces)?),
-        SourceKind::Xdp => Opened::Xdp(source::xdp::XdpSource::open(&config.interfaces)?),
+        SourceKind::Xdp => Opened::Xdp(Box::new(source::xdp::XdpSource::open(&config.interfaces)?)),
     })
 }
 

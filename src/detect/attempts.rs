@@ -117,7 +117,10 @@ mod tests {
         }
         let b = syn("10.0.0.7:40001", "10.0.0.5:80");
         assert!(table.is_new(secs(0), &b, 7));
-        assert!(table.is_new(secs(200), &a, 7), "the same tuple much later is new");
+        assert!(
+            table.is_new(secs(200), &a, 7),
+            "the same tuple much later is new"
+        );
     }
 
     #[test]
@@ -129,7 +132,10 @@ mod tests {
         assert!(!table.is_new(secs(2), &a, 2000), "its retransmission");
         // The first entry's expiry must not drop the second.
         assert!(!table.is_new(secs(130), &a, 2000));
-        assert!(table.is_new(secs(131), &a, 2000), "expired with its own window");
+        assert!(
+            table.is_new(secs(131), &a, 2000),
+            "expired with its own window"
+        );
     }
 
     #[test]
