@@ -11,7 +11,8 @@ pub fn run(source: SourceKind, format: Format) -> anyhow::Result<()> {
     let sockets = source::socket_table(source.name())?.snapshot()?;
     let mut rows = distinct(&sockets);
     rows.sort_by_key(|(conn, _)| (conn.acceptor, conn.initiator));
-    let mut out = std::io::stdout().lock();
+    // One write per buffer, not per row: stdout is line-buffered.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for (conn, socket) in &rows {
         let line = match format {
             Format::Text => format!(
@@ -31,5 +32,6 @@ pub fn run(source: SourceKind, format: Format) -> anyhow::Result<()> {
         };
         writeln!(out, "{line}")?;
     }
+    out.flush()?;
     Ok(())
 }

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# `tcpwatch list --source netlink` and `--source procfs` against `ss -tan`, on a
+# throwaway network namespace holding N loopback connections (2N sockets):
+# whole-process wall and CPU time, medians of RUNS, side by side and as ratios.
+# Needs root. Usage: scripts/bench-list.sh [BIN] [CONNECTIONS] [RUNS]
+set -euo pipefail
+BIN=$(realpath "${1:-target/release/tcpwatch}")
+N=${2:-10000}
+RUNS=${3:-20}
+NS=twbench-list-$$
+
+[ "$(id -u)" -eq 0 ] || { echo "bench-list: needs root (network namespace)" >&2; exit 1; }
+[ -x "$BIN" ] || { echo "bench-list: no binary at $BIN (cargo build --release)" >&2; exit 1; }
+cleanup() {
+  for pid in $(ip netns pids "$NS" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
+  ip netns del "$NS" 2>/dev/null || true
+}
+trap cleanup EXIT
+ip netns add "$NS"
+ip -n "$NS" link set lo up
+
+# One process accepts and holds, another connects and holds: each stays under
+# the open-files limit (20,000 here) on its own.
+ip netns exec "$NS" python3 - "$N" <<'PY' &
+import resource, socket, sys, time, os
+n = int(sys.argv[1])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+server = socket.create_server(("127.0.0.1", 7000), backlog=4096)
+if os.fork() == 0:
+    held = [socket.create_connection(("127.0.0.1", 7000)) for _ in range(n)]
+    time.sleep(3600)
+held = [server.accept()[0] for _ in range(n)]
+time.sleep(3600)
+PY
+for _ in $(seq 120); do
+  have=$(ip netns exec "$NS" ss -Htn state established | wc -l)
+  [ "$have" -ge $((2 * N)) ] && break
+  sleep 0.5
+done
+echo "bench-list: $have established sockets in $NS"
+
+ip netns exec "$NS" python3 - "$RUNS" "$BIN" <<'PY'
+# Wall time, and CPU time (user + sys of the child, from wait4): on a busy
+# machine the wall time is mostly waiting for a core, the CPU time is not.
+import os, statistics, subprocess, sys, time
+runs, binary = int(sys.argv[1]), sys.argv[2]
+commands = {
+    "tcpwatch list --source netlink": [binary, "list", "--source", "netlink"],
+    "tcpwatch list --source procfs": [binary, "list", "--source", "procfs"],
+    "ss -tan": ["ss", "-tan"],
+}
+wall, cpu = {}, {}
+for name, argv in commands.items():
+    walls, cpus = [], []
+    for _ in range(runs):
+        start = time.perf_counter()
+        child = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+        _, status, usage = os.wait4(child.pid, 0)
+        walls.append(time.perf_counter() - start)
+        cpus.append(usage.ru_utime + usage.ru_stime)
+        assert status == 0, f"{name} failed"
+    wall[name], cpu[name] = statistics.median(walls), statistics.median(cpus)
+    print(f"{name:<32} wall {wall[name] * 1000:7.1f} ms   cpu {cpu[name] * 1000:7.1f} ms   (medians of {runs})")
+for name in list(commands)[:2]:
+    print(f"ratio {name:<26} / ss -tan: wall {wall[name] / wall['ss -tan']:.2f}, cpu {cpu[name] / cpu['ss -tan']:.2f}")
+PY
