@@ -59,8 +59,14 @@ fn events(stdout: &str) -> Vec<String> {
 /// Records host A's eth0 while B runs `nmap -sS` on A's ports 20-30.
 fn record_syn_scan(lab: &Lab, pcap: &Path) {
     let file = pcap.to_str().unwrap();
-    // -U: each packet is written at once, so SIGINT loses nothing.
-    let tcpdump = lab.spawn(A, "tcpdump", &["-i", "eth0", "-n", "-U", "-w", file]);
+    // Immediate mode: without it packets wait in the kernel's ring for up to
+    // a second, and a SIGINT before then loses them. -U: each packet is
+    // written to the file at once.
+    let tcpdump = lab.spawn(
+        A,
+        "tcpdump",
+        &["-i", "eth0", "-n", "--immediate-mode", "-U", "-w", file],
+    );
     assert!(
         tcpdump.wait_for_stderr("listening on", HELPER_TIMEOUT),
         "tcpdump did not start: {}",
@@ -104,7 +110,13 @@ fn replay_of_a_recorded_syn_scan_prints_one_scan_line() {
     let scans: Vec<usize> = (0..events.len())
         .filter(|&i| events[i].starts_with("Port scan"))
         .collect();
-    assert_eq!(scans.len(), 1, "exactly one scan line: {events:#?}");
+    if scans.len() != 1 {
+        let dump = Command::new("tcpdump").args(["-n", "-r", file]).output().unwrap();
+        panic!(
+            "not exactly one scan line: {events:#?}\ncapture:\n{}",
+            String::from_utf8_lossy(&dump.stdout)
+        );
+    }
     let at = scans[0];
     let ports: Vec<u16> = scan
         .captures(&events[at])
