@@ -449,7 +449,7 @@ mod tests {
             epb.extend((data.len() as u32).to_le_bytes());
             epb.extend((data.len() as u32).to_le_bytes());
             epb.extend(data);
-            while epb.len() % 4 != 0 {
+            while !epb.len().is_multiple_of(4) {
                 epb.push(0);
             }
             out.extend(block(6, &epb));

@@ -111,7 +111,10 @@ fn replay_of_a_recorded_syn_scan_prints_one_scan_line() {
         .filter(|&i| events[i].starts_with("Port scan"))
         .collect();
     if scans.len() != 1 {
-        let dump = Command::new("tcpdump").args(["-n", "-r", file]).output().unwrap();
+        let dump = Command::new("tcpdump")
+            .args(["-n", "-r", file])
+            .output()
+            .unwrap();
         panic!(
             "not exactly one scan line: {events:#?}\ncapture:\n{}",
             String::from_utf8_lossy(&dump.stdout)

@@ -42,10 +42,15 @@ impl AttemptTable {
             return false;
         }
         if self.seen.len() >= self.capacity {
-            if let Some((old, _)) = self.order.pop_front() {
+            // The oldest eighth in one batch, then one rebuild of the map
+            // (see `portscan::compact`): one at a time, the removals leave
+            // tombstones that make the table double.
+            let batch = (self.capacity / 8).max(1);
+            for (old, _) in self.order.drain(..batch.min(self.order.len())) {
                 self.seen.remove(&old);
                 self.evicted += 1;
             }
+            super::portscan::compact(&mut self.seen);
         }
         self.seen.insert(key, at);
         self.order.push_back((key, at));

@@ -99,6 +99,7 @@ impl ConnectionTable {
         let (_, &mut cut, _) = touches.select_nth_unstable(excess - 1);
         self.seen.retain(|_, s| s.touch > cut);
         self.evicted += excess as u64;
+        super::portscan::compact(&mut self.seen);
     }
 
     /// Connections forgotten, while possibly still open, because the table
