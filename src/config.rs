@@ -4,6 +4,7 @@
 //! `scan-ports = 3`, `allow = ["10.0.0.0/8"]`); unknown keys are errors, so a
 //! typo never silently runs the agent with a default.
 
+pub use crate::detect::Limits;
 use crate::duration;
 use crate::sink::Format;
 use anyhow::Context;
@@ -97,6 +98,8 @@ pub struct RunConfig {
     pub format: Format,
     pub state: StatePath,
     pub report_existing: bool,
+    /// `--max-connections`, `--max-scan-sources`.
+    pub limits: Limits,
 }
 
 impl Default for RunConfig {
@@ -115,6 +118,7 @@ impl Default for RunConfig {
             format: Format::Text,
             state: StatePath::At(PathBuf::from(DEFAULT_STATE)),
             report_existing: false,
+            limits: Limits::default(),
         }
     }
 }
@@ -136,6 +140,8 @@ pub struct FileConfig {
     pub format: Option<Format>,
     pub state: Option<String>,
     pub report_existing: Option<bool>,
+    pub max_connections: Option<usize>,
+    pub max_scan_sources: Option<usize>,
 }
 
 impl FileConfig {
@@ -204,8 +210,31 @@ impl FileConfig {
         if let Some(v) = self.report_existing {
             config.report_existing = v;
         }
+        if let Some(v) = self.max_connections {
+            config.limits.connections = capacity(v).map_err(|e| format!("max-connections: {e}"))?;
+        }
+        if let Some(v) = self.max_scan_sources {
+            config.limits.scan_sources =
+                capacity(v).map_err(|e| format!("max-scan-sources: {e}"))?;
+        }
         Ok(())
     }
+}
+
+/// A table size: at least 1 (a table that holds nothing detects nothing).
+pub fn capacity(n: usize) -> Result<usize, String> {
+    if n == 0 {
+        return Err("must be at least 1".to_string());
+    }
+    Ok(n)
+}
+
+/// `--max-connections` and `--max-scan-sources` on the command line.
+pub fn parse_capacity(text: &str) -> Result<usize, String> {
+    let n = text
+        .parse::<usize>()
+        .map_err(|_| format!("'{text}' is not a whole number"))?;
+    capacity(n)
 }
 
 /// `--allow` takes an address or a CIDR block.
@@ -235,6 +264,27 @@ mod tests {
         assert_eq!(config.state, StatePath::Off);
         assert_eq!(config.format, Format::Json);
         assert!(config.report_existing);
+    }
+
+    #[test]
+    fn table_caps_have_defaults_keys_and_a_floor() {
+        let mut config = RunConfig::default();
+        assert_eq!(config.limits.connections, 262_144);
+        assert_eq!(config.limits.scan_sources, 65_536);
+        FileConfig::parse("max-connections = 1000\nmax-scan-sources = 50\n")
+            .unwrap()
+            .apply(&mut config)
+            .unwrap();
+        assert_eq!(
+            (config.limits.connections, config.limits.scan_sources),
+            (1000, 50)
+        );
+        let zero = FileConfig::parse("max-scan-sources = 0\n").unwrap();
+        let err = zero.apply(&mut config).unwrap_err();
+        assert!(err.starts_with("max-scan-sources: "), "{err}");
+        assert!(parse_capacity("0").is_err());
+        assert!(parse_capacity("-1").is_err());
+        assert_eq!(parse_capacity("4096"), Ok(4096));
     }
 
     #[test]

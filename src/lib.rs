@@ -18,5 +18,6 @@ pub mod event;
 pub mod list;
 pub mod metrics;
 pub mod pipeline;
+pub mod replay;
 pub mod sink;
 pub mod source;

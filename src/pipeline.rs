@@ -57,7 +57,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         config.report_existing,
         config.scan_ports,
         config.scan_window,
-    );
+    )
+    .with_limits(config.limits);
     let (observations, observed) = mpsc::channel(8);
     let (detected, to_block) = mpsc::channel(64);
     let (decided, to_print) = mpsc::channel(64);
@@ -236,6 +237,9 @@ async fn detect(
         }
         let events = detector.process(&observation);
         metrics.set_tracked_sources(detector.tracked_sources());
+        for (table, n) in detector.take_evictions() {
+            metrics.evicted(table, n);
+        }
         if !events.is_empty() && out.send(events).await.is_err() {
             return Ok(());
         }

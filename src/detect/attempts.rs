@@ -43,13 +43,18 @@ impl AttemptTable {
         if self.seen.get(&key).is_some_and(|&(_, seen)| seen == isn) {
             return false;
         }
-        while self.seen.len() >= self.capacity {
-            let Some((old, first)) = self.order.pop_front() else {
-                break;
-            };
-            if self.forget(old, first) {
-                self.evicted += 1;
+        if self.seen.len() >= self.capacity {
+            // The oldest eighth in one batch, then one rebuild of the map
+            // (see `portscan::compact`): one at a time, the removals leave
+            // tombstones that make the table double.
+            let batch = (self.capacity / 8).max(1);
+            let oldest: Vec<_> = self.order.drain(..batch.min(self.order.len())).collect();
+            for (old, first) in oldest {
+                if self.forget(old, first) {
+                    self.evicted += 1;
+                }
             }
+            super::portscan::compact(&mut self.seen);
         }
         self.seen.insert(key, (at, isn));
         self.order.push_back((key, at));

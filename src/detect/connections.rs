@@ -17,42 +17,99 @@ use std::net::SocketAddr;
 /// the first miss would report that connection a second time.
 const GRACE_POLLS: u64 = 2;
 
+/// Default of `--max-connections`.
+pub const DEFAULT_CAPACITY: usize = 262_144;
+
 pub struct ConnectionTable {
-    /// Connection key -> the poll that last saw it.
-    seen: HashMap<(SocketAddr, SocketAddr), u64>,
+    /// Connection key -> when it was last seen.
+    seen: HashMap<(SocketAddr, SocketAddr), Seen>,
     poll: u64,
     report_existing: bool,
+    /// At most this many connections are remembered (see [`Self::observe`]).
+    capacity: usize,
+    /// Bumped on every row seen: a total order of recency, so eviction is
+    /// deterministic within one poll.
+    touches: u64,
+    evicted: u64,
+}
+
+#[derive(Clone, Copy)]
+struct Seen {
+    poll: u64,
+    touch: u64,
 }
 
 impl ConnectionTable {
     /// `report_existing`: whether the connections of the first table are
     /// reported (they were open before the agent started).
     pub fn new(report_existing: bool) -> Self {
+        Self::with_capacity(report_existing, DEFAULT_CAPACITY)
+    }
+
+    /// [`ConnectionTable::new`] remembering at most `capacity` connections.
+    pub fn with_capacity(report_existing: bool, capacity: usize) -> Self {
         ConnectionTable {
             seen: HashMap::new(),
             poll: 0,
             report_existing,
+            capacity: capacity.max(1),
+            touches: 0,
+            evicted: 0,
         }
     }
 
     /// Takes the next socket table and returns the connections new in it, in
     /// table order.
+    ///
+    /// When a new connection finds the table full, the least recently seen
+    /// eighth is forgotten in one batch (amortised O(1) a row) and counted in
+    /// [`Self::evicted`]; a forgotten connection that is still open is
+    /// reported again when next seen. That is the price of bounded memory
+    /// when the kernel's table outgrows the cap (a SYN flood fills it with
+    /// SYN-RECV rows).
     pub fn observe(&mut self, sockets: &[Socket]) -> Vec<Connection> {
         self.poll += 1;
         let report = self.poll > 1 || self.report_existing;
         let mut fresh = Vec::new();
         for (conn, socket) in distinct(sockets) {
-            let known = self
-                .seen
-                .insert(pair(socket.local, socket.remote), self.poll)
-                .is_some();
+            let key = pair(socket.local, socket.remote);
+            if self.seen.len() >= self.capacity && !self.seen.contains_key(&key) {
+                self.evict_oldest();
+            }
+            self.touches += 1;
+            let seen = Seen {
+                poll: self.poll,
+                touch: self.touches,
+            };
+            let known = self.seen.insert(key, seen).is_some();
             if !known && report {
                 fresh.push(conn);
             }
         }
         let poll = self.poll;
-        self.seen.retain(|_, last| poll - *last < GRACE_POLLS);
+        self.seen.retain(|_, last| poll - last.poll < GRACE_POLLS);
         fresh
+    }
+
+    /// Forgets the least recently seen eighth of a full table.
+    fn evict_oldest(&mut self) {
+        let excess = (self.capacity / 8).max(1).min(self.seen.len());
+        let mut touches: Vec<u64> = self.seen.values().map(|s| s.touch).collect();
+        // Touches are unique: the `excess` smallest are those <= this one.
+        let (_, &mut cut, _) = touches.select_nth_unstable(excess - 1);
+        self.seen.retain(|_, s| s.touch > cut);
+        self.evicted += excess as u64;
+        super::portscan::compact(&mut self.seen);
+    }
+
+    /// Connections forgotten, while possibly still open, because the table
+    /// was full.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    pub fn reports_existing(&self) -> bool {
+        self.report_existing
     }
 
     /// Connections currently remembered.
@@ -306,6 +363,42 @@ mod tests {
             table.observe(&open[1..]).is_empty(),
             "listener gone, the ends still known"
         );
+    }
+
+    #[test]
+    fn a_full_table_forgets_the_least_recently_seen_and_counts() {
+        let mut table = ConnectionTable::with_capacity(true, 8);
+        let conn = |n: u16| est(&format!("10.0.0.5:{}", 40000 + n), "10.0.0.7:22");
+        let first: Vec<Socket> = (0..8).map(conn).collect();
+        assert_eq!(table.observe(&first).len(), 8);
+        // Seen again in table order 7, 6, .., 0: connection 7 is now the
+        // least recently seen, then one new row needs a slot.
+        let mut second: Vec<Socket> = first.iter().rev().copied().collect();
+        second.push(conn(8));
+        assert_eq!(
+            lines(&table.observe(&second)),
+            ["10.0.0.5:40008 -> 10.0.0.7:22 outbound"]
+        );
+        assert_eq!((table.len(), table.evicted()), (8, 1));
+        // The evicted one is reported again (evicting connection 8, now the
+        // least recently seen); the others are not.
+        let third: Vec<Socket> = (0..8).map(conn).collect();
+        assert_eq!(
+            lines(&table.observe(&third)),
+            ["10.0.0.5:40007 -> 10.0.0.7:22 outbound"]
+        );
+        assert!(table.len() <= 8);
+    }
+
+    #[test]
+    fn the_cap_holds_for_a_table_larger_than_it() {
+        let mut table = ConnectionTable::with_capacity(false, 64);
+        let rows: Vec<Socket> = (0..1000u16)
+            .map(|n| est(&format!("10.0.0.5:{}", 1000 + n), "10.0.0.7:22"))
+            .collect();
+        table.observe(&rows);
+        assert!(table.len() <= 64, "{}", table.len());
+        assert_eq!(table.evicted(), 1000 - table.len() as u64);
     }
 
     #[test]

@@ -26,7 +26,29 @@ pub struct Detector {
     attempts: AttemptTable,
     scans: ScanDetector,
     source: &'static str,
+    /// Evictions already handed out by [`Detector::take_evictions`].
+    evictions_taken: [u64; 3],
 }
+
+/// How many entries the detector's tables may hold (`--max-connections`,
+/// `--max-scan-sources`); past that the least recently seen are evicted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub connections: usize,
+    pub scan_sources: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connections: connections::DEFAULT_CAPACITY,
+            scan_sources: portscan::DEFAULT_CAPACITY,
+        }
+    }
+}
+
+/// The `table` label values of `tcpwatch_evictions_total`.
+pub const EVICTION_TABLES: [&str; 3] = ["connections", "scan_sources", "attempts"];
 
 impl Detector {
     pub fn new(
@@ -41,7 +63,37 @@ impl Detector {
             attempts: AttemptTable::new(attempts::RETRANSMIT_WINDOW, attempts::CAPACITY),
             scans: ScanDetector::new(scan_ports, scan_window),
             source,
+            evictions_taken: [0; 3],
         }
+    }
+
+    /// The same detector with its tables capped at `limits` (call before
+    /// the first observation: it starts the tables afresh).
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        let report_existing = self.connections.reports_existing();
+        let (threshold, window) = self.scans.settings();
+        self.connections = ConnectionTable::with_capacity(report_existing, limits.connections);
+        self.scans = ScanDetector::with_capacity(threshold, window, limits.scan_sources);
+        self
+    }
+
+    /// Entries evicted from full tables since the last call, by table (the
+    /// names of [`EVICTION_TABLES`]); tables with none are left out.
+    pub fn take_evictions(&mut self) -> Vec<(&'static str, u64)> {
+        let totals = [
+            self.connections.evicted(),
+            self.scans.evicted(),
+            self.attempts.evicted(),
+        ];
+        let mut out = Vec::new();
+        for (i, total) in totals.into_iter().enumerate() {
+            let new = total - self.evictions_taken[i];
+            if new > 0 {
+                out.push((EVICTION_TABLES[i], new));
+            }
+            self.evictions_taken[i] = total;
+        }
+        out
     }
 
     /// The source's name, for events and metric labels.

@@ -36,6 +36,7 @@ pub struct Metrics {
     events_lost: Family<Label, Counter>,
     poll_duration: HistogramFamily,
     tracked_sources: Gauge,
+    evictions: Family<Label, Counter>,
     source_running: AtomicBool,
 }
 
@@ -59,6 +60,7 @@ impl Metrics {
         let poll_duration = HistogramFamily::new_with_constructor(poll_buckets);
         let tracked_sources = Gauge::default();
         let build_info = Family::<Label, Gauge>::default();
+        let evictions = Family::<Label, Counter>::default();
 
         // Counters are registered without `_total`: the encoder appends it
         // (and a registered `*_total` name panics in debug builds).
@@ -94,6 +96,11 @@ impl Metrics {
             tracked_sources.clone(),
         );
         registry.register(
+            "evictions",
+            "Entries dropped from a full detector table (connections, scan_sources, attempts)",
+            evictions.clone(),
+        );
+        registry.register(
             "build_info",
             "Always 1; the version label names the build",
             build_info.clone(),
@@ -113,6 +120,9 @@ impl Metrics {
         for family in ["ipv4", "ipv6"] {
             let _ = blocked_ips.get_or_create(&[("family", family)]);
         }
+        for table in crate::detect::EVICTION_TABLES {
+            let _ = evictions.get_or_create(&[("table", table)]);
+        }
 
         Arc::new(Metrics {
             registry,
@@ -123,6 +133,7 @@ impl Metrics {
             events_lost,
             poll_duration,
             tracked_sources,
+            evictions,
             source_running: AtomicBool::new(false),
         })
     }
@@ -158,6 +169,12 @@ impl Metrics {
         self.events_lost
             .get_or_create(&[("source", source)])
             .inc_by(n);
+    }
+
+    /// `n` entries evicted from the detector table `table` (one of
+    /// [`crate::detect::EVICTION_TABLES`]).
+    pub fn evicted(&self, table: &'static str, n: u64) {
+        self.evictions.get_or_create(&[("table", table)]).inc_by(n);
     }
 
     pub fn set_tracked_sources(&self, n: usize) {
@@ -272,6 +289,7 @@ mod tests {
         m.observe_poll("procfs", 0.004);
         m.set_tracked_sources(7);
         m.set_blocked_ips(1, 0);
+        m.evicted("scan_sources", 8192);
         m
     }
 
@@ -362,6 +380,10 @@ mod tests {
             "tcpwatch_poll_duration_seconds_bucket{source=\"procfs\",le=\"+Inf\"} 1",
             "# TYPE tcpwatch_tracked_sources gauge",
             "tcpwatch_tracked_sources 7",
+            "# TYPE tcpwatch_evictions_total counter",
+            "tcpwatch_evictions_total{table=\"scan_sources\"} 8192",
+            "tcpwatch_evictions_total{table=\"connections\"} 0",
+            "tcpwatch_evictions_total{table=\"attempts\"} 0",
             "# TYPE tcpwatch_build_info gauge",
         ] {
             assert!(

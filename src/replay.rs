@@ -1,0 +1,657 @@
+//! `tcpwatch replay`: the detectors of a live agent run offline over saved
+//! input, printing the lines the agent would have printed.
+//!
+//! Each file is recognised by its content, not its name:
+//!
+//! - a **pcap or pcapng capture** (its magic number): every TCP SYN without
+//!   ACK is one connection attempt. Offline there is no "this host", so the
+//!   destination of every SYN is taken as the local side: each SYN is an
+//!   inbound attempt `src -> dst`, and counts towards a scan by `src` of
+//!   `dst`. A capture taken on a host that also connects out therefore shows
+//!   its own outbound connections as attempts on their servers. An attempt is
+//!   stamped with its packet's time (printed in local time); windows run on
+//!   the time since the first packet of the replay, which never goes
+//!   backwards (a packet older than the one before it counts as simultaneous
+//!   with it).
+//! - a **`/proc/net/tcp` or `/proc/net/tcp6` snapshot** (a saved copy, header
+//!   line `sl  local_address ...`): each file is one poll, the polls one
+//!   `--interval` apart in the order given; a file `PATH6` given right after
+//!   `PATH` (`s1.tcp` then `s1.tcp6`, or `t0/tcp` then `t0/tcp6`) is the
+//!   same poll, as the live agent reads both tables together. Unlike a live
+//!   agent, the first poll's connections are reported: they are what the
+//!   files hold. A poll's lines carry its first file's modification time.
+//!
+//! Captures and snapshots are two timelines that cannot be lined up, so
+//! each kind has its own detector; files are still replayed in the order
+//! given. The output depends only on the files (and, for snapshot times,
+//! their modification times): the same input gives the same bytes.
+//!
+//! Every input problem is found before anything is printed, as one line
+//! naming the file (and line); the exit code is then 2. A capture that ends
+//! in a torn record (the capture was killed while writing) is replayed up to
+//! the tear, with a warning.
+
+use crate::clock::Stamp;
+use crate::detect::{Detector, Limits};
+use crate::event::{Connection, Direction};
+use crate::sink::Format;
+use crate::source::pcap::{parse_syn, Link};
+use crate::source::procfs::parse_table;
+use crate::source::{Observation, Socket};
+use chrono::{DateTime, Local, Utc};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// What `tcpwatch replay` was asked to do.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub files: Vec<PathBuf>,
+    pub format: Format,
+    pub scan_ports: usize,
+    pub scan_window: Duration,
+    /// Time between two snapshot polls.
+    pub interval: Duration,
+    pub limits: Limits,
+}
+
+/// Why a replay stopped.
+#[derive(Debug)]
+pub enum Failure {
+    /// A file could not be replayed; the message names it (exit 2).
+    Input(String),
+    /// stdout could not be written.
+    Output(std::io::Error),
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Failure::Output(e)
+    }
+}
+
+/// What a replay went through, for the warnings it may owe.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub lines: u64,
+    /// Entries evicted from full detector tables, by table.
+    pub evictions: Vec<(&'static str, u64)>,
+}
+
+pub const NEITHER: &str = "not a pcap file or a /proc/net/tcp snapshot";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Capture,
+    Snapshot,
+}
+
+/// pcap (microsecond and nanosecond, either byte order) and pcapng.
+const CAPTURE_MAGICS: [[u8; 4]; 5] = [
+    [0xd4, 0xc3, 0xb2, 0xa1],
+    [0xa1, 0xb2, 0xc3, 0xd4],
+    [0x4d, 0x3c, 0xb2, 0xa1],
+    [0xa1, 0xb2, 0x3c, 0x4d],
+    [0x0a, 0x0d, 0x0d, 0x0a],
+];
+
+/// How much of a file is read to recognise a snapshot's header line.
+const SNIFF: usize = 512;
+
+fn named(path: &Path, reason: impl std::fmt::Display) -> Failure {
+    Failure::Input(format!("{}: {reason}", path.display()))
+}
+
+/// What a file holds, from its first bytes.
+fn kind_of(path: &Path) -> Result<Kind, Failure> {
+    let mut head = Vec::with_capacity(SNIFF);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(SNIFF as u64).read_to_end(&mut head))
+        .map_err(|e| named(path, io_reason(&e)))?;
+    if head.len() >= 4 && CAPTURE_MAGICS.iter().any(|m| head[..4] == *m) {
+        return Ok(Kind::Capture);
+    }
+    if is_snapshot_header(&head) {
+        return Ok(Kind::Snapshot);
+    }
+    Err(named(path, NEITHER))
+}
+
+/// The kernel's header line starts `  sl  local_address rem_address`.
+fn is_snapshot_header(head: &[u8]) -> bool {
+    let first = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let Ok(first) = std::str::from_utf8(first) else {
+        return false;
+    };
+    let mut words = first.split_ascii_whitespace();
+    words.next() == Some("sl") && words.next() == Some("local_address")
+}
+
+/// `No such file or directory`, without Rust's ` (os error 2)` suffix.
+fn io_reason(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error") {
+        Some(at) => text[..at].to_string(),
+        None => text,
+    }
+}
+
+/// The files in replay order, grouped: one capture, or the one or two
+/// snapshot files of one poll.
+enum Step {
+    Capture(PathBuf),
+    Poll(Vec<PathBuf>),
+}
+
+/// Recognises every file and checks every snapshot, so that bad input
+/// stops the replay before anything is printed.
+fn plan(files: &[PathBuf]) -> Result<Vec<Step>, Failure> {
+    let mut steps = Vec::new();
+    let mut pending: Option<PathBuf> = None;
+    for path in files {
+        let kind = kind_of(path)?;
+        if kind == Kind::Snapshot {
+            read_snapshot(path)?;
+        } else {
+            open_capture(path)?;
+        }
+        if let Some(first) = pending.take() {
+            if kind == Kind::Snapshot && is_v6_twin(&first, path) {
+                steps.push(Step::Poll(vec![first, path.clone()]));
+                continue;
+            }
+            steps.push(Step::Poll(vec![first]));
+        }
+        match kind {
+            Kind::Snapshot => pending = Some(path.clone()),
+            Kind::Capture => steps.push(Step::Capture(path.clone())),
+        }
+    }
+    steps.extend(pending.map(|p| Step::Poll(vec![p])));
+    Ok(steps)
+}
+
+/// `second` is `first` with a `6` appended: `tcp` and `tcp6`.
+fn is_v6_twin(first: &Path, second: &Path) -> bool {
+    let mut twin = first.as_os_str().to_owned();
+    twin.push("6");
+    twin == second.as_os_str()
+}
+
+fn read_snapshot(path: &Path) -> Result<Vec<Socket>, Failure> {
+    let text = std::fs::read(path).map_err(|e| named(path, io_reason(&e)))?;
+    let text = String::from_utf8(text).map_err(|_| named(path, NEITHER))?;
+    parse_table(&text)
+        .map_err(|e| Failure::Input(format!("{}:{}: {}", path.display(), e.line, e.reason)))
+}
+
+fn open_capture(path: &Path) -> Result<(pcap::Capture<pcap::Offline>, Link), Failure> {
+    let capture = pcap::Capture::from_file(path).map_err(|e| named(path, pcap_reason(&e)))?;
+    let linktype = capture.get_datalink();
+    let link = Link::of(linktype).ok_or_else(|| {
+        let name = linktype
+            .get_name()
+            .unwrap_or_else(|_| linktype.0.to_string());
+        named(path, format!("unsupported link type {name}"))
+    })?;
+    Ok((capture, link))
+}
+
+fn pcap_reason(e: &pcap::Error) -> String {
+    e.to_string().replace('\n', " ")
+}
+
+/// Replays `options.files`, writing the events to `out`.
+pub fn run(options: &Options, out: impl Write) -> Result<Summary, Failure> {
+    let steps = plan(&options.files)?;
+    let mut replay = Replay {
+        options,
+        out: std::io::BufWriter::new(out),
+        lines: 0,
+        captures: None,
+        polls: None,
+    };
+    for step in &steps {
+        match step {
+            Step::Capture(path) => replay.capture(path)?,
+            Step::Poll(paths) => replay.poll(paths)?,
+        }
+    }
+    replay.out.flush()?;
+    let mut evictions: Vec<(&'static str, u64)> = Vec::new();
+    for detector in [&mut replay.captures, &mut replay.polls]
+        .into_iter()
+        .flatten()
+    {
+        let detector = match detector {
+            Timeline::Packets { detector, .. } | Timeline::Polls { detector, .. } => detector,
+        };
+        for (table, n) in detector.take_evictions() {
+            match evictions.iter_mut().find(|(t, _)| *t == table) {
+                Some(entry) => entry.1 += n,
+                None => evictions.push((table, n)),
+            }
+        }
+    }
+    Ok(Summary {
+        lines: replay.lines,
+        evictions,
+    })
+}
+
+/// One kind of input's detector and clock.
+enum Timeline {
+    Packets {
+        detector: Detector,
+        /// Time of the first packet, since the Unix epoch.
+        origin: Option<Duration>,
+        /// The last packet's place on the timeline.
+        mono: Duration,
+    },
+    Polls {
+        detector: Detector,
+        done: u32,
+    },
+}
+
+struct Replay<'a, W: Write> {
+    options: &'a Options,
+    out: std::io::BufWriter<W>,
+    lines: u64,
+    captures: Option<Timeline>,
+    polls: Option<Timeline>,
+}
+
+impl<W: Write> Replay<'_, W> {
+    fn detector(&self, source: &'static str) -> Detector {
+        let o = self.options;
+        // Snapshots: what the files hold is what is to be reported.
+        Detector::new(source, true, o.scan_ports, o.scan_window).with_limits(o.limits)
+    }
+
+    fn capture(&mut self, path: &Path) -> Result<(), Failure> {
+        let (mut capture, link) = open_capture(path)?;
+        if self.captures.is_none() {
+            self.captures = Some(Timeline::Packets {
+                detector: self.detector("pcap"),
+                origin: None,
+                mono: Duration::ZERO,
+            });
+        }
+        let Some(Timeline::Packets {
+            detector,
+            origin,
+            mono,
+        }) = &mut self.captures
+        else {
+            unreachable!("set just above");
+        };
+        loop {
+            let packet = match capture.next_packet() {
+                Ok(packet) => packet,
+                Err(pcap::Error::NoMorePackets) => break,
+                Err(e) => {
+                    eprintln!(
+                        "tcpwatch: warning: {}: {}; replayed the packets before it",
+                        path.display(),
+                        pcap_reason(&e)
+                    );
+                    break;
+                }
+            };
+            let Some(syn) = parse_syn(link, packet.data) else {
+                continue;
+            };
+            let since_epoch = packet_time(packet.header.ts);
+            let first = *origin.get_or_insert(since_epoch);
+            *mono = (*mono).max(since_epoch.saturating_sub(first));
+            let at = Stamp {
+                wall: local(since_epoch),
+                mono: *mono,
+            };
+            let conn = Connection {
+                initiator: syn.src,
+                acceptor: syn.dst,
+                direction: Direction::Inbound,
+            };
+            let isn = syn.isn;
+            let events = detector.process(&Observation::Attempt { at, conn, isn });
+            for event in &events {
+                writeln!(self.out, "{}", self.options.format.line(event))?;
+                self.lines += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn poll(&mut self, paths: &[PathBuf]) -> Result<(), Failure> {
+        let mut sockets = Vec::new();
+        for path in paths {
+            sockets.extend(read_snapshot(path)?);
+        }
+        let modified = std::fs::metadata(&paths[0])
+            .and_then(|m| m.modified())
+            .map_err(|e| named(&paths[0], io_reason(&e)))?;
+        if self.polls.is_none() {
+            self.polls = Some(Timeline::Polls {
+                detector: self.detector("procfs"),
+                done: 0,
+            });
+        }
+        let Some(Timeline::Polls { detector, done }) = &mut self.polls else {
+            unreachable!("set just above");
+        };
+        let since_epoch = modified
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let at = Stamp {
+            wall: local(since_epoch),
+            mono: self.options.interval.saturating_mul(*done),
+        };
+        *done += 1;
+        for event in detector.process(&Observation::Snapshot { at, sockets }) {
+            writeln!(self.out, "{}", self.options.format.line(&event))?;
+            self.lines += 1;
+        }
+        Ok(())
+    }
+}
+
+/// A packet's timestamp as a time since the epoch; a negative one (a
+/// corrupt header) counts as the epoch itself.
+fn packet_time(ts: libc::timeval) -> Duration {
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let micros = u64::try_from(ts.tv_usec).unwrap_or(0).min(999_999);
+    Duration::from_secs(secs) + Duration::from_micros(micros)
+}
+
+fn local(since_epoch: Duration) -> DateTime<Local> {
+    let secs = i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX);
+    // Out of chrono's range only for a corrupt timestamp; the epoch then.
+    DateTime::<Utc>::from_timestamp(secs, since_epoch.subsec_nanos())
+        .unwrap_or_default()
+        .with_timezone(&Local)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ethernet + IPv4 (20 bytes) + TCP (20 bytes) with `flags`.
+    fn frame(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, flags: u8) -> Vec<u8> {
+        let mut f = vec![0u8; 14];
+        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        let mut ip = vec![0u8; 20];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&40u16.to_be_bytes());
+        ip[8] = 64;
+        ip[9] = 6;
+        ip[12..16].copy_from_slice(&src);
+        ip[16..20].copy_from_slice(&dst);
+        let mut tcp = vec![0u8; 20];
+        tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+        tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+        tcp[12] = 5 << 4;
+        tcp[13] = flags;
+        f.extend(ip);
+        f.extend(tcp);
+        f
+    }
+
+    const SYN: u8 = 0x02;
+    const SYN_ACK: u8 = 0x12;
+    const SCANNER: [u8; 4] = [192, 0, 2, 56];
+    const HOST: [u8; 4] = [10, 0, 0, 5];
+
+    /// Classic pcap, little-endian, microseconds, Ethernet.
+    fn pcap(packets: &[(u32, u32, Vec<u8>)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend(0xa1b2_c3d4u32.to_le_bytes());
+        out.extend(2u16.to_le_bytes());
+        out.extend(4u16.to_le_bytes());
+        out.extend([0u8; 8]);
+        out.extend(65535u32.to_le_bytes());
+        out.extend(1u32.to_le_bytes());
+        for (secs, micros, data) in packets {
+            out.extend(secs.to_le_bytes());
+            out.extend(micros.to_le_bytes());
+            out.extend((data.len() as u32).to_le_bytes());
+            out.extend((data.len() as u32).to_le_bytes());
+            out.extend(data);
+        }
+        out
+    }
+
+    /// pcapng: section header, one Ethernet interface (microseconds),
+    /// enhanced packet blocks.
+    fn pcapng(packets: &[(u32, u32, Vec<u8>)]) -> Vec<u8> {
+        fn block(kind: u32, body: &[u8]) -> Vec<u8> {
+            let len = (12 + body.len()) as u32;
+            let mut b = kind.to_le_bytes().to_vec();
+            b.extend(len.to_le_bytes());
+            b.extend(body);
+            b.extend(len.to_le_bytes());
+            b
+        }
+        let mut shb = 0x1a2b_3c4du32.to_le_bytes().to_vec();
+        shb.extend(1u16.to_le_bytes());
+        shb.extend(0u16.to_le_bytes());
+        shb.extend((-1i64).to_le_bytes());
+        let mut idb = 1u16.to_le_bytes().to_vec();
+        idb.extend(0u16.to_le_bytes());
+        idb.extend(65535u32.to_le_bytes());
+        let mut out = block(0x0a0d_0d0a, &shb);
+        out.extend(block(1, &idb));
+        for (secs, micros, data) in packets {
+            let ts = u64::from(*secs) * 1_000_000 + u64::from(*micros);
+            let mut epb = 0u32.to_le_bytes().to_vec();
+            epb.extend(((ts >> 32) as u32).to_le_bytes());
+            epb.extend((ts as u32).to_le_bytes());
+            epb.extend((data.len() as u32).to_le_bytes());
+            epb.extend((data.len() as u32).to_le_bytes());
+            epb.extend(data);
+            while !epb.len().is_multiple_of(4) {
+                epb.push(0);
+            }
+            out.extend(block(6, &epb));
+        }
+        out
+    }
+
+    /// A scan of ports 80..=85 with a retransmission, a SYN-ACK and an
+    /// out-of-order timestamp mixed in.
+    fn scan_packets() -> Vec<(u32, u32, Vec<u8>)> {
+        let t = 1_619_623_685;
+        vec![
+            (t, 0, frame(SCANNER, 40000, HOST, 80, SYN)),
+            (t, 10, frame(HOST, 80, SCANNER, 40000, SYN_ACK)),
+            (t, 20, frame(SCANNER, 40000, HOST, 81, SYN)),
+            (t + 1, 0, frame(SCANNER, 40000, HOST, 80, SYN)),
+            (t - 5, 0, frame(SCANNER, 40000, HOST, 82, SYN)),
+            (t + 2, 0, frame(SCANNER, 40000, HOST, 83, SYN)),
+            (t + 2, 1, frame(SCANNER, 40000, HOST, 84, SYN)),
+        ]
+    }
+
+    fn options(files: Vec<PathBuf>) -> Options {
+        Options {
+            files,
+            format: Format::Text,
+            scan_ports: 3,
+            scan_window: Duration::from_secs(60),
+            interval: Duration::from_secs(10),
+            limits: Limits::default(),
+        }
+    }
+
+    fn replay(options: &Options) -> Result<Vec<String>, Failure> {
+        let mut out = Vec::new();
+        run(options, &mut out)?;
+        Ok(String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| l.split_once(": ").unwrap().1.to_string())
+            .collect())
+    }
+
+    fn write(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    const SCAN_LINES: [&str; 6] = [
+        "New connection: 192.0.2.56:40000 -> 10.0.0.5:80",
+        "New connection: 192.0.2.56:40000 -> 10.0.0.5:81",
+        "New connection: 192.0.2.56:40000 -> 10.0.0.5:82",
+        "New connection: 192.0.2.56:40000 -> 10.0.0.5:83",
+        "Port scan detected: 192.0.2.56 -> 10.0.0.5 on ports 80,81,82,83",
+        "New connection: 192.0.2.56:40000 -> 10.0.0.5:84",
+    ];
+
+    #[test]
+    fn pcap_and_pcapng_replay_the_same_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, bytes) in [
+            ("scan.pcap", pcap(&scan_packets())),
+            ("scan.pcapng", pcapng(&scan_packets())),
+        ] {
+            let path = write(&dir, name, &bytes);
+            assert_eq!(replay(&options(vec![path])).unwrap(), SCAN_LINES, "{name}");
+        }
+    }
+
+    #[test]
+    fn lines_carry_the_packet_time_in_local_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(&dir, "scan.pcap", &pcap(&scan_packets()));
+        let mut o = options(vec![path]);
+        o.format = Format::Json;
+        let mut out = Vec::new();
+        run(&o, &mut out).unwrap();
+        let first: serde_json::Value =
+            serde_json::from_str(String::from_utf8(out).unwrap().lines().next().unwrap()).unwrap();
+        let time = DateTime::parse_from_rfc3339(first["time"].as_str().unwrap()).unwrap();
+        assert_eq!(time.timestamp(), 1_619_623_685);
+        assert_eq!(first["source"], "pcap");
+    }
+
+    #[test]
+    fn windows_run_on_packet_time() {
+        // Four ports, but the fourth 61 s after the first: no scan.
+        let t = 1_619_623_685;
+        let packets: Vec<_> = [(0, 80), (20, 81), (40, 82), (61, 83)]
+            .into_iter()
+            .map(|(dt, port)| (t + dt, 0, frame(SCANNER, 1, HOST, port, SYN)))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(&dir, "slow.pcap", &pcap(&packets));
+        let lines = replay(&options(vec![path.clone()])).unwrap();
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        let mut wide = options(vec![path]);
+        wide.scan_window = Duration::from_secs(62);
+        assert_eq!(replay(&wide).unwrap().len(), 5);
+    }
+
+    #[test]
+    fn torn_last_record_replays_what_came_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = pcap(&scan_packets());
+        bytes.truncate(bytes.len() - 10);
+        let path = write(&dir, "torn.pcap", &bytes);
+        assert_eq!(replay(&options(vec![path])).unwrap(), SCAN_LINES[..5]);
+    }
+
+    const HEADER: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
+
+    fn row(slot: usize, local: &str, remote: &str, state: &str) -> String {
+        format!("{slot:>4}: {local} {remote} {state} 00000000:00000000 00:00000000 00000000     0        0 {} 1 0000000000000000 100 0 0 10 0\n", 1000 + slot)
+    }
+
+    #[test]
+    fn snapshots_are_polls_and_path6_joins_path() {
+        let dir = tempfile::tempdir().unwrap();
+        // A dual-stack listener on port 80 (tcp6) makes the IPv4 client in
+        // tcp inbound only if both files are one poll. 10.0.0.5 is
+        // 0500000A as the kernel prints it on little-endian machines.
+        let v4 = |a: [u8; 4], port: u16| format!("{:08X}:{port:04X}", u32::from_ne_bytes(a));
+        let tcp0 = HEADER.to_string();
+        let tcp6_0 = format!(
+            "{HEADER}{}",
+            row(
+                0,
+                "00000000000000000000000000000000:0050",
+                "00000000000000000000000000000000:0000",
+                "0A"
+            )
+        );
+        let tcp1 = format!(
+            "{HEADER}{}",
+            row(0, &v4(HOST, 80), &v4(SCANNER, 5973), "01")
+        );
+        let a = write(&dir, "t0.tcp", tcp0.as_bytes());
+        let a6 = write(&dir, "t0.tcp6", tcp6_0.as_bytes());
+        let b = write(&dir, "t1.tcp", tcp1.as_bytes());
+        let b6 = write(&dir, "t1.tcp6", tcp6_0.as_bytes());
+        let got = replay(&options(vec![a, a6, b.clone(), b6.clone()])).unwrap();
+        assert_eq!(got, ["New connection: 192.0.2.56:5973 -> 10.0.0.5:80"]);
+        // Alone, t1.tcp has no listener: the connection reads as outbound,
+        // and being in the first poll it is reported.
+        assert_eq!(
+            replay(&options(vec![b])).unwrap(),
+            ["New connection: 10.0.0.5:80 -> 192.0.2.56:5973"]
+        );
+        // PATH6 first is not a twin: two polls, b6 alone has no connection.
+        assert!(replay(&options(vec![b6])).unwrap().is_empty());
+    }
+
+    #[test]
+    fn bad_input_is_one_line_naming_the_file_before_any_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = write(&dir, "good.pcap", &pcap(&scan_packets()));
+        let text = write(&dir, "notes.txt", b"hello\n");
+        let empty = write(&dir, "empty", b"");
+        let bad_row = write(
+            &dir,
+            "bad.tcp",
+            format!(
+                "{HEADER}{}   1: nonsense\n",
+                row(0, "0100007F:0050", "00000000:0000", "0A")
+            )
+            .as_bytes(),
+        );
+        let missing = dir.path().join("missing");
+        let cases = [
+            (text.clone(), format!("{}: {NEITHER}", text.display())),
+            (empty.clone(), format!("{}: {NEITHER}", empty.display())),
+            (
+                bad_row.clone(),
+                format!("{}:3: bad address 'nonsense'", bad_row.display()),
+            ),
+            (
+                missing.clone(),
+                format!("{}: No such file or directory", missing.display()),
+            ),
+        ];
+        for (bad, want) in cases {
+            let mut out = Vec::new();
+            match run(&options(vec![good.clone(), bad]), &mut out) {
+                Err(Failure::Input(message)) => assert_eq!(message, want),
+                other => panic!("{other:?}"),
+            }
+            assert!(out.is_empty(), "printed before the error");
+        }
+    }
+
+    #[test]
+    fn the_same_input_gives_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(&dir, "scan.pcap", &pcap(&scan_packets()));
+        let once = || {
+            let mut out = Vec::new();
+            run(&options(vec![path.clone(), path.clone()]), &mut out).unwrap();
+            out
+        };
+        assert_eq!(once(), once());
+    }
+}
