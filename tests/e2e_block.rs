@@ -385,8 +385,9 @@ fn dry_run_reports_the_block_and_changes_nothing() {
 fn without_nft_one_warning_and_detection_goes_on() {
     let Some(lab) = lab() else { return };
     let _server = lab.serve(A, Listen::V4, &PORTS);
-    // `env PATH=...` inside the namespace: the agent cannot find `nft`.
-    let mut args = vec!["PATH=/nonexistent", AGENT];
+    // `env PATH=...` inside the namespace: the agent cannot find `nft`, and
+    // is told not to use libnftables either (as on a host without nftables).
+    let mut args = vec!["PATH=/nonexistent", "TCPWATCH_LIBNFTABLES=0", AGENT];
     let agent_args = agent_args("nftables", &[]);
     args.extend(agent_args.iter().map(String::as_str));
     let agent = lab.spawn(A, "env", &args);

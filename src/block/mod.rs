@@ -11,6 +11,7 @@ pub mod admin;
 pub mod allow;
 pub mod exec;
 pub mod iptables;
+pub mod libnft;
 pub mod nft;
 
 use crate::clock::Clock;
