@@ -22,6 +22,17 @@ pub struct ConnectionTable {
     seen: HashMap<(SocketAddr, SocketAddr), u64>,
     poll: u64,
     report_existing: bool,
+    /// With a state file: what changed since the last [`Self::take_changes`].
+    changes: Option<Changes>,
+}
+
+/// Connection keys the state file must learn: those accounted for without
+/// being reported (the first table), and those forgotten. Reported ones are
+/// stored once printed, by the print stage.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub silent: Vec<(SocketAddr, SocketAddr)>,
+    pub forgotten: Vec<(SocketAddr, SocketAddr)>,
 }
 
 impl ConnectionTable {
@@ -32,7 +43,31 @@ impl ConnectionTable {
             seen: HashMap::new(),
             poll: 0,
             report_existing,
+            changes: None,
         }
+    }
+
+    /// Records what [`Self::take_changes`] returns from now on.
+    pub fn track_changes(&mut self) {
+        self.changes.get_or_insert_with(Changes::default);
+    }
+
+    /// Seeds the table with the connections a state file says were already
+    /// accounted for, and reports every other connection of the first table:
+    /// those were opened while the agent was down. Seeded keys get the same
+    /// grace as seen ones, then are forgotten if they are not open.
+    pub fn restore(&mut self, known: impl IntoIterator<Item = (SocketAddr, SocketAddr)>) {
+        self.seen
+            .extend(known.into_iter().map(|key| (key, self.poll)));
+        self.report_existing = true;
+    }
+
+    /// The changes since the last call (empty unless tracking).
+    pub fn take_changes(&mut self) -> Changes {
+        self.changes
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Takes the next socket table and returns the connections new in it, in
@@ -42,16 +77,25 @@ impl ConnectionTable {
         let report = self.poll > 1 || self.report_existing;
         let mut fresh = Vec::new();
         for (conn, socket) in distinct(sockets) {
-            let known = self
-                .seen
-                .insert(pair(socket.local, socket.remote), self.poll)
-                .is_some();
+            let key = pair(socket.local, socket.remote);
+            let known = self.seen.insert(key, self.poll).is_some();
             if !known && report {
                 fresh.push(conn);
+            } else if !known {
+                if let Some(changes) = &mut self.changes {
+                    changes.silent.push(key);
+                }
             }
         }
         let poll = self.poll;
-        self.seen.retain(|_, last| poll - *last < GRACE_POLLS);
+        let changes = &mut self.changes;
+        self.seen.retain(|key, last| {
+            let keep = poll - *last < GRACE_POLLS;
+            if let (false, Some(changes)) = (keep, changes.as_mut()) {
+                changes.forgotten.push(*key);
+            }
+            keep
+        });
         fresh
     }
 
@@ -68,7 +112,7 @@ impl ConnectionTable {
 /// A connection's identity: its two endpoints, in either order. The same for
 /// both ends of a local connection, and unchanged when a listener closes and
 /// the direction can no longer be told.
-fn pair(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
+pub fn pair(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
     if a <= b {
         (a, b)
     } else {
@@ -306,6 +350,51 @@ mod tests {
             table.observe(&open[1..]).is_empty(),
             "listener gone, the ends still known"
         );
+    }
+
+    #[test]
+    fn restored_connections_are_not_reported_again_and_others_are() {
+        let old = est("10.0.0.5:80", "10.0.0.7:1000");
+        let gone = est("10.0.0.5:80", "10.0.0.7:1001");
+        let new = est("10.0.0.5:80", "10.0.0.7:1002");
+        let mut table = ConnectionTable::new(false);
+        table.track_changes();
+        table.restore([pair(old.remote, old.local), pair(gone.local, gone.remote)]);
+        let open = [listen("0.0.0.0:80"), old, new];
+        assert_eq!(
+            lines(&table.observe(&open)),
+            ["10.0.0.7:1002 -> 10.0.0.5:80 inbound"]
+        );
+        assert_eq!(table.take_changes(), Changes::default());
+        assert!(table.observe(&open).is_empty());
+        assert_eq!(
+            table.take_changes().forgotten,
+            [pair(gone.local, gone.remote)],
+            "a stored connection not open any more is forgotten after the grace"
+        );
+        assert_eq!(table.len(), 2);
+    }
+
+    #[test]
+    fn changes_list_the_silent_first_table_and_the_forgotten() {
+        let a = est("10.0.0.5:40000", "10.0.0.7:22");
+        let b = est("10.0.0.5:40001", "10.0.0.7:22");
+        let mut table = ConnectionTable::new(false);
+        table.track_changes();
+        assert!(table.observe(&[a]).is_empty());
+        let first = table.take_changes();
+        assert_eq!(first.silent, [pair(a.local, a.remote)]);
+        assert_eq!(table.observe(&[b]).len(), 1);
+        assert_eq!(
+            table.take_changes(),
+            Changes::default(),
+            "b is stored once printed"
+        );
+        table.observe(&[b]);
+        assert_eq!(table.take_changes().forgotten, [pair(a.local, a.remote)]);
+        let mut untracked = ConnectionTable::new(false);
+        untracked.observe(&[a]);
+        assert_eq!(untracked.take_changes(), Changes::default());
     }
 
     #[test]
