@@ -123,6 +123,17 @@ fn a_restart_reports_what_opened_while_down_and_nothing_twice() {
     drop(before);
 }
 
+/// `ipset list SET -output save` in host A.
+fn ipset_save(lab: &Lab, set: &str) -> String {
+    let out = lab.run(A, "ipset", &["list", set, "-output", "save"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn a_restart_restores_an_active_block_with_its_time_left() {
     let Some(lab) = lab(3) else { return };
@@ -132,9 +143,9 @@ fn a_restart_restores_an_active_block_with_its_time_left() {
     let mut ports = PORTS.to_vec();
     ports.push(9000);
     let _server = lab.serve(A, Listen::V4, &ports);
-    let flags = ["--block", "nftables", "--block-ttl", "30s"];
+    let with = |backend| ["--block", backend, "--block-ttl", "30s"];
 
-    let agent = start(&lab, &state, &flags);
+    let agent = start(&lab, &state, &with("nftables"));
     let scan = lab.connect(B, host, &PORTS, None);
     agent.expect_event(&format!("Blocked {scanner} for 30s via nftables"), EVENT);
     drop(scan);
@@ -144,9 +155,27 @@ fn a_restart_restores_an_active_block_with_its_time_left() {
         !tables(&lab).contains("tcpwatch"),
         "SIGTERM still removes the table"
     );
-
     std::thread::sleep(Duration::from_secs(2));
-    let agent = start(&lab, &state, &flags);
+
+    // Restored on whichever backend is configured now.
+    let agent = start(&lab, &state, &with("iptables"));
+    assert!(
+        agent.stderr().contains("tcpwatch: restored 1 blocks"),
+        "{}",
+        agent.stderr()
+    );
+    let saved = ipset_save(&lab, "tcpwatch4");
+    let re = Regex::new(&format!(r"add tcpwatch4 {scanner} timeout (\d+)")).unwrap();
+    let left: u64 = re
+        .captures(&saved)
+        .unwrap_or_else(|| panic!("{scanner} not restored in ipset: {saved}"))[1]
+        .parse()
+        .unwrap();
+    assert!((1..=28).contains(&left), "{left}s is not the time left");
+    let finished = agent.stop();
+    assert_eq!(finished.status.code(), Some(0), "{}", finished.stderr);
+
+    let agent = start(&lab, &state, &with("nftables"));
     assert!(
         agent.stderr().contains("tcpwatch: restored 1 blocks"),
         "{}",
@@ -166,7 +195,12 @@ fn a_restart_restores_an_active_block_with_its_time_left() {
         .status()
         .unwrap();
     assert!(c_ok.success(), "a bystander is blocked");
-    std::thread::sleep(SETTLE);
+
+    // Lifted by hand while running: it must not come back at the next start
+    // (the agent drops it from the file at its next firewall recount, 5 s).
+    let removed = lab.run(A, AGENT, &["blocks", "remove", &scanner.to_string()]);
+    assert!(removed.status.success());
+    std::thread::sleep(Duration::from_secs(6));
     let finished = agent.stop();
     assert!(
         !finished.stdout.iter().any(|l| l.contains("Blocked")),
@@ -174,6 +208,15 @@ fn a_restart_restores_an_active_block_with_its_time_left() {
         finished.stdout
     );
     assert_eq!(finished.status.code(), Some(0));
+
+    let agent = start(&lab, &state, &with("nftables"));
+    assert!(
+        !nft_set(&lab, "blocked4").contains("elements"),
+        "a lifted block came back: {}",
+        nft_set(&lab, "blocked4")
+    );
+    let finished = agent.stop();
+    assert!(!finished.stderr.contains("restored"), "{}", finished.stderr);
 }
 
 /// A tiny LCG: the kill delays only need to be spread, not secure.
