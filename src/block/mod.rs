@@ -572,6 +572,75 @@ mod tests {
     }
 
     #[test]
+    fn restore_applies_live_blocks_only_and_records_new_ones_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("state")).unwrap());
+        let now = SystemTime::now();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let hour = Duration::from_secs(3600);
+        store
+            .put_blocks(&[ip("198.51.100.1")], now + hour, "iptables", now)
+            .unwrap();
+        store
+            .put_blocks(&[ip("192.0.2.7")], now + hour, "nftables", now)
+            .unwrap();
+        store
+            .put_blocks(
+                &[ip("198.51.100.2")],
+                now + Duration::from_millis(1),
+                "nftables",
+                now,
+            )
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        let fake = Fake::default();
+        let mut b = blocker(Mode::Apply(Box::new(fake.clone())), &["192.0.2.0/24"])
+            .with_store(store.clone());
+        let done = b.restore(store.blocks().unwrap()).unwrap();
+        assert_eq!(
+            done,
+            Restored {
+                applied: 1,
+                kept: 0
+            }
+        );
+        assert_eq!(*fake.calls.lock().unwrap(), [vec![ip("198.51.100.1")]]);
+        let left: Vec<IpAddr> = store.blocks().unwrap().iter().map(|b| b.ip).collect();
+        assert_eq!(
+            left,
+            [ip("198.51.100.1")],
+            "allowlisted and expired are dropped"
+        );
+
+        // A block the firewall no longer holds (lifted by hand) leaves the
+        // file at the next recount; the ones it holds stay.
+        store
+            .put_blocks(&[ip("203.0.113.9")], now + hour, "nftables", now)
+            .unwrap();
+        b.count().unwrap();
+        let left: Vec<IpAddr> = store.blocks().unwrap().iter().map(|b| b.ip).collect();
+        assert_eq!(left, [ip("198.51.100.1")]);
+        // A new block is in the file before the backend is called.
+        b.handle(vec![scan("203.0.113.10")]);
+        assert_eq!(store.blocks().unwrap().len(), 2);
+
+        // Blocking off: nothing applied, nothing dropped.
+        store
+            .put_blocks(&[ip("198.51.100.3")], now + hour, "nftables", now)
+            .unwrap();
+        let mut off = blocker(Mode::Off, &[]).with_store(store.clone());
+        let done = off.restore(store.blocks().unwrap()).unwrap();
+        assert_eq!(
+            done,
+            Restored {
+                applied: 0,
+                kept: 3
+            }
+        );
+        assert_eq!(store.blocks().unwrap().len(), 3);
+    }
+
+    #[test]
     fn dry_run_reports_without_a_backend_and_off_passes_through() {
         let mut b = blocker(Mode::DryRun("nftables"), &[]);
         assert_eq!(
