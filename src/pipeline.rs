@@ -18,7 +18,7 @@ use crate::event::Event;
 use crate::metrics::{self, Metrics};
 use crate::sink::LineSink;
 use crate::source::{self, Observation, SocketTable};
-use crate::state::{ConnKey, StateError, Store};
+use crate::state::{ConnKey, Loaded, StateError, Store};
 use anyhow::Context;
 use ipnet::IpNet;
 use std::path::Path;
@@ -77,7 +77,7 @@ pub async fn run(config: RunConfig, reloader: Option<Reloader>) -> anyhow::Resul
         Listen::Off => None,
     };
     // Opened before the firewall is touched, for the same reason.
-    let store = open_state(&config.state).await?;
+    let mut store = open_state(&config.state).await?;
     let polling = config.source != SourceKind::Pcap;
     let (kind, ttl, dry_run) = (config.block, config.block_ttl, config.dry_run);
     let mode = tokio::task::spawn_blocking(move || block::Mode::start(kind, ttl, dry_run))
@@ -96,18 +96,20 @@ pub async fn run(config: RunConfig, reloader: Option<Reloader>) -> anyhow::Resul
         config.scan_ports,
         config.scan_window,
     );
-    if let Some(store) = &store {
-        blocker = restore_blocks(blocker.with_store(store.clone()), store.clone()).await?;
+    if let Some((store, loaded)) = &mut store {
+        let blocks = std::mem::take(&mut loaded.blocks);
+        blocker = restore_blocks(blocker.with_store(store.clone()), store.clone(), blocks).await?;
         if polling {
             let table = detector.connections_mut();
             table.track_changes();
             // A file that never stored a first table cannot tell which open
             // connections were reported: start as without one.
-            if store.primed()? {
-                table.restore(store.connections()?);
+            if loaded.primed {
+                table.restore(std::mem::take(&mut loaded.connections));
             }
         }
     }
+    let store = store.map(|(store, _)| store);
     let (tunables, tuned) = watch::channel(Tunables::of(&config));
     let reload = tokio::spawn(reload_on_hangup(hangup, reloader, config.clone(), tunables));
     let conn_store = store.filter(|_| polling);
@@ -196,7 +198,7 @@ fn flatten(joined: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow
 /// Opens `--state`. The default path degrades to no state when its
 /// directory cannot be written (say, not root); a path the operator named,
 /// or a default file that exists but is unusable, is a fatal error.
-async fn open_state(state: &StatePath) -> anyhow::Result<Option<Arc<Store>>> {
+async fn open_state(state: &StatePath) -> anyhow::Result<Option<(Arc<Store>, Loaded)>> {
     let StatePath::At(path) = state else {
         return Ok(None);
     };
@@ -210,10 +212,14 @@ async fn open_state(state: &StatePath) -> anyhow::Result<Option<Arc<Store>>> {
             return Ok(None);
         }
     }
-    let store = tokio::task::spawn_blocking(move || Store::open(&path))
-        .await
-        .context("state set-up failed")??;
-    Ok(Some(Arc::new(store)))
+    let (store, loaded) = tokio::task::spawn_blocking(move || {
+        let store = Store::open(&path)?;
+        let loaded = store.load()?;
+        Ok::<_, StateError>((store, loaded))
+    })
+    .await
+    .context("state set-up failed")??;
+    Ok(Some((Arc::new(store), loaded)))
 }
 
 /// Makes the default state directory and checks this process may write it.
@@ -233,8 +239,11 @@ fn writable_dir(path: &Path) -> std::io::Result<()> {
 /// Re-applies the stored blocks (one stderr line, no event: they were
 /// reported when decided). A failure is a warning: the blocks stay in the
 /// file for the next start.
-async fn restore_blocks(mut blocker: Blocker, store: Arc<Store>) -> anyhow::Result<Blocker> {
-    let stored = store.blocks()?;
+async fn restore_blocks(
+    mut blocker: Blocker,
+    store: Arc<Store>,
+    stored: Vec<crate::state::StoredBlock>,
+) -> anyhow::Result<Blocker> {
     if stored.is_empty() {
         return Ok(blocker);
     }

@@ -68,15 +68,20 @@ impl Store {
     /// directory) when absent. A file of another schema version, a file that
     /// is not a tcpwatch state file, and a corrupt file are errors.
     pub fn open(path: &Path) -> Result<Store, StateError> {
-        // redb reports corruption as errors; the guard is for what it might
-        // not, since a panic here would take the agent down without a word.
-        match std::panic::catch_unwind(|| Self::open_inner(path)) {
-            Ok(result) => result,
-            Err(_) => Err(StateError::Unusable {
-                path: path.display().to_string(),
-                cause: "cannot be read (corrupt)".to_string(),
-            }),
-        }
+        guarded(path, || Self::open_inner(path))
+    }
+
+    /// Reads everything the agent needs at start-up. Every page it touches
+    /// is read here, under the panic guard, so a corrupt file is refused now
+    /// rather than failing a stage later.
+    pub fn load(&self) -> Result<Loaded, StateError> {
+        guarded(&self.path, || {
+            Ok(Loaded {
+                connections: self.connections()?,
+                blocks: self.blocks()?,
+                primed: self.primed()?,
+            })
+        })
     }
 
     fn open_inner(path: &Path) -> Result<Store, StateError> {
@@ -88,7 +93,12 @@ impl Store {
                 cause,
             })?;
         }
-        let db = Database::create(path).map_err(|e| open_error(&shown, e))?;
+        // Verifies every page's checksum: a torn or bit-rotted file is
+        // refused at start-up instead of being half read.
+        let db = Database::builder()
+            .set_check_integrity_on_open(true)
+            .create(path)
+            .map_err(|e| open_error(&shown, e))?;
         let store = Store {
             db,
             path: path.to_path_buf(),
@@ -276,6 +286,31 @@ impl Store {
             cause: format!("cannot write: {}", one_line(&e)),
         }
     }
+}
+
+/// What a start-up reads from the file.
+#[derive(Debug)]
+pub struct Loaded {
+    pub connections: Vec<ConnKey>,
+    pub blocks: Vec<StoredBlock>,
+    pub primed: bool,
+}
+
+/// Runs a read of the file, turning a panic of the store into the corrupt
+/// file error. redb reports most corruption as errors but panics on some
+/// (seen with damaged B-tree pages); the agent must still exit with one
+/// line, so the panic message is silenced for the duration.
+fn guarded<T>(path: &Path, read: impl FnOnce() -> Result<T, StateError>) -> Result<T, StateError> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(read));
+    std::panic::set_hook(hook);
+    result.unwrap_or_else(|_| {
+        Err(StateError::Unusable {
+            path: path.display().to_string(),
+            cause: "cannot be read (corrupt)".to_string(),
+        })
+    })
 }
 
 fn one_line(e: &impl std::fmt::Display) -> String {

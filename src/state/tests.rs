@@ -201,3 +201,51 @@ fn addresses_round_trip_through_their_encoding() {
     assert_eq!(decode_ip(&[5; 17]), None);
     assert_eq!(decode_pair(&[4; 37]), None);
 }
+
+#[test]
+fn damage_anywhere_is_refused_or_harmless_never_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good");
+    let now = SystemTime::now();
+    let keys: Vec<ConnKey> = (0..3000u16)
+        .map(|p| key("10.0.0.5:80", &format!("10.0.0.7:{}", 10000 + p)))
+        .collect();
+    let ips: Vec<IpAddr> = (0..200u8).map(|i| IpAddr::from([192, 0, 2, i])).collect();
+    {
+        let store = Store::open(&good).unwrap();
+        store.update_connections(&keys, &[], now).unwrap();
+        let expires = now + Duration::from_secs(60);
+        store.put_blocks(&ips, expires, "nftables", now).unwrap();
+    }
+    let bytes = std::fs::read(&good).unwrap();
+    let (mut intact, mut refused) = (0, 0);
+    let step = (bytes.len() / 300).max(1);
+    for at in (0..bytes.len()).step_by(step) {
+        let mut damaged = bytes.clone();
+        for b in &mut damaged[at..(at + 64).min(bytes.len())] {
+            *b ^= 0x5A;
+        }
+        let path = dir.path().join("damaged");
+        std::fs::write(&path, &damaged).unwrap();
+        let caught = std::panic::catch_unwind(|| Store::open(&path).and_then(|s| s.load()));
+        match caught.expect("a panic escaped the guard") {
+            Ok(loaded) => {
+                // Damage the store did not notice must have hit unused
+                // space: what is read is exactly what was written.
+                assert_eq!(loaded.connections.len(), keys.len(), "at byte {at}");
+                assert_eq!(loaded.blocks.len(), ips.len(), "at byte {at}");
+                assert!(loaded.blocks.iter().all(|b| b.backend == "nftables"));
+                intact += 1;
+            }
+            Err(e) => {
+                assert!(e.to_string().contains("damaged"), "{e}");
+                refused += 1;
+            }
+        }
+    }
+    eprintln!("{intact} damaged copies read intact, {refused} refused");
+    assert!(
+        refused > 0 && intact + refused > 250,
+        "{intact} intact, {refused} refused"
+    );
+}
