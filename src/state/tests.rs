@@ -75,6 +75,7 @@ fn the_file_stays_small_under_churn() {
     // 200 polls of 500 connections opening and closing: the file must not
     // grow with the history, only with what is open.
     let mut open: Vec<ConnKey> = Vec::new();
+    let started = std::time::Instant::now();
     for poll in 0..200u32 {
         let fresh: Vec<ConnKey> = (0..500u32)
             .map(|i| {
@@ -88,6 +89,11 @@ fn the_file_stays_small_under_churn() {
         store.update_connections(&fresh, &open, now).unwrap();
         open = fresh;
     }
+    // A figure for the record, not a target.
+    eprintln!(
+        "200 durable commits of 500 added + 500 removed: {:?} each",
+        started.elapsed() / 200
+    );
     assert_eq!(store.connections().unwrap().len(), 500);
     drop(store);
     let size = std::fs::metadata(&path).unwrap().len();
