@@ -91,7 +91,7 @@ enum BlocksAction {
     Flush,
 }
 
-#[derive(Args, Debug, Default)]
+#[derive(Args, Debug, Default, Clone)]
 struct RunArgs {
     /// Where connections come from
     #[arg(short, long, value_enum)]
@@ -229,10 +229,15 @@ pub fn main() -> i32 {
         }
     };
     match cli.command.unwrap_or(Command::Run(cli.run)) {
-        Command::Run(args) => match args.resolve() {
+        Command::Run(args) => match args.clone().resolve() {
             Ok(config) => {
                 return_big_frees_to_the_os();
-                report(crate::pipeline::run_blocking(config))
+                // SIGHUP re-reads the file under the same flags.
+                let reloader = args
+                    .config
+                    .is_some()
+                    .then(|| Box::new(move || args.clone().resolve()) as crate::pipeline::Reloader);
+                report(crate::pipeline::run_blocking(config, reloader))
             }
             Err(e) => {
                 eprintln!("tcpwatch: error: {e:#}");

@@ -21,3 +21,4 @@ pub mod pipeline;
 pub mod replay;
 pub mod sink;
 pub mod source;
+pub mod state;

@@ -1,36 +1,74 @@
 //! Wires the stages: source -> detect -> block -> sink, joined by bounded
 //! channels, beside the metrics server; shuts them down in order on
 //! SIGINT/SIGTERM and removes the firewall objects last.
+//!
+//! With a state file (`--state`), the connections accounted for and the
+//! blocks decided are stored as they happen; at start-up the blocks are
+//! re-applied with the time they have left and the connections opened while
+//! the agent was down are reported. Shutdown still removes the firewall
+//! objects: the blocks come back from the file at the next start. SIGHUP
+//! re-reads `--config` (scan and block settings) without losing any of this.
 
 use crate::block::allow::Allowlist;
 use crate::block::{self, Blocker};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Listen, RunConfig, SourceKind};
+use crate::config::{Listen, RunConfig, SourceKind, StatePath, DEFAULT_STATE};
 use crate::detect::Detector;
 use crate::event::Event;
 use crate::metrics::{self, Metrics};
 use crate::sink::LineSink;
 use crate::source::{self, Observation, SocketTable};
+use crate::state::{ConnKey, Loaded, StateError, Store};
 use anyhow::Context;
+use ipnet::IpNet;
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::{mpsc, watch};
 
 /// How often the blocked-address gauges are re-read from the firewall
 /// (besides after each block): entries expire in the kernel, unseen.
 const RECOUNT_EVERY: Duration = Duration::from_secs(5);
 
+/// Re-reads the configuration on SIGHUP: the `--config` file under the
+/// command-line flags, exactly as at start-up.
+pub type Reloader = Box<dyn Fn() -> anyhow::Result<RunConfig> + Send + Sync>;
+
+/// The settings a SIGHUP changes in a running agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tunables {
+    pub scan_ports: usize,
+    pub scan_window: Duration,
+    pub block_ttl: Duration,
+    pub allow: Vec<IpNet>,
+}
+
+impl Tunables {
+    pub fn of(config: &RunConfig) -> Self {
+        Tunables {
+            scan_ports: config.scan_ports,
+            scan_window: config.scan_window,
+            block_ttl: config.block_ttl,
+            allow: config.allow.clone(),
+        }
+    }
+}
+
 /// Runs the agent on its own runtime until a signal or a fatal error.
-pub fn run_blocking(config: RunConfig) -> anyhow::Result<()> {
+pub fn run_blocking(config: RunConfig, reloader: Option<Reloader>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
-    runtime.block_on(run(config))
+    runtime.block_on(run(config, reloader))
 }
 
-pub async fn run(config: RunConfig) -> anyhow::Result<()> {
+pub async fn run(config: RunConfig, reloader: Option<Reloader>) -> anyhow::Result<()> {
+    // Watched from the start: SIGHUP's default action would end the agent
+    // without removing its firewall objects.
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot watch SIGHUP")?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
     // Opened and bound first: an agent that is about to exit on a bad
     // interface or a taken port must not touch the firewall.
@@ -41,24 +79,44 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         Listen::At(addr) => Some(metrics::http::bind(addr)?),
         Listen::Off => None,
     };
+    // Opened before the firewall is touched, for the same reason.
+    let mut store = open_state(&config.state).await?;
+    let polling = config.source != SourceKind::Pcap;
     let (kind, ttl, dry_run) = (config.block, config.block_ttl, config.dry_run);
     let mode = tokio::task::spawn_blocking(move || block::Mode::start(kind, ttl, dry_run))
         .await
         .context("block set-up failed")?;
     let metrics = Metrics::new(config.source.name(), mode.backend_name());
-    let blocker = Blocker::new(
+    let mut blocker = Blocker::new(
         mode,
         config.block_ttl,
         Allowlist::of_host(config.allow.clone()),
         clock.clone(),
     );
-    let detector = Detector::new(
+    let mut detector = Detector::new(
         config.source.name(),
         config.report_existing,
         config.scan_ports,
         config.scan_window,
     )
     .with_limits(config.limits);
+    if let Some((store, loaded)) = &mut store {
+        let blocks = std::mem::take(&mut loaded.blocks);
+        blocker = restore_blocks(blocker.with_store(store.clone()), store.clone(), blocks).await?;
+        if polling {
+            let table = detector.connections_mut();
+            table.track_changes();
+            // A file that never stored a first table cannot tell which open
+            // connections were reported: start as without one.
+            if loaded.primed {
+                table.restore(std::mem::take(&mut loaded.connections));
+            }
+        }
+    }
+    let store = store.map(|(store, _)| store);
+    let (tunables, tuned) = watch::channel(Tunables::of(&config));
+    let reload = tokio::spawn(reload_on_hangup(hangup, reloader, config.clone(), tunables));
+    let conn_store = store.filter(|_| polling);
     let (observations, observed) = mpsc::channel(8);
     let (detected, to_block) = mpsc::channel(64);
     let (decided, to_print) = mpsc::channel(64);
@@ -75,12 +133,26 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         Opened::Pcap(captures) => tokio::spawn(source::pcap::run(captures, clock, observations)),
         Opened::Xdp(xdp) => tokio::spawn(xdp.run(clock, observations)),
     };
-    let detect = tokio::spawn(detect(detector, observed, detected, metrics.clone()));
-    let block = tokio::spawn(block_stage(blocker, to_block, decided, metrics.clone()));
+    let detect = tokio::spawn(detect(
+        detector,
+        observed,
+        detected,
+        metrics.clone(),
+        conn_store.clone(),
+        tuned.clone(),
+    ));
+    let block = tokio::spawn(block_stage(
+        blocker,
+        to_block,
+        decided,
+        metrics.clone(),
+        tuned,
+    ));
     let mut sink = tokio::spawn(print(
         LineSink::new(std::io::stdout(), config.format),
         to_print,
         metrics,
+        conn_store,
     ));
     let server_ended = async {
         match server {
@@ -103,6 +175,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     // Stop reading, let the events in flight drain through every stage, and
     // let the block stage remove its firewall objects, whatever ended the run.
     source.abort();
+    reload.abort();
     let _ = detect.await;
     let _ = block.await;
     let printed = if sink_done {
@@ -136,6 +209,176 @@ fn flatten(joined: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow
         Err(e) if e.is_cancelled() => Ok(()),
         Err(e) => Err(anyhow::anyhow!("internal task failed: {e}")),
     }
+}
+
+/// Opens `--state`. The default path degrades to no state when its
+/// directory cannot be written (say, not root); a path the operator named,
+/// or a default file that exists but is unusable, is a fatal error.
+async fn open_state(state: &StatePath) -> anyhow::Result<Option<(Arc<Store>, Loaded)>> {
+    let StatePath::At(path) = state else {
+        return Ok(None);
+    };
+    let path = path.clone();
+    if path == Path::new(DEFAULT_STATE) {
+        if let Err(e) = writable_dir(&path) {
+            eprintln!(
+                "tcpwatch: warning: cannot use the state directory of {}: {e}; running without state",
+                path.display()
+            );
+            return Ok(None);
+        }
+    }
+    let (store, loaded) = tokio::task::spawn_blocking(move || {
+        let store = Store::open(&path)?;
+        let loaded = store.load()?;
+        Ok::<_, StateError>((store, loaded))
+    })
+    .await
+    .context("state set-up failed")??;
+    Ok(Some((Arc::new(store), loaded)))
+}
+
+/// Makes the default state directory and checks this process may write it.
+fn writable_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir)?;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Re-applies the stored blocks (one stderr line, no event: they were
+/// reported when decided). A failure is a warning: the blocks stay in the
+/// file for the next start.
+async fn restore_blocks(
+    mut blocker: Blocker,
+    store: Arc<Store>,
+    stored: Vec<crate::state::StoredBlock>,
+) -> anyhow::Result<Blocker> {
+    if stored.is_empty() {
+        return Ok(blocker);
+    }
+    off_thread(move || {
+        match blocker.restore(stored) {
+            Ok(done) if done.kept > 0 => eprintln!(
+                "tcpwatch: {} stored blocks not applied (blocking is off or dry); kept in {}",
+                done.kept,
+                store.path().display()
+            ),
+            Ok(done) if done.applied > 0 => {
+                eprintln!("tcpwatch: restored {} blocks", done.applied)
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!(
+                "tcpwatch: warning: cannot restore the stored blocks: {}; kept in {}",
+                format!("{e:#}").replace('\n', " "),
+                store.path().display()
+            ),
+        }
+        blocker
+    })
+    .await
+}
+
+/// Applies SIGHUP: re-reads the configuration and hands the new settings to
+/// the stages; a bad file keeps the running configuration.
+async fn reload_on_hangup(
+    mut hangup: tokio::signal::unix::Signal,
+    reloader: Option<Reloader>,
+    mut running: RunConfig,
+    tunables: watch::Sender<Tunables>,
+) {
+    while hangup.recv().await.is_some() {
+        let Some(reload) = &reloader else {
+            eprintln!("tcpwatch: SIGHUP: no --config file to reload");
+            continue;
+        };
+        match reload() {
+            Ok(new) => {
+                let fixed = restart_only(&running, &new);
+                if !fixed.is_empty() {
+                    eprintln!(
+                        "tcpwatch: warning: {} changed; applied at the next start only",
+                        fixed.join(", ")
+                    );
+                }
+                tunables.send_replace(Tunables::of(&new));
+                running.scan_ports = new.scan_ports;
+                running.scan_window = new.scan_window;
+                running.block_ttl = new.block_ttl;
+                running.allow = new.allow;
+                eprintln!("tcpwatch: configuration reloaded");
+            }
+            Err(e) => eprintln!(
+                "tcpwatch: warning: configuration not reloaded, keeping the running one: {}",
+                format!("{e:#}").replace('\n', " ")
+            ),
+        }
+    }
+}
+
+/// The settings that differ between two configurations and that a running
+/// agent cannot change.
+fn restart_only(old: &RunConfig, new: &RunConfig) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    let mut check = |differs: bool, name| {
+        if differs {
+            changed.push(name);
+        }
+    };
+    check(old.source != new.source, "source");
+    check(old.interval != new.interval, "interval");
+    check(old.interfaces != new.interfaces, "interface");
+    check(old.block != new.block, "block");
+    check(old.dry_run != new.dry_run, "dry-run");
+    check(old.metrics_addr != new.metrics_addr, "metrics-addr");
+    check(old.format != new.format, "format");
+    check(old.state != new.state, "state");
+    check(
+        old.report_existing != new.report_existing,
+        "report-existing",
+    );
+    changed
+}
+
+/// Reports a failing state file once, and its recovery.
+fn warn_state(failing: &mut bool, result: Result<(), StateError>) {
+    match result {
+        Err(e) if !*failing => {
+            eprintln!("tcpwatch: warning: {e}; a restart may report connections again");
+            *failing = true;
+        }
+        Ok(()) if *failing => {
+            eprintln!("tcpwatch: state file writable again");
+            *failing = false;
+        }
+        _ => {}
+    }
+}
+
+/// Stores connection changes in one durable transaction, off the async
+/// threads.
+async fn store_connections(
+    store: &Arc<Store>,
+    added: Vec<ConnKey>,
+    removed: Vec<ConnKey>,
+) -> Result<(), StateError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        store.update_connections(&added, &removed, SystemTime::now())
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(StateError::Io {
+            path: String::new(),
+            cause: e.to_string(),
+        })
+    })
 }
 
 /// Waits for SIGINT or SIGTERM.
@@ -225,13 +468,32 @@ async fn poll(
 
 /// Turns each observation into one batch of events, so that the scans one
 /// poll finds reach the block stage together.
+/// With a state file, each poll's silent and forgotten connections are
+/// stored in one transaction (the reported ones once printed).
 async fn detect(
     mut detector: Detector,
     mut input: mpsc::Receiver<Observation>,
     out: mpsc::Sender<Vec<Event>>,
     metrics: Arc<Metrics>,
+    store: Option<Arc<Store>>,
+    mut tuned: watch::Receiver<Tunables>,
 ) -> anyhow::Result<()> {
-    while let Some(observation) = input.recv().await {
+    let mut stored_once = false;
+    let mut failing = false;
+    loop {
+        let observation = tokio::select! {
+            // A reload is applied before the next observation.
+            biased;
+            Ok(()) = tuned.changed() => {
+                let t = tuned.borrow_and_update().clone();
+                detector.reconfigure(t.scan_ports, t.scan_window);
+                continue;
+            }
+            observation = input.recv() => match observation {
+                Some(o) => o,
+                None => return Ok(()),
+            },
+        };
         if let Observation::Lost { count } = observation {
             metrics.events_lost(detector.source(), count);
         }
@@ -240,11 +502,19 @@ async fn detect(
         for (table, n) in detector.take_evictions() {
             metrics.evicted(table, n);
         }
+        if let (Some(store), Observation::Snapshot { .. }) = (&store, &observation) {
+            let changes = detector.connections_mut().take_changes();
+            // The first table is stored even when empty: it primes the file.
+            if !stored_once || !changes.silent.is_empty() || !changes.forgotten.is_empty() {
+                let stored = store_connections(store, changes.silent, changes.forgotten).await;
+                stored_once |= stored.is_ok();
+                warn_state(&mut failing, stored);
+            }
+        }
         if !events.is_empty() && out.send(events).await.is_err() {
             return Ok(());
         }
     }
-    Ok(())
 }
 
 /// Blocks the scanners of each batch (one backend call for all of them),
@@ -255,6 +525,7 @@ async fn block_stage(
     mut input: mpsc::Receiver<Vec<Event>>,
     out: mpsc::Sender<Vec<Event>>,
     metrics: Arc<Metrics>,
+    mut tuned: watch::Receiver<Tunables>,
 ) -> anyhow::Result<()> {
     if !blocker.is_active() {
         while let Some(events) = input.recv().await {
@@ -268,8 +539,14 @@ async fn block_stage(
     let mut recount = tokio::time::interval(RECOUNT_EVERY);
     recount.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let b = blocker.take().expect("the blocker is always put back");
+        let mut b = blocker.take().expect("the blocker is always put back");
         let batch = tokio::select! {
+            Ok(()) = tuned.changed() => {
+                let t = tuned.borrow_and_update().clone();
+                b.reconfigure(t.block_ttl, t.allow);
+                blocker = Some(b);
+                continue;
+            }
             batch = input.recv() => match batch {
                 Some(mut events) => {
                     // Whatever else is already waiting joins the same batch.
@@ -339,15 +616,34 @@ async fn off_thread<T: Send + 'static>(
 
 /// Prints each event and counts it once printed: the counters always equal
 /// the lines on stdout.
+///
+/// With a state file, the connections of each batch are stored once
+/// printed: a crash in between prints them again at the next start rather
+/// than never.
 async fn print(
     mut sink: LineSink<std::io::Stdout>,
     mut input: mpsc::Receiver<Vec<Event>>,
     metrics: Arc<Metrics>,
+    store: Option<Arc<Store>>,
 ) -> anyhow::Result<()> {
+    let mut failing = false;
     while let Some(events) = input.recv().await {
+        let mut printed = Vec::new();
         for event in events {
             sink.write(&event).context("stdout")?;
             metrics.printed(&event);
+            if let crate::event::EventKind::NewConnection { conn, .. } = &event.kind {
+                printed.push(crate::detect::connections::pair(
+                    conn.initiator,
+                    conn.acceptor,
+                ));
+            }
+        }
+        if let (Some(store), false) = (&store, printed.is_empty()) {
+            warn_state(
+                &mut failing,
+                store_connections(store, printed, Vec::new()).await,
+            );
         }
     }
     Ok(())

@@ -52,6 +52,11 @@ impl Allowlist {
         Self::new(nets, Box::new(host_addresses))
     }
 
+    /// Replaces the `--allow` entries (SIGHUP).
+    pub fn set_nets(&mut self, nets: Vec<IpNet>) {
+        self.nets = nets;
+    }
+
     /// Re-reads the host's addresses. On failure the last list is kept (it
     /// only errs on the safe side for addresses that were removed).
     pub fn refresh(&mut self) {

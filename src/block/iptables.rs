@@ -65,6 +65,14 @@ impl Backend for Iptables {
         .map(|_| ())
     }
 
+    fn restore(&mut self, entries: &[(IpAddr, Duration)]) -> anyhow::Result<()> {
+        let script: String = super::by_whole_seconds(entries)
+            .iter()
+            .map(|(ttl, ips)| block_script(ips, *ttl))
+            .collect();
+        exec::run("ipset", &["-exist", "restore"], Some(&script)).map(|_| ())
+    }
+
     fn unblock(&mut self, ip: IpAddr) -> anyhow::Result<()> {
         exec::run(
             "ipset",

@@ -17,11 +17,13 @@ pub mod nft;
 use crate::clock::Clock;
 use crate::config::BlockKind;
 use crate::event::{Block, Event, EventKind};
+use crate::state::{Store, StoredBlock};
 use allow::Allowlist;
+use ipnet::IpNet;
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// A blocked address as the firewall holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +68,29 @@ pub trait Backend: Send {
     fn remove(&mut self) -> anyhow::Result<()>;
     /// Whether this backend's objects exist on the host.
     fn present(&mut self) -> bool;
+    /// Re-applies blocks, each with its own time left (restart from the
+    /// state file). By default one `block` call per distinct whole second;
+    /// backends with scripts do it in one call.
+    fn restore(&mut self, entries: &[(IpAddr, Duration)]) -> anyhow::Result<()> {
+        for (ttl, ips) in by_whole_seconds(entries) {
+            self.block(&ips, ttl)?;
+        }
+        Ok(())
+    }
+}
+
+/// Groups blocks by their time left rounded up to whole seconds (at least
+/// one), so a restored block never ends before the time it was given.
+pub fn by_whole_seconds(entries: &[(IpAddr, Duration)]) -> Vec<(Duration, Vec<IpAddr>)> {
+    let mut groups: std::collections::BTreeMap<u64, Vec<IpAddr>> = Default::default();
+    for (ip, left) in entries {
+        let secs = (left.as_secs() + u64::from(left.subsec_nanos() > 0)).max(1);
+        groups.entry(secs).or_default().push(*ip);
+    }
+    groups
+        .into_iter()
+        .map(|(secs, ips)| (Duration::from_secs(secs), ips))
+        .collect()
 }
 
 /// The backend of a `--block` value, if this build has one.
@@ -144,6 +169,20 @@ pub struct Blocker {
     ttl: Duration,
     allow: Allowlist,
     clock: Arc<dyn Clock>,
+    store: Option<Arc<Store>>,
+    /// Whether the store may drop blocks the firewall no longer holds
+    /// (lifted by hand): not after a restore failed, or those blocks, never
+    /// applied, would be dropped with them.
+    reconcile: bool,
+    store_failing: bool,
+}
+
+/// What a restore at start-up did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    pub applied: usize,
+    /// Stored blocks kept for a later start: blocking is off or dry.
+    pub kept: usize,
 }
 
 impl Blocker {
@@ -153,7 +192,59 @@ impl Blocker {
             ttl,
             allow,
             clock,
+            store: None,
+            reconcile: true,
+            store_failing: false,
         }
+    }
+
+    /// Records every block in `store` before it is applied, so a crash
+    /// right after applying it cannot lose it.
+    pub fn with_store(mut self, store: Arc<Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// New TTL and `--allow` entries (SIGHUP); active blocks are kept.
+    pub fn reconfigure(&mut self, ttl: Duration, allow: Vec<IpNet>) {
+        self.ttl = ttl;
+        self.allow.set_nets(allow);
+    }
+
+    /// Re-applies the unexpired stored blocks with the time they have left,
+    /// in one backend call; allowlisted ones are dropped from the store. No
+    /// event is made: these blocks were reported when they were decided.
+    pub fn restore(&mut self, blocks: Vec<StoredBlock>) -> anyhow::Result<Restored> {
+        let now = SystemTime::now();
+        let live: Vec<(IpAddr, Duration)> = blocks
+            .iter()
+            .filter_map(|b| Some((b.ip, b.expires.duration_since(now).ok()?)))
+            .filter(|(_, left)| !left.is_zero())
+            .collect();
+        let Mode::Apply(backend) = &mut self.mode else {
+            return Ok(Restored {
+                applied: 0,
+                kept: live.len(),
+            });
+        };
+        self.allow.refresh();
+        let (allowed, apply): (Vec<_>, Vec<_>) = live
+            .into_iter()
+            .partition(|(ip, _)| self.allow.check(*ip).is_some());
+        if let Some(store) = &self.store {
+            let allowed: HashSet<IpAddr> = allowed.iter().map(|(ip, _)| *ip).collect();
+            store.retain_blocks(now, |ip| !allowed.contains(&ip))?;
+        }
+        if !apply.is_empty() {
+            if let Err(e) = backend.restore(&apply) {
+                self.reconcile = false;
+                return Err(e);
+            }
+        }
+        Ok(Restored {
+            applied: apply.len(),
+            kept: 0,
+        })
     }
 
     /// Blocks the scanners of one batch of events in one backend call and
@@ -188,6 +279,11 @@ impl Blocker {
             return events;
         }
         if let Mode::Apply(backend) = &mut self.mode {
+            if let Some(store) = &self.store {
+                let now = SystemTime::now();
+                let stored = store.put_blocks(&chosen, now + self.ttl, backend_name, now);
+                warn_store(&mut self.store_failing, stored);
+            }
             if let Err(e) = backend.block(&chosen, self.ttl) {
                 let cause = format!("{e:#}").replace('\n', " ");
                 eprintln!(
@@ -227,6 +323,13 @@ impl Blocker {
             return Ok((0, 0));
         };
         let entries = backend.list()?;
+        if let (Some(store), true) = (&self.store, self.reconcile) {
+            // The firewall is the truth while running: a block lifted with
+            // `tcpwatch blocks remove` must not come back at the next start.
+            let held: HashSet<IpAddr> = entries.iter().map(|e| e.ip.to_canonical()).collect();
+            let kept = store.retain_blocks(SystemTime::now(), |ip| held.contains(&ip));
+            warn_store(&mut self.store_failing, kept.map(|_| ()));
+        }
         let v4 = entries
             .iter()
             .filter(|e| Family::of(e.ip) == Family::V4)
@@ -249,6 +352,21 @@ impl Blocker {
 
     pub fn is_active(&self) -> bool {
         !matches!(self.mode, Mode::Off)
+    }
+}
+
+/// Reports a failing state file once, and its recovery.
+fn warn_store(failing: &mut bool, result: Result<(), crate::state::StateError>) {
+    match result {
+        Err(e) if !*failing => {
+            eprintln!("tcpwatch: warning: {e}; blocks are applied but may not survive a restart");
+            *failing = true;
+        }
+        Ok(()) if *failing => {
+            eprintln!("tcpwatch: state file writable again");
+            *failing = false;
+        }
+        _ => {}
     }
 }
 
@@ -452,6 +570,75 @@ mod tests {
         };
         let mut b = blocker(Mode::Apply(Box::new(fake)), &[]);
         assert_eq!(tags(&b.handle(vec![scan("192.0.2.1")])), ["S 192.0.2.1"]);
+    }
+
+    #[test]
+    fn restore_applies_live_blocks_only_and_records_new_ones_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("state")).unwrap());
+        let now = SystemTime::now();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let hour = Duration::from_secs(3600);
+        store
+            .put_blocks(&[ip("198.51.100.1")], now + hour, "iptables", now)
+            .unwrap();
+        store
+            .put_blocks(&[ip("192.0.2.7")], now + hour, "nftables", now)
+            .unwrap();
+        store
+            .put_blocks(
+                &[ip("198.51.100.2")],
+                now + Duration::from_millis(1),
+                "nftables",
+                now,
+            )
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        let fake = Fake::default();
+        let mut b = blocker(Mode::Apply(Box::new(fake.clone())), &["192.0.2.0/24"])
+            .with_store(store.clone());
+        let done = b.restore(store.blocks().unwrap()).unwrap();
+        assert_eq!(
+            done,
+            Restored {
+                applied: 1,
+                kept: 0
+            }
+        );
+        assert_eq!(*fake.calls.lock().unwrap(), [vec![ip("198.51.100.1")]]);
+        let left: Vec<IpAddr> = store.blocks().unwrap().iter().map(|b| b.ip).collect();
+        assert_eq!(
+            left,
+            [ip("198.51.100.1")],
+            "allowlisted and expired are dropped"
+        );
+
+        // A block the firewall no longer holds (lifted by hand) leaves the
+        // file at the next recount; the ones it holds stay.
+        store
+            .put_blocks(&[ip("203.0.113.9")], now + hour, "nftables", now)
+            .unwrap();
+        b.count().unwrap();
+        let left: Vec<IpAddr> = store.blocks().unwrap().iter().map(|b| b.ip).collect();
+        assert_eq!(left, [ip("198.51.100.1")]);
+        // A new block is in the file before the backend is called.
+        b.handle(vec![scan("203.0.113.10")]);
+        assert_eq!(store.blocks().unwrap().len(), 2);
+
+        // Blocking off: nothing applied, nothing dropped.
+        store
+            .put_blocks(&[ip("198.51.100.3")], now + hour, "nftables", now)
+            .unwrap();
+        let mut off = blocker(Mode::Off, &[]).with_store(store.clone());
+        let done = off.restore(store.blocks().unwrap()).unwrap();
+        assert_eq!(
+            done,
+            Restored {
+                applied: 0,
+                kept: 3
+            }
+        );
+        assert_eq!(store.blocks().unwrap().len(), 3);
     }
 
     #[test]

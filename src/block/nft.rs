@@ -63,6 +63,16 @@ impl Backend for Nftables {
     fn present(&mut self) -> bool {
         nft_output(&format!("list table {TABLE}"), false).is_ok()
     }
+
+    fn restore(&mut self, entries: &[(IpAddr, Duration)]) -> anyhow::Result<()> {
+        // One script, so the kernel applies every restored block in one
+        // transaction.
+        let script: String = super::by_whole_seconds(entries)
+            .iter()
+            .map(|(ttl, ips)| block_script(ips, *ttl))
+            .collect();
+        nft(&script)
+    }
 }
 
 fn nft(script: &str) -> anyhow::Result<()> {

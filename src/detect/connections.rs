@@ -31,12 +31,23 @@ pub struct ConnectionTable {
     /// deterministic within one poll.
     touches: u64,
     evicted: u64,
+    /// With a state file: what changed since the last [`Self::take_changes`].
+    changes: Option<Changes>,
 }
 
 #[derive(Clone, Copy)]
 struct Seen {
     poll: u64,
     touch: u64,
+}
+
+/// Connection keys the state file must learn: those accounted for without
+/// being reported (the first table), and those forgotten. Reported ones are
+/// stored once printed, by the print stage.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub silent: Vec<(SocketAddr, SocketAddr)>,
+    pub forgotten: Vec<(SocketAddr, SocketAddr)>,
 }
 
 impl ConnectionTable {
@@ -55,7 +66,37 @@ impl ConnectionTable {
             capacity: capacity.max(1),
             touches: 0,
             evicted: 0,
+            changes: None,
         }
+    }
+
+    /// Records what [`Self::take_changes`] returns from now on.
+    pub fn track_changes(&mut self) {
+        self.changes.get_or_insert_with(Changes::default);
+    }
+
+    /// Seeds the table with the connections a state file says were already
+    /// accounted for, and reports every other connection of the first table:
+    /// those were opened while the agent was down. Seeded keys get the same
+    /// grace as seen ones, then are forgotten if they are not open.
+    pub fn restore(&mut self, known: impl IntoIterator<Item = (SocketAddr, SocketAddr)>) {
+        for key in known {
+            self.touches += 1;
+            let seen = Seen {
+                poll: self.poll,
+                touch: self.touches,
+            };
+            self.seen.insert(key, seen);
+        }
+        self.report_existing = true;
+    }
+
+    /// The changes since the last call (empty unless tracking).
+    pub fn take_changes(&mut self) -> Changes {
+        self.changes
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Takes the next socket table and returns the connections new in it, in
@@ -84,10 +125,21 @@ impl ConnectionTable {
             let known = self.seen.insert(key, seen).is_some();
             if !known && report {
                 fresh.push(conn);
+            } else if !known {
+                if let Some(changes) = &mut self.changes {
+                    changes.silent.push(key);
+                }
             }
         }
         let poll = self.poll;
-        self.seen.retain(|_, last| poll - last.poll < GRACE_POLLS);
+        let changes = &mut self.changes;
+        self.seen.retain(|key, last| {
+            let keep = poll - last.poll < GRACE_POLLS;
+            if let (false, Some(changes)) = (keep, changes.as_mut()) {
+                changes.forgotten.push(*key);
+            }
+            keep
+        });
         fresh
     }
 
@@ -97,7 +149,14 @@ impl ConnectionTable {
         let mut touches: Vec<u64> = self.seen.values().map(|s| s.touch).collect();
         // Touches are unique: the `excess` smallest are those <= this one.
         let (_, &mut cut, _) = touches.select_nth_unstable(excess - 1);
-        self.seen.retain(|_, s| s.touch > cut);
+        let changes = &mut self.changes;
+        self.seen.retain(|key, s| {
+            let keep = s.touch > cut;
+            if let (false, Some(changes)) = (keep, changes.as_mut()) {
+                changes.forgotten.push(*key);
+            }
+            keep
+        });
         self.evicted += excess as u64;
         super::portscan::compact(&mut self.seen);
     }
@@ -125,7 +184,7 @@ impl ConnectionTable {
 /// A connection's identity: its two endpoints, in either order. The same for
 /// both ends of a local connection, and unchanged when a listener closes and
 /// the direction can no longer be told.
-fn pair(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
+pub fn pair(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
     if a <= b {
         (a, b)
     } else {
@@ -399,6 +458,51 @@ mod tests {
         table.observe(&rows);
         assert!(table.len() <= 64, "{}", table.len());
         assert_eq!(table.evicted(), 1000 - table.len() as u64);
+    }
+
+    #[test]
+    fn restored_connections_are_not_reported_again_and_others_are() {
+        let old = est("10.0.0.5:80", "10.0.0.7:1000");
+        let gone = est("10.0.0.5:80", "10.0.0.7:1001");
+        let new = est("10.0.0.5:80", "10.0.0.7:1002");
+        let mut table = ConnectionTable::new(false);
+        table.track_changes();
+        table.restore([pair(old.remote, old.local), pair(gone.local, gone.remote)]);
+        let open = [listen("0.0.0.0:80"), old, new];
+        assert_eq!(
+            lines(&table.observe(&open)),
+            ["10.0.0.7:1002 -> 10.0.0.5:80 inbound"]
+        );
+        assert_eq!(table.take_changes(), Changes::default());
+        assert!(table.observe(&open).is_empty());
+        assert_eq!(
+            table.take_changes().forgotten,
+            [pair(gone.local, gone.remote)],
+            "a stored connection not open any more is forgotten after the grace"
+        );
+        assert_eq!(table.len(), 2);
+    }
+
+    #[test]
+    fn changes_list_the_silent_first_table_and_the_forgotten() {
+        let a = est("10.0.0.5:40000", "10.0.0.7:22");
+        let b = est("10.0.0.5:40001", "10.0.0.7:22");
+        let mut table = ConnectionTable::new(false);
+        table.track_changes();
+        assert!(table.observe(&[a]).is_empty());
+        let first = table.take_changes();
+        assert_eq!(first.silent, [pair(a.local, a.remote)]);
+        assert_eq!(table.observe(&[b]).len(), 1);
+        assert_eq!(
+            table.take_changes(),
+            Changes::default(),
+            "b is stored once printed"
+        );
+        table.observe(&[b]);
+        assert_eq!(table.take_changes().forgotten, [pair(a.local, a.remote)]);
+        let mut untracked = ConnectionTable::new(false);
+        untracked.observe(&[a]);
+        assert_eq!(untracked.take_changes(), Changes::default());
     }
 
     #[test]

@@ -96,6 +96,16 @@ impl Detector {
         out
     }
 
+    /// The connection table, for the state file.
+    pub fn connections_mut(&mut self) -> &mut ConnectionTable {
+        &mut self.connections
+    }
+
+    /// New scan settings (SIGHUP); connections and windows are kept.
+    pub fn reconfigure(&mut self, scan_ports: usize, scan_window: Duration) {
+        self.scans.reconfigure(scan_ports, scan_window);
+    }
+
     /// The source's name, for events and metric labels.
     pub fn source(&self) -> &'static str {
         self.source

@@ -132,6 +132,13 @@ impl ScanDetector {
         compact(&mut self.peers);
     }
 
+    /// Takes a new threshold and window (SIGHUP) and keeps what was seen, so
+    /// a reload neither forgets a scan in progress nor reports one twice.
+    pub fn reconfigure(&mut self, threshold: usize, window: Duration) {
+        self.threshold = threshold;
+        self.window = window;
+    }
+
     /// Forgets pairs that have been quiet for a whole window.
     pub fn sweep(&mut self, now: Duration) {
         let window = self.window;
@@ -186,6 +193,20 @@ mod tests {
 
     fn hit(d: &mut ScanDetector, at: Duration, port: u16) -> Option<Vec<u16>> {
         d.observe(at, ip(SCANNER), ip(HOST), port).map(|s| s.ports)
+    }
+
+    #[test]
+    fn a_lower_threshold_applies_to_ports_already_seen() {
+        let mut d = detector();
+        assert_eq!(hit(&mut d, secs(1), 80), None);
+        assert_eq!(hit(&mut d, secs(1), 81), None);
+        d.reconfigure(1, secs(60));
+        assert_eq!(hit(&mut d, secs(2), 81), Some(vec![80, 81]));
+        assert_eq!(
+            hit(&mut d, secs(3), 82),
+            None,
+            "still one report per episode"
+        );
     }
 
     #[test]

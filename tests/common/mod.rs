@@ -670,6 +670,17 @@ impl Agent {
         self.proc.signal(name);
     }
 
+    /// See [`Proc::wait_for_stderr`].
+    pub fn wait_for_stderr(&self, text: &str, timeout: Duration) -> bool {
+        self.proc.wait_for_stderr(text, timeout)
+    }
+
+    /// SIGKILL (no clean-up at all), then waits for the exit; all output.
+    pub fn kill(self) -> Finished {
+        self.proc.signal("KILL");
+        self.proc.finish(Duration::from_secs(5))
+    }
+
     /// SIGTERM, then waits (5 s at most) for the exit; all output.
     pub fn stop(self) -> Finished {
         self.proc.signal("TERM");

@@ -1,0 +1,432 @@
+//! Persistent state (`--state`): what lets a restart leave no gap in the log
+//! and no hole in the firewall.
+//!
+//! One `redb` file holds
+//! - `connections`: every connection the agent has accounted for (reported,
+//!   or deliberately skipped because it was open before the first start),
+//!   keyed by the canonical endpoint pair of the connection table, with the
+//!   wall time it was recorded;
+//! - `blocks`: every block decided, with its absolute expiry and backend;
+//! - `meta`: the schema version, and whether a first table was ever stored.
+//!
+//! Writes are small durable transactions, one per poll or per batch of
+//! blocks (redb commits are crash-safe: a `kill -9` loses at most the
+//! transaction in flight, never the file). A new file is built under a
+//! temporary name and renamed into place, so a crash during creation never
+//! leaves a half-made file that the next start would call corrupt.
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Bumped whenever the tables or their encodings change; a file of another
+/// version is refused rather than misread.
+pub const SCHEMA_VERSION: u64 = 1;
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Encoded endpoint pair -> wall time recorded (ms since the Unix epoch).
+const CONNECTIONS: TableDefinition<&[u8], u64> = TableDefinition::new("connections");
+/// Encoded address -> (expiry, ms since the Unix epoch; backend name).
+const BLOCKS: TableDefinition<&[u8], (u64, &str)> = TableDefinition::new("blocks");
+
+const SCHEMA_KEY: &str = "schema";
+const PRIMED_KEY: &str = "primed";
+
+/// A connection's identity: its two endpoints, lower first (see
+/// `detect::connections::pair`).
+pub type ConnKey = (SocketAddr, SocketAddr);
+
+/// A block as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBlock {
+    pub ip: IpAddr,
+    pub expires: SystemTime,
+    pub backend: String,
+}
+
+/// What went wrong with the state file; its message is one line naming the
+/// file.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state file {path}: cannot open: {cause}")]
+    Open { path: String, cause: String },
+    #[error("state file {path}: {cause}; remove {path} or run with --state off")]
+    Unusable { path: String, cause: String },
+    #[error("state file {path}: {cause}")]
+    Io { path: String, cause: String },
+}
+
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+    created: bool,
+}
+
+impl Store {
+    /// Opens the state file at `path`, creating it (and only it, not its
+    /// directory) when absent. A file of another schema version, a file that
+    /// is not a tcpwatch state file, and a corrupt file are errors.
+    pub fn open(path: &Path) -> Result<Store, StateError> {
+        guarded(path, || Self::open_inner(path))
+    }
+
+    /// Reads everything the agent needs at start-up. Every page it touches
+    /// is read here, under the panic guard, so a corrupt file is refused now
+    /// rather than failing a stage later.
+    pub fn load(&self) -> Result<Loaded, StateError> {
+        guarded(&self.path, || {
+            Ok(Loaded {
+                connections: self.connections()?,
+                blocks: self.blocks()?,
+                primed: self.primed()?,
+            })
+        })
+    }
+
+    fn open_inner(path: &Path) -> Result<Store, StateError> {
+        let shown = path.display().to_string();
+        let created = !path.exists();
+        if created {
+            create_atomically(path).map_err(|cause| StateError::Open {
+                path: shown.clone(),
+                cause,
+            })?;
+        }
+        // Verifies every page's checksum: a torn or bit-rotted file is
+        // refused at start-up instead of being half read.
+        let db = Database::builder()
+            .set_check_integrity_on_open(true)
+            .create(path)
+            .map_err(|e| open_error(&shown, e))?;
+        let store = Store {
+            db,
+            path: path.to_path_buf(),
+            created,
+        };
+        match store.meta(SCHEMA_KEY)? {
+            Some(SCHEMA_VERSION) => Ok(store),
+            Some(other) => Err(StateError::Unusable {
+                path: shown,
+                cause: format!(
+                    "schema version {other}, this tcpwatch reads version {SCHEMA_VERSION}"
+                ),
+            }),
+            None => Err(StateError::Unusable {
+                path: shown,
+                cause: "not a tcpwatch state file (no schema version)".to_string(),
+            }),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether this start created the file.
+    pub fn created(&self) -> bool {
+        self.created
+    }
+
+    /// Whether the connections of a first table were ever stored: only then
+    /// does the store tell which open connections were accounted for.
+    pub fn primed(&self) -> Result<bool, StateError> {
+        Ok(self.meta(PRIMED_KEY)?.is_some())
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<u64>, StateError> {
+        let read = self.db.begin_read().map_err(|e| self.unusable(e))?;
+        let table = match read.open_table(META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(self.unusable(e)),
+        };
+        let value = table.get(key).map_err(|e| self.unusable(e))?;
+        Ok(value.map(|v| v.value()))
+    }
+
+    /// The connections accounted for.
+    pub fn connections(&self) -> Result<Vec<ConnKey>, StateError> {
+        let read = self.db.begin_read().map_err(|e| self.unusable(e))?;
+        let table = match read.open_table(CONNECTIONS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(self.unusable(e)),
+        };
+        let mut out = Vec::new();
+        for row in table.iter().map_err(|e| self.unusable(e))? {
+            let (key, _) = row.map_err(|e| self.unusable(e))?;
+            let key = decode_pair(key.value()).ok_or_else(|| StateError::Unusable {
+                path: self.shown(),
+                cause: "a stored connection does not decode (corrupt)".to_string(),
+            })?;
+            out.push(key);
+        }
+        Ok(out)
+    }
+
+    /// Records connections accounted for and forgets closed ones, in one
+    /// durable transaction; marks the store primed.
+    pub fn update_connections(
+        &self,
+        added: &[ConnKey],
+        removed: &[ConnKey],
+        at: SystemTime,
+    ) -> Result<(), StateError> {
+        let write = self.db.begin_write().map_err(|e| self.io(e))?;
+        {
+            let mut table = write.open_table(CONNECTIONS).map_err(|e| self.io(e))?;
+            let stamp = millis(at);
+            for key in added {
+                table
+                    .insert(encode_pair(*key).as_slice(), stamp)
+                    .map_err(|e| self.io(e))?;
+            }
+            for key in removed {
+                table
+                    .remove(encode_pair(*key).as_slice())
+                    .map_err(|e| self.io(e))?;
+            }
+            let mut meta = write.open_table(META).map_err(|e| self.io(e))?;
+            meta.insert(PRIMED_KEY, 1).map_err(|e| self.io(e))?;
+        }
+        write.commit().map_err(|e| self.io(e))
+    }
+
+    /// Every stored block, expired or not.
+    pub fn blocks(&self) -> Result<Vec<StoredBlock>, StateError> {
+        let read = self.db.begin_read().map_err(|e| self.unusable(e))?;
+        let table = match read.open_table(BLOCKS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(self.unusable(e)),
+        };
+        let mut out = Vec::new();
+        for row in table.iter().map_err(|e| self.unusable(e))? {
+            let (key, value) = row.map_err(|e| self.unusable(e))?;
+            let ip = decode_ip(key.value()).ok_or_else(|| StateError::Unusable {
+                path: self.shown(),
+                cause: "a stored block does not decode (corrupt)".to_string(),
+            })?;
+            let (expires, backend) = value.value();
+            out.push(StoredBlock {
+                ip,
+                expires: UNIX_EPOCH + Duration::from_millis(expires),
+                backend: backend.to_string(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Records blocks of `ips` until `expires` and drops the blocks expired
+    /// by `now`, in one durable transaction.
+    pub fn put_blocks(
+        &self,
+        ips: &[IpAddr],
+        expires: SystemTime,
+        backend: &str,
+        now: SystemTime,
+    ) -> Result<(), StateError> {
+        let write = self.db.begin_write().map_err(|e| self.io(e))?;
+        {
+            let mut table = write.open_table(BLOCKS).map_err(|e| self.io(e))?;
+            let now = millis(now);
+            table
+                .retain(|_, (expiry, _)| expiry > now)
+                .map_err(|e| self.io(e))?;
+            for ip in ips {
+                table
+                    .insert(encode_ip(*ip).as_slice(), (millis(expires), backend))
+                    .map_err(|e| self.io(e))?;
+            }
+        }
+        write.commit().map_err(|e| self.io(e))
+    }
+
+    /// Keeps the blocks `keep` accepts and that have not expired by `now`;
+    /// returns how many were dropped.
+    pub fn retain_blocks(
+        &self,
+        now: SystemTime,
+        mut keep: impl FnMut(IpAddr) -> bool,
+    ) -> Result<usize, StateError> {
+        let write = self.db.begin_write().map_err(|e| self.io(e))?;
+        let mut dropped = 0;
+        {
+            let mut table = write.open_table(BLOCKS).map_err(|e| self.io(e))?;
+            let now = millis(now);
+            table
+                .retain(|key, (expiry, _)| {
+                    // An undecodable key cannot be restored: keep it so the
+                    // next start reports the file instead of hiding it.
+                    let kept = expiry > now && decode_ip(key).is_none_or(&mut keep);
+                    dropped += usize::from(!kept);
+                    kept
+                })
+                .map_err(|e| self.io(e))?;
+        }
+        write.commit().map_err(|e| self.io(e))?;
+        Ok(dropped)
+    }
+
+    fn shown(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn unusable(&self, e: impl std::fmt::Display) -> StateError {
+        StateError::Unusable {
+            path: self.shown(),
+            cause: format!("cannot be read ({})", one_line(&e)),
+        }
+    }
+
+    fn io(&self, e: impl std::fmt::Display) -> StateError {
+        StateError::Io {
+            path: self.shown(),
+            cause: format!("cannot write: {}", one_line(&e)),
+        }
+    }
+}
+
+/// What a start-up reads from the file.
+#[derive(Debug)]
+pub struct Loaded {
+    pub connections: Vec<ConnKey>,
+    pub blocks: Vec<StoredBlock>,
+    pub primed: bool,
+}
+
+/// Runs a read of the file, turning a panic of the store into the corrupt
+/// file error. redb reports most corruption as errors but panics on some
+/// (seen with damaged B-tree pages); the agent must still exit with one
+/// line, so the panic message is silenced for the duration.
+fn guarded<T>(path: &Path, read: impl FnOnce() -> Result<T, StateError>) -> Result<T, StateError> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(read));
+    std::panic::set_hook(hook);
+    result.unwrap_or_else(|_| {
+        Err(StateError::Unusable {
+            path: path.display().to_string(),
+            cause: "cannot be read (corrupt)".to_string(),
+        })
+    })
+}
+
+fn one_line(e: &impl std::fmt::Display) -> String {
+    e.to_string().replace('\n', " ")
+}
+
+fn open_error(path: &str, e: redb::DatabaseError) -> StateError {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => StateError::Open {
+            path: path.to_string(),
+            cause: "in use by another process (is another tcpwatch running?)".to_string(),
+        },
+        // redb reports a bad header (wrong magic number) as InvalidData.
+        redb::DatabaseError::Storage(redb::StorageError::Io(io))
+            if io.kind() != std::io::ErrorKind::InvalidData =>
+        {
+            StateError::Open {
+                path: path.to_string(),
+                cause: io.to_string(),
+            }
+        }
+        other => StateError::Unusable {
+            path: path.to_string(),
+            cause: format!("cannot be read ({})", one_line(&other)),
+        },
+    }
+}
+
+/// Builds an empty state file under a temporary name, then renames it into
+/// place and syncs the directory.
+fn create_atomically(path: &Path) -> Result<(), String> {
+    let mut temp = path.as_os_str().to_owned();
+    temp.push(format!(".new-{}", std::process::id()));
+    let temp = PathBuf::from(temp);
+    let _ = std::fs::remove_file(&temp);
+    let built = (|| -> Result<(), String> {
+        let db = Database::create(&temp).map_err(|e| one_line(&e))?;
+        let write = db.begin_write().map_err(|e| one_line(&e))?;
+        {
+            let mut meta = write.open_table(META).map_err(|e| one_line(&e))?;
+            meta.insert(SCHEMA_KEY, SCHEMA_VERSION)
+                .map_err(|e| one_line(&e))?;
+            // Created empty so readers never meet a missing table.
+            write.open_table(CONNECTIONS).map_err(|e| one_line(&e))?;
+            write.open_table(BLOCKS).map_err(|e| one_line(&e))?;
+        }
+        write.commit().map_err(|e| one_line(&e))?;
+        drop(db);
+        std::fs::rename(&temp, path).map_err(|e| e.to_string())?;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| e.to_string())
+    })();
+    if built.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    built
+}
+
+fn millis(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Family byte (4 or 6), then 16 address bytes (IPv4 in the first four).
+fn encode_ip(ip: IpAddr) -> [u8; 17] {
+    let mut out = [0u8; 17];
+    match ip {
+        IpAddr::V4(v4) => {
+            out[0] = 4;
+            out[1..5].copy_from_slice(&v4.octets());
+        }
+        IpAddr::V6(v6) => {
+            out[0] = 6;
+            out[1..17].copy_from_slice(&v6.octets());
+        }
+    }
+    out
+}
+
+fn decode_ip(bytes: &[u8]) -> Option<IpAddr> {
+    let body: [u8; 16] = bytes.get(1..17)?.try_into().ok()?;
+    match bytes.first()? {
+        4 if body[4..].iter().all(|b| *b == 0) => Some(IpAddr::V4(Ipv4Addr::new(
+            body[0], body[1], body[2], body[3],
+        ))),
+        6 => Some(IpAddr::V6(Ipv6Addr::from(body))),
+        _ => None,
+    }
+}
+
+fn encode_pair((a, b): ConnKey) -> [u8; 38] {
+    let mut out = [0u8; 38];
+    for (at, end) in [(0, a), (19, b)] {
+        out[at..at + 17].copy_from_slice(&encode_ip(end.ip()));
+        out[at + 17..at + 19].copy_from_slice(&end.port().to_be_bytes());
+    }
+    out
+}
+
+fn decode_pair(bytes: &[u8]) -> Option<ConnKey> {
+    if bytes.len() != 38 {
+        return None;
+    }
+    let end = |at: usize| {
+        let ip = decode_ip(&bytes[at..at + 17])?;
+        let port = u16::from_be_bytes([bytes[at + 17], bytes[at + 18]]);
+        Some(SocketAddr::new(ip, port))
+    };
+    Some((end(0)?, end(19)?))
+}
+
+#[cfg(test)]
+mod tests;

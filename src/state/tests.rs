@@ -1,0 +1,257 @@
+use super::*;
+
+fn key(a: &str, b: &str) -> ConnKey {
+    (a.parse().unwrap(), b.parse().unwrap())
+}
+
+fn sorted(mut keys: Vec<ConnKey>) -> Vec<ConnKey> {
+    keys.sort();
+    keys
+}
+
+#[test]
+fn connections_and_blocks_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let now = SystemTime::now();
+    let v4 = key("10.0.0.5:80", "10.0.0.7:40000");
+    let v6 = key("[2001:db8::1]:443", "[2001:db8::7]:5000");
+    {
+        let store = Store::open(&path).unwrap();
+        assert!(store.created());
+        assert!(!store.primed().unwrap());
+        store.update_connections(&[v4, v6], &[], now).unwrap();
+        let ips: Vec<IpAddr> = vec!["192.0.2.1".parse().unwrap(), "2001:db8::9".parse().unwrap()];
+        let expires = now + Duration::from_secs(30);
+        store.put_blocks(&ips, expires, "nftables", now).unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert!(!store.created());
+    assert!(store.primed().unwrap());
+    assert_eq!(sorted(store.connections().unwrap()), sorted(vec![v4, v6]));
+    let blocks = store.blocks().unwrap();
+    assert_eq!(blocks.len(), 2);
+    assert!(blocks.iter().all(|b| b.backend == "nftables"));
+    let expiry = millis(now + Duration::from_secs(30));
+    assert!(blocks.iter().all(|b| millis(b.expires) == expiry));
+    assert!(blocks
+        .iter()
+        .any(|b| b.ip == "2001:db8::9".parse::<IpAddr>().unwrap()));
+}
+
+#[test]
+fn closed_connections_and_expired_blocks_are_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state")).unwrap();
+    let now = SystemTime::now();
+    let keys: Vec<ConnKey> = (0..1000u16)
+        .map(|p| key("10.0.0.5:80", &format!("10.0.0.7:{}", 10000 + p)))
+        .collect();
+    store.update_connections(&keys, &[], now).unwrap();
+    store.update_connections(&[], &keys[..990], now).unwrap();
+    assert_eq!(sorted(store.connections().unwrap()), keys[990..].to_vec());
+
+    let old: IpAddr = "192.0.2.1".parse().unwrap();
+    let young: IpAddr = "192.0.2.2".parse().unwrap();
+    store
+        .put_blocks(&[old], now + Duration::from_secs(1), "nftables", now)
+        .unwrap();
+    let later = now + Duration::from_secs(5);
+    store
+        .put_blocks(&[young], later + Duration::from_secs(60), "nftables", later)
+        .unwrap();
+    let left: Vec<IpAddr> = store.blocks().unwrap().iter().map(|b| b.ip).collect();
+    assert_eq!(left, [young], "the expired block was not dropped");
+    assert_eq!(store.retain_blocks(later, |ip| ip != young).unwrap(), 1);
+    assert!(store.blocks().unwrap().is_empty());
+}
+
+#[test]
+fn the_file_stays_small_under_churn() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let store = Store::open(&path).unwrap();
+    let now = SystemTime::now();
+    // 200 polls of 500 connections opening and closing: the file must not
+    // grow with the history, only with what is open.
+    let mut open: Vec<ConnKey> = Vec::new();
+    let started = std::time::Instant::now();
+    for poll in 0..200u32 {
+        let fresh: Vec<ConnKey> = (0..500u32)
+            .map(|i| {
+                let n = poll * 500 + i;
+                key(
+                    "10.0.0.5:80",
+                    &format!("10.{}.{}.7:{}", n % 250, poll % 250, 1024 + i),
+                )
+            })
+            .collect();
+        store.update_connections(&fresh, &open, now).unwrap();
+        open = fresh;
+    }
+    // A figure for the record, not a target.
+    eprintln!(
+        "200 durable commits of 500 added + 500 removed: {:?} each",
+        started.elapsed() / 200
+    );
+    assert_eq!(store.connections().unwrap().len(), 500);
+    drop(store);
+    let size = std::fs::metadata(&path).unwrap().len();
+    assert!(size < 8 << 20, "state file grew to {size} bytes");
+}
+
+#[test]
+fn another_schema_version_is_refused_with_the_reset_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    drop(Store::open(&path).unwrap());
+    {
+        let db = Database::create(&path).unwrap();
+        let write = db.begin_write().unwrap();
+        write
+            .open_table(META)
+            .unwrap()
+            .insert(SCHEMA_KEY, SCHEMA_VERSION + 1)
+            .unwrap();
+        write.commit().unwrap();
+    }
+    let err = Store::open(&path)
+        .err()
+        .expect("a newer file was opened")
+        .to_string();
+    let shown = path.display().to_string();
+    assert!(err.contains(&format!("state file {shown}")), "{err}");
+    assert!(err.contains("schema version 2"), "{err}");
+    assert!(
+        err.ends_with(&format!("remove {shown} or run with --state off")),
+        "{err}"
+    );
+    assert!(!err.contains('\n'));
+    assert!(path.exists(), "the file must be left for the operator");
+}
+
+#[test]
+fn a_corrupt_or_foreign_file_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    std::fs::write(&path, b"this is not a database\n".repeat(200)).unwrap();
+    let err = Store::open(&path)
+        .err()
+        .expect("garbage opened")
+        .to_string();
+    assert!(err.contains("remove"), "{err}");
+    assert!(!err.contains('\n'));
+    let before = std::fs::read(&path).unwrap();
+    assert_eq!(
+        before,
+        b"this is not a database\n".repeat(200),
+        "file changed"
+    );
+
+    // A valid file with its middle overwritten.
+    let torn = dir.path().join("torn");
+    {
+        let store = Store::open(&torn).unwrap();
+        let keys: Vec<ConnKey> = (0..2000u16)
+            .map(|p| key("10.0.0.5:80", &format!("10.0.0.7:{}", 10000 + p)))
+            .collect();
+        store
+            .update_connections(&keys, &[], SystemTime::now())
+            .unwrap();
+    }
+    let mut bytes = std::fs::read(&torn).unwrap();
+    let len = bytes.len();
+    for b in &mut bytes[..len.min(4096)] {
+        *b = 0xA5;
+    }
+    std::fs::write(&torn, &bytes).unwrap();
+    let err = Store::open(&torn)
+        .err()
+        .expect("torn file opened")
+        .to_string();
+    assert!(err.contains(&torn.display().to_string()), "{err}");
+
+    // A redb file that tcpwatch did not write.
+    let foreign = dir.path().join("foreign");
+    drop(Database::create(&foreign).unwrap());
+    let err = Store::open(&foreign)
+        .err()
+        .expect("foreign opened")
+        .to_string();
+    assert!(err.contains("not a tcpwatch state file"), "{err}");
+}
+
+#[test]
+fn a_missing_directory_is_an_open_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("absent").join("state");
+    let err = Store::open(&path).err().expect("opened").to_string();
+    assert!(err.starts_with(&format!("state file {}: cannot open", path.display())));
+    assert!(!path.parent().unwrap().exists(), "directories are not made");
+}
+
+#[test]
+fn addresses_round_trip_through_their_encoding() {
+    for text in [
+        "0.0.0.0",
+        "255.1.2.3",
+        "::",
+        "::ffff:10.0.0.1",
+        "2001:db8::1",
+    ] {
+        let ip: IpAddr = text.parse().unwrap();
+        assert_eq!(decode_ip(&encode_ip(ip)), Some(ip), "{text}");
+    }
+    let pair = key("[::ffff:10.0.0.1]:1", "10.0.0.1:65535");
+    assert_eq!(decode_pair(&encode_pair(pair)), Some(pair));
+    assert_eq!(decode_ip(&[5; 17]), None);
+    assert_eq!(decode_pair(&[4; 37]), None);
+}
+
+#[test]
+fn damage_anywhere_is_refused_or_harmless_never_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good");
+    let now = SystemTime::now();
+    let keys: Vec<ConnKey> = (0..3000u16)
+        .map(|p| key("10.0.0.5:80", &format!("10.0.0.7:{}", 10000 + p)))
+        .collect();
+    let ips: Vec<IpAddr> = (0..200u8).map(|i| IpAddr::from([192, 0, 2, i])).collect();
+    {
+        let store = Store::open(&good).unwrap();
+        store.update_connections(&keys, &[], now).unwrap();
+        let expires = now + Duration::from_secs(60);
+        store.put_blocks(&ips, expires, "nftables", now).unwrap();
+    }
+    let bytes = std::fs::read(&good).unwrap();
+    let (mut intact, mut refused) = (0, 0);
+    let step = (bytes.len() / 300).max(1);
+    for at in (0..bytes.len()).step_by(step) {
+        let mut damaged = bytes.clone();
+        for b in &mut damaged[at..(at + 64).min(bytes.len())] {
+            *b ^= 0x5A;
+        }
+        let path = dir.path().join("damaged");
+        std::fs::write(&path, &damaged).unwrap();
+        let caught = std::panic::catch_unwind(|| Store::open(&path).and_then(|s| s.load()));
+        match caught.expect("a panic escaped the guard") {
+            Ok(loaded) => {
+                // Damage the store did not notice must have hit unused
+                // space: what is read is exactly what was written.
+                assert_eq!(loaded.connections.len(), keys.len(), "at byte {at}");
+                assert_eq!(loaded.blocks.len(), ips.len(), "at byte {at}");
+                assert!(loaded.blocks.iter().all(|b| b.backend == "nftables"));
+                intact += 1;
+            }
+            Err(e) => {
+                assert!(e.to_string().contains("damaged"), "{e}");
+                refused += 1;
+            }
+        }
+    }
+    eprintln!("{intact} damaged copies read intact, {refused} refused");
+    assert!(
+        refused > 0 && intact + refused > 250,
+        "{intact} intact, {refused} refused"
+    );
+}

@@ -1,0 +1,397 @@
+//! End-to-end tests of the state file (`--state`) and of SIGHUP on real
+//! Linux: the agent runs in host A of a [`Lab`] with nftables blocking in
+//! A's own namespace (never in the root namespace), its state file in a
+//! temporary directory.
+//!
+//! Needs root, nft and python3 for the lab tests (skips otherwise; fails
+//! under `CI=true`). Run with `cargo test --release --test e2e_state`.
+
+mod common;
+
+use common::*;
+use regex::Regex;
+use std::net::IpAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const EVENT: Duration = Duration::from_secs(5);
+const A: usize = 0;
+const B: usize = 1;
+const C: usize = 2;
+const PORTS: [u16; 4] = [8001, 8002, 8003, 8004];
+
+fn args(state: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "run",
+        "--source",
+        "procfs",
+        "--interval",
+        "1s",
+        "--metrics-addr",
+        "off",
+        "--state",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push(state.display().to_string());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn start(lab: &Lab, state: &Path, extra: &[&str]) -> Agent {
+    let args = args(state, extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Agent::start(lab, A, &args)
+}
+
+fn lab(hosts: usize) -> Option<Lab> {
+    let ok = Command::new("nft")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        missing_prerequisite("cannot run `nft` (scripts/install-deps.sh installs it)");
+        return None;
+    }
+    Lab::new(hosts)
+}
+
+fn nft_set(lab: &Lab, set: &str) -> String {
+    let out = lab.run(A, "nft", &["list", "set", "inet", "tcpwatch", set]);
+    assert!(
+        out.status.success(),
+        "nft list set {set}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The `timeout` nft shows for `ip` in `set_text`, in whole seconds.
+fn timeout_of(set_text: &str, ip: IpAddr) -> Option<u64> {
+    let re = Regex::new(&format!(
+        r"(?:^|[\s{{,]){} timeout (?:(\d+)m)?(?:(\d+)s)?",
+        regex::escape(&ip.to_string())
+    ))
+    .unwrap();
+    let caps = re.captures(set_text)?;
+    let part = |i| {
+        caps.get(i)
+            .map_or(0, |m: regex::Match| m.as_str().parse::<u64>().unwrap())
+    };
+    Some(part(1) * 60 + part(2))
+}
+
+fn tables(lab: &Lab) -> String {
+    String::from_utf8_lossy(&lab.run(A, "nft", &["list", "tables"]).stdout).into_owned()
+}
+
+#[test]
+fn a_restart_reports_what_opened_while_down_and_nothing_twice() {
+    let Some(lab) = lab(2) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let host: IpAddr = lab.v4(A).into();
+    let _server = lab.serve(A, Listen::V4, &[80]);
+
+    // Open before the first start ever: not reported (as without a file),
+    // but accounted for, so no later start reports it either.
+    let before = lab.connect(B, host, &[80], None);
+    let agent = start(&lab, &state, &["--block", "none"]);
+    let first = lab.connect(B, host, &[80], None);
+    let first_line = new_connection(first.locals[0], (host, 80).into());
+    agent.expect_event(&first_line, EVENT);
+    std::thread::sleep(SETTLE);
+    assert_exact_events(&agent.stop(), std::slice::from_ref(&first_line));
+
+    let while_down = lab.connect(B, host, &[80], None);
+    let agent = start(&lab, &state, &["--block", "none"]);
+    let down_line = new_connection(while_down.locals[0], (host, 80).into());
+    agent.expect_event(&down_line, EVENT);
+    let after = lab.connect(B, host, &[80], None);
+    let after_line = new_connection(after.locals[0], (host, 80).into());
+    agent.expect_event(&after_line, EVENT);
+    std::thread::sleep(SETTLE);
+    let finished = agent.stop();
+    assert_exact_events(&finished, &[down_line, after_line]);
+    assert!(
+        diagnostics(&finished.stderr).is_empty(),
+        "{}",
+        finished.stderr
+    );
+    drop(before);
+}
+
+/// `ipset list SET -output save` in host A.
+fn ipset_save(lab: &Lab, set: &str) -> String {
+    let out = lab.run(A, "ipset", &["list", set, "-output", "save"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_restart_restores_an_active_block_with_its_time_left() {
+    let Some(lab) = lab(3) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (scanner, host): (IpAddr, IpAddr) = (lab.v4(B).into(), lab.v4(A).into());
+    let mut ports = PORTS.to_vec();
+    ports.push(9000);
+    let _server = lab.serve(A, Listen::V4, &ports);
+    let with = |backend| ["--block", backend, "--block-ttl", "30s"];
+
+    let agent = start(&lab, &state, &with("nftables"));
+    let scan = lab.connect(B, host, &PORTS, None);
+    agent.expect_event(&format!("Blocked {scanner} for 30s via nftables"), EVENT);
+    drop(scan);
+    let finished = agent.stop();
+    assert_eq!(finished.status.code(), Some(0), "{}", finished.stderr);
+    assert!(
+        !tables(&lab).contains("tcpwatch"),
+        "SIGTERM still removes the table"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Restored on whichever backend is configured now.
+    let agent = start(&lab, &state, &with("iptables"));
+    assert!(
+        agent.stderr().contains("tcpwatch: restored 1 blocks"),
+        "{}",
+        agent.stderr()
+    );
+    let saved = ipset_save(&lab, "tcpwatch4");
+    let re = Regex::new(&format!(r"add tcpwatch4 {scanner} timeout (\d+)")).unwrap();
+    let left: u64 = re
+        .captures(&saved)
+        .unwrap_or_else(|| panic!("{scanner} not restored in ipset: {saved}"))[1]
+        .parse()
+        .unwrap();
+    assert!((1..=28).contains(&left), "{left}s is not the time left");
+    let finished = agent.stop();
+    assert_eq!(finished.status.code(), Some(0), "{}", finished.stderr);
+
+    let agent = start(&lab, &state, &with("nftables"));
+    assert!(
+        agent.stderr().contains("tcpwatch: restored 1 blocks"),
+        "{}",
+        agent.stderr()
+    );
+    let set = nft_set(&lab, "blocked4");
+    let left = timeout_of(&set, scanner).unwrap_or_else(|| panic!("{scanner} not restored: {set}"));
+    assert!(
+        (1..=28).contains(&left),
+        "restored with {left}s, not the time left: {set}"
+    );
+    let c_ok = Command::new("ip")
+        .args(["netns", "exec", lab.ns(C), "python3", "-c"])
+        .arg("import socket,sys\nsocket.create_connection((sys.argv[1], 9000), timeout=2).close()")
+        .arg(host.to_string())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(c_ok.success(), "a bystander is blocked");
+
+    // Lifted by hand while running: it must not come back at the next start
+    // (the agent drops it from the file at its next firewall recount, 5 s).
+    let removed = lab.run(A, AGENT, &["blocks", "remove", &scanner.to_string()]);
+    assert!(removed.status.success());
+    std::thread::sleep(Duration::from_secs(6));
+    let finished = agent.stop();
+    assert!(
+        !finished.stdout.iter().any(|l| l.contains("Blocked")),
+        "a restore printed a Blocked line: {:#?}",
+        finished.stdout
+    );
+    assert_eq!(finished.status.code(), Some(0));
+
+    let agent = start(&lab, &state, &with("nftables"));
+    assert!(
+        !nft_set(&lab, "blocked4").contains("elements"),
+        "a lifted block came back: {}",
+        nft_set(&lab, "blocked4")
+    );
+    let finished = agent.stop();
+    assert!(!finished.stderr.contains("restored"), "{}", finished.stderr);
+}
+
+/// A tiny LCG: the kill delays only need to be spread, not secure.
+fn next(seed: &mut u64) -> u64 {
+    *seed = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    *seed >> 33
+}
+
+#[test]
+fn kill_9_fifty_times_under_churn_never_loses_the_file_or_a_block() {
+    let Some(lab) = lab(3) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (scanner, host): (IpAddr, IpAddr) = (lab.v4(B).into(), lab.v4(A).into());
+    let _server = lab.serve(A, Listen::V4, &PORTS);
+    // A server that closes at once and a client looping short connections
+    // to it: the table changes on every poll.
+    let _churn_server = lab.spawn(
+        A,
+        "python3",
+        &[
+            "-c",
+            "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',7000))\ns.listen(512)\nwhile True:\n c,_=s.accept()\n c.close()",
+        ],
+    );
+    let _churn = lab.spawn(
+        C,
+        "python3",
+        &[
+            "-c",
+            "import socket,sys,time\nwhile True:\n try: socket.create_connection((sys.argv[1],7000),timeout=1).close()\n except OSError: pass\n time.sleep(0.01)",
+            &host.to_string(),
+        ],
+    );
+    let flags = ["--block", "nftables", "--block-ttl", "10m"];
+    let agent = start(&lab, &state, &flags);
+    let scan = lab.connect(B, host, &PORTS, None);
+    agent.expect_event(&format!("Blocked {scanner} for 10m via nftables"), EVENT);
+    drop(scan);
+    agent.kill();
+
+    let args = args(&state, &flags);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut seed = u64::from(std::process::id());
+    let started = Instant::now();
+    let mut ready = 0;
+    for round in 0..50 {
+        let agent = Agent::spawn(&lab, A, &args);
+        std::thread::sleep(Duration::from_millis(50 + next(&mut seed) % 251));
+        let stderr = agent.stderr();
+        assert!(
+            !stderr.contains("error"),
+            "round {round}: the agent failed: {stderr}"
+        );
+        ready += usize::from(stderr.contains(READY));
+        let finished = agent.kill();
+        assert_eq!(
+            finished.status.code(),
+            None,
+            "round {round}: the agent exited by itself: {}",
+            finished.stderr
+        );
+    }
+    eprintln!(
+        "50 kills in {:?}, {ready} after readiness",
+        started.elapsed()
+    );
+
+    let agent = start(&lab, &state, &flags);
+    assert!(
+        agent.stderr().contains("tcpwatch: restored 1 blocks"),
+        "{}",
+        agent.stderr()
+    );
+    let set = nft_set(&lab, "blocked4");
+    let left = timeout_of(&set, scanner).unwrap_or_else(|| panic!("block lost: {set}"));
+    assert!(left > 60 && left < 600, "{left}s left: {set}");
+    let finished = agent.stop();
+    assert_eq!(finished.status.code(), Some(0), "{}", finished.stderr);
+    assert!(
+        !finished.stdout.iter().any(|l| l.contains("Blocked")),
+        "{:#?}",
+        finished.stdout
+    );
+}
+
+#[test]
+fn sighup_changes_scan_ports_and_keeps_the_connection_table() {
+    let Some(lab) = lab(2) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let config = dir.path().join("tcpwatch.toml");
+    std::fs::write(&config, "scan-ports = 10\nscan-window = \"5m\"\n").unwrap();
+    let (scanner, host): (IpAddr, IpAddr) = (lab.v4(B).into(), lab.v4(A).into());
+    let mut ports = PORTS.to_vec();
+    ports.push(8005);
+    let _server = lab.serve(A, Listen::V4, &ports);
+    let config_arg = config.display().to_string();
+    let agent = start(&lab, &state, &["--block", "none", "--config", &config_arg]);
+
+    let four = lab.connect(B, host, &PORTS, None);
+    let mut expected: Vec<String> = four
+        .locals
+        .iter()
+        .zip(PORTS)
+        .map(|(local, port)| new_connection(*local, (host, port).into()))
+        .collect();
+    agent.expect_event(&expected[3], EVENT);
+
+    // A bad file is refused and the running configuration kept.
+    std::fs::write(&config, "scan-ports = \"three\"\n").unwrap();
+    agent.signal("HUP");
+    let refused = format!("configuration not reloaded, keeping the running one: {config_arg}:1:");
+    assert!(agent.wait_for_stderr(&refused, EVENT), "{}", agent.stderr());
+
+    std::fs::write(&config, "scan-ports = 3\nscan-window = \"5m\"\n").unwrap();
+    agent.signal("HUP");
+    assert!(
+        agent.wait_for_stderr("tcpwatch: configuration reloaded", EVENT),
+        "{}",
+        agent.stderr()
+    );
+    let fifth = lab.connect(B, host, &[8005], None);
+    expected.push(new_connection(fifth.locals[0], (host, 8005).into()));
+    let scan = port_scan(scanner, host, &ports);
+    agent.expect_event(&scan, EVENT);
+    expected.push(scan);
+    std::thread::sleep(SETTLE);
+    let finished = agent.stop();
+    assert_exact_events(&finished, &expected);
+    assert!(
+        !finished.stderr.contains("next start only"),
+        "{}",
+        finished.stderr
+    );
+}
+
+/// `tcpwatch run` with a state file it cannot use: exit 1, one line naming
+/// the file and the way out. No privileges needed: blocking is off.
+fn refused(state: &Path) -> String {
+    let out = Command::new(AGENT)
+        .args(["run", "--block", "none", "--metrics-addr", "off", "--state"])
+        .arg(state)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(&state.display().to_string()), "{stderr}");
+    stderr
+}
+
+#[test]
+fn a_corrupt_state_file_is_one_line_exit_1_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let garbage = b"\x00\x01not redb\n".repeat(512);
+    std::fs::write(&state, &garbage).unwrap();
+    let stderr = refused(&state);
+    assert!(
+        stderr.contains(&format!(
+            "remove {} or run with --state off",
+            state.display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&state).unwrap(), garbage);
+}
+
+#[test]
+fn a_named_state_path_that_cannot_be_opened_is_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let stderr = refused(&dir.path().join("missing-dir").join("state"));
+    assert!(stderr.contains("cannot open"), "{stderr}");
+}
