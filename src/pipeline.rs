@@ -579,16 +579,26 @@ async fn block_stage(
             .await?;
             return Ok(());
         };
-        let (back, events, counted) = off_thread(move || {
-            let mut b = b;
-            let events = b.handle(events);
-            let blocked = events
-                .iter()
-                .any(|e| matches!(e.kind, crate::event::EventKind::Blocked(_)));
-            let counted = if blocked { Some(b.count()) } else { None };
-            (b, events, counted)
-        })
-        .await?;
+        // Only scans need a decision. The rest pass straight through: a
+        // thread hop per batch would queue a scan behind every attempt
+        // before it, and a SYN scan sends hundreds of probes a millisecond.
+        let has_scan = events
+            .iter()
+            .any(|e| matches!(e.kind, crate::event::EventKind::PortScan(_)));
+        let (back, events, counted) = if !has_scan {
+            (b, events, None)
+        } else {
+            off_thread(move || {
+                let mut b = b;
+                let events = b.handle(events);
+                let blocked = events
+                    .iter()
+                    .any(|e| matches!(e.kind, crate::event::EventKind::Blocked(_)));
+                let counted = if blocked { Some(b.count()) } else { None };
+                (b, events, counted)
+            })
+            .await?
+        };
         blocker = Some(back);
         if let Some(Ok((v4, v6))) = counted {
             metrics.set_blocked_ips(v4, v6);
