@@ -188,7 +188,8 @@ impl FileConfig {
             config.block_ttl = dur("block-ttl", &v)?;
         }
         if let Some(v) = self.xdp_map_size {
-            config.xdp_map_size = parse_map_size(&v.to_string()).map_err(|e| format!("xdp-map-size: {e}"))?;
+            config.xdp_map_size =
+                parse_map_size(&v.to_string()).map_err(|e| format!("xdp-map-size: {e}"))?;
         }
         if let Some(v) = self.allow {
             config.allow = v

@@ -224,7 +224,9 @@ impl Maps {
 
 fn capacity_of(map: &HashMap<MapData, [u8; 4], u64>) -> u32 {
     IterableMap::map(map)
-        .info().map(|i| i.max_entries()).unwrap_or(0)
+        .info()
+        .map(|i| i.max_entries())
+        .unwrap_or(0)
 }
 
 fn not_found(e: &aya::maps::MapError) -> bool {
@@ -349,7 +351,10 @@ impl XdpBlock {
     }
 
     /// Runs `f` on the maps: the installed ones, or (admin) the pins.
-    fn with_maps<T>(&mut self, f: impl FnOnce(&mut Maps) -> anyhow::Result<T>) -> anyhow::Result<T> {
+    fn with_maps<T>(
+        &mut self,
+        f: impl FnOnce(&mut Maps) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
         let mut guard = self.stats.maps.lock().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
             match self.role {
