@@ -295,7 +295,7 @@ enum Role {
     Agent {
         interfaces: Vec<String>,
         map_size: u32,
-        shared: Option<Maps>,
+        shared: Option<Box<Maps>>,
     },
     /// `tcpwatch blocks`: works on a running agent's pins.
     Admin,
@@ -331,7 +331,7 @@ impl XdpBlock {
         block.role = Role::Agent {
             interfaces: Vec::new(),
             map_size: 0,
-            shared: Some(maps),
+            shared: Some(Box::new(maps)),
         };
         block
     }
@@ -462,7 +462,7 @@ impl Backend for XdpBlock {
             bail!("tcpwatch blocks does not install the XDP blocklist");
         };
         let maps = match shared.take() {
-            Some(maps) => maps,
+            Some(maps) => *maps,
             None => {
                 let opts = LoadOptions {
                     report: false,
