@@ -275,6 +275,27 @@ mod tests {
     }
 
     #[test]
+    fn xdp_map_size_is_bounded_and_read_from_the_file() {
+        assert_eq!(parse_map_size("1"), Ok(1));
+        assert_eq!(parse_map_size("16777216"), Ok(MAX_XDP_MAP_SIZE));
+        for bad in ["0", "16777217", "-3", "x", ""] {
+            assert!(parse_map_size(bad).is_err(), "{bad}");
+        }
+        let mut config = RunConfig::default();
+        assert_eq!(config.xdp_map_size, 131_072);
+        FileConfig::parse("xdp-map-size = 4096")
+            .unwrap()
+            .apply(&mut config)
+            .unwrap();
+        assert_eq!(config.xdp_map_size, 4096);
+        let err = FileConfig::parse("xdp-map-size = 0")
+            .unwrap()
+            .apply(&mut config)
+            .unwrap_err();
+        assert!(err.starts_with("xdp-map-size: "), "{err}");
+    }
+
+    #[test]
     fn allow_takes_addresses_and_blocks() {
         assert_eq!(
             parse_allow("192.0.2.1").unwrap().to_string(),
