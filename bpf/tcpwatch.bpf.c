@@ -1,13 +1,21 @@
 // SPDX-License-Identifier: GPL-2.0
-// tcpwatch XDP program: reports TCP connection attempts to userspace.
+// tcpwatch XDP program: reports TCP connection attempts to userspace and
+// drops the packets of blocked addresses.
 //
+// Blocklist (when `check_blocked` is set at load time): every IPv4/IPv6
+// packet's source is looked up in blocked4/blocked6 (LRU hashes, key the
+// address in network order, value the expiry in bpf_ktime_get_boot_ns()
+// nanoseconds: the boot clock, so a suspend does not extend a block). A
+// present, unexpired entry drops the packet (XDP_DROP) and counts it per
+// family in `dropped`; an expired entry drops nothing (userspace sweeps it).
+//
+// Reporting (when `report_syns` is set at load time):
 // For every packet on the interface it is attached to, the program reports
 //   - a SYN without ACK (ECE/CWR allowed): an inbound connection attempt;
 //   - a SYN+ACK: the answer to an outbound connection of this host.
 // Reports go through a ring buffer; a full ring buffer is counted in a per-CPU
-// array so userspace can report the loss. Every packet is passed (XDP_PASS):
-// this program observes only. Parsing lives in parse_syn() so that a later
-// blocklist check (an LRU hash keyed by the source address) can reuse it.
+// array so userspace can report the loss. Every packet not dropped by the
+// blocklist is passed (XDP_PASS). Parsing lives in parse(), shared by both.
 //
 // Parsed: Ethernet with zero, one or two VLAN tags (802.1Q / 802.1AD), IPv4
 // with options (IHL honoured; fragments with a non-zero offset skipped, they
@@ -63,6 +71,38 @@ struct {
 	__type(value, __u64);
 } lost SEC(".maps");
 
+// Index 0: IPv4 packets dropped; index 1: IPv6 packets dropped.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u64);
+} dropped SEC(".maps");
+
+// Blocked addresses -> expiry (boot-clock ns). Sizes are set at load time
+// (--xdp-map-size); the LRU evicts the least recently used entry when full.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 131072);
+	__type(key, __u32);
+	__type(value, __u64);
+} blocked4 SEC(".maps");
+
+struct addr6 {
+	__u8 b[16];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 131072);
+	__type(key, struct addr6);
+	__type(value, __u64);
+} blocked6 SEC(".maps");
+
+// Set by the loader before the program is loaded (read-only afterwards).
+volatile const __u8 report_syns = 1;
+volatile const __u8 check_blocked = 0;
+
 struct vlan_hdr {
 	__be16 tci;
 	__be16 proto;
@@ -75,9 +115,14 @@ struct vlan_hdr {
 // Every flag but ECE and CWR (ECN negotiation rides on the SYN).
 #define F_NOT_ECN 0x3f
 
-// Fills *ev from the packet if it is a TCP SYN or SYN+ACK. Returns 0 when it
-// is one, -1 otherwise. Every access is checked against data_end.
-static __always_inline int parse_syn(struct xdp_md *ctx, struct event *ev)
+#define PARSED_NONE 0	// not IPv4/IPv6 (or truncated before the addresses)
+#define PARSED_IP 1	// ev->family and addresses set; not a SYN/SYN+ACK
+#define PARSED_SYN 2	// *ev is a complete report
+
+// Fills *ev from the packet as far as it goes: addresses for any IPv4/IPv6
+// packet, the rest for a TCP SYN or SYN+ACK. Every access is checked
+// against data_end.
+static __always_inline int parse(struct xdp_md *ctx, struct event *ev)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -88,7 +133,7 @@ static __always_inline int parse_syn(struct xdp_md *ctx, struct event *ev)
 	__u8 flags;
 
 	if ((void *)(eth + 1) > data_end)
-		return -1;
+		return PARSED_NONE;
 	proto = eth->h_proto;
 	cursor = eth + 1;
 
@@ -98,7 +143,7 @@ static __always_inline int parse_syn(struct xdp_md *ctx, struct event *ev)
 			break;
 		struct vlan_hdr *vlan = cursor;
 		if ((void *)(vlan + 1) > data_end)
-			return -1;
+			return PARSED_NONE;
 		proto = vlan->proto;
 		cursor = vlan + 1;
 	}
@@ -108,49 +153,76 @@ static __always_inline int parse_syn(struct xdp_md *ctx, struct event *ev)
 		__u32 ihl;
 
 		if ((void *)(ip + 1) > data_end)
-			return -1;
-		if (ip->protocol != IPPROTO_TCP)
-			return -1;
-		if (ip->frag_off & bpf_htons(IP_OFFSET_MASK))
-			return -1;
-		ihl = ip->ihl * 4;
-		if (ihl < sizeof(*ip))
-			return -1;
-		tcp = cursor + ihl;
+			return PARSED_NONE;
 		ev->family = 4;
 		__builtin_memcpy(ev->saddr, &ip->saddr, 4);
 		__builtin_memcpy(ev->daddr, &ip->daddr, 4);
+		if (ip->protocol != IPPROTO_TCP)
+			return PARSED_IP;
+		if (ip->frag_off & bpf_htons(IP_OFFSET_MASK))
+			return PARSED_IP;
+		ihl = ip->ihl * 4;
+		if (ihl < sizeof(*ip))
+			return PARSED_IP;
+		tcp = cursor + ihl;
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = cursor;
 
 		if ((void *)(ip6 + 1) > data_end)
-			return -1;
-		// Extension headers are not walked: only TCP directly after the
-		// fixed header is seen.
-		if (ip6->nexthdr != IPPROTO_TCP)
-			return -1;
-		tcp = (void *)(ip6 + 1);
+			return PARSED_NONE;
 		ev->family = 6;
 		__builtin_memcpy(ev->saddr, &ip6->saddr, 16);
 		__builtin_memcpy(ev->daddr, &ip6->daddr, 16);
+		// Extension headers are not walked: only TCP directly after the
+		// fixed header is seen.
+		if (ip6->nexthdr != IPPROTO_TCP)
+			return PARSED_IP;
+		tcp = (void *)(ip6 + 1);
 	} else {
-		return -1;
+		return PARSED_NONE;
 	}
 
 	if ((void *)(tcp + 1) > data_end)
-		return -1;
+		return PARSED_IP;
 	flags = ((__u8 *)tcp)[TCP_FLAGS_OFFSET];
 	if ((flags & F_NOT_ECN) == F_SYN)
 		ev->kind = TCPW_SYN;
 	else if ((flags & F_NOT_ECN) == (F_SYN | F_ACK))
 		ev->kind = TCPW_SYNACK;
 	else
-		return -1;
+		return PARSED_IP;
 	ev->flags = flags;
 	ev->sport = tcp->source;
 	ev->dport = tcp->dest;
 	ev->seq = tcp->seq;
-	return 0;
+	return PARSED_SYN;
+}
+
+// Whether the source of a parsed packet is blocked now; counts the drop.
+static __always_inline int blocked(const struct event *ev)
+{
+	__u64 *expiry;
+	__u32 index;
+
+	if (ev->family == 4) {
+		__u32 key;
+
+		__builtin_memcpy(&key, ev->saddr, 4);
+		expiry = bpf_map_lookup_elem(&blocked4, &key);
+		index = 0;
+	} else {
+		struct addr6 key;
+
+		__builtin_memcpy(key.b, ev->saddr, 16);
+		expiry = bpf_map_lookup_elem(&blocked6, &key);
+		index = 1;
+	}
+	if (!expiry || *expiry <= bpf_ktime_get_boot_ns())
+		return 0;
+	__u64 *count = bpf_map_lookup_elem(&dropped, &index);
+	if (count)
+		*count += 1;
+	return 1;
 }
 
 static __always_inline void report(const struct event *ev)
@@ -172,8 +244,13 @@ SEC("xdp")
 int tcpwatch(struct xdp_md *ctx)
 {
 	struct event ev = {};
+	int parsed = parse(ctx, &ev);
 
-	if (parse_syn(ctx, &ev) == 0)
+	if (parsed == PARSED_NONE)
+		return XDP_PASS;
+	if (check_blocked && blocked(&ev))
+		return XDP_DROP;
+	if (report_syns && parsed == PARSED_SYN)
 		report(&ev);
 	return XDP_PASS;
 }

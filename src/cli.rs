@@ -114,6 +114,9 @@ struct RunArgs {
     /// How long a block lasts [default: 1h]
     #[arg(long, value_name = "DURATION", value_parser = duration::parse_positive)]
     block_ttl: Option<Duration>,
+    /// --block xdp: entries per address family in the kernel blocklist; when full, the least recently used entry is evicted [default: 131072]
+    #[arg(long, value_name = "N", value_parser = config::parse_map_size)]
+    xdp_map_size: Option<u32>,
     /// Never block this IP or CIDR (repeatable); loopback and the host's own addresses are always allowed
     #[arg(long, value_name = "IP|CIDR", value_parser = config::parse_allow)]
     allow: Vec<IpNet>,
@@ -170,6 +173,7 @@ impl RunArgs {
             scan_window,
             block,
             block_ttl,
+            xdp_map_size,
             allow,
             dry_run,
             metrics_addr,
@@ -186,6 +190,7 @@ impl RunArgs {
         set(&mut config.scan_window, scan_window);
         set(&mut config.block, block);
         set(&mut config.block_ttl, block_ttl);
+        set(&mut config.xdp_map_size, xdp_map_size);
         set(&mut config.metrics_addr, metrics_addr);
         set(&mut config.format, format);
         set(&mut config.state, state);

@@ -92,6 +92,8 @@ pub struct RunConfig {
     pub scan_window: Duration,
     pub block: BlockKind,
     pub block_ttl: Duration,
+    /// Entries per family in the XDP blocklist maps (`--block xdp`).
+    pub xdp_map_size: u32,
     pub allow: Vec<IpNet>,
     pub dry_run: bool,
     pub metrics_addr: Listen,
@@ -112,6 +114,7 @@ impl Default for RunConfig {
             scan_window: Duration::from_secs(60),
             block: BlockKind::Nftables,
             block_ttl: Duration::from_secs(3600),
+            xdp_map_size: crate::block::xdp::DEFAULT_MAP_SIZE,
             allow: Vec::new(),
             dry_run: false,
             metrics_addr: Listen::At(SocketAddr::from(([127, 0, 0, 1], 9472))),
@@ -134,6 +137,7 @@ pub struct FileConfig {
     pub scan_window: Option<String>,
     pub block: Option<BlockKind>,
     pub block_ttl: Option<String>,
+    pub xdp_map_size: Option<u32>,
     pub allow: Option<Vec<String>>,
     pub dry_run: Option<bool>,
     pub metrics_addr: Option<String>,
@@ -189,6 +193,10 @@ impl FileConfig {
         if let Some(v) = self.block_ttl {
             config.block_ttl = dur("block-ttl", &v)?;
         }
+        if let Some(v) = self.xdp_map_size {
+            config.xdp_map_size =
+                parse_map_size(&v.to_string()).map_err(|e| format!("xdp-map-size: {e}"))?;
+        }
         if let Some(v) = self.allow {
             config.allow = v
                 .iter()
@@ -235,6 +243,20 @@ pub fn parse_capacity(text: &str) -> Result<usize, String> {
         .parse::<usize>()
         .map_err(|_| format!("'{text}' is not a whole number"))?;
     capacity(n)
+}
+
+/// The largest `--xdp-map-size`: 16 Mi entries per family (an IPv6 entry
+/// costs ~100 bytes of kernel memory, preallocated).
+pub const MAX_XDP_MAP_SIZE: u32 = 1 << 24;
+
+/// `--xdp-map-size`: entries per family, 1 ..= 16777216.
+pub fn parse_map_size(text: &str) -> Result<u32, String> {
+    match text.parse::<u32>() {
+        Ok(n) if (1..=MAX_XDP_MAP_SIZE).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "'{text}' is not a map size (a whole number from 1 to {MAX_XDP_MAP_SIZE})"
+        )),
+    }
 }
 
 /// `--allow` takes an address or a CIDR block.
@@ -300,6 +322,27 @@ mod tests {
         let file = FileConfig::parse("interval = \"soon\"\n").unwrap();
         let err = file.apply(&mut RunConfig::default()).unwrap_err();
         assert!(err.starts_with("interval: "), "{err}");
+    }
+
+    #[test]
+    fn xdp_map_size_is_bounded_and_read_from_the_file() {
+        assert_eq!(parse_map_size("1"), Ok(1));
+        assert_eq!(parse_map_size("16777216"), Ok(MAX_XDP_MAP_SIZE));
+        for bad in ["0", "16777217", "-3", "x", ""] {
+            assert!(parse_map_size(bad).is_err(), "{bad}");
+        }
+        let mut config = RunConfig::default();
+        assert_eq!(config.xdp_map_size, 131_072);
+        FileConfig::parse("xdp-map-size = 4096")
+            .unwrap()
+            .apply(&mut config)
+            .unwrap();
+        assert_eq!(config.xdp_map_size, 4096);
+        let err = FileConfig::parse("xdp-map-size = 0")
+            .unwrap()
+            .apply(&mut config)
+            .unwrap_err();
+        assert!(err.starts_with("xdp-map-size: "), "{err}");
     }
 
     #[test]

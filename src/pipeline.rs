@@ -12,7 +12,7 @@
 use crate::block::allow::Allowlist;
 use crate::block::{self, Blocker};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Listen, RunConfig, SourceKind, StatePath, DEFAULT_STATE};
+use crate::config::{BlockKind, Listen, RunConfig, SourceKind, StatePath, DEFAULT_STATE};
 use crate::detect::Detector;
 use crate::event::Event;
 use crate::metrics::{self, Metrics};
@@ -72,7 +72,7 @@ pub async fn run(config: RunConfig, reloader: Option<Reloader>) -> anyhow::Resul
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
     // Opened and bound first: an agent that is about to exit on a bad
     // interface or a taken port must not touch the firewall.
-    let opened = open_source(&config)?;
+    let mut opened = open_source(&config)?;
     // Bound first: an agent that is about to exit on a taken port must not
     // touch the firewall.
     let listener = match config.metrics_addr {
@@ -83,10 +83,16 @@ pub async fn run(config: RunConfig, reloader: Option<Reloader>) -> anyhow::Resul
     let mut store = open_state(&config.state).await?;
     let polling = config.source != SourceKind::Pcap;
     let (kind, ttl, dry_run) = (config.block, config.block_ttl, config.dry_run);
-    let mode = tokio::task::spawn_blocking(move || block::Mode::start(kind, ttl, dry_run))
-        .await
-        .context("block set-up failed")?;
+    let (backend, xdp_stats) = xdp_backend(&config, &mut opened);
+    let mode = tokio::task::spawn_blocking(move || match backend {
+        Some(backend) => block::Mode::start_with(backend, ttl, dry_run),
+        None => block::Mode::start(kind, ttl, dry_run),
+    })
+    .await
+    .context("block set-up failed")?;
     let metrics = Metrics::new(config.source.name(), mode.backend_name());
+    let xdp_stats = xdp_stats.filter(|_| matches!(mode, block::Mode::Apply(_)));
+    let xdp_task = xdp_stats.map(|stats| tokio::spawn(xdp_metrics(stats, metrics.clone())));
     let mut blocker = Blocker::new(
         mode,
         config.block_ttl,
@@ -176,6 +182,9 @@ pub async fn run(config: RunConfig, reloader: Option<Reloader>) -> anyhow::Resul
     // let the block stage remove its firewall objects, whatever ended the run.
     source.abort();
     reload.abort();
+    if let Some(task) = xdp_task {
+        task.abort();
+    }
     let _ = detect.await;
     let _ = block.await;
     let printed = if sink_done {
@@ -199,8 +208,64 @@ fn open_source(config: &RunConfig) -> anyhow::Result<Opened> {
             Opened::Table(source::socket_table(config.source.name())?)
         }
         SourceKind::Pcap => Opened::Pcap(source::pcap::open(&config.interfaces)?),
-        SourceKind::Xdp => Opened::Xdp(Box::new(source::xdp::XdpSource::open(&config.interfaces)?)),
+        SourceKind::Xdp => {
+            let opts = source::xdp::LoadOptions {
+                report: true,
+                block: config.block == BlockKind::Xdp && !config.dry_run,
+                map_size: config.xdp_map_size,
+            };
+            Opened::Xdp(Box::new(source::xdp::XdpSource::open(
+                &config.interfaces,
+                &opts,
+            )?))
+        }
     })
+}
+
+/// The `xdp` backend of `--block xdp`: on the `xdp` source's program when
+/// there is one (one program does both jobs), else one that loads its own
+/// at install; and the handle its metrics are read through.
+fn xdp_backend(
+    config: &RunConfig,
+    opened: &mut Opened,
+) -> (Option<Box<dyn block::Backend>>, Option<block::xdp::Stats>) {
+    if config.block != BlockKind::Xdp {
+        return (None, None);
+    }
+    let shared = match opened {
+        Opened::Xdp(source) => source.take_blocklist(),
+        _ => None,
+    };
+    let backend = match shared {
+        Some(maps) => block::xdp::XdpBlock::shared(maps),
+        None => block::xdp::XdpBlock::new(config.interfaces.clone(), config.xdp_map_size),
+    };
+    let stats = backend.stats();
+    (Some(Box::new(backend)), Some(stats))
+}
+
+/// How often the XDP drop counters are read into the metrics.
+const XDP_METRICS_EVERY: Duration = Duration::from_secs(1);
+
+/// Copies the kernel's per-CPU drop counters and the eviction count into
+/// the metrics, as deltas, every [`XDP_METRICS_EVERY`].
+async fn xdp_metrics(stats: block::xdp::Stats, metrics: Arc<Metrics>) {
+    let mut seen = (0u64, 0u64, 0u64);
+    let mut ticks = tokio::time::interval(XDP_METRICS_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some((v4, v6)) = stats.dropped() else {
+            continue;
+        };
+        let evictions = stats.evictions();
+        metrics.xdp_dropped(
+            v4.wrapping_sub(seen.0),
+            v6.wrapping_sub(seen.1),
+            evictions.wrapping_sub(seen.2),
+        );
+        seen = (v4, v6, evictions);
+    }
 }
 
 fn flatten(joined: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {

@@ -206,3 +206,11 @@ fn sigint_exits_0() {
 fn sigterm_exits_0() {
     exits_0_on("TERM");
 }
+
+#[test]
+fn bad_xdp_map_size_is_a_one_line_usage_error() {
+    for bad in ["0", "abc", "16777217", "1.5"] {
+        let line = usage_error(&["run", "--xdp-map-size", bad]);
+        assert!(line.contains("--xdp-map-size"), "{line}");
+    }
+}

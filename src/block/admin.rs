@@ -1,7 +1,8 @@
 //! `tcpwatch blocks [list|remove IP|flush]`: inspect or lift the blocks of
-//! a running (or crashed) agent, in whichever backend's objects exist.
+//! a running (or crashed) agent, in whichever backend's objects exist (for
+//! `xdp`: the maps a running agent pins in /sys/fs/bpf/tcpwatch).
 
-use super::{iptables::Iptables, nft::Nftables, Backend};
+use super::{iptables::Iptables, nft::Nftables, xdp::XdpBlock, Backend};
 use std::io::Write;
 use std::net::IpAddr;
 
@@ -14,7 +15,11 @@ pub enum Action {
 
 /// The backends whose objects exist on this host.
 fn present() -> Vec<Box<dyn Backend>> {
-    let all: Vec<Box<dyn Backend>> = vec![Box::new(Nftables), Box::new(Iptables)];
+    let all: Vec<Box<dyn Backend>> = vec![
+        Box::new(Nftables),
+        Box::new(Iptables),
+        Box::new(XdpBlock::pinned()),
+    ];
     all.into_iter()
         .filter_map(|mut b| b.present().then_some(b))
         .collect()
@@ -24,7 +29,7 @@ pub fn run(action: Action) -> anyhow::Result<()> {
     let backends = present();
     if backends.is_empty() {
         eprintln!(
-            "tcpwatch: no blocks: neither the nft table inet tcpwatch nor the ipsets tcpwatch4/tcpwatch6 exist"
+            "tcpwatch: no blocks: neither the nft table inet tcpwatch, the ipsets tcpwatch4/tcpwatch6 nor the XDP maps pinned in /sys/fs/bpf/tcpwatch exist"
         );
         return Ok(());
     }

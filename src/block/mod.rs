@@ -13,6 +13,7 @@ pub mod exec;
 pub mod iptables;
 pub mod libnft;
 pub mod nft;
+pub mod xdp;
 
 use crate::clock::Clock;
 use crate::config::BlockKind;
@@ -98,7 +99,11 @@ pub fn backend(kind: BlockKind) -> Option<Box<dyn Backend>> {
     match kind {
         BlockKind::Nftables => Some(Box::new(nft::Nftables)),
         BlockKind::Iptables => Some(Box::new(iptables::Iptables)),
-        BlockKind::None | BlockKind::Xdp => None,
+        BlockKind::Xdp => Some(Box::new(xdp::XdpBlock::new(
+            Vec::new(),
+            xdp::DEFAULT_MAP_SIZE,
+        ))),
+        BlockKind::None => None,
     }
 }
 
@@ -128,13 +133,19 @@ impl Mode {
         if kind == BlockKind::None {
             return Mode::Off;
         }
-        let Some(mut backend) = backend(kind) else {
+        let Some(backend) = backend(kind) else {
             eprintln!(
                 "tcpwatch: warning: --block {} is not available in this build; detecting only",
                 kind_name(kind)
             );
             return Mode::Off;
         };
+        Mode::start_with(backend, ttl, dry_run)
+    }
+
+    /// [`Mode::start`] with a backend built by the caller (the `xdp` one
+    /// needs the interfaces, the map size, maybe the source's program).
+    pub fn start_with(mut backend: Box<dyn Backend>, ttl: Duration, dry_run: bool) -> Mode {
         if dry_run {
             eprintln!(
                 "tcpwatch: dry run: blocks are decided and printed, the firewall is not changed"

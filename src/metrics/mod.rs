@@ -37,6 +37,8 @@ pub struct Metrics {
     poll_duration: HistogramFamily,
     tracked_sources: Gauge,
     evictions: Family<Label, Counter>,
+    xdp_dropped: Family<Label, Counter>,
+    xdp_evictions: Counter,
     source_running: AtomicBool,
 }
 
@@ -106,6 +108,26 @@ impl Metrics {
             build_info.clone(),
         );
 
+        // Registered with `--block xdp` only: other agents have no program
+        // to read them from.
+        let xdp_dropped = Family::<Label, Counter>::default();
+        let xdp_evictions = Counter::default();
+        if backend == Some("xdp") {
+            registry.register(
+                "xdp_dropped_packets",
+                "Packets of blocked addresses dropped by the XDP program, by address family",
+                xdp_dropped.clone(),
+            );
+            registry.register(
+                "xdp_blocklist_evictions",
+                "New blocks that went into a full XDP blocklist map, evicting its least recently used entry",
+                xdp_evictions.clone(),
+            );
+            for family in ["ipv4", "ipv6"] {
+                let _ = xdp_dropped.get_or_create(&[("family", family)]);
+            }
+        }
+
         build_info
             .get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])
             .set(1);
@@ -134,6 +156,8 @@ impl Metrics {
             poll_duration,
             tracked_sources,
             evictions,
+            xdp_dropped,
+            xdp_evictions,
             source_running: AtomicBool::new(false),
         })
     }
@@ -188,6 +212,17 @@ impl Metrics {
         self.blocked_ips
             .get_or_create(&[("family", "ipv6")])
             .set(clamp(v6));
+    }
+
+    /// Adds packets dropped by XDP (IPv4, IPv6) and blocklist evictions.
+    pub fn xdp_dropped(&self, v4: u64, v6: u64, evictions: u64) {
+        self.xdp_dropped
+            .get_or_create(&[("family", "ipv4")])
+            .inc_by(v4);
+        self.xdp_dropped
+            .get_or_create(&[("family", "ipv6")])
+            .inc_by(v6);
+        self.xdp_evictions.inc_by(evictions);
     }
 
     /// Marks the source task as running (`true`) or ended (`false`).

@@ -17,7 +17,7 @@ use crate::event::{Connection, Direction};
 use anyhow::{bail, Context};
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use aya::programs::{Xdp, XdpMode};
-use aya::Ebpf;
+use aya::{Ebpf, EbpfLoader};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -170,8 +170,10 @@ fn if_index(name: &str) -> anyhow::Result<u32> {
 pub struct XdpSource {
     ring: AsyncFd<RingBuf<MapData>>,
     lost: PerCpuArray<MapData, u64>,
-    /// Owns the program and its links: dropping it detaches them.
-    _bpf: Ebpf,
+    blocklist: Option<crate::block::xdp::Maps>,
+    /// Owns the program and its links: dropping it (and the blocklist maps,
+    /// which share it) detaches them.
+    _bpf: crate::block::xdp::Owner,
 }
 
 /// One line of an error chain, without the verifier log's many lines.
@@ -200,50 +202,97 @@ fn one_line(error: &dyn std::error::Error) -> String {
     line
 }
 
+/// How the program is loaded: what it does, and the blocklist size.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    /// Report SYNs and SYN+ACKs through the ring buffer (`--source xdp`).
+    pub report: bool,
+    /// Drop the packets of blocked sources (`--block xdp`).
+    pub block: bool,
+    /// Entries per blocklist map (`--xdp-map-size`).
+    pub map_size: u32,
+}
+
+/// Ring buffer size when the program does not report (the map must exist;
+/// one page is the smallest a ring buffer can be).
+const IDLE_RING: u32 = 4096;
+
+/// Loads the program with `opts` and attaches it to `interfaces` (none:
+/// every up, non-loopback Ethernet interface), replacing a leftover tcpwatch
+/// program on each. Dropping the returned object detaches it.
+pub fn load(interfaces: &[String], opts: &LoadOptions) -> anyhow::Result<Ebpf> {
+    if !built() {
+        bail!("the XDP program was not built (clang was missing at build time): install clang and rebuild, or use another --source/--block");
+    }
+    let interfaces = if interfaces.is_empty() {
+        default_interfaces()?
+    } else {
+        interfaces.to_vec()
+    };
+    let indexes = interfaces
+        .iter()
+        .map(|name| if_index(name))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+
+    let report = u8::from(opts.report);
+    let check = u8::from(opts.block);
+    let mut loader = EbpfLoader::new();
+    loader
+        .override_global("report_syns", &report, true)
+        .override_global("check_blocked", &check, true);
+    if opts.map_size > 0 {
+        loader
+            .map_max_entries("blocked4", opts.map_size)
+            .map_max_entries("blocked6", opts.map_size);
+    }
+    if !opts.report {
+        loader.map_max_entries(RING, IDLE_RING);
+    }
+    let mut bpf = loader
+        .load(&OBJECT.0)
+        .map_err(|e| anyhow::anyhow!("cannot load the XDP program: {}", one_line(&e)))?;
+    let program: &mut Xdp = bpf
+        .program_mut(PROGRAM)
+        .context("the BPF object has no program 'tcpwatch'")?
+        .try_into()
+        .context("program 'tcpwatch' is not XDP")?;
+    program
+        .load()
+        .map_err(|e| anyhow::anyhow!("cannot load the XDP program: {}", one_line(&e)))?;
+
+    for (name, &index) in interfaces.iter().zip(&indexes) {
+        reconcile(name, index)?;
+        let mode = match program.attach_to_if_index(index, XdpMode::Driver) {
+            Ok(_) => "driver",
+            Err(driver) => match program.attach_to_if_index(index, XdpMode::Skb) {
+                Ok(_) => "generic",
+                Err(generic) => bail!(
+                    "cannot attach the XDP program to {name}: driver mode: {}; generic mode: {}",
+                    one_line(&driver),
+                    one_line(&generic)
+                ),
+            },
+        };
+        if opts.report {
+            eprintln!("tcpwatch: watching: xdp on {name} ({mode} mode)");
+        } else {
+            eprintln!("tcpwatch: xdp: blocking on {name} ({mode} mode)");
+        }
+    }
+    Ok(bpf)
+}
+
 impl XdpSource {
     /// Loads the program and attaches it to `interfaces` (none: every up,
-    /// non-loopback Ethernet interface). Must run inside the tokio runtime.
-    pub fn open(interfaces: &[String]) -> anyhow::Result<XdpSource> {
-        if !built() {
-            bail!("the XDP program was not built (clang was missing at build time): install clang and rebuild, or use another --source");
-        }
-        let interfaces = if interfaces.is_empty() {
-            default_interfaces()?
-        } else {
-            interfaces.to_vec()
+    /// non-loopback Ethernet interface). With `opts.block`, the program
+    /// checks the blocklist too, and [`XdpSource::take_blocklist`] hands its
+    /// maps to the `xdp` backend. Must run inside the tokio runtime.
+    pub fn open(interfaces: &[String], opts: &LoadOptions) -> anyhow::Result<XdpSource> {
+        let opts = LoadOptions {
+            report: true,
+            ..*opts
         };
-        let indexes = interfaces
-            .iter()
-            .map(|name| if_index(name))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-
-        let mut bpf = Ebpf::load(&OBJECT.0)
-            .map_err(|e| anyhow::anyhow!("cannot load the XDP program: {}", one_line(&e)))?;
-        let program: &mut Xdp = bpf
-            .program_mut(PROGRAM)
-            .context("the BPF object has no program 'tcpwatch'")?
-            .try_into()
-            .context("program 'tcpwatch' is not XDP")?;
-        program
-            .load()
-            .map_err(|e| anyhow::anyhow!("cannot load the XDP program: {}", one_line(&e)))?;
-
-        for (name, &index) in interfaces.iter().zip(&indexes) {
-            reconcile(name, index)?;
-            let mode = match program.attach_to_if_index(index, XdpMode::Driver) {
-                Ok(_) => "driver",
-                Err(driver) => match program.attach_to_if_index(index, XdpMode::Skb) {
-                    Ok(_) => "generic",
-                    Err(generic) => bail!(
-                        "cannot attach the XDP program to {name}: driver mode: {}; generic mode: {}",
-                        one_line(&driver),
-                        one_line(&generic)
-                    ),
-                },
-            };
-            eprintln!("tcpwatch: watching: xdp on {name} ({mode} mode)");
-        }
-
+        let mut bpf = load(interfaces, &opts)?;
         let ring = RingBuf::try_from(bpf.take_map(RING).context("no ring buffer map")?)
             .context("ring buffer map")?;
         // SAFETY: the ring buffer owns its map descriptor, which stays open
@@ -252,11 +301,24 @@ impl XdpSource {
             .map_err(|e| anyhow::anyhow!("ring buffer poll: {e}"))?;
         let lost = PerCpuArray::try_from(bpf.take_map(LOST).context("no loss counter map")?)
             .context("loss counter map")?;
+        let blocklist = if opts.block {
+            Some(crate::block::xdp::Maps::take(&mut bpf)?)
+        } else {
+            None
+        };
+        let owner: crate::block::xdp::Owner = Arc::new(std::sync::Mutex::new(bpf));
         Ok(XdpSource {
             ring,
             lost,
-            _bpf: bpf,
+            blocklist: blocklist.map(|maps| maps.owned_by(owner.clone())),
+            _bpf: owner,
         })
+    }
+
+    /// The blocklist maps of this program (when opened with `block`); they
+    /// keep the program attached as long as they live, too.
+    pub fn take_blocklist(&mut self) -> Option<crate::block::xdp::Maps> {
+        self.blocklist.take()
     }
 
     fn lost_total(&self) -> u64 {

@@ -1,0 +1,219 @@
+#!/usr/bin/env bash
+# XDP blocking benchmark: what it costs the receiving host to drop a blocked
+# scanner's SYN flood with `--block xdp` versus `--block nftables`, and how
+# long from a scan's detection to the first dropped packet.
+#
+# Two throwaway namespaces joined by a veth pair: "rx" runs the agent, "tx"
+# scans it and floods it. Nothing leaves them. Needs root, hping3, nmap,
+# nft, tcpdump, python3 and a binary built with clang.
+#
+# Cost method: the agent (--source procfs) blocks tx after a scan of four
+# held connections; then `hping3 --flood -S` runs from tx for $FLOOD_SECS s.
+# The receive path of a veth runs in the NET_RX softirq (veth NAPI with XDP,
+# the backlog otherwise), so the cost is the delta of the softirq column of
+# /proc/stat (all CPUs, USER_HZ ticks) over the flood, minus the same delta
+# over an idle period of the same length, divided by the packets tx sent
+# (tx's eth0 tx_packets delta): softirq ms per million packets. The ratio
+# is XDP / nftables (target: <= 0.5).
+#
+# Latency method: the agent (--source xdp) watches while tx sends a probe SYN
+# every millisecond (hping3 -i u1000) and nmap scans four ports. tcpdump on
+# tx's eth0 records both directions with one clock. Detection happens when
+# the SYN to the fourth distinct port arrives; the first probe SYN that gets
+# no answer after it is the first dropped packet. Latency = its timestamp
+# minus the fourth port's SYN (1 ms resolution; target < 10 ms). Median of
+# $ROUNDS rounds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+FLOOD_SECS=${FLOOD_SECS:-5}
+ROUNDS=${ROUNDS:-5}
+for tool in hping3 nmap nft tcpdump python3; do
+  if ! command -v "$tool" >/dev/null; then
+    echo "bench-xdp-block: needs $tool (scripts/install-test-tools.sh)" >&2
+    exit 1
+  fi
+done
+if [ "$(id -u)" -ne 0 ]; then
+  echo "bench-xdp-block: needs root" >&2
+  exit 1
+fi
+cargo build --release --locked --bin tcpwatch >/dev/null
+BIN=$PWD/target/release/tcpwatch
+[ -n "${CARGO_TARGET_DIR:-}" ] && BIN=$CARGO_TARGET_DIR/release/tcpwatch
+
+rx="twbx-rx-$$"
+tx="twbx-tx-$$"
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}" $(cat "$work"/agent.pid 2>/dev/null); do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  ip netns del "$rx" 2>/dev/null || true
+  ip netns del "$tx" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+ip netns add "$rx"
+ip netns add "$tx"
+ip -n "$rx" link add eth0 type veth peer name eth0 netns "$tx"
+for ns in "$rx" "$tx"; do
+  ip -n "$ns" link set lo up
+  ip -n "$ns" link set eth0 up
+done
+ip -n "$rx" addr add 10.250.0.1/24 dev eth0
+ip -n "$tx" addr add 10.250.0.2/24 dev eth0
+RX_IP=10.250.0.1
+PORTS="8001 8002 8003 8004"
+
+# Listeners on the scanned ports and the probe port 9000.
+ip netns exec "$rx" python3 -c '
+import socket, sys, time
+socks = []
+for p in map(int, sys.argv[1:]):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", p)); s.listen(4096); socks.append(s)
+time.sleep(100000)' $PORTS 9000 &
+pids+=($!)
+sleep 0.5
+
+softirq() { awk '/^cpu /{print $8}' /proc/stat; }
+tx_packets() { ip netns exec "$tx" cat /sys/class/net/eth0/statistics/tx_packets; }
+
+# start_agent BLOCK SOURCE: runs the agent in rx; waits for readiness.
+start_agent() {
+  : >"$work/out"
+  : >"$work/err"
+  ip netns exec "$rx" "$BIN" run --source "$2" --interval 1s --interface eth0 \
+    --block "$1" --block-ttl 1h --state off --metrics-addr off \
+    >"$work/out" 2>"$work/err" &
+  agent=$!
+  echo "$agent" >"$work/agent.pid"
+  for _ in $(seq 100); do
+    grep -q "tcpwatch: watching" "$work/err" && return 0
+    sleep 0.1
+  done
+  echo "agent did not start: $(cat "$work/err")" >&2
+  exit 1
+}
+
+stop_agent() {
+  kill -TERM "$agent"
+  wait "$agent" || true
+}
+
+wait_blocked() {
+  for _ in $(seq 100); do
+    grep -q "Blocked 10.250.0.2" "$work/out" && return 0
+    sleep 0.1
+  done
+  echo "tx was not blocked: $(cat "$work/out" "$work/err")" >&2
+  exit 1
+}
+
+idle_ticks() {
+  local a b
+  a=$(softirq)
+  sleep "$FLOOD_SECS"
+  b=$(softirq)
+  echo $((b - a))
+}
+
+# cost BLOCK: prints "ticks packets".
+cost() {
+  start_agent "$1" procfs
+  ip netns exec "$tx" python3 -c '
+import socket, sys, time
+held = [socket.create_connection((sys.argv[1], int(p))) for p in sys.argv[2:]]
+time.sleep(6)' "$RX_IP" $PORTS &
+  local holder=$!
+  wait_blocked
+  wait "$holder" || true
+  local s0 p0 s1 p1
+  s0=$(softirq)
+  p0=$(tx_packets)
+  ip netns exec "$tx" timeout -s INT "$FLOOD_SECS" hping3 --flood -S -p 9000 "$RX_IP" >/dev/null 2>&1 || true
+  s1=$(softirq)
+  p1=$(tx_packets)
+  stop_agent
+  echo "$((s1 - s0)) $((p1 - p0))"
+}
+
+# latency BLOCK: prints the detection-to-first-drop time in ms.
+latency() {
+  start_agent "$1" xdp
+  ip netns exec "$tx" tcpdump -i eth0 -n -tt -l -U 'tcp and (tcp[tcpflags] & (tcp-syn|tcp-rst) != 0)' \
+    >"$work/dump" 2>/dev/null &
+  local dump=$!
+  sleep 0.5
+  ip netns exec "$tx" hping3 -S -p 9000 -i u1000 "$RX_IP" >/dev/null 2>&1 &
+  local probe=$!
+  sleep 0.3
+  ip netns exec "$tx" nmap -n -Pn -sT -T5 -p 8001-8004 "$RX_IP" >/dev/null 2>&1 || true
+  wait_blocked
+  sleep 0.3
+  kill "$probe" 2>/dev/null || true
+  wait "$probe" 2>/dev/null || true
+  kill "$dump" 2>/dev/null || true
+  wait "$dump" 2>/dev/null || true
+  stop_agent
+  python3 - "$work/dump" <<'EOF'
+import re, sys
+syn_to = {}      # dport -> first SYN time (nmap's)
+probes = []      # (time, sport) of probe SYNs to 9000
+answered = set() # sports of probes that got an answer
+for line in open(sys.argv[1]):
+    m = re.match(r"(\d+\.\d+) IP (\S+)\.(\d+) > (\S+)\.(\d+): Flags \[([^\]]*)\]", line)
+    if not m:
+        continue
+    t, src, sport, dst, dport, flags = float(m[1]), m[2], int(m[3]), m[4], int(m[5]), m[6]
+    if src == "10.250.0.2":
+        if dport == 9000 and flags == "S":
+            probes.append((t, sport))
+        elif dport in (8001, 8002, 8003, 8004) and flags == "S":
+            syn_to.setdefault(dport, t)
+    elif sport == 9000:
+        answered.add(dport)
+if len(syn_to) < 4:
+    sys.exit("the scan was not captured")
+detect = sorted(syn_to.values())[3]
+dropped = [t for t, sp in probes if t > detect and sp not in answered]
+if not dropped:
+    sys.exit("no dropped probe")
+print(f"{(dropped[0] - detect) * 1000:.1f}")
+EOF
+}
+
+echo "== XDP vs nftables drop cost (namespaces $rx/$tx, $(nproc) CPUs, ${FLOOD_SECS}s flood)"
+idle=$(idle_ticks)
+hz=$(getconf CLK_TCK)
+declare -A per_m
+for block in xdp nftables; do
+  result=$(cost "$block")
+  read -r ticks packets <<<"$result"
+  net=$((ticks - idle))
+  [ "$net" -lt 0 ] && net=0
+  ms=$(python3 -c "print(f'{$net * 1000 / $hz / ($packets / 1e6):.1f}')")
+  per_m[$block]=$ms
+  printf '%-9s %9d packets  softirq %5d ticks (idle %d)  %7s ms softirq per million packets\n' \
+    "$block" "$packets" "$ticks" "$idle" "$ms"
+done
+python3 -c "
+x, n = ${per_m[xdp]}, ${per_m[nftables]}
+r = x / n if n else float('inf')
+print(f'ratio xdp/nftables: {r:.2f} (target <= 0.5): {\"ok\" if r <= 0.5 else \"OVER\"}')"
+
+echo "== detection to first dropped packet (--source xdp, median of $ROUNDS)"
+for block in xdp nftables; do
+  samples=()
+  for _ in $(seq "$ROUNDS"); do
+    sample=$(latency "$block")
+    samples+=("$sample")
+  done
+  python3 -c "
+import statistics, sys
+v = sorted(float(x) for x in sys.argv[2:])
+m = statistics.median(v)
+target = '(target < 10 ms): ' + ('ok' if m < 10 else 'OVER') if sys.argv[1] == 'xdp' else ''
+print(f'{sys.argv[1]:<9} median {m:.1f} ms  min {v[0]:.1f}  max {v[-1]:.1f} {target}')" "$block" "${samples[@]}"
+done
