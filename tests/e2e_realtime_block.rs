@@ -42,8 +42,10 @@ fn blocks_a_syn_scan_before_it_completes(source: &str) {
         "eth0",
         "--block",
         "nftables",
+        // Longer than the scan: nmap slows down on dropped probes, and a
+        // block expiring mid-scan would let its last probes through.
         "--block-ttl",
-        "60s",
+        "10m",
         "--metrics-addr",
         "off",
         "--state",
@@ -62,7 +64,9 @@ fn blocks_a_syn_scan_before_it_completes(source: &str) {
             "-p",
             "1-1000",
             "--max-retries",
-            "1",
+            "0",
+            "--max-rtt-timeout",
+            "50ms",
             &target,
         ],
     );
@@ -72,7 +76,7 @@ fn blocks_a_syn_scan_before_it_completes(source: &str) {
         "nmap: {}",
         String::from_utf8_lossy(&nmap.stderr)
     );
-    let blocked = format!("Blocked {scanner} for 1m via nftables");
+    let blocked = format!("Blocked {scanner} for 10m via nftables");
     agent.expect_event(&blocked, EVENT);
     let scan_prefix = format!("Port scan detected: {scanner} -> {host} on ports ");
     let scans: Vec<String> = agent
