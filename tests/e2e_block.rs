@@ -107,22 +107,6 @@ fn within(timeout: Duration, mut probe: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// Tries one TCP connection from host `index`; `Ok(())` when it connects,
-/// `Err(python's message)` otherwise (a dropped SYN says "timed out").
-fn try_connect(lab: &Lab, index: usize, dst: IpAddr, port: u16) -> Result<(), String> {
-    let script = "import socket,sys\nsocket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2).close()";
-    let out = lab.run(
-        index,
-        "python3",
-        &["-c", script, &dst.to_string(), &port.to_string()],
-    );
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
 fn blocked_line(ip: IpAddr, backend: &str) -> String {
     format!("Blocked {ip} for 30s via {backend}")
 }
@@ -169,9 +153,12 @@ fn nftables_blocks_a_scanner_and_nobody_else() {
     eprintln!("in the set {:?} after the Blocked line", seen.elapsed());
     assert!(nft_set(&lab, "blocked4").contains("timeout 30s"));
 
-    let err = try_connect(&lab, B, host, 9000).expect_err("the scanner still connects");
+    let err = lab
+        .try_connect(B, host, 9000)
+        .expect_err("the scanner still connects");
     assert!(err.contains("timed out"), "not a dropped SYN: {err}");
-    try_connect(&lab, C, host, 9000).expect("a bystander is blocked too");
+    lab.try_connect(C, host, 9000)
+        .expect("a bystander is blocked too");
 
     // `tcpwatch blocks` sees and lifts it.
     let listed = output(&lab, A, AGENT, &["blocks", "list"]);
@@ -183,7 +170,8 @@ fn nftables_blocks_a_scanner_and_nobody_else() {
     output(&lab, A, AGENT, &["blocks", "remove", &scanner.to_string()]);
     output(&lab, A, AGENT, &["blocks", "remove", &scanner.to_string()]);
     assert!(!lists(&nft_set(&lab, "blocked4"), scanner));
-    try_connect(&lab, B, host, 9000).expect("unblocked scanner connects again");
+    lab.try_connect(B, host, 9000)
+        .expect("unblocked scanner connects again");
     let bad = lab.run(A, AGENT, &["blocks", "remove", "10.0.0.300"]);
     assert_eq!(bad.status.code(), Some(2));
     assert_eq!(String::from_utf8_lossy(&bad.stderr).lines().count(), 1);
@@ -249,7 +237,9 @@ fn ipv6_scanner_lands_in_blocked6() {
         nft_set(&lab, "blocked6")
     );
     assert!(!nft_set(&lab, "blocked4").contains("elements"));
-    let err = try_connect(&lab, B, host, PORTS[0]).expect_err("the v6 scanner still connects");
+    let err = lab
+        .try_connect(B, host, PORTS[0])
+        .expect_err("the v6 scanner still connects");
     assert!(err.contains("timed out"), "{err}");
     assert_eq!(agent.stop().status.code(), Some(0));
 }
@@ -333,9 +323,12 @@ fn iptables_backend_blocks_with_ipset_and_cleans_up() {
     );
     let set = output(&lab, A, "ipset", &["list", "tcpwatch4"]);
     assert!(lists(&set, scanner), "{set}");
-    let err = try_connect(&lab, B, host, 9000).expect_err("the scanner still connects");
+    let err = lab
+        .try_connect(B, host, 9000)
+        .expect_err("the scanner still connects");
     assert!(err.contains("timed out"), "{err}");
-    try_connect(&lab, C, host, 9000).expect("a bystander is blocked too");
+    lab.try_connect(C, host, 9000)
+        .expect("a bystander is blocked too");
     let listed = output(&lab, A, AGENT, &["blocks", "list"]);
     assert!(
         listed.contains(&format!("{scanner} expires in ")) && listed.contains("via iptables"),

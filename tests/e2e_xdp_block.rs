@@ -74,22 +74,6 @@ fn start(lab: &Lab, source: &str, ttl: &str, extra: &[&str]) -> Agent {
     Agent::start(lab, A, &args)
 }
 
-/// Tries one TCP connection from host `index`; `Err(python's message)` when
-/// it fails (a dropped SYN says "timed out").
-fn try_connect(lab: &Lab, index: usize, dst: IpAddr, port: u16) -> Result<(), String> {
-    let script = "import socket,sys\nsocket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2).close()";
-    let out = lab.run(
-        index,
-        "python3",
-        &["-c", script, &dst.to_string(), &port.to_string()],
-    );
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
 fn within(timeout: Duration, mut probe: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
@@ -189,7 +173,9 @@ fn scan_and_expect_block(lab: &Lab, agent: &Agent, v6: bool, ttl: &str) -> IpAdd
 fn assert_dropped(lab: &Lab, scanner: IpAddr, host: IpAddr) {
     let family = if scanner.is_ipv4() { "ipv4" } else { "ipv6" };
     let before = dropped(lab, family);
-    let err = try_connect(lab, B, host, PROBE).expect_err("the scanner still connects");
+    let err = lab
+        .try_connect(B, host, PROBE)
+        .expect_err("the scanner still connects");
     assert!(err.contains("timed out"), "not a dropped SYN: {err}");
     assert!(
         within(Duration::from_secs(3), || dropped(lab, family) > before),
@@ -225,7 +211,8 @@ fn xdp_source_blocks_a_v4_scanner_until_its_ttl_and_nobody_else() {
     let scanner = scan_and_expect_block(&lab, &agent, false, "3s");
     let blocked_at = Instant::now();
     assert_dropped(&lab, scanner, host);
-    try_connect(&lab, C, host, PROBE).expect("a bystander is blocked too");
+    lab.try_connect(C, host, PROBE)
+        .expect("a bystander is blocked too");
     let text = metrics(&lab);
     assert_eq!(
         sample(&text, "tcpwatch_blocks_total{backend=\"xdp\"}"),
@@ -235,7 +222,7 @@ fn xdp_source_blocks_a_v4_scanner_until_its_ttl_and_nobody_else() {
 
     // The block lifts by itself after its TTL.
     let lifted = within(Duration::from_secs(6), || {
-        try_connect(&lab, B, host, PROBE).is_ok()
+        lab.try_connect(B, host, PROBE).is_ok()
     });
     assert!(lifted, "the scanner still cannot connect after its 3 s TTL");
     let took = blocked_at.elapsed();
@@ -264,9 +251,11 @@ fn ipv6_scanner_is_blocked_listed_and_removed() {
 
     let scanner = scan_and_expect_block(&lab, &agent, true, "1h");
     assert_dropped(&lab, scanner, host);
-    try_connect(&lab, C, host, PROBE).expect("a bystander is blocked too");
+    lab.try_connect(C, host, PROBE)
+        .expect("a bystander is blocked too");
     // IPv4 from the same host is another address: not blocked.
-    try_connect(&lab, B, lab.v4(A).into(), PROBE).expect("B's IPv4 address is not blocked");
+    lab.try_connect(B, lab.v4(A).into(), PROBE)
+        .expect("B's IPv4 address is not blocked");
 
     let listed = blocks_ok(agent.pid(), &["list"]);
     assert!(
@@ -286,7 +275,8 @@ fn ipv6_scanner_is_blocked_listed_and_removed() {
     assert_eq!(removed.trim(), format!("Unblocked {scanner} via xdp"));
     // Idempotent.
     blocks_ok(agent.pid(), &["remove", &scanner.to_string()]);
-    try_connect(&lab, B, host, PROBE).expect("the unblocked scanner connects again");
+    lab.try_connect(B, host, PROBE)
+        .expect("the unblocked scanner connects again");
     assert_eq!(blocks_ok(agent.pid(), &["list"]), "");
     assert_clean_stop(&lab, agent);
 }
@@ -316,7 +306,8 @@ fn an_allowlisted_scanner_is_reported_but_never_blocked() {
     );
     agent.expect_event(&port_scan(scanner, host, &PORTS), EVENT);
     let _ = nmap.finish(Duration::from_secs(30));
-    try_connect(&lab, B, host, PROBE).expect("an allowlisted scanner is blocked");
+    lab.try_connect(B, host, PROBE)
+        .expect("an allowlisted scanner is blocked");
     std::thread::sleep(Duration::from_millis(1500));
     assert!(
         !agent.stdout_lines().iter().any(|l| l.contains("Blocked")),
@@ -348,12 +339,14 @@ fn procfs_source_blocks_with_xdp_only() {
     agent.expect_event(&port_scan(scanner, host, &PORTS), EVENT);
     agent.expect_event(&format!("Blocked {scanner} for 1h via xdp"), EVENT);
     assert_dropped(&lab, scanner, host);
-    try_connect(&lab, C, host, PROBE).expect("a bystander is blocked too");
+    lab.try_connect(C, host, PROBE)
+        .expect("a bystander is blocked too");
     // The program only blocks here: nothing is reported from XDP.
     assert!(!agent.stdout_lines().iter().any(|l| l.contains(":9000")));
     let flushed = blocks_ok(agent.pid(), &["flush"]);
     assert_eq!(flushed.trim(), "Flushed all blocks via xdp");
-    try_connect(&lab, B, host, PROBE).expect("flushed scanner connects again");
+    lab.try_connect(B, host, PROBE)
+        .expect("flushed scanner connects again");
     assert_clean_stop(&lab, agent);
 }
 

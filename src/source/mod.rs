@@ -5,6 +5,7 @@
 //! successive tables to find new connections.
 
 pub mod netlink;
+pub mod nlsock;
 pub mod pcap;
 pub mod procfs;
 pub mod xdp;

@@ -4,11 +4,11 @@
 //! kernel and parsing it back: about half the cost. The wire format is parsed
 //! by [`parse_dump`], apart from the socket calls, so it is tested on bytes.
 
+use super::nlsock::NetlinkSocket;
 use super::procfs::unmap;
 use super::{Socket, SocketTable, TcpState};
 use anyhow::{bail, Context};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 const NETLINK_SOCK_DIAG: libc::c_int = 4;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
@@ -27,70 +27,21 @@ const RECV_BUFFER: usize = 64 * 1024;
 const ALL_STATES: u32 = 0xffff_ffff;
 
 pub struct Netlink {
-    fd: OwnedFd,
+    socket: NetlinkSocket,
     seq: u32,
-    buffer: Vec<u8>,
 }
 
 impl Netlink {
     pub fn open() -> anyhow::Result<Self> {
-        // SAFETY: plain socket(2) call; the result is checked before use.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                NETLINK_SOCK_DIAG,
-            )
-        };
-        if raw < 0 {
-            return Err(std::io::Error::last_os_error()).context("netlink sock_diag socket");
-        }
-        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        Ok(Netlink {
-            fd,
-            seq: 0,
-            buffer: vec![0; RECV_BUFFER],
-        })
+        let socket = NetlinkSocket::open(NETLINK_SOCK_DIAG, RECV_BUFFER, "netlink sock_diag")?;
+        Ok(Netlink { socket, seq: 0 })
     }
 
     fn dump(&mut self, family: u8, out: &mut Vec<Socket>) -> anyhow::Result<()> {
         self.seq = self.seq.wrapping_add(1);
-        let request = dump_request(family, self.seq);
-        // SAFETY: the buffer is valid for its length; the kernel is the
-        // default destination of an unbound netlink socket.
-        let sent = unsafe {
-            libc::send(
-                self.fd.as_raw_fd(),
-                request.as_ptr().cast(),
-                request.len(),
-                0,
-            )
-        };
-        if sent < 0 {
-            return Err(std::io::Error::last_os_error()).context("netlink send");
-        }
-        loop {
-            // SAFETY: receives into our own buffer, bounded by its length.
-            let got = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    self.buffer.as_mut_ptr().cast(),
-                    self.buffer.len(),
-                    0,
-                )
-            };
-            if got < 0 {
-                let err = std::io::Error::last_os_error();
-                if err.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(err).context("netlink recv");
-            }
-            if parse_dump(&self.buffer[..got as usize], out)? == Dump::Done {
-                return Ok(());
-            }
-        }
+        self.socket.send(&dump_request(family, self.seq))?;
+        while parse_dump(self.socket.recv()?, out)? != Dump::Done {}
+        Ok(())
     }
 }
 

@@ -442,6 +442,23 @@ impl Lab {
             .unwrap_or_else(|e| panic!("cannot run {program} in {}: {e}", self.ns(index)))
     }
 
+    /// Tries one TCP connection from host `index` to `dst:port` (2 s
+    /// timeout); `Err(python's message)` when it fails: a dropped SYN says
+    /// "timed out", a closed port "refused".
+    pub fn try_connect(&self, index: usize, dst: IpAddr, port: u16) -> Result<(), String> {
+        let script = "import socket,sys\nsocket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2).close()";
+        let out = self.run(
+            index,
+            "python3",
+            &["-c", script, &dst.to_string(), &port.to_string()],
+        );
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
     /// Starts a long-running command in a host, output captured. `ip netns
     /// exec` execs the program, so the process id is the program's own.
     pub fn spawn(&self, index: usize, program: &str, args: &[&str]) -> Proc {

@@ -5,8 +5,8 @@
 //! The message layouts are built and parsed apart from the socket calls so
 //! they are tested on bytes.
 
+use crate::source::nlsock::NetlinkSocket;
 use anyhow::{bail, Context};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 const RTM_NEWLINK: u16 = 16;
 const RTM_GETLINK: u16 = 18;
@@ -48,60 +48,18 @@ impl Attached {
     }
 }
 
-struct Rtnl {
-    fd: OwnedFd,
-    buffer: Vec<u8>,
-}
+/// A rtnetlink socket for one request at a time.
+struct Rtnl(NetlinkSocket);
 
 impl Rtnl {
     fn open() -> anyhow::Result<Rtnl> {
-        // SAFETY: plain socket(2) call; the result is checked before use.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if raw < 0 {
-            return Err(std::io::Error::last_os_error()).context("rtnetlink socket");
-        }
-        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        Ok(Rtnl {
-            fd,
-            buffer: vec![0; 32 * 1024],
-        })
+        NetlinkSocket::open(libc::NETLINK_ROUTE, 32 * 1024, "rtnetlink").map(Rtnl)
     }
 
     /// Sends one request and returns the first reply datagram.
     fn request(&mut self, message: &[u8]) -> anyhow::Result<&[u8]> {
-        // SAFETY: the buffer is valid for its length; the kernel is the
-        // default destination of an unbound netlink socket.
-        let sent = unsafe {
-            libc::send(
-                self.fd.as_raw_fd(),
-                message.as_ptr().cast(),
-                message.len(),
-                0,
-            )
-        };
-        if sent < 0 {
-            return Err(std::io::Error::last_os_error()).context("rtnetlink send");
-        }
-        // SAFETY: receives into our own buffer, bounded by its length.
-        let got = unsafe {
-            libc::recv(
-                self.fd.as_raw_fd(),
-                self.buffer.as_mut_ptr().cast(),
-                self.buffer.len(),
-                0,
-            )
-        };
-        if got < 0 {
-            return Err(std::io::Error::last_os_error()).context("rtnetlink recv");
-        }
-        Ok(&self.buffer[..got as usize])
+        self.0.send(message)?;
+        self.0.recv()
     }
 }
 
