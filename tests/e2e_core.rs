@@ -230,3 +230,70 @@ fn report_existing_reports_connection_open_before_start() {
         ],
     );
 }
+
+/// `--format json`: every line is one JSON object with the SPEC's fields,
+/// read back with a real JSON parser.
+#[test]
+fn json_format_carries_every_field() {
+    let Some(lab) = lab() else { return };
+    let ports = [80, 81, 82, 83];
+    let _server = lab.serve(A, Listen::V4, &ports);
+    let _remote = lab.serve(C, Listen::V4, &[9000]);
+    let mut args = CORE_ARGS.to_vec();
+    args.extend(["--format", "json"]);
+    let agent = Agent::start(&lab, A, &args);
+
+    let scanner = lab.connect(B, lab.v4(A).into(), &ports, None);
+    let outbound = lab.connect(A, lab.v4(C).into(), &[9000], None);
+    let is_scan = |l: &str| l.contains("\"port_scan\"");
+    assert!(
+        agent.wait_for(is_scan, EVENT).is_some(),
+        "{:?}",
+        agent.stdout_lines()
+    );
+    let out_src = outbound.locals[0].to_string();
+    assert!(agent.wait_for(|l| l.contains(&out_src), EVENT).is_some());
+    std::thread::sleep(SETTLE);
+    let finished = agent.stop();
+    assert_eq!(finished.status.code(), Some(0), "{}", finished.stderr);
+
+    let events: Vec<serde_json::Value> = finished
+        .stdout
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert_eq!(events.len(), 6, "{:#?}", finished.stdout);
+    for event in &events {
+        let time = event["time"].as_str().expect("time");
+        chrono::DateTime::parse_from_rfc3339(time).unwrap_or_else(|e| panic!("{time}: {e}"));
+    }
+    let connection = |src: String, dst: String, direction: &str| {
+        serde_json::json!({"event": "new_connection", "src": src, "dst": dst,
+            "direction": direction, "source": "procfs"})
+    };
+    let mut want: Vec<serde_json::Value> = scanner
+        .locals
+        .iter()
+        .zip(ports)
+        .map(|(l, p)| connection(l.to_string(), at(lab.v4(A), p).to_string(), "inbound"))
+        .collect();
+    want.push(connection(
+        out_src,
+        at(lab.v4(C), 9000).to_string(),
+        "outbound",
+    ));
+    want.push(
+        serde_json::json!({"event": "port_scan", "src": lab.v4(B).to_string(),
+        "dst": lab.v4(A).to_string(), "ports": ports}),
+    );
+    let without_time: Vec<serde_json::Value> = events
+        .into_iter()
+        .map(|mut e| {
+            e.as_object_mut().unwrap().remove("time");
+            e
+        })
+        .collect();
+    for w in &want {
+        assert!(without_time.contains(w), "missing {w} in {without_time:#?}");
+    }
+}

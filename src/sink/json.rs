@@ -93,4 +93,33 @@ mod tests {
         assert_eq!(v["dst"], "10.0.0.5");
         assert_eq!(v["ports"], json!([80, 81, 82, 83]));
     }
+
+    #[test]
+    fn block_events_carry_ip_ttl_and_backend() {
+        let blocked = Event {
+            at: at(),
+            kind: EventKind::Blocked(crate::event::Block {
+                ip: "2001:db8::7".parse().unwrap(),
+                ttl: Duration::from_secs(3600),
+                backend: "nftables",
+            }),
+        };
+        let v: Value = serde_json::from_str(&line(&blocked)).unwrap();
+        assert_eq!(v["event"], "blocked");
+        assert_eq!(v["ip"], "2001:db8::7");
+        assert_eq!(v["ttl_seconds"], 3600);
+        assert_eq!(v["backend"], "nftables");
+        let unblocked = Event {
+            at: at(),
+            kind: EventKind::Unblocked {
+                ip: "192.0.2.56".parse().unwrap(),
+                backend: "xdp",
+            },
+        };
+        let v: Value = serde_json::from_str(&line(&unblocked)).unwrap();
+        assert_eq!(
+            (v["event"].as_str(), v["ip"].as_str()),
+            (Some("unblocked"), Some("192.0.2.56"))
+        );
+    }
 }
