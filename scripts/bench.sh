@@ -89,3 +89,6 @@ scripts/bench-list.sh target/release/tcpwatch 10000 20
 
 section "xdp source: connect-to-line latency, SYN flood accounting (scripts/bench-xdp.sh)"
 scripts/bench-xdp.sh
+
+section "XDP vs nftables drop cost, detection to first drop (scripts/bench-xdp-block.sh)"
+scripts/bench-xdp-block.sh
