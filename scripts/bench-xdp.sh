@@ -71,7 +71,7 @@ def read_out():
         if m: seen.setdefault(int(m.group(1)), t)
 def read_err():
     for line in agent.stderr:
-        if "xdp: watching" in line: ready.set()
+        if "watching: xdp on" in line: ready.set()
         sys.stderr.write(line)
 threading.Thread(target=read_out, daemon=True).start()
 threading.Thread(target=read_err, daemon=True).start()
@@ -99,10 +99,12 @@ EOF
 rx() { ip -n "$NA" -s link show eth0 | awk '/RX:/{getline; print $2; exit}'; }
 ip netns exec "$NA" "$BIN" "${ARGS[@]}" >"$WORK/out" 2>"$WORK/err" &
 AGENT=$!
-for _ in $(seq 100); do grep -q "xdp: watching" "$WORK/err" && break; sleep 0.1; done
+for _ in $(seq 100); do grep -q "watching: xdp on" "$WORK/err" && break; sleep 0.1; done
 PROG=$(ip -n "$NA" -d link show eth0 | sed -n 's/.*prog\/xdp id \([0-9]*\).*/\1/p')
 LOST_MAP=$(bpftool prog show id "$PROG" | sed -n 's/.*map_ids \([0-9,]*\).*/\1/p' | tr , '\n' |
-  while read -r id; do bpftool map show id "$id" | grep -q "name lost" && echo "$id"; done)
+  while read -r id; do
+    if bpftool map show id "$id" | grep -q "name lost"; then echo "$id"; fi
+  done)
 lost() {
   bpftool -j map dump id "$LOST_MAP" | python3 -c '
 import json, sys
