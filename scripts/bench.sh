@@ -83,6 +83,7 @@ scripts/bench-block.sh
 section "pcap vs procfs: short-lived connections missed, connect-to-line latency (scripts/bench-pcap.sh)"
 cargo build --release --locked -q
 scripts/bench-pcap.sh target/release/tcpwatch 200
+scripts/bench-pcap-flood.sh target/release/tcpwatch
 
 section "tcpwatch list (netlink, procfs) vs ss -tan, 20,000 sockets (scripts/bench-list.sh)"
 scripts/bench-list.sh target/release/tcpwatch 10000 20

@@ -31,7 +31,7 @@ make_base() {
   local root
   root=$(mktemp -d)
   debootstrap --variant=minbase bookworm "$root" "$mirror" >/dev/null
-  rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+  rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/cache/apt/*.bin "$root"/var/lib/apt/lists/*
   tar -C "$root" -c . | docker import - "$base" >/dev/null
   rm -rf "$root"
 }
