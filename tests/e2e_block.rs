@@ -93,20 +93,6 @@ fn lists(text: &str, ip: IpAddr) -> bool {
         .any(|word| word == ip)
 }
 
-/// Polls `probe` until it is true or `timeout` passes.
-fn within(timeout: Duration, mut probe: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if probe() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn blocked_line(ip: IpAddr, backend: &str) -> String {
     format!("Blocked {ip} for 30s via {backend}")
 }

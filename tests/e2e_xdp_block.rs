@@ -74,19 +74,6 @@ fn start(lab: &Lab, source: &str, ttl: &str, extra: &[&str]) -> Agent {
     Agent::start(lab, A, &args)
 }
 
-fn within(timeout: Duration, mut probe: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if probe() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// A's `/metrics`, fetched from inside A.
 fn metrics(lab: &Lab) -> String {
     let url = format!("http://{}:{METRICS_PORT}/metrics", lab.v4(A));

@@ -611,6 +611,22 @@ pub const CORE_ARGS: &[&str] = &[
 /// (for polling sources, once the first table has been read).
 pub const READY: &str = "tcpwatch: watching";
 
+/// Polls `probe` every 50 ms until it holds (true) or `timeout` passes
+/// (false): for kernel state that changes asynchronously (a set element, a
+/// counter), where there is no event to wait on.
+pub fn within(timeout: Duration, mut probe: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if probe() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The lines of `stderr` other than the readiness line: what the agent had
 /// to say about something going wrong (or being skipped).
 pub fn diagnostics(stderr: &str) -> Vec<&str> {
