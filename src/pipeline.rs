@@ -70,18 +70,19 @@ pub async fn run(config: RunConfig, reloader: Option<Reloader>) -> anyhow::Resul
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("cannot watch SIGHUP")?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
-    // Opened and bound first: an agent that is about to exit on a bad
-    // interface or a taken port must not touch the firewall.
-    let mut opened = open_source(&config)?;
-    // Bound first: an agent that is about to exit on a taken port must not
+    // Source, metrics port and state file first: an agent that is about to
+    // exit on a bad interface, a taken port or a bad state file must not
     // touch the firewall.
+    let mut opened = open_source(&config)?;
     let listener = match config.metrics_addr {
         Listen::At(addr) => Some(metrics::http::bind(addr)?),
         Listen::Off => None,
     };
-    // Opened before the firewall is touched, for the same reason.
     let mut store = open_state(&config.state).await?;
-    let polling = config.source != SourceKind::Pcap;
+    // Only the polling sources diff socket tables, so only they keep the
+    // connection table in the state file (a real-time source would write
+    // every attempt of a flood to it).
+    let polling = matches!(config.source, SourceKind::Procfs | SourceKind::Netlink);
     let (kind, ttl, dry_run) = (config.block, config.block_ttl, config.dry_run);
     let (backend, xdp_stats) = xdp_backend(&config, &mut opened);
     let mode = tokio::task::spawn_blocking(move || match backend {
@@ -107,17 +108,7 @@ pub async fn run(config: RunConfig, reloader: Option<Reloader>) -> anyhow::Resul
     )
     .with_limits(config.limits);
     if let Some((store, loaded)) = &mut store {
-        let blocks = std::mem::take(&mut loaded.blocks);
-        blocker = restore_blocks(blocker.with_store(store.clone()), store.clone(), blocks).await?;
-        if polling {
-            let table = detector.connections_mut();
-            table.track_changes();
-            // A file that never stored a first table cannot tell which open
-            // connections were reported: start as without one.
-            if loaded.primed {
-                table.restore(std::mem::take(&mut loaded.connections));
-            }
-        }
+        blocker = restore_state(store, loaded, blocker, &mut detector, polling).await?;
     }
     let store = store.map(|(store, _)| store);
     let (tunables, tuned) = watch::channel(Tunables::of(&config));
@@ -266,6 +257,29 @@ async fn xdp_metrics(stats: block::xdp::Stats, metrics: Arc<Metrics>) {
         );
         seen = (v4, v6, evictions);
     }
+}
+
+/// Puts back what the state file holds: the blocks (re-applied with their
+/// time left) and, for polling sources, the connections already accounted for.
+async fn restore_state(
+    store: &Arc<Store>,
+    loaded: &mut Loaded,
+    blocker: Blocker,
+    detector: &mut Detector,
+    polling: bool,
+) -> anyhow::Result<Blocker> {
+    let blocks = std::mem::take(&mut loaded.blocks);
+    let blocker = restore_blocks(blocker.with_store(store.clone()), store.clone(), blocks).await?;
+    if polling {
+        let table = detector.connections_mut();
+        table.track_changes();
+        // A file that never stored a first table cannot tell which open
+        // connections were reported: start as without one.
+        if loaded.primed {
+            table.restore(std::mem::take(&mut loaded.connections));
+        }
+    }
+    Ok(blocker)
 }
 
 fn flatten(joined: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
