@@ -132,9 +132,9 @@ fn xdp_attached(lab: &Lab) -> Vec<String> {
         .collect()
 }
 
-/// nmap connect scan of A's `PORTS` from B; waits for the scan line and the
-/// Blocked line right after it.
-fn scan_and_expect_block(lab: &Lab, agent: &Agent, v6: bool, ttl: &str) -> IpAddr {
+/// Starts an nmap connect scan of A's `PORTS` from B; returns it with the
+/// scanner's and the target's addresses.
+fn connect_scan(lab: &Lab, v6: bool) -> (Proc, IpAddr, IpAddr) {
     let (scanner, host): (IpAddr, IpAddr) = if v6 {
         (lab.v6(B).into(), lab.v6(A).into())
     } else {
@@ -147,7 +147,13 @@ fn scan_and_expect_block(lab: &Lab, agent: &Agent, v6: bool, ttl: &str) -> IpAdd
         args.push("-6");
     }
     args.push(&target);
-    let nmap = lab.spawn(B, "nmap", &args);
+    (lab.spawn(B, "nmap", &args), scanner, host)
+}
+
+/// [`connect_scan`], then waits for the scan line and the Blocked line
+/// right after it.
+fn scan_and_expect_block(lab: &Lab, agent: &Agent, v6: bool, ttl: &str) -> IpAddr {
+    let (nmap, scanner, host) = connect_scan(lab, v6);
     agent.expect_event(&port_scan(scanner, host, &PORTS), EVENT);
     agent.expect_event(&format!("Blocked {scanner} for {ttl} via xdp"), EVENT);
     let _ = nmap.finish(Duration::from_secs(30));
@@ -276,21 +282,7 @@ fn an_allowlisted_scanner_is_reported_but_never_blocked() {
     let _server = lab.serve(A, Listen::V4, &ports);
     let allow = format!("{}/32", lab.v4(B));
     let agent = start(&lab, "xdp", "1h", &["--allow", &allow]);
-    let (scanner, host): (IpAddr, IpAddr) = (lab.v4(B).into(), lab.v4(A).into());
-    let ports_arg = PORTS.map(|p| p.to_string()).join(",");
-    let nmap = lab.spawn(
-        B,
-        "nmap",
-        &[
-            "-n",
-            "-Pn",
-            "-sT",
-            "-T4",
-            "-p",
-            &ports_arg,
-            &host.to_string(),
-        ],
-    );
+    let (nmap, scanner, host) = connect_scan(&lab, false);
     agent.expect_event(&port_scan(scanner, host, &PORTS), EVENT);
     let _ = nmap.finish(Duration::from_secs(30));
     lab.try_connect(B, host, PROBE)
@@ -401,21 +393,7 @@ fn after_kill_9_the_next_agent_replaces_stale_pins_and_blocks() {
         "{}",
         second.stderr()
     );
-    let (scanner, host): (IpAddr, IpAddr) = (lab.v4(B).into(), lab.v4(A).into());
-    let ports_arg = PORTS.map(|p| p.to_string()).join(",");
-    let nmap = lab.spawn(
-        B,
-        "nmap",
-        &[
-            "-n",
-            "-Pn",
-            "-sT",
-            "-T4",
-            "-p",
-            &ports_arg,
-            &host.to_string(),
-        ],
-    );
+    let (nmap, scanner, host) = connect_scan(&lab, false);
     let blocked = format!("Blocked {scanner} for 1h via xdp");
     assert!(
         second
