@@ -5,11 +5,18 @@
 //! 2. detection-to-kernel latency: a port-scan event handed to the block
 //!    stage until `nft` has committed the element (allowlist refresh
 //!    included), median of 20.
+//!
+//! Each is anchored by the same transaction (`nft::block_script`) piped to
+//! the `nft` binary (`nft -f -`), timed in the same run. Figures go to
+//! `scripts/bench-figure` when `FIGURE` names it (scripts/bench-block.sh).
+use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tcpwatch::block::allow::Allowlist;
-use tcpwatch::block::{nft::Nftables, Backend, Blocker, Mode};
+use tcpwatch::block::nft::{block_script, Nftables};
+use tcpwatch::block::{libnft, Backend, Blocker, Mode};
 use tcpwatch::clock::{Clock, SystemClock};
 use tcpwatch::event::{Event, EventKind, PortScan};
 
@@ -17,6 +24,12 @@ fn main() -> anyhow::Result<()> {
     let ttl = Duration::from_secs(3600);
     let mut nft = Nftables;
     nft.install(ttl)?;
+    let path = if libnft::available() {
+        "in-process libnftables"
+    } else {
+        "the nft binary"
+    };
+    println!("agent path: {path}; anchor: the same script through `nft -f -`");
 
     let many: Vec<IpAddr> = (0..10_000u32)
         .map(|n| IpAddr::V4(Ipv4Addr::from(0x0a40_0000 + n)))
@@ -26,11 +39,23 @@ fn main() -> anyhow::Result<()> {
     let took = started.elapsed();
     let listed = nft.list()?.len();
     anyhow::ensure!(listed == 10_000, "{listed} elements in the sets, not 10000");
+    let rate = 10_000.0 / took.as_secs_f64();
+    nft.flush()?;
+    let anchor = nft_binary(&block_script(&many, ttl))?;
+    let anchor_rate = 10_000.0 / anchor.as_secs_f64();
     println!(
-        "batch of 10000: {:.1} ms, {:.0} IPs/s",
+        "batch of 10000: {:.1} ms, {rate:.0} IPs/s   (nft -f: {:.1} ms, {anchor_rate:.0} IPs/s)",
         took.as_secs_f64() * 1e3,
-        10_000.0 / took.as_secs_f64()
+        anchor.as_secs_f64() * 1e3,
     );
+    figure(&[
+        "nftables batch of 10,000",
+        &format!("{rate:.0}"),
+        "IPs/s",
+        "nft -f, same batch",
+        &format!("{anchor_rate:.0}"),
+        "value >= 10000",
+    ]);
     // The same batch again: the idempotent re-block (timeouts reset).
     let started = Instant::now();
     nft.block(&many, ttl)?;
@@ -63,12 +88,58 @@ fn main() -> anyhow::Result<()> {
         anyhow::ensure!(out.len() == 2, "scan {n} was not blocked");
     }
     samples.sort();
+    let mut anchors = Vec::new();
+    for n in 0..20u32 {
+        let ip = IpAddr::V4(Ipv4Addr::from(0x0a60_0000 + n));
+        anchors.push(nft_binary(&block_script(&[ip], ttl))?);
+    }
+    anchors.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
-        "detection-to-kernel latency of one block: median {:.1} ms (min {:.1}, max {:.1}, n=20)",
-        samples[10].as_secs_f64() * 1e3,
-        samples[0].as_secs_f64() * 1e3,
-        samples[19].as_secs_f64() * 1e3
+        "detection-to-kernel latency of one block: median {:.1} ms (min {:.1}, max {:.1}, n=20)   \
+         (nft -f, one address: median {:.1} ms)",
+        ms(samples[10]),
+        ms(samples[0]),
+        ms(samples[19]),
+        ms(anchors[10]),
     );
+    figure(&[
+        "nftables single block, detection to kernel",
+        &format!("{:.2}", ms(samples[10])),
+        "ms",
+        "nft -f, one address",
+        &format!("{:.2}", ms(anchors[10])),
+        "value < 100",
+    ]);
     nft.remove()?;
     Ok(())
+}
+
+/// Wall time of `nft -f -` applying SCRIPT: a process start, the parse and
+/// one kernel transaction, which is what the agent does without libnftables.
+fn nft_binary(script: &str) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(script.as_bytes())?;
+    let status = child.wait()?;
+    anyhow::ensure!(status.success(), "nft -f - failed: {status}");
+    Ok(started.elapsed())
+}
+
+/// Hands one figure to `scripts/bench-figure` for the `make bench` summary.
+fn figure(args: &[&str]) {
+    let Some(helper) = std::env::var_os("FIGURE") else {
+        return;
+    };
+    match Command::new(helper).args(args).status() {
+        Ok(status) if status.success() => {}
+        other => eprintln!("bench_block: recording a figure failed: {other:?}"),
+    }
 }

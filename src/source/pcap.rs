@@ -34,7 +34,9 @@ pub const FILTER: &str = "(ip and tcp and tcp[tcpflags] & (tcp-syn|tcp-ack) == t
 /// The filter once more behind an 802.1Q tag, for tags the NIC left in the
 /// frame (accelerated tags are outside the frame and match the plain filter).
 /// `vlan` shifts the offsets of everything after it, so it must come last.
-fn filter_with_vlan() -> String {
+/// Public so `examples/pcap_filter.rs` hands the benchmarks' tcpdump anchor
+/// the exact filter an Ethernet capture compiles.
+pub fn filter_with_vlan() -> String {
     format!("{FILTER} or (vlan and ({FILTER}))")
 }
 
