@@ -8,6 +8,7 @@ BIN=$(realpath "${1:-target/release/tcpwatch}")
 N=${2:-10000}
 RUNS=${3:-20}
 NS=twbench-list-$$
+FIGURE=$(realpath "$(dirname "$0")/bench-figure")
 
 [ "$(id -u)" -eq 0 ] || { echo "bench-list: needs root (network namespace)" >&2; exit 1; }
 [ -x "$BIN" ] || { echo "bench-list: no binary at $BIN (cargo build --release)" >&2; exit 1; }
@@ -40,28 +41,37 @@ for _ in $(seq 120); do
 done
 echo "bench-list: $have established sockets in $NS"
 
-ip netns exec "$NS" python3 - "$RUNS" "$BIN" <<'PY'
+ip netns exec "$NS" python3 - "$RUNS" "$BIN" "$FIGURE" "$have" <<'PY'
 # Wall time, and CPU time (user + sys of the child, from wait4): on a busy
 # machine the wall time is mostly waiting for a core, the CPU time is not.
 import os, statistics, subprocess, sys, time
-runs, binary = int(sys.argv[1]), sys.argv[2]
+runs, binary, figure, sockets = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 commands = {
     "tcpwatch list --source netlink": [binary, "list", "--source", "netlink"],
     "tcpwatch list --source procfs": [binary, "list", "--source", "procfs"],
     "ss -tan": ["ss", "-tan"],
 }
-wall, cpu = {}, {}
-for name, argv in commands.items():
-    walls, cpus = [], []
-    for _ in range(runs):
+# Round-robin, so a burst of load elsewhere hits the anchor (ss) as much as
+# the figures it anchors.
+walls, cpus = {name: [] for name in commands}, {name: [] for name in commands}
+for _ in range(runs):
+    for name, argv in commands.items():
         start = time.perf_counter()
         child = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
         _, status, usage = os.wait4(child.pid, 0)
-        walls.append(time.perf_counter() - start)
-        cpus.append(usage.ru_utime + usage.ru_stime)
+        walls[name].append(time.perf_counter() - start)
+        cpus[name].append(usage.ru_utime + usage.ru_stime)
         assert status == 0, f"{name} failed"
-    wall[name], cpu[name] = statistics.median(walls), statistics.median(cpus)
+wall, cpu = {}, {}
+for name in commands:
+    wall[name], cpu[name] = statistics.median(walls[name]), statistics.median(cpus[name])
     print(f"{name:<32} wall {wall[name] * 1000:7.1f} ms   cpu {cpu[name] * 1000:7.1f} ms   (medians of {runs})")
 for name in list(commands)[:2]:
     print(f"ratio {name:<26} / ss -tan: wall {wall[name] / wall['ss -tan']:.2f}, cpu {cpu[name] / cpu['ss -tan']:.2f}")
+    target = ["ratio <= 1"] if "netlink" in name else []
+    for kind, times in (("CPU", cpu), ("wall", wall)):
+        subprocess.run([figure, f"{name.removeprefix('tcpwatch ')}, {sockets} sockets: {kind}",
+                        f"{times[name] * 1000:.1f}", "ms", f"ss -tan {kind}",
+                        f"{times['ss -tan'] * 1000:.1f}", *(target if kind == "CPU" else [])],
+                       check=True)
 PY

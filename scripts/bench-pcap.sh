@@ -6,30 +6,40 @@
 #   2. connect-to-line latency of pcap: from just before the client's
 #      connect() to the moment the agent's line is read from its stdout
 #      (both on CLOCK_REALTIME of this machine), p50/p99/max.
-# Needs root. Usage: scripts/bench-pcap.sh [BIN] [N]   (default release, 200)
+# Anchor: `tcpdump -l` with the agent's exact filter (examples/pcap_filter.rs)
+# and capture settings, measured the same way on its own round of N
+# connections: the latency of a capture that prints without parsing.
+# Needs root and tcpdump. Usage: scripts/bench-pcap.sh [BIN] [N]   (default release, 200)
 set -euo pipefail
 
 BIN=${1:-target/release/tcpwatch}
 N=${2:-200}
+cd "$(dirname "$0")/.."
+FIGURE=$PWD/scripts/bench-figure
 SRV=twbench-srv CLI=twbench-cli
 A=10.250.0.1 B=10.250.0.2 PORT=8080
 
 [ "$(id -u)" -eq 0 ] || { echo "bench-pcap: needs root (network namespaces)" >&2; exit 1; }
 [ -x "$BIN" ] || { echo "bench-pcap: no binary at $BIN (cargo build --release)" >&2; exit 1; }
 BIN=$(realpath "$BIN")
+command -v tcpdump >/dev/null || { echo "bench-pcap: tcpdump missing" >&2; exit 1; }
+cargo build --release --locked --example pcap_filter -q
+FILTER=$(target/release/examples/pcap_filter)
 
 cleanup() {
   for ns in $SRV $CLI; do
-    for pid in $(ip netns pids $ns 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
-    ip netns del $ns 2>/dev/null || true
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
+    ip netns del "$ns" 2>/dev/null || true
   done
+  rm -rf "${RESULTS:-}"
 }
 trap cleanup EXIT
 cleanup
+RESULTS=$(mktemp -d)
 ip netns add $SRV
 ip netns add $CLI
 ip -n $SRV link add eth0 type veth peer name eth0 netns $CLI
-for ns in $SRV $CLI; do ip -n $ns link set lo up; ip -n $ns link set eth0 up; done
+for ns in $SRV $CLI; do ip -n "$ns" link set lo up; ip -n "$ns" link set eth0 up; done
 ip -n $SRV addr add $A/24 dev eth0
 ip -n $CLI addr add $B/24 dev eth0
 
@@ -44,8 +54,9 @@ while True:
 disown
 sleep 0.3
 
-# Runs the agent with the given flags in the server namespace while the
-# client makes N connections 10 ms apart; prints a JSON summary.
+# measure NAME COMMAND...: runs COMMAND (the agent, or tcpdump) in the server
+# namespace while the client makes N connections 10 ms apart; prints a JSON
+# summary and keeps it in $RESULTS/NAME.json.
 measure() {
   local name=$1; shift
   local dir; dir=$(mktemp -d)
@@ -54,7 +65,7 @@ import subprocess, sys, time
 agent = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, text=True)
 for line in agent.stdout:
     print(f"{time.time():.6f} {line}", end="", flush=True)
-' "$BIN" run "$@" --block none --metrics-addr off --state off >"$dir/lines" 2>"$dir/stderr" &
+' "$@" >"$dir/lines" 2>"$dir/stderr" &
   local agent=$!
   sleep 1.5
   ip netns exec $CLI python3 -c "
@@ -70,8 +81,8 @@ for _ in range($N):
   sleep 2.5
   pkill -TERM -P "$agent" 2>/dev/null || true
   wait "$agent" 2>/dev/null || true
-  python3 - "$name" "$dir/client" "$dir/lines" "$B" <<'EOF'
-import json, sys
+  python3 - "$name" "$dir/client" "$dir/lines" "$B" <<'EOF' | tee "$RESULTS/$name.json"
+import json, re, sys
 name, client, lines, b = sys.argv[1:]
 started = {}
 for row in open(client):
@@ -80,9 +91,10 @@ for row in open(client):
 seen = {}
 for row in open(lines):
     t, rest = row.split(" ", 1)
-    marker = f"New connection: {b}:"
-    if marker in rest:
-        port = int(rest.split(marker)[1].split(" ")[0])
+    # The agent's line, or tcpdump's "IP 10.250.0.2.PORT > ...".
+    m = re.search(rf"New connection: {re.escape(b)}:(\d+) |IP {re.escape(b)}\.(\d+) > ", rest)
+    if m:
+        port = int(m[1] or m[2])
         seen.setdefault(port, []).append(float(t))
 reported = [p for p in started if p in seen]
 dups = sum(len(seen[p]) - 1 for p in reported)
@@ -96,5 +108,24 @@ EOF
   rm -rf "$dir"
 }
 
-measure procfs --source procfs --interval 1s
-measure pcap --source pcap --interface eth0
+AGENT=("$BIN" run --block none --metrics-addr off --state off)
+measure procfs "${AGENT[@]}" --source procfs --interval 1s
+measure pcap "${AGENT[@]}" --source pcap --interface eth0
+measure tcpdump tcpdump -i eth0 -p -n -l -s 96 -B 4096 --immediate-mode "$FILTER"
+
+python3 - "$FIGURE" "$RESULTS" <<'EOF'
+import json, subprocess, sys
+figure, results = sys.argv[1:]
+r = {name: json.load(open(f"{results}/{name}.json")) for name in ("procfs", "pcap", "tcpdump")}
+n = r["pcap"]["connections"]
+rows = [
+    (f"pcap: short-lived connections missed (of {n})", r["pcap"]["missed"], "connections",
+     "procfs --interval 1s", r["procfs"]["missed"]),
+    ("pcap: connect-to-line p50", r["pcap"]["latency_ms_p50"], "ms",
+     "tcpdump -l, same filter", r["tcpdump"]["latency_ms_p50"]),
+    ("pcap: connect-to-line p99", r["pcap"]["latency_ms_p99"], "ms",
+     "tcpdump -l, same filter", r["tcpdump"]["latency_ms_p99"], "value < 5"),
+]
+for row in rows:
+    subprocess.run([figure, *map(str, row)], check=True)
+EOF
