@@ -25,6 +25,7 @@
 # $ROUNDS rounds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+FIGURE=$PWD/scripts/bench-figure
 
 FLOOD_SECS=${FLOOD_SECS:-5}
 ROUNDS=${ROUNDS:-5}
@@ -64,7 +65,7 @@ done
 ip -n "$rx" addr add 10.250.0.1/24 dev eth0
 ip -n "$tx" addr add 10.250.0.2/24 dev eth0
 RX_IP=10.250.0.1
-PORTS="8001 8002 8003 8004"
+PORTS=(8001 8002 8003 8004)
 
 # Listeners on the scanned ports and the probe port 9000.
 ip netns exec "$rx" python3 -c '
@@ -73,7 +74,7 @@ socks = []
 for p in map(int, sys.argv[1:]):
     s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("0.0.0.0", p)); s.listen(4096); socks.append(s)
-time.sleep(100000)' $PORTS 9000 &
+time.sleep(100000)' "${PORTS[@]}" 9000 &
 pids+=($!)
 sleep 0.5
 
@@ -125,7 +126,7 @@ cost() {
   ip netns exec "$tx" python3 -c '
 import socket, sys, time
 held = [socket.create_connection((sys.argv[1], int(p))) for p in sys.argv[2:]]
-time.sleep(6)' "$RX_IP" $PORTS &
+time.sleep(6)' "$RX_IP" "${PORTS[@]}" &
   local holder=$!
   wait_blocked
   wait "$holder" || true
@@ -202,18 +203,25 @@ python3 -c "
 x, n = ${per_m[xdp]}, ${per_m[nftables]}
 r = x / n if n else float('inf')
 print(f'ratio xdp/nftables: {r:.2f} (target <= 0.5): {\"ok\" if r <= 0.5 else \"OVER\"}')"
+"$FIGURE" "xdp drop cost: softirq per million packets" "${per_m[xdp]}" ms \
+  "--block nftables" "${per_m[nftables]}" "ratio <= 0.5"
 
 echo "== detection to first dropped packet (--source xdp, median of $ROUNDS)"
+declare -A samples
 for block in xdp nftables; do
-  samples=()
+  samples[$block]=""
   for _ in $(seq "$ROUNDS"); do
-    sample=$(latency "$block")
-    samples+=("$sample")
+    samples[$block]+="$(latency "$block") "
   done
-  python3 -c "
-import statistics, sys
-v = sorted(float(x) for x in sys.argv[2:])
-m = statistics.median(v)
-target = '(target < 10 ms): ' + ('ok' if m < 10 else 'OVER') if sys.argv[1] == 'xdp' else ''
-print(f'{sys.argv[1]:<9} median {m:.1f} ms  min {v[0]:.1f}  max {v[-1]:.1f} {target}')" "$block" "${samples[@]}"
 done
+python3 - "$FIGURE" "${samples[xdp]}" "${samples[nftables]}" <<'EOF'
+import statistics, subprocess, sys
+figure = sys.argv[1]
+runs = {block: sorted(map(float, arg.split())) for block, arg in zip(("xdp", "nftables"), sys.argv[2:])}
+median = {block: statistics.median(v) for block, v in runs.items()}
+for block, v in runs.items():
+    target = f"(target < 10 ms): {'ok' if median[block] < 10 else 'OVER'}" if block == "xdp" else ""
+    print(f"{block:<9} median {median[block]:.1f} ms  min {v[0]:.1f}  max {v[-1]:.1f} {target}")
+subprocess.run([figure, "xdp block: detection to first dropped packet", f"{median['xdp']:.1f}", "ms",
+                "--block nftables", f"{median['nftables']:.1f}", "value < 10"], check=True)
+EOF

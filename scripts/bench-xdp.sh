@@ -16,6 +16,7 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+export FIGURE=$PWD/scripts/bench-figure
 N=${1:-500}
 BIN=${BIN:-target/release/tcpwatch}
 [ "$(id -u)" -eq 0 ] || { echo "bench-xdp: needs root" >&2; exit 1; }
@@ -58,7 +59,7 @@ for _ in $(seq 100); do
 done
 
 ip netns exec "$NB" python3 - "$N" "$NA" "$BIN" "${ARGS[@]}" <<'EOF'
-import subprocess, sys, threading, time, socket, re
+import os, subprocess, sys, threading, time, socket, re
 n, ns_a, binary, args = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
 agent = subprocess.Popen(["ip", "netns", "exec", ns_a, binary, *args],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -93,6 +94,12 @@ missing = len(started) - len(lat)
 pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]
 print(f"latency: {len(lat)}/{len(started)} connections printed (missing {missing}); "
       f"p50 {pct(0.50):.2f} ms, p99 {pct(0.99):.2f} ms, max {lat[-1]:.2f} ms")
+figure = os.environ["FIGURE"]
+subprocess.run([figure, f"xdp: connections missed (of {len(started)})", str(missing), "connections"],
+               check=True)
+subprocess.run([figure, "xdp: connect-to-line p50", f"{pct(0.50):.2f}", "ms"], check=True)
+subprocess.run([figure, "xdp: connect-to-line p99", f"{pct(0.99):.2f}", "ms", "-", "-", "value < 5"],
+               check=True)
 EOF
 
 # --- 2. flood ----------------------------------------------------------------
@@ -136,4 +143,11 @@ echo "flood: hping3 sent ${SENT:-?} SYNs in 5 s; A's eth0 received $((RX1 - RX0)
 echo "flood: accounted $((LINES + LOST)) = $LINES lines + $LOST ring-buffer losses"
 echo "overflow: A's eth0 received $((RX2 - RX1)) packets while the agent was stopped;" \
   "accounted $((LINES2 - LINES + LOST2 - LOST)) = $((LINES2 - LINES)) lines + $((LOST2 - LOST)) losses"
-echo "flood: agent CPU $(python3 -c "print(f'{($UT + $ST) / $TICK:.2f}')") s (user+sys, whole run), peak RSS $HWM"
+CPU=$(python3 -c "print(f'{($UT + $ST) / $TICK:.2f}')")
+echo "flood: agent CPU $CPU s (user+sys, whole run), peak RSS $HWM"
+"$FIGURE" "xdp flood: SYNs accounted (lines + ring-buffer losses)" "$((LINES + LOST))" SYNs \
+  "packets A's eth0 received" "$((RX1 - RX0))"
+"$FIGURE" "xdp overflow (agent stopped): SYNs accounted" "$((LINES2 - LINES + LOST2 - LOST))" SYNs \
+  "packets A's eth0 received" "$((RX2 - RX1))"
+"$FIGURE" "xdp flood: agent CPU time (5 s + 2 s floods)" "$CPU" s
+"$FIGURE" "xdp flood: peak RSS" "$(awk '{printf "%.1f", $1 / 1024}' <<<"$HWM")" MiB - - "value < 64"

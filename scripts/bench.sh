@@ -1,21 +1,37 @@
 #!/usr/bin/env bash
 # Benchmarks (what `make bench` runs): scripts/bench.sh
 #
-# Each section runs one benchmark target in release mode and prints one line
-# per benchmark it measured: name, median time of one iteration, and the
-# budget when the project has one. Criterion's own output goes to a log under
-# target/. Later issues append sections at the end.
+# Each section runs one benchmark in release mode and prints its figures as it
+# goes; each figure is also recorded (scripts/bench-figure) with its anchor,
+# target and the command that produced it. At the end a summary, one line per
+# figure, with the machine and the load average during the run, is printed
+# and written to target/bench/summary.md (BENCHMARKS.md explains each figure).
+# Criterion's own output goes to a log under target/. Later issues append
+# sections at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 target_dir="${CARGO_TARGET_DIR:-target}"
-mkdir -p "$target_dir"
+mkdir -p "$target_dir/bench"
+out_dir=$(realpath "$target_dir/bench")
+export BENCH_FIGURES="$out_dir/figures.tsv"
+: >"$BENCH_FIGURES"
+started=$(date '+%Y-%m-%d %H:%M:%S %Z')
+load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# The 1-minute load average every 10 s while the benchmarks run: the machine
+# may be shared, and a figure means little without it.
+load_log="$out_dir/load.txt"
+: >"$load_log"
+(while sleep 10; do cut -d' ' -f1 /proc/loadavg >>"$load_log"; done) &
+load_sampler=$!
+trap 'kill "$load_sampler" 2>/dev/null || true' EXIT
 
 # report STAMP [NAME=BUDGET_MS]...: the criterion benchmarks written since
 # STAMP was touched, in the order they ran, with their medians.
 report() {
   python3 - "$target_dir/criterion" "$@" <<'PY'
-import json, os, sys
+import json, os, subprocess, sys
 
 root, stamp, budgets = sys.argv[1], sys.argv[2], dict(a.split("=", 1) for a in sys.argv[3:])
 since = os.path.getmtime(stamp)
@@ -44,11 +60,14 @@ if not rows:
     sys.exit("bench: no benchmark results found")
 for _, name, median in sorted(rows):
     line = f"{name:<36} median {human(median):>12}"
+    target = []
     if name in budgets:
         budget = float(budgets[name])
         verdict = "ok" if median <= budget * 1e6 else "OVER BUDGET"
         line += f"   (budget {budget:g} ms: {verdict})"
+        target = ["-", "-", f"value < {budget:g}"]
     print(line)
+    subprocess.run(["scripts/bench-figure", name, f"{median / 1e6:.3f}", "ms", *target], check=True)
 PY
 }
 
@@ -60,6 +79,7 @@ criterion() {
   local stamp="$target_dir/bench-$bench.stamp" log="$target_dir/bench-$bench.log"
   touch "$stamp"
   echo "bench: cargo bench --bench $bench (log: $log)" >&2
+  export BENCH_COMMAND="cargo bench --locked --bench $bench -- --noplot"
   if ! cargo bench --locked --bench "$bench" -- --noplot >"$log" 2>&1; then
     tail -n 30 "$log" >&2
     echo "bench: cargo bench --bench $bench failed" >&2
@@ -72,24 +92,48 @@ section() {
   printf '\n== %s ==\n' "$1"
 }
 
+# run COMMAND...: runs one benchmark script; its figures name COMMAND.
+run() {
+  export BENCH_COMMAND="$*"
+  "$@"
+}
+
 section "procfs parser and connection table (benches/parse.rs)"
 criterion parse \
   "procfs/parse_table tcp 100k=20" \
   "procfs/parse_table tcp6 100k=20"
 
+section "detector memory under 2,000,000 spoofed-source attempts (examples/flood_memory.rs)"
+memory_command=(cargo run --release --locked -q --example flood_memory 2000000)
+export BENCH_COMMAND="${memory_command[*]}"
+memory=$("${memory_command[@]}")
+echo "$memory"
+scripts/bench-figure "detector, 2M spoofed attempts: peak RSS" \
+  "$(sed -n 's/.*peak \([0-9]*\) kB.*/\1/p' <<<"$memory" | awk '{printf "%.1f", $1 / 1024}')" \
+  MiB - - "value < 64"
+scripts/bench-figure "detector, 2M spoofed attempts: time per attempt" \
+  "$(sed -n 's/.*(\([0-9]*\) ns each).*/\1/p' <<<"$memory")" ns
+
 section "nftables blocking: 10,000-address batch, detection-to-kernel latency (scripts/bench-block.sh)"
-scripts/bench-block.sh
+run scripts/bench-block.sh
 
 section "pcap vs procfs: short-lived connections missed, connect-to-line latency (scripts/bench-pcap.sh)"
 cargo build --release --locked -q
-scripts/bench-pcap.sh target/release/tcpwatch 200
-scripts/bench-pcap-flood.sh target/release/tcpwatch
+run scripts/bench-pcap.sh target/release/tcpwatch 200
+
+section "pcap under a SYN flood, against tcpdump with the same filter (scripts/bench-pcap-flood.sh)"
+run scripts/bench-pcap-flood.sh target/release/tcpwatch
 
 section "tcpwatch list (netlink, procfs) vs ss -tan, 20,000 sockets (scripts/bench-list.sh)"
-scripts/bench-list.sh target/release/tcpwatch 10000 20
+run scripts/bench-list.sh target/release/tcpwatch 10000 20
 
 section "xdp source: connect-to-line latency, SYN flood accounting (scripts/bench-xdp.sh)"
-scripts/bench-xdp.sh
+run scripts/bench-xdp.sh
 
 section "XDP vs nftables drop cost, detection to first drop (scripts/bench-xdp-block.sh)"
-scripts/bench-xdp-block.sh
+run scripts/bench-xdp-block.sh
+
+section "summary ($out_dir/summary.md)"
+kill "$load_sampler" 2>/dev/null || true
+scripts/bench-summary "$BENCH_FIGURES" "$load_log" "$started" "$load_at_start" |
+  tee "$out_dir/summary.md"
