@@ -237,6 +237,11 @@ pub fn main() -> i32 {
         Command::Run(args) => match args.clone().resolve() {
             Ok(config) => {
                 return_big_frees_to_the_os();
+                // Before any thread: capabilities are per thread.
+                let config = match crate::privilege::apply(config) {
+                    Ok(config) => config,
+                    Err(e) => return report(Err(e)),
+                };
                 // SIGHUP re-reads the file under the same flags.
                 let reloader = args
                     .config

@@ -18,6 +18,7 @@ pub mod event;
 pub mod list;
 pub mod metrics;
 pub mod pipeline;
+pub mod privilege;
 pub mod replay;
 pub mod sink;
 pub mod source;

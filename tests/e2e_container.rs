@@ -1,7 +1,10 @@
 //! The container image watches its host: built with `scripts/image.sh` (what
 //! `make image` runs), started with the README's `docker run` command, it
 //! reports a connection made on the host, blocks a scanner in the host's
-//! nftables ruleset, and removes its table when the container stops.
+//! nftables ruleset, and removes its table when the container stops. It does
+//! so as the image's unprivileged user (uid 10001), holding only
+//! CAP_NET_ADMIN of the two capabilities the container is given (read from
+//! the host in /proc/PID/status), with its state on the volume.
 //!
 //! Unlike the other suites this one touches the root namespace, as a
 //! container watching its host must: a veth to a scanner namespace
@@ -127,6 +130,52 @@ fn docker_run(name: &str, state: &str, metrics: &str) -> Container {
     Container(name.to_string())
 }
 
+/// The image's user (deploy/Dockerfile).
+const AGENT_UID: &str = "10001";
+/// CAP_NET_ADMIN (12): all the default configuration (procfs, nftables)
+/// needs, effective and ambient (for the `nft` binary without libnftables).
+const NET_ADMIN: &str = "0000000000001000";
+/// CAP_NET_ADMIN and CAP_NET_RAW (13): what `docker run` gives.
+const GIVEN: &str = "0000000000003000";
+
+/// The `Name:` fields of /proc/PID/status, values whitespace-joined.
+fn status(pid: &str) -> std::collections::HashMap<String, String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                v.split_whitespace().collect::<Vec<_>>().join(" "),
+            )
+        })
+        .collect()
+}
+
+/// The agent runs as the image's user with nothing but CAP_NET_ADMIN.
+fn assert_least_privilege(container: &str) {
+    let pid = must("docker", &["inspect", "-f", "{{.State.Pid}}", container]);
+    let status = status(pid.trim());
+    let uid = [AGENT_UID; 4].join(" ");
+    let want = [
+        ("Uid", uid.as_str()),
+        ("Gid", uid.as_str()),
+        ("CapEff", NET_ADMIN),
+        ("CapPrm", NET_ADMIN),
+        ("CapInh", NET_ADMIN),
+        ("CapAmb", NET_ADMIN),
+        ("CapBnd", GIVEN),
+        ("NoNewPrivs", "1"),
+    ];
+    for (field, value) in want {
+        assert_eq!(
+            status.get(field).map(String::as_str),
+            Some(value),
+            "{field} of the agent in the container"
+        );
+    }
+}
+
 fn tcpwatch_table_exists() -> bool {
     must("nft", &["list", "tables"])
         .lines()
@@ -173,6 +222,14 @@ fn container_reports_host_connections_and_blocks_on_the_host_firewall() {
     );
 
     let state = tempfile::tempdir().unwrap();
+    // A bind mount keeps the host's owner: give it to the image's user.
+    must(
+        "chown",
+        &[
+            &format!("{AGENT_UID}:{AGENT_UID}"),
+            state.path().to_str().unwrap(),
+        ],
+    );
     let metrics = format!("127.0.0.1:{}", base + 5);
     let name = format!("tcpwatch-e2e-{}", std::process::id());
     let container = docker_run(&name, state.path().to_str().unwrap(), &metrics);
@@ -188,6 +245,12 @@ fn container_reports_host_connections_and_blocks_on_the_host_firewall() {
     );
     let health = must("curl", &["-sf", &format!("http://{metrics}/healthz")]);
     assert_eq!(health.trim(), "ok");
+    assert_least_privilege(&container.0);
+    assert!(
+        !logs.stderr().contains("warning"),
+        "the unprivileged agent warned: {}",
+        logs.stderr()
+    );
 
     // A connection on the host.
     let client = Proc::start(
@@ -254,5 +317,9 @@ fn container_reports_host_connections_and_blocks_on_the_host_firewall() {
     assert!(
         !tcpwatch_table_exists(),
         "table left after the container stopped"
+    );
+    assert!(
+        state.path().join("state").is_file(),
+        "the unprivileged agent wrote no state file on the volume"
     );
 }

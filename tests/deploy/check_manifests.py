@@ -59,6 +59,33 @@ def check_service_monitor(doc, where):
         fail(f"{where}: ServiceMonitor does not scrape port 'metrics' at /metrics")
 
 
+def check_least_privilege(docs, where):
+    """The agent's container: non-root, read-only root, capabilities from
+    the binary (so no_new_privs must stay off: allowPrivilegeEscalation)."""
+    for doc in docs:
+        if not doc or doc.get("kind") != "DaemonSet":
+            continue
+        spec = doc["spec"]["template"]["spec"]
+        agent = next(c for c in spec["containers"] if c["name"] == "tcpwatch")
+        ctx = agent.get("securityContext", {})
+        want = {
+            "runAsNonRoot": True,
+            "privileged": False,
+            "allowPrivilegeEscalation": True,
+            "readOnlyRootFilesystem": True,
+        }
+        for key, value in want.items():
+            if ctx.get(key) != value:
+                fail(f"{where}: tcpwatch container: securityContext.{key} is not {value}")
+        if not ctx.get("runAsUser"):
+            fail(f"{where}: tcpwatch container runs as root")
+        caps = ctx.get("capabilities", {})
+        if caps.get("drop") != ["ALL"] or "SYS_ADMIN" in caps.get("add", []):
+            fail(f"{where}: tcpwatch container: capabilities must drop ALL and add no SYS_ADMIN")
+        if spec.get("securityContext", {}).get("runAsUser") == 0:
+            fail(f"{where}: pod runs as root")
+
+
 def configs(docs):
     return [d["data"]["tcpwatch.toml"] for d in docs if d and d.get("kind") == "ConfigMap"]
 
@@ -87,6 +114,7 @@ def main():
     for path in sorted(PLAIN.glob("*.yaml")):
         docs = list(yaml.safe_load_all(path.read_text()))
         kinds = validate(docs, path.name)
+        check_least_privilege(docs, path.name)
         if "DaemonSet" not in kinds:
             fail(f"{path.name}: no DaemonSet")
         found += configs(docs)
@@ -106,6 +134,7 @@ def main():
         )
         docs = list(yaml.safe_load_all(full))
         kinds = validate(docs, "helm template (all options)")
+        check_least_privilege(docs, "helm template (all options)")
         if "ServiceMonitor" not in kinds:
             fail("serviceMonitor.enabled=true rendered no ServiceMonitor")
         found += configs(docs)

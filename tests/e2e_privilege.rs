@@ -1,0 +1,642 @@
+//! Least privilege on real Linux: the agent runs as uid 65534 under
+//! `setpriv` in host A of a [`Lab`], feature by feature, with exactly the
+//! capabilities the README's *Privileges* table lists, and
+//! - works: reports C's connection, blocks B's scan in the kernel, serves
+//!   metrics on a low port;
+//! - holds nothing else: /proc/PID/status shows a non-root uid, CapEff =
+//!   CapPrm = what the features need, CapAmb = what the firewall tools need,
+//!   NoNewPrivs;
+//! - with one capability fewer, says which feature needs which capability
+//!   in one line: fatal (exit 1) for a source or the metrics port, a single
+//!   warning for blocking, which then only detects.
+//!
+//! The systemd unit is run the same way (see `systemd_unit_privileges`):
+//! PID 1 here is not systemd, so its user and capability settings are read
+//! from the unit file and applied with `setpriv`.
+//!
+//! Needs root, setpriv, nft, iptables, ipset (skips otherwise; fails under
+//! `CI=true`). Run with `cargo test --release --test e2e_privilege`.
+
+mod common;
+
+use common::*;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::process::Command;
+use std::time::Duration;
+
+const A: usize = 0;
+/// The scanner.
+const B: usize = 1;
+/// A client that does not scan.
+const C: usize = 2;
+const PORT: u16 = 8000;
+const SCAN_PORTS: [u16; 4] = [8001, 8002, 8003, 8004];
+const EVENT: Duration = Duration::from_secs(6);
+/// The unprivileged user of these tests (nobody).
+const NOBODY: &str = "65534";
+
+/// Capability numbers of the names setpriv takes.
+fn bit(cap: &str) -> u64 {
+    let n = match cap {
+        "dac_override" => 1,
+        "net_bind_service" => 10,
+        "net_admin" => 12,
+        "net_raw" => 13,
+        "sys_ptrace" => 19,
+        "sys_admin" => 21,
+        "perfmon" => 38,
+        "bpf" => 39,
+        other => panic!("unknown capability {other}"),
+    };
+    1 << n
+}
+
+/// A capability set as /proc/PID/status prints it.
+fn hex(caps: &[&str]) -> String {
+    format!("{:016x}", caps.iter().map(|c| bit(c)).sum::<u64>())
+}
+
+/// `-all,+a,+b` for setpriv: exactly these.
+fn setpriv_caps(caps: &[&str]) -> String {
+    let mut list = vec!["-all".to_string()];
+    list.extend(caps.iter().map(|c| format!("+{c}")));
+    list.join(",")
+}
+
+/// How the agent is started: as `uid`, holding `caps` (inheritable and
+/// ambient, as systemd's AmbientCapabilities does), the bounding set
+/// limited to them.
+struct Privs<'a> {
+    uid: &'a str,
+    caps: &'a [&'a str],
+    no_new_privs: bool,
+    /// Leave the bounding set alone (file capabilities come from it).
+    keep_bounding: bool,
+    binary: &'a str,
+    env: &'a [(&'a str, &'a str)],
+}
+
+impl<'a> Privs<'a> {
+    fn nobody(caps: &'a [&'a str]) -> Self {
+        Privs {
+            uid: NOBODY,
+            caps,
+            no_new_privs: false,
+            keep_bounding: false,
+            binary: AGENT,
+            env: &[],
+        }
+    }
+
+    fn command(&self, lab: &Lab, args: &[String]) -> Command {
+        let caps = setpriv_caps(self.caps);
+        let mut setpriv = vec![
+            format!("--reuid={}", self.uid),
+            format!("--regid={}", self.uid),
+            "--clear-groups".into(),
+            format!("--inh-caps={caps}"),
+            format!("--ambient-caps={caps}"),
+        ];
+        if !self.keep_bounding {
+            setpriv.push(format!("--bounding-set={caps}"));
+        }
+        if self.no_new_privs {
+            setpriv.push("--no-new-privs".into());
+        }
+        setpriv.push(self.binary.into());
+        setpriv.extend(args.iter().cloned());
+        let setpriv: Vec<&str> = setpriv.iter().map(String::as_str).collect();
+        let mut command = lab.command(A, "setpriv", &setpriv);
+        command.current_dir("/");
+        command.envs(self.env.iter().copied());
+        command
+    }
+
+    /// Starts the agent and waits for its readiness line.
+    fn start(&self, lab: &Lab, args: &[String]) -> Proc {
+        let agent = Proc::start("agent", self.command(lab, args));
+        assert!(
+            agent.wait_for_stderr(READY, START_TIMEOUT),
+            "agent as uid {} with {:?} not ready: {}",
+            self.uid,
+            self.caps,
+            agent.stderr()
+        );
+        agent
+    }
+
+    /// Runs an agent that must refuse to start; its stderr.
+    fn refused(&self, lab: &Lab, args: &[String]) -> String {
+        let agent = Proc::start("agent", self.command(lab, args));
+        let finished = agent.finish(START_TIMEOUT);
+        assert_eq!(
+            finished.status.code(),
+            Some(1),
+            "with {:?}: {}",
+            self.caps,
+            finished.stderr
+        );
+        finished.stderr
+    }
+}
+
+/// `run` with test settings and `extra` flags.
+fn args(extra: &[&str]) -> Vec<String> {
+    let base = [
+        "run",
+        "--interval",
+        "1s",
+        "--block-ttl",
+        "30s",
+        "--metrics-addr",
+        "off",
+        "--state",
+        "off",
+    ];
+    base.iter().chain(extra).map(|s| s.to_string()).collect()
+}
+
+fn lab() -> Option<Lab> {
+    for (tool, arg) in [
+        ("setpriv", "--version"),
+        ("nft", "--version"),
+        ("ipset", "version"),
+        ("iptables", "--version"),
+    ] {
+        if !require_tool(tool, &[arg]) {
+            return None;
+        }
+    }
+    Lab::new(3)
+}
+
+/// The `Name:` fields of /proc/PID/status.
+fn status(pid: u32) -> HashMap<String, String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| {
+            let words: Vec<&str> = v.split_whitespace().collect();
+            (k.to_string(), words.join(" "))
+        })
+        .collect()
+}
+
+/// The running agent is `uid`, holds exactly `keep` (effective and
+/// permitted) and `ambient` (inheritable and ambient), and cannot gain more.
+fn assert_holds(agent: &Proc, uid: &str, keep: &[&str], ambient: &[&str]) {
+    let status = status(agent.pid());
+    let uids = [uid; 4].join(" ");
+    let (keep, ambient) = (hex(keep), hex(ambient));
+    let want = [
+        ("Uid", uids.as_str()),
+        ("CapEff", keep.as_str()),
+        ("CapPrm", keep.as_str()),
+        ("CapInh", ambient.as_str()),
+        ("CapAmb", ambient.as_str()),
+        ("NoNewPrivs", "1"),
+    ];
+    for (field, value) in want {
+        assert_eq!(
+            status.get(field).map(String::as_str),
+            Some(value),
+            "{field} of the agent; stderr: {}",
+            agent.stderr()
+        );
+    }
+}
+
+/// C connects to A until the agent reports it (a real-time source may miss
+/// the first SYN while its capture settles); returns the line's text.
+fn expect_connection(lab: &Lab, agent: &Proc) -> String {
+    let host: IpAddr = lab.v4(A).into();
+    for _ in 0..3 {
+        let client = lab.connect(C, host, &[PORT], None);
+        let line = new_connection(client.locals[0], SocketAddr::new(host, PORT));
+        if agent
+            .wait_for(|l| event_text(l) == Some(line.as_str()), EVENT)
+            .is_some()
+        {
+            return line;
+        }
+    }
+    panic!(
+        "no connection reported: {:?} {}",
+        agent.stdout_lines(),
+        agent.stderr()
+    );
+}
+
+/// B scans A's four ports; waits for the scan line and, if `backend` is
+/// given, the `Blocked` line. Returns the connections (held open).
+fn scan(lab: &Lab, agent: &Proc, backend: Option<&str>) -> Client {
+    let (scanner, host): (IpAddr, IpAddr) = (lab.v4(B).into(), lab.v4(A).into());
+    let client = lab.connect(B, host, &SCAN_PORTS, None);
+    let mut want = vec![port_scan(scanner, host, &SCAN_PORTS)];
+    want.extend(backend.map(|b| format!("Blocked {scanner} for 30s via {b}")));
+    for line in &want {
+        assert!(
+            agent
+                .wait_for(|l| event_text(l) == Some(line.as_str()), EVENT)
+                .is_some(),
+            "no '{line}': {:?} {}",
+            agent.stdout_lines(),
+            agent.stderr()
+        );
+    }
+    client
+}
+
+/// The agent's diagnostics are exactly `lines`.
+fn assert_diagnostics(agent: &Proc, lines: &[String]) {
+    let stderr = agent.stderr();
+    assert_eq!(diagnostics(&stderr), lines, "stderr: {stderr}");
+}
+
+/// Output of a command in host A; panics if it fails.
+fn in_a(lab: &Lab, program: &str, args: &[&str]) -> String {
+    let out = lab.run(A, program, args);
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn start_servers(lab: &Lab) -> Proc {
+    let mut ports = vec![PORT];
+    ports.extend(SCAN_PORTS);
+    lab.serve(A, Listen::V4, &ports)
+}
+
+/// A state directory owned by `uid`.
+fn state_dir(uid: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("chown")
+        .args([&format!("{uid}:{uid}"), dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    dir
+}
+
+#[test]
+fn polling_sources_need_no_capability() {
+    let Some(lab) = lab() else { return };
+    let _servers = start_servers(&lab);
+    for source in ["procfs", "netlink"] {
+        let state = state_dir(NOBODY);
+        let path = state.path().join("state");
+        let mut args = args(&["--source", source, "--block", "none"]);
+        let at = args.iter().position(|a| a == "--state").unwrap();
+        args[at + 1] = path.to_str().unwrap().into();
+        let agent = Privs::nobody(&[]).start(&lab, &args);
+        assert_holds(&agent, NOBODY, &[], &[]);
+        expect_connection(&lab, &agent);
+        assert_diagnostics(&agent, &[]);
+        assert!(path.is_file(), "{source}: no state file as nobody");
+    }
+}
+
+#[test]
+fn pcap_needs_net_raw() {
+    let Some(lab) = lab() else { return };
+    let _servers = start_servers(&lab);
+    let args = args(&["--source", "pcap", "--block", "none"]);
+    let agent = Privs::nobody(&["net_raw"]).start(&lab, &args);
+    assert_holds(&agent, NOBODY, &["net_raw"], &[]);
+    expect_connection(&lab, &agent);
+    assert_diagnostics(&agent, &[]);
+    let stderr = Privs::nobody(&[]).refused(&lab, &args);
+    assert_eq!(stderr, "tcpwatch: error: --source pcap needs CAP_NET_RAW\n");
+}
+
+#[test]
+fn xdp_source_needs_bpf_net_admin_and_perfmon() {
+    let Some(lab) = lab() else { return };
+    let _servers = start_servers(&lab);
+    let xdp = ["bpf", "net_admin", "perfmon"];
+    let args = args(&["--source", "xdp", "--block", "none"]);
+    let agent = Privs::nobody(&xdp).start(&lab, &args);
+    assert_holds(&agent, NOBODY, &xdp, &[]);
+    expect_connection(&lab, &agent);
+    assert_diagnostics(&agent, &[]);
+    drop(agent);
+    for (missing, name) in [
+        ("bpf", "CAP_BPF"),
+        ("net_admin", "CAP_NET_ADMIN"),
+        ("perfmon", "CAP_PERFMON"),
+    ] {
+        let fewer: Vec<&str> = xdp.iter().copied().filter(|c| *c != missing).collect();
+        let stderr = Privs::nobody(&fewer).refused(&lab, &args);
+        assert_eq!(
+            stderr,
+            format!("tcpwatch: error: --source xdp needs {name}\n")
+        );
+    }
+}
+
+/// A firewall backend: works with exactly `caps` (the tools get the
+/// `ambient` ones), and with any one missing warns once and only detects.
+fn firewall_needs(block: &str, caps: &[&str], ambient: &[&str], env: &[(&str, &str)]) {
+    let Some(lab) = lab() else { return };
+    let _servers = start_servers(&lab);
+    let mut flags = vec!["--block", block];
+    if block == "xdp" {
+        flags.extend(["--interface", "eth0"]);
+    }
+    let args = args(&flags);
+    let privs = Privs {
+        env,
+        ..Privs::nobody(caps)
+    };
+    {
+        let agent = privs.start(&lab, &args);
+        assert_holds(&agent, NOBODY, caps, ambient);
+        let scanner = lab.v4(B).to_string();
+        let _scan = scan(&lab, &agent, Some(block));
+        let listed = match block {
+            "nftables" => in_a(
+                &lab,
+                "nft",
+                &["list", "set", "inet", "tcpwatch", "blocked4"],
+            ),
+            "iptables" => in_a(&lab, "ipset", &["list", "tcpwatch4"]),
+            _ => {
+                let err = lab.try_connect(B, lab.v4(A).into(), PORT).unwrap_err();
+                assert!(err.contains("timed out"), "not dropped by XDP: {err}");
+                lab.try_connect(C, lab.v4(A).into(), PORT)
+                    .expect("XDP drops a bystander too");
+                scanner.clone()
+            }
+        };
+        assert!(listed.contains(&scanner), "{scanner} not blocked: {listed}");
+        // SIGTERM: the unprivileged agent removes its firewall objects too.
+        stop(agent);
+        assert_no_firewall(&lab);
+    }
+    for missing in caps {
+        let fewer: Vec<&str> = caps.iter().copied().filter(|c| c != missing).collect();
+        let privs = Privs {
+            env,
+            ..Privs::nobody(&fewer)
+        };
+        let agent = privs.start(&lab, &args);
+        let name = format!("CAP_{}", missing.to_uppercase());
+        let warning = format!("tcpwatch: warning: --block {block} needs {name}; detecting only");
+        assert_diagnostics(&agent, &[warning]);
+        // Nothing is kept for a feature that is off.
+        assert_holds(&agent, NOBODY, &[], &[]);
+        expect_connection(&lab, &agent);
+        let _scan = scan(&lab, &agent, None);
+        let printed = stop(agent);
+        assert!(
+            !printed.iter().any(|l| l.contains("Blocked")),
+            "blocked without {name}: {printed:?}"
+        );
+        assert_no_firewall(&lab);
+    }
+}
+
+/// SIGTERM; the agent must exit 0. Its stdout.
+fn stop(agent: Proc) -> Vec<String> {
+    agent.signal("TERM");
+    let finished = agent.finish(Duration::from_secs(10));
+    assert_eq!(finished.status.code(), Some(0), "{}", finished.stderr);
+    finished.stdout
+}
+
+/// No firewall object of the agent in host A.
+fn assert_no_firewall(lab: &Lab) {
+    let tables = in_a(lab, "nft", &["list", "tables"]);
+    assert!(!tables.contains("tcpwatch"), "{tables}");
+    let sets = in_a(lab, "ipset", &["list", "-n"]);
+    assert!(!sets.contains("tcpwatch"), "{sets}");
+}
+
+#[test]
+fn nftables_needs_net_admin() {
+    firewall_needs("nftables", &["net_admin"], &["net_admin"], &[]);
+}
+
+#[test]
+fn nft_binary_gets_net_admin_as_an_ambient_capability() {
+    let without_library = [("TCPWATCH_LIBNFTABLES", "0")];
+    firewall_needs("nftables", &["net_admin"], &["net_admin"], &without_library);
+}
+
+#[test]
+fn iptables_needs_net_admin_and_net_raw() {
+    let caps = ["net_admin", "net_raw"];
+    firewall_needs("iptables", &caps, &caps, &[]);
+}
+
+#[test]
+fn xdp_blocking_needs_bpf_net_admin_and_perfmon() {
+    firewall_needs("xdp", &["bpf", "net_admin", "perfmon"], &[], &[]);
+}
+
+#[test]
+fn a_metrics_port_below_1024_needs_net_bind_service() {
+    let Some(lab) = lab() else { return };
+    let mut args = args(&["--block", "none"]);
+    let at = args.iter().position(|a| a == "--metrics-addr").unwrap();
+    args[at + 1] = "127.0.0.1:80".into();
+    let agent = Privs::nobody(&["net_bind_service"]).start(&lab, &args);
+    assert_holds(&agent, NOBODY, &["net_bind_service"], &[]);
+    let health = in_a(&lab, "curl", &["-sf", "http://127.0.0.1:80/healthz"]);
+    assert_eq!(health.trim(), "ok");
+    stop(agent);
+    let stderr = Privs::nobody(&[]).refused(&lab, &args);
+    assert_eq!(
+        stderr,
+        "tcpwatch: error: --metrics-addr 127.0.0.1:80 needs CAP_NET_BIND_SERVICE\n"
+    );
+}
+
+#[test]
+fn capabilities_no_feature_needs_are_dropped() {
+    let Some(lab) = lab() else { return };
+    let _servers = start_servers(&lab);
+    let plenty = [
+        "dac_override",
+        "net_bind_service",
+        "net_admin",
+        "net_raw",
+        "sys_ptrace",
+        "sys_admin",
+        "perfmon",
+        "bpf",
+    ];
+    let agent = Privs::nobody(&plenty).start(&lab, &args(&["--block", "nftables"]));
+    assert_holds(&agent, NOBODY, &["net_admin"], &["net_admin"]);
+    assert_diagnostics(&agent, &[]);
+    let _scan = scan(&lab, &agent, Some("nftables"));
+    stop(agent);
+}
+
+/// The image's way (deploy/Dockerfile): the binary has file capabilities,
+/// permitted only, and the user holds none of its own. The agent raises
+/// what it needs into effective, gives the `nft` binary its ambient one,
+/// and drops the rest.
+#[test]
+fn file_capabilities_permitted_only_are_raised_as_needed() {
+    let Some(lab) = lab() else { return };
+    if !require_tool("setcap", &["-h"]) {
+        return;
+    }
+    let _servers = start_servers(&lab);
+    let dir = tempfile::tempdir().unwrap();
+    let binary = dir.path().join("tcpwatch");
+    std::fs::copy(AGENT, &binary).unwrap();
+    let binary = binary.to_str().unwrap();
+    let dockerfile =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/Dockerfile")).unwrap();
+    let caps = dockerfile
+        .split_whitespace()
+        .find(|w| w.starts_with("cap_net_admin"))
+        .expect("the Dockerfile's setcap");
+    assert!(caps.ends_with("+p"), "not permitted-only: {caps}");
+    for (program, args) in [
+        ("chmod", vec!["0755", dir.path().to_str().unwrap()]),
+        ("setcap", vec![caps, binary]),
+    ] {
+        let out = Command::new(program).args(&args).output().unwrap();
+        assert!(out.status.success(), "{program}: {out:?}");
+    }
+    let privs = Privs {
+        keep_bounding: true,
+        binary,
+        env: &[("TCPWATCH_LIBNFTABLES", "0")],
+        ..Privs::nobody(&[])
+    };
+    let args = args(&["--source", "pcap", "--block", "nftables"]);
+    let agent = privs.start(&lab, &args);
+    assert_holds(&agent, NOBODY, &["net_admin", "net_raw"], &["net_admin"]);
+    expect_connection(&lab, &agent);
+    let _scan = scan(&lab, &agent, Some("nftables"));
+    let set = in_a(
+        &lab,
+        "nft",
+        &["list", "set", "inet", "tcpwatch", "blocked4"],
+    );
+    assert!(set.contains(&lab.v4(B).to_string()), "{set}");
+    assert_diagnostics(&agent, &[]);
+    stop(agent);
+    assert_no_firewall(&lab);
+}
+
+/// The `[Service]` settings of deploy/systemd/tcpwatch.service.
+fn unit() -> HashMap<String, String> {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/systemd/tcpwatch.service"
+    ))
+    .unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// `CAP_NET_ADMIN CAP_BPF` -> `["net_admin", "bpf"]`.
+fn unit_caps(value: &str) -> Vec<String> {
+    value
+        .split_whitespace()
+        .map(|c| c.trim_start_matches("CAP_").to_lowercase())
+        .collect()
+}
+
+/// The unit's privileges, applied as systemd would: PID 1 here is not
+/// systemd, so DynamicUser (a fresh uid from systemd's dynamic range),
+/// AmbientCapabilities, CapabilityBoundingSet and NoNewPrivileges are read
+/// from the unit and given to the real binary by setpriv, with the unit's
+/// ExecStart (its --config a file of test settings, its --state in a
+/// directory owned by that uid, as StateDirectory makes it) and `/` as the
+/// working directory. It reports, blocks, holds only CAP_NET_ADMIN; without
+/// CAP_NET_ADMIN it says so once and keeps detecting.
+#[test]
+fn systemd_unit_privileges() {
+    let Some(lab) = lab() else { return };
+    let unit = unit();
+    let get = |key: &str| unit.get(key).map(String::as_str);
+    assert_eq!(get("DynamicUser"), Some("yes"));
+    assert_eq!(get("NoNewPrivileges"), Some("yes"));
+    assert_eq!(get("StateDirectory"), Some("tcpwatch"));
+    let ambient = unit_caps(get("AmbientCapabilities").unwrap());
+    let bounding = unit_caps(get("CapabilityBoundingSet").unwrap());
+    assert_eq!(
+        ambient, bounding,
+        "the unit's ambient and bounding sets differ"
+    );
+    // The first uid of systemd's DynamicUser range (61184-65519).
+    let uid = "61184";
+    let state = state_dir(uid);
+    let config = tempfile::tempdir().unwrap();
+    let file = config.path().join("tcpwatch.toml");
+    std::fs::write(&file, "interval = \"1s\"\nblock-ttl = \"30s\"\n").unwrap();
+    Command::new("chmod")
+        .args(["0755", config.path().to_str().unwrap()])
+        .status()
+        .unwrap();
+    let exec: Vec<String> = get("ExecStart")
+        .unwrap()
+        .split_whitespace()
+        .map(|w| match w {
+            "/etc/tcpwatch/tcpwatch.toml" => file.to_str().unwrap().to_string(),
+            "/var/lib/tcpwatch/state" => state.path().join("state").to_str().unwrap().into(),
+            other => other.to_string(),
+        })
+        .collect();
+    assert_eq!(exec[0], "/usr/local/bin/tcpwatch");
+    let _servers = start_servers(&lab);
+
+    let caps: Vec<&str> = ambient.iter().map(String::as_str).collect();
+    let privs = Privs {
+        uid,
+        no_new_privs: true,
+        ..Privs::nobody(&caps)
+    };
+    let agent = privs.start(&lab, &exec[1..]);
+    assert_holds(&agent, uid, &["net_admin"], &["net_admin"]);
+    assert_eq!(status(agent.pid())["CapBnd"], hex(&caps));
+    expect_connection(&lab, &agent);
+    let _scan = scan(&lab, &agent, Some("nftables"));
+    let set = in_a(
+        &lab,
+        "nft",
+        &["list", "set", "inet", "tcpwatch", "blocked4"],
+    );
+    assert!(set.contains(&lab.v4(B).to_string()), "{set}");
+    assert_diagnostics(&agent, &[]);
+    stop(agent);
+    drop(_scan);
+    assert!(state.path().join("state").is_file(), "no state file");
+
+    let fewer: Vec<&str> = caps.iter().copied().filter(|c| *c != "net_admin").collect();
+    let privs = Privs {
+        uid,
+        no_new_privs: true,
+        ..Privs::nobody(&fewer)
+    };
+    let agent = privs.start(&lab, &exec[1..]);
+    let warning = "tcpwatch: warning: --block nftables needs CAP_NET_ADMIN; detecting only";
+    // The block of the first run, read back from the state file.
+    let kept = format!(
+        "tcpwatch: 1 stored blocks not applied (blocking is off or dry); kept in {}",
+        state.path().join("state").display()
+    );
+    assert_diagnostics(&agent, &[warning.to_string(), kept]);
+    assert_holds(&agent, uid, &[], &[]);
+    expect_connection(&lab, &agent);
+    let _scan = scan(&lab, &agent, None);
+    let printed = stop(agent);
+    assert!(
+        !printed.iter().any(|l| l.contains("Blocked")),
+        "{printed:?}"
+    );
+    assert_no_firewall(&lab);
+}
