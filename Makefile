@@ -5,7 +5,7 @@ CARGO ?= cargo
 BIN := target/release/tcpwatch
 RUN_ARGS ?=
 
-.PHONY: all build deps run test lint unit fuzz bench image clean
+.PHONY: all build deps run test lint unit fuzz bench soak image clean
 
 all: build
 
@@ -32,6 +32,15 @@ fuzz:
 
 bench: deps
 	scripts/bench.sh
+
+# Soak: SOAK_SECONDS at SOAK_RATE new connections/s from namespace hosts, the
+# SOAK_SOURCE source (xdp or pcap) blocking a scanner every 30 s; checks
+# accounting, RSS and fds (scripts/soak.sh; results in BENCHMARKS.md).
+SOAK_SECONDS ?= 600
+SOAK_RATE ?= 1000
+SOAK_SOURCE ?= xdp
+soak: deps build
+	SOAK_SECONDS=$(SOAK_SECONDS) SOAK_RATE=$(SOAK_RATE) SOAK_SOURCE=$(SOAK_SOURCE) scripts/soak.sh
 
 # The container image (deploy/Dockerfile); creates debian:bookworm-slim and
 # starts dockerd when this host has neither.
