@@ -120,7 +120,7 @@ struct RunArgs {
     /// --block xdp: entries per address family in the kernel blocklist; when full, the least recently used entry is evicted [default: 131072]
     #[arg(long, value_name = "N", value_parser = config::parse_map_size)]
     xdp_map_size: Option<u32>,
-    /// Never block this IP or CIDR (repeatable); loopback and the host's own addresses are always allowed
+    /// Never block this IP or CIDR (repeatable); loopback, the host's own addresses and its gateways are always allowed
     #[arg(long, value_name = "IP|CIDR", value_parser = config::parse_allow)]
     allow: Vec<IpNet>,
     /// Decide and report blocks, change nothing
