@@ -115,7 +115,7 @@ struct RunArgs {
     #[arg(long, value_name = "DURATION", value_parser = duration::parse_positive)]
     block_ttl: Option<Duration>,
     /// New blocks in any sliding minute at most, or 'off'; scanners over the cap are reported, not blocked [default: 60]
-    #[arg(long, value_name = "N|off")]
+    #[arg(long, value_name = "N|off", allow_negative_numbers = true)]
     max_blocks_per_minute: Option<config::Rate>,
     /// --block xdp: entries per address family in the kernel blocklist; when full, the least recently used entry is evicted [default: 131072]
     #[arg(long, value_name = "N", value_parser = config::parse_map_size)]
