@@ -114,10 +114,13 @@ struct RunArgs {
     /// How long a block lasts [default: 1h]
     #[arg(long, value_name = "DURATION", value_parser = duration::parse_positive)]
     block_ttl: Option<Duration>,
+    /// New blocks in any sliding minute at most, or 'off'; scanners over the cap are reported, not blocked [default: 60]
+    #[arg(long, value_name = "N|off", allow_negative_numbers = true)]
+    max_blocks_per_minute: Option<config::Rate>,
     /// --block xdp: entries per address family in the kernel blocklist; when full, the least recently used entry is evicted [default: 131072]
     #[arg(long, value_name = "N", value_parser = config::parse_map_size)]
     xdp_map_size: Option<u32>,
-    /// Never block this IP or CIDR (repeatable); loopback and the host's own addresses are always allowed
+    /// Never block this IP or CIDR (repeatable); loopback, the host's own addresses and its gateways are always allowed
     #[arg(long, value_name = "IP|CIDR", value_parser = config::parse_allow)]
     allow: Vec<IpNet>,
     /// Decide and report blocks, change nothing
@@ -173,6 +176,7 @@ impl RunArgs {
             scan_window,
             block,
             block_ttl,
+            max_blocks_per_minute,
             xdp_map_size,
             allow,
             dry_run,
@@ -190,6 +194,7 @@ impl RunArgs {
         set(&mut config.scan_window, scan_window);
         set(&mut config.block, block);
         set(&mut config.block_ttl, block_ttl);
+        set(&mut config.max_blocks_per_minute, max_blocks_per_minute);
         set(&mut config.xdp_map_size, xdp_map_size);
         set(&mut config.metrics_addr, metrics_addr);
         set(&mut config.format, format);

@@ -4,6 +4,7 @@
 //! `scan-ports = 3`, `allow = ["10.0.0.0/8"]`); unknown keys are errors, so a
 //! typo never silently runs the agent with a default.
 
+pub use crate::block::limit::Rate;
 pub use crate::detect::Limits;
 use crate::duration;
 use crate::sink::Format;
@@ -92,6 +93,8 @@ pub struct RunConfig {
     pub scan_window: Duration,
     pub block: BlockKind,
     pub block_ttl: Duration,
+    /// `--max-blocks-per-minute`: new blocks in any sliding minute, at most.
+    pub max_blocks_per_minute: Rate,
     /// Entries per family in the XDP blocklist maps (`--block xdp`).
     pub xdp_map_size: u32,
     pub allow: Vec<IpNet>,
@@ -114,6 +117,7 @@ impl Default for RunConfig {
             scan_window: Duration::from_secs(60),
             block: BlockKind::Nftables,
             block_ttl: Duration::from_secs(3600),
+            max_blocks_per_minute: Rate::default(),
             xdp_map_size: crate::block::xdp::DEFAULT_MAP_SIZE,
             allow: Vec::new(),
             dry_run: false,
@@ -122,6 +126,24 @@ impl Default for RunConfig {
             state: StatePath::At(PathBuf::from(DEFAULT_STATE)),
             report_existing: false,
             limits: Limits::default(),
+        }
+    }
+}
+
+/// A key that takes a number or a word (`max-blocks-per-minute = 60` or
+/// `= "off"`); checked by the flag's own parser.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum NumberOrText {
+    Number(i64),
+    Text(String),
+}
+
+impl NumberOrText {
+    fn parse<T: std::str::FromStr<Err = String>>(&self) -> Result<T, String> {
+        match self {
+            NumberOrText::Number(n) => n.to_string().parse(),
+            NumberOrText::Text(t) => t.parse(),
         }
     }
 }
@@ -137,6 +159,7 @@ pub struct FileConfig {
     pub scan_window: Option<String>,
     pub block: Option<BlockKind>,
     pub block_ttl: Option<String>,
+    pub max_blocks_per_minute: Option<NumberOrText>,
     pub xdp_map_size: Option<u32>,
     pub allow: Option<Vec<String>>,
     pub dry_run: Option<bool>,
@@ -192,6 +215,11 @@ impl FileConfig {
         }
         if let Some(v) = self.block_ttl {
             config.block_ttl = dur("block-ttl", &v)?;
+        }
+        if let Some(v) = self.max_blocks_per_minute {
+            config.max_blocks_per_minute = v
+                .parse()
+                .map_err(|e| format!("max-blocks-per-minute: {e}"))?;
         }
         if let Some(v) = self.xdp_map_size {
             config.xdp_map_size =
@@ -307,6 +335,28 @@ mod tests {
         assert!(parse_capacity("0").is_err());
         assert!(parse_capacity("-1").is_err());
         assert_eq!(parse_capacity("4096"), Ok(4096));
+    }
+
+    #[test]
+    fn max_blocks_per_minute_takes_a_number_or_off_from_the_file() {
+        let mut config = RunConfig::default();
+        assert_eq!(config.max_blocks_per_minute, Rate(Some(60)));
+        for (text, want) in [
+            ("max-blocks-per-minute = 5\n", Rate(Some(5))),
+            ("max-blocks-per-minute = \"off\"\n", Rate(None)),
+            ("max-blocks-per-minute = \"7\"\n", Rate(Some(7))),
+        ] {
+            FileConfig::parse(text).unwrap().apply(&mut config).unwrap();
+            assert_eq!(config.max_blocks_per_minute, want, "{text}");
+        }
+        for bad in ["0", "-2", "\"never\""] {
+            let err = FileConfig::parse(&format!("max-blocks-per-minute = {bad}\n"))
+                .unwrap()
+                .apply(&mut config)
+                .unwrap_err();
+            assert!(err.starts_with("max-blocks-per-minute: "), "{err}");
+        }
+        assert!(FileConfig::parse("max-blocks-per-minute = 1.5\n").is_err());
     }
 
     #[test]

@@ -12,7 +12,7 @@
 use crate::block::allow::Allowlist;
 use crate::block::{self, Blocker};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{BlockKind, Listen, RunConfig, SourceKind, StatePath, DEFAULT_STATE};
+use crate::config::{BlockKind, Listen, Rate, RunConfig, SourceKind, StatePath, DEFAULT_STATE};
 use crate::detect::Detector;
 use crate::event::Event;
 use crate::metrics::{self, Metrics};
@@ -41,6 +41,7 @@ pub struct Tunables {
     pub scan_window: Duration,
     pub block_ttl: Duration,
     pub allow: Vec<IpNet>,
+    pub max_blocks_per_minute: Rate,
 }
 
 impl Tunables {
@@ -50,6 +51,7 @@ impl Tunables {
             scan_window: config.scan_window,
             block_ttl: config.block_ttl,
             allow: config.allow.clone(),
+            max_blocks_per_minute: config.max_blocks_per_minute,
         }
     }
 }
@@ -99,7 +101,8 @@ pub async fn run(config: RunConfig, reloader: Option<Reloader>) -> anyhow::Resul
         config.block_ttl,
         Allowlist::of_host(config.allow.clone()),
         clock.clone(),
-    );
+    )
+    .with_limit(config.max_blocks_per_minute);
     let mut detector = Detector::new(
         config.source.name(),
         config.report_existing,
@@ -391,6 +394,7 @@ async fn reload_on_hangup(
                 running.scan_window = new.scan_window;
                 running.block_ttl = new.block_ttl;
                 running.allow = new.allow;
+                running.max_blocks_per_minute = new.max_blocks_per_minute;
                 eprintln!("tcpwatch: configuration reloaded");
             }
             Err(e) => eprintln!(
@@ -622,7 +626,7 @@ async fn block_stage(
         let batch = tokio::select! {
             Ok(()) = tuned.changed() => {
                 let t = tuned.borrow_and_update().clone();
-                b.reconfigure(t.block_ttl, t.allow);
+                b.reconfigure(t.block_ttl, t.allow, t.max_blocks_per_minute);
                 blocker = Some(b);
                 continue;
             }
@@ -678,6 +682,8 @@ async fn block_stage(
             })
             .await?
         };
+        let mut back = back;
+        metrics.blocks_skipped(back.take_skipped());
         blocker = Some(back);
         if let Some(Ok((v4, v6))) = counted {
             metrics.set_blocked_ips(v4, v6);

@@ -214,3 +214,20 @@ fn bad_xdp_map_size_is_a_one_line_usage_error() {
         assert!(line.contains("--xdp-map-size"), "{line}");
     }
 }
+
+#[test]
+fn bad_block_limit_is_a_one_line_usage_error_naming_flag_or_key() {
+    for bad in ["0", "-1", "lots", "1.5"] {
+        let line = usage_error(&["run", "--max-blocks-per-minute", bad]);
+        assert!(line.contains("--max-blocks-per-minute"), "{line}");
+        assert!(line.contains("or 'off'"), "{line}");
+    }
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(b"max-blocks-per-minute = 0\n").unwrap();
+    let path = file.path().to_str().unwrap();
+    let mut args = QUIET_RUN.to_vec();
+    args.extend(["--config", path]);
+    let line = usage_error(&args);
+    assert!(line.contains(path), "{line}");
+    assert!(line.contains("max-blocks-per-minute: "), "{line}");
+}

@@ -1,8 +1,11 @@
-//! Who is never blocked: `--allow` networks, loopback, and every address of
-//! the host's own interfaces (re-read before each decision, so an address
-//! added by DHCP or an operator a minute ago is already safe). Blocking the
-//! host's own address would cut it off from itself; blocking loopback would
-//! break every local service.
+//! Who is never blocked: `--allow` networks, loopback, every address of the
+//! host's own interfaces and every gateway of its routes (both re-read
+//! before each decision, so an address added by DHCP or an operator a minute
+//! ago is already safe). Blocking the host's own address would cut it off
+//! from itself; blocking loopback would break every local service; blocking
+//! a gateway would cut the host off from its router. A SYN's source address
+//! can be forged, so these are exactly the addresses an attacker would
+//! forge to turn the agent against its own host.
 
 use ipnet::IpNet;
 use std::net::IpAddr;
@@ -12,6 +15,7 @@ use std::net::IpAddr;
 pub enum Allowed {
     Loopback,
     HostAddress,
+    Gateway,
     Listed(IpNet),
 }
 
@@ -20,6 +24,7 @@ impl std::fmt::Display for Allowed {
         match self {
             Allowed::Loopback => write!(f, "loopback"),
             Allowed::HostAddress => write!(f, "an address of this host"),
+            Allowed::Gateway => write!(f, "a gateway of this host"),
             Allowed::Listed(net) => write!(f, "--allow {net}"),
         }
     }
@@ -28,28 +33,68 @@ impl std::fmt::Display for Allowed {
 /// Reads the host's interface addresses; injected so tests need no OS.
 pub type AddressReader = Box<dyn FnMut() -> std::io::Result<Vec<IpAddr>> + Send>;
 
-pub struct Allowlist {
-    nets: Vec<IpNet>,
-    host: Vec<IpAddr>,
-    read_host: AddressReader,
+/// Addresses read from the system, kept across a failed read.
+struct Read {
+    what: &'static str,
+    addrs: Vec<IpAddr>,
+    reader: AddressReader,
     warned: bool,
 }
 
+impl Read {
+    fn new(what: &'static str, reader: AddressReader) -> Self {
+        Read {
+            what,
+            addrs: Vec::new(),
+            reader,
+            warned: false,
+        }
+    }
+
+    /// On failure the last list is kept (it only errs on the safe side for
+    /// addresses that were removed) and the first failure is reported.
+    fn refresh(&mut self) {
+        match (self.reader)() {
+            Ok(addrs) => {
+                self.addrs = addrs.into_iter().map(|a| a.to_canonical()).collect();
+                self.warned = false;
+            }
+            Err(e) if !self.warned => {
+                eprintln!("tcpwatch: warning: cannot list {}: {e}", self.what);
+                self.warned = true;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+pub struct Allowlist {
+    nets: Vec<IpNet>,
+    host: Read,
+    gateways: Read,
+}
+
 impl Allowlist {
-    pub fn new(nets: Vec<IpNet>, read_host: AddressReader) -> Self {
+    /// An allowlist of `nets`, the addresses `read_host` lists and the
+    /// gateways `read_gateways` lists.
+    pub fn new(nets: Vec<IpNet>, read_host: AddressReader, read_gateways: AddressReader) -> Self {
         let mut list = Allowlist {
             nets,
-            host: Vec::new(),
-            read_host,
-            warned: false,
+            host: Read::new("the host's addresses", read_host),
+            gateways: Read::new("the host's gateways", read_gateways),
         };
         list.refresh();
         list
     }
 
-    /// The allowlist of this host: `--allow` plus getifaddrs(3).
+    /// The allowlist of this host: `--allow`, getifaddrs(3) and the routing
+    /// tables' gateways.
     pub fn of_host(nets: Vec<IpNet>) -> Self {
-        Self::new(nets, Box::new(host_addresses))
+        Self::new(
+            nets,
+            Box::new(host_addresses),
+            Box::new(super::routes::gateways),
+        )
     }
 
     /// Replaces the `--allow` entries (SIGHUP).
@@ -57,20 +102,10 @@ impl Allowlist {
         self.nets = nets;
     }
 
-    /// Re-reads the host's addresses. On failure the last list is kept (it
-    /// only errs on the safe side for addresses that were removed).
+    /// Re-reads the host's addresses and gateways.
     pub fn refresh(&mut self) {
-        match (self.read_host)() {
-            Ok(addrs) => {
-                self.host = addrs.into_iter().map(|a| a.to_canonical()).collect();
-                self.warned = false;
-            }
-            Err(e) if !self.warned => {
-                eprintln!("tcpwatch: warning: cannot list the host's addresses: {e}");
-                self.warned = true;
-            }
-            Err(_) => {}
-        }
+        self.host.refresh();
+        self.gateways.refresh();
     }
 
     /// `Some(reason)` when `ip` must not be blocked. IPv4-mapped IPv6
@@ -81,8 +116,11 @@ impl Allowlist {
         if canonical.is_loopback() || canonical.is_unspecified() {
             return Some(Allowed::Loopback);
         }
-        if self.host.contains(&canonical) {
+        if self.host.addrs.contains(&canonical) {
             return Some(Allowed::HostAddress);
+        }
+        if self.gateways.addrs.contains(&canonical) {
+            return Some(Allowed::Gateway);
         }
         let mapped = match canonical {
             IpAddr::V4(v4) => Some(IpAddr::V6(v4.to_ipv6_mapped())),
@@ -155,10 +193,16 @@ mod tests {
     }
 
     fn list(nets: &[&str], host: &[&str]) -> Allowlist {
+        with_gateways(nets, host, &[])
+    }
+
+    fn with_gateways(nets: &[&str], host: &[&str], gateways: &[&str]) -> Allowlist {
         let host: Vec<IpAddr> = host.iter().map(|s| ip(s)).collect();
+        let gateways: Vec<IpAddr> = gateways.iter().map(|s| ip(s)).collect();
         Allowlist::new(
             nets.iter().map(|n| n.parse().unwrap()).collect(),
             Box::new(move || Ok(host.clone())),
+            Box::new(move || Ok(gateways.clone())),
         )
     }
 
@@ -190,6 +234,29 @@ mod tests {
     }
 
     #[test]
+    fn gateways_are_allowed_in_every_form() {
+        let l = with_gateways(&[], &["10.0.0.5"], &["10.0.0.1", "fe80::1"]);
+        assert_eq!(l.check(ip("10.0.0.1")), Some(Allowed::Gateway));
+        assert_eq!(l.check(ip("::ffff:10.0.0.1")), Some(Allowed::Gateway));
+        assert_eq!(l.check(ip("fe80::1")), Some(Allowed::Gateway));
+        assert_eq!(l.check(ip("10.0.0.2")), None);
+        assert_eq!(
+            Allowed::Gateway.to_string(),
+            "a gateway of this host",
+            "the reason stderr prints"
+        );
+    }
+
+    #[test]
+    fn the_hosts_allowlist_reads_its_gateways() {
+        let gateways = crate::block::routes::gateways().unwrap();
+        let l = Allowlist::of_host(Vec::new());
+        for gw in gateways {
+            assert!(l.check(gw).is_some(), "{gw}");
+        }
+    }
+
+    #[test]
     fn allow_networks_match_plain_and_mapped_addresses() {
         let l = list(
             &["10.1.0.0/16", "2001:db8::/32", "::ffff:192.0.2.0/120"],
@@ -214,6 +281,7 @@ mod tests {
                 Ok(v) => Ok(v.clone()),
                 Err(()) => Err(std::io::Error::other("boom")),
             }),
+            Box::new(|| Ok(Vec::new())),
         );
         assert!(l.check(ip("10.0.0.9")).is_none());
         *current.lock().unwrap() = Ok(vec![ip("10.0.0.5"), ip("10.0.0.9")]);

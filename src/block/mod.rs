@@ -12,7 +12,9 @@ pub mod allow;
 pub mod exec;
 pub mod iptables;
 pub mod libnft;
+pub mod limit;
 pub mod nft;
+pub mod routes;
 pub mod xdp;
 
 use crate::clock::Clock;
@@ -21,7 +23,7 @@ use crate::event::{Block, Event, EventKind};
 use crate::state::{Store, StoredBlock};
 use allow::Allowlist;
 use ipnet::IpNet;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -186,6 +188,19 @@ pub struct Blocker {
     /// applied, would be dropped with them.
     reconcile: bool,
     store_failing: bool,
+    limit: limit::Limit,
+    /// With a cap, the blocks this agent holds and their monotonic expiry:
+    /// re-blocking one of them refreshes its timeout, adds no address, and
+    /// so takes nothing from the budget.
+    active: HashMap<IpAddr, Duration>,
+    skipped: Skipped,
+}
+
+/// Scanners not blocked, by reason (`tcpwatch_blocks_skipped_total`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Skipped {
+    pub allowlist: u64,
+    pub rate_limit: u64,
 }
 
 /// What a restore at start-up did.
@@ -206,7 +221,21 @@ impl Blocker {
             store: None,
             reconcile: true,
             store_failing: false,
+            limit: limit::Limit::new(limit::Rate(None)),
+            active: HashMap::new(),
+            skipped: Skipped::default(),
         }
+    }
+
+    /// Caps new blocks (`--max-blocks-per-minute`); none by default.
+    pub fn with_limit(mut self, rate: limit::Rate) -> Self {
+        self.limit.set_rate(rate);
+        self
+    }
+
+    /// The scanners skipped since the last call.
+    pub fn take_skipped(&mut self) -> Skipped {
+        std::mem::take(&mut self.skipped)
     }
 
     /// Records every block in `store` before it is applied, so a crash
@@ -216,10 +245,14 @@ impl Blocker {
         self
     }
 
-    /// New TTL and `--allow` entries (SIGHUP); active blocks are kept.
-    pub fn reconfigure(&mut self, ttl: Duration, allow: Vec<IpNet>) {
+    /// New TTL, `--allow` entries and cap (SIGHUP); active blocks are kept.
+    pub fn reconfigure(&mut self, ttl: Duration, allow: Vec<IpNet>, rate: limit::Rate) {
         self.ttl = ttl;
         self.allow.set_nets(allow);
+        self.limit.set_rate(rate);
+        if rate.0.is_none() {
+            self.active.clear();
+        }
     }
 
     /// Re-applies the unexpired stored blocks with the time they have left,
@@ -252,6 +285,14 @@ impl Blocker {
                 return Err(e);
             }
         }
+        if self.limit.rate().0.is_some() {
+            let now = self.clock.now().mono;
+            self.active.extend(
+                apply
+                    .iter()
+                    .map(|(ip, left)| (ip.to_canonical(), now + *left)),
+            );
+        }
         Ok(Restored {
             applied: apply.len(),
             kept: 0,
@@ -276,16 +317,7 @@ impl Blocker {
             return events;
         }
         self.allow.refresh();
-        let mut chosen = Vec::new();
-        for ip in scanners {
-            if chosen.contains(&ip) {
-                continue;
-            }
-            match self.allow.check(ip) {
-                Some(reason) => eprintln!("tcpwatch: not blocking {ip}: {reason}"),
-                None => chosen.push(ip),
-            }
-        }
+        let (chosen, new) = self.choose(scanners);
         if chosen.is_empty() {
             return events;
         }
@@ -301,10 +333,15 @@ impl Blocker {
                     "tcpwatch: warning: cannot block {} via {backend_name}: {cause}",
                     list(&chosen)
                 );
+                self.limit.refund(new);
                 return events;
             }
         }
         let at = self.clock.now();
+        if self.limit.rate().0.is_some() {
+            let expires = at.mono + self.ttl;
+            self.active.extend(chosen.iter().map(|ip| (*ip, expires)));
+        }
         let mut pending: HashSet<IpAddr> = chosen.into_iter().collect();
         let mut out = Vec::with_capacity(events.len() + pending.len());
         for event in events {
@@ -327,6 +364,48 @@ impl Blocker {
         out
     }
 
+    /// The distinct scanners to block, in order, and how many of them are
+    /// new blocks (charged to the cap). The others are allowlisted or over
+    /// the cap: each is counted and said on stderr (over the cap, once a
+    /// minute at most).
+    fn choose(&mut self, scanners: Vec<IpAddr>) -> (Vec<IpAddr>, usize) {
+        let now = self.clock.now().mono;
+        self.active.retain(|_, expires| *expires > now);
+        let mut seen = HashSet::new();
+        let (mut chosen, mut new) = (Vec::new(), 0);
+        for ip in scanners {
+            if !seen.insert(ip) {
+                continue;
+            }
+            if let Some(reason) = self.allow.check(ip) {
+                eprintln!("tcpwatch: not blocking {ip}: {reason}");
+                self.skipped.allowlist += 1;
+                continue;
+            }
+            if self.active.contains_key(&ip) {
+                chosen.push(ip);
+                continue;
+            }
+            match self.limit.take(now) {
+                limit::Verdict::Granted => {
+                    chosen.push(ip);
+                    new += 1;
+                }
+                limit::Verdict::Skipped { warn } => {
+                    self.skipped.rate_limit += 1;
+                    if warn {
+                        eprintln!(
+                            "tcpwatch: warning: block limit of {} a minute reached; not blocking {ip} ({} skipped so far)",
+                            self.limit.rate(),
+                            self.limit.skipped()
+                        );
+                    }
+                }
+            }
+        }
+        (chosen, new)
+    }
+
     /// Counts the addresses in the backend's sets, (IPv4, IPv6); zero when
     /// nothing is applied.
     pub fn count(&mut self) -> anyhow::Result<(usize, usize)> {
@@ -334,13 +413,16 @@ impl Blocker {
             return Ok((0, 0));
         };
         let entries = backend.list()?;
+        let held: HashSet<IpAddr> = entries.iter().map(|e| e.ip.to_canonical()).collect();
         if let (Some(store), true) = (&self.store, self.reconcile) {
             // The firewall is the truth while running: a block lifted with
             // `tcpwatch blocks remove` must not come back at the next start.
-            let held: HashSet<IpAddr> = entries.iter().map(|e| e.ip.to_canonical()).collect();
             let kept = store.retain_blocks(SystemTime::now(), |ip| held.contains(&ip));
             warn_store(&mut self.store_failing, kept.map(|_| ()));
         }
+        // A block lifted by hand or pushed out of a full XDP map is no
+        // longer held: blocking that address again is a new block.
+        self.active.retain(|ip, _| held.contains(ip));
         let v4 = entries
             .iter()
             .filter(|e| Family::of(e.ip) == Family::V4)
@@ -484,6 +566,7 @@ mod tests {
             Allowlist::new(
                 allow.iter().map(|a| a.parse().unwrap()).collect(),
                 Box::new(move || Ok(host.clone())),
+                Box::new(|| Ok(vec!["10.0.0.1".parse().unwrap()])),
             ),
             Arc::new(ManualClock::new(chrono::Local::now())),
         )
@@ -650,6 +733,117 @@ mod tests {
             }
         );
         assert_eq!(store.blocks().unwrap().len(), 3);
+    }
+
+    /// A blocker capped at `rate` new blocks a minute, on `clock`.
+    fn capped(mode: Mode, rate: u32, clock: &Arc<ManualClock>) -> Blocker {
+        let mut b = blocker(mode, &["192.0.2.0/24"]).with_limit(limit::Rate(Some(rate)));
+        b.clock = clock.clone();
+        b
+    }
+
+    #[test]
+    fn the_cap_skips_new_blocks_over_it_until_the_minute_slides() {
+        let clock = Arc::new(ManualClock::new(chrono::Local::now()));
+        let fake = Fake::default();
+        let mut b = capped(Mode::Apply(Box::new(fake.clone())), 2, &clock);
+        let out = b.handle(vec![
+            scan("198.51.100.1"),
+            scan("198.51.100.2"),
+            scan("198.51.100.3"),
+            scan("192.0.2.9"),
+        ]);
+        assert_eq!(
+            tags(&out),
+            [
+                "S 198.51.100.1",
+                "B 198.51.100.1 fake",
+                "S 198.51.100.2",
+                "B 198.51.100.2 fake",
+                "S 198.51.100.3",
+                "S 192.0.2.9"
+            ]
+        );
+        assert_eq!(
+            b.take_skipped(),
+            Skipped {
+                allowlist: 1,
+                rate_limit: 1
+            }
+        );
+        assert_eq!(b.take_skipped(), Skipped::default(), "taken once");
+
+        // Re-blocking a held address refreshes it and costs no budget.
+        clock.advance(Duration::from_secs(20));
+        let out = b.handle(vec![scan("198.51.100.1"), scan("198.51.100.4")]);
+        assert_eq!(
+            tags(&out),
+            ["S 198.51.100.1", "B 198.51.100.1 fake", "S 198.51.100.4"]
+        );
+        assert_eq!(b.take_skipped().rate_limit, 1);
+
+        // 60 s after the first two blocks their slots are free again.
+        clock.advance(Duration::from_secs(40));
+        let out = b.handle(vec![scan("198.51.100.4"), scan("198.51.100.5")]);
+        assert_eq!(
+            tags(&out),
+            [
+                "S 198.51.100.4",
+                "B 198.51.100.4 fake",
+                "S 198.51.100.5",
+                "B 198.51.100.5 fake"
+            ]
+        );
+        assert_eq!(b.take_skipped(), Skipped::default());
+        let calls = fake.calls.lock().unwrap().len();
+        assert_eq!(calls, 3, "one backend call per batch");
+    }
+
+    #[test]
+    fn an_expired_block_is_new_again_and_a_failed_one_is_refunded() {
+        let clock = Arc::new(ManualClock::new(chrono::Local::now()));
+        let mut b = capped(Mode::DryRun("nftables"), 1, &clock);
+        assert_eq!(tags(&b.handle(vec![scan("198.51.100.1")])).len(), 2);
+        // The TTL is 30 s: past it, the same address is a new block, and
+        // the minute's budget is spent.
+        clock.advance(Duration::from_secs(31));
+        assert_eq!(tags(&b.handle(vec![scan("198.51.100.1")])).len(), 1);
+        assert_eq!(b.take_skipped().rate_limit, 1);
+
+        let failing = Fake {
+            fail: true,
+            ..Fake::default()
+        };
+        let mut b = capped(Mode::Apply(Box::new(failing)), 1, &clock);
+        assert_eq!(tags(&b.handle(vec![scan("198.51.100.1")])).len(), 1);
+        assert_eq!(tags(&b.handle(vec![scan("198.51.100.2")])).len(), 1);
+        assert_eq!(
+            b.take_skipped().rate_limit,
+            0,
+            "a block that failed takes no budget"
+        );
+    }
+
+    #[test]
+    fn a_reload_changes_the_cap() {
+        let clock = Arc::new(ManualClock::new(chrono::Local::now()));
+        let mut b = capped(Mode::DryRun("nftables"), 1, &clock);
+        let out = b.handle(vec![scan("198.51.100.1"), scan("198.51.100.2")]);
+        assert_eq!(tags(&out).len(), 3);
+        b.reconfigure(Duration::from_secs(30), Vec::new(), limit::Rate(None));
+        let out = b.handle(vec![scan("198.51.100.2"), scan("198.51.100.3")]);
+        assert_eq!(tags(&out).len(), 4, "off: no cap");
+        // Blocks made with no cap are not recorded; the one before still is.
+        b.reconfigure(Duration::from_secs(30), Vec::new(), limit::Rate(Some(2)));
+        let out = b.handle(vec![scan("198.51.100.4"), scan("198.51.100.5")]);
+        assert_eq!(
+            tags(&out),
+            [
+                "S 198.51.100.4",
+                "B 198.51.100.4 nftables",
+                "S 198.51.100.5"
+            ]
+        );
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub struct Metrics {
     new_connections: Family<Label, Counter>,
     port_scans: Counter,
     blocks: Family<Label, Counter>,
+    blocks_skipped: Family<Label, Counter>,
     blocked_ips: Family<Label, Gauge>,
     events_lost: Family<Label, Counter>,
     poll_duration: HistogramFamily,
@@ -57,6 +58,7 @@ impl Metrics {
         let new_connections = Family::<Label, Counter>::default();
         let port_scans = Counter::default();
         let blocks = Family::<Label, Counter>::default();
+        let blocks_skipped = Family::<Label, Counter>::default();
         let blocked_ips = Family::<Label, Gauge>::default();
         let events_lost = Family::<Label, Counter>::default();
         let poll_duration = HistogramFamily::new_with_constructor(poll_buckets);
@@ -76,6 +78,11 @@ impl Metrics {
             "blocks",
             "Scanners blocked (or, with --dry-run, that would have been), by backend",
             blocks.clone(),
+        );
+        registry.register(
+            "blocks_skipped",
+            "Scanners reported but not blocked, by reason (allowlist, rate_limit)",
+            blocks_skipped.clone(),
         );
         registry.register(
             "blocked_ips",
@@ -138,6 +145,9 @@ impl Metrics {
         let _ = poll_duration.get_or_create(&[("source", source)]);
         if let Some(backend) = backend {
             let _ = blocks.get_or_create(&[("backend", backend)]);
+            for reason in ["allowlist", "rate_limit"] {
+                let _ = blocks_skipped.get_or_create(&[("reason", reason)]);
+            }
         }
         for family in ["ipv4", "ipv6"] {
             let _ = blocked_ips.get_or_create(&[("family", family)]);
@@ -151,6 +161,7 @@ impl Metrics {
             new_connections,
             port_scans,
             blocks,
+            blocks_skipped,
             blocked_ips,
             events_lost,
             poll_duration,
@@ -180,6 +191,20 @@ impl Metrics {
                     .inc();
             }
             EventKind::Unblocked { .. } => {}
+        }
+    }
+
+    /// Scanners the block stage did not block.
+    pub fn blocks_skipped(&self, skipped: crate::block::Skipped) {
+        for (reason, n) in [
+            ("allowlist", skipped.allowlist),
+            ("rate_limit", skipped.rate_limit),
+        ] {
+            if n > 0 {
+                self.blocks_skipped
+                    .get_or_create(&[("reason", reason)])
+                    .inc_by(n);
+            }
         }
     }
 
@@ -325,6 +350,10 @@ mod tests {
         m.set_tracked_sources(7);
         m.set_blocked_ips(1, 0);
         m.evicted("scan_sources", 8192);
+        m.blocks_skipped(crate::block::Skipped {
+            allowlist: 0,
+            rate_limit: 3,
+        });
         m
     }
 
@@ -405,6 +434,9 @@ mod tests {
             "tcpwatch_port_scans_total 1",
             "# TYPE tcpwatch_blocks_total counter",
             "tcpwatch_blocks_total{backend=\"nftables\"} 1",
+            "# TYPE tcpwatch_blocks_skipped_total counter",
+            "tcpwatch_blocks_skipped_total{reason=\"allowlist\"} 0",
+            "tcpwatch_blocks_skipped_total{reason=\"rate_limit\"} 3",
             "# TYPE tcpwatch_blocked_ips gauge",
             "tcpwatch_blocked_ips{family=\"ipv4\"} 1",
             "tcpwatch_blocked_ips{family=\"ipv6\"} 0",

@@ -130,6 +130,7 @@ def main():
             "template", "tcpwatch", str(CHART),
             "--set", "metrics.serviceMonitor.enabled=true",
             "--set", "config.allow={10.0.0.0/8,192.0.2.1}",
+            "--set", "config.max-blocks-per-minute=off",
             "--set", "priorityClassName=system-node-critical",
         )
         docs = list(yaml.safe_load_all(full))
