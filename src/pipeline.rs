@@ -482,7 +482,11 @@ impl Drop for Running {
 }
 
 /// The polling source: one table read a tick, off the async threads. A read
-/// that fails is reported once and retried each tick.
+/// that fails is reported once, marks the source unhealthy (`/healthz` 503)
+/// and is retried each tick; the first good read after it says so once.
+/// A failed read sends nothing: diffing a partial table would forget its
+/// connections and report them again. The readiness line waits for the
+/// first good read, even when that takes several ticks.
 async fn poll(
     mut table: Box<dyn SocketTable>,
     every: Duration,
@@ -507,11 +511,15 @@ async fn poll(
         .await
         .context("source task failed")?;
         table = back;
-        metrics.observe_poll(table.name(), took.as_secs_f64());
         match read {
             Ok(sockets) => {
+                // Only reads of a table are timed: a read that fails at once
+                // would drag the histogram towards zero; during a fault its
+                // count stops growing instead.
+                metrics.observe_poll(table.name(), took.as_secs_f64());
                 if failing {
                     eprintln!("tcpwatch: {} source reads again", table.name());
+                    metrics.source_fault(false);
                     failing = false;
                 }
                 if out
@@ -538,6 +546,7 @@ async fn poll(
                     table.name(),
                     crate::duration::format(every)
                 );
+                metrics.source_fault(true);
                 failing = true;
             }
             Err(_) => {}
