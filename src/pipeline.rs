@@ -127,8 +127,13 @@ pub async fn run(config: RunConfig, reloader: Option<Reloader>) -> anyhow::Resul
             observations,
             metrics.clone(),
         )),
-        Opened::Pcap(captures) => tokio::spawn(source::pcap::run(captures, clock, observations)),
-        Opened::Xdp(xdp) => tokio::spawn(xdp.run(clock, observations)),
+        Opened::Pcap(captures) => tokio::spawn(source::pcap::run(
+            captures,
+            clock,
+            observations,
+            metrics.clone(),
+        )),
+        Opened::Xdp(xdp) => tokio::spawn(xdp.run(clock, observations, metrics.clone())),
     };
     let detect = tokio::spawn(detect(
         detector,

@@ -22,6 +22,9 @@ use std::time::Duration;
 
 const A: usize = 0;
 const B: usize = 1;
+/// The scanner of the interface tests: its (remote, local) pair is fresh,
+/// so B's probes and connections do not count towards its scan.
+const C: usize = 2;
 
 /// The ceiling for a line a poll (1 s) or a real-time source must print.
 const EVENT: Duration = Duration::from_secs(10);
@@ -33,13 +36,13 @@ fn at(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
     SocketAddr::new(ip.into(), port)
 }
 
-fn lab_with(tools: &[(&str, &[&str])]) -> Option<Lab> {
+fn lab_with(hosts: usize, tools: &[(&str, &[&str])]) -> Option<Lab> {
     for (tool, args) in tools {
         if !require_tool(tool, args) {
             return None;
         }
     }
-    Lab::new(2)
+    Lab::new(hosts)
 }
 
 /// Runs `script` with `sh -c` in the mount namespace of process `pid` (the
@@ -141,7 +144,7 @@ const READS_AGAIN: &str = "tcpwatch: procfs source reads again";
 
 /// One table unreadable for several polls, mid-run, then readable again.
 fn table_unreadable_mid_run(broken: &str) {
-    let Some(lab) = lab_with(&[("nsenter", &["--version"]), ("curl", &["--version"])]) else {
+    let Some(lab) = lab_with(2, &[("nsenter", &["--version"]), ("curl", &["--version"])]) else {
         return;
     };
     let server = lab.serve(A, Listen::Dual, &[7001, 7002, 7003]);
@@ -238,7 +241,7 @@ fn proc_net_tcp6_unreadable_mid_run_warns_once_and_recovers() {
 /// every connection after it.
 #[test]
 fn proc_net_tcp_unreadable_at_start_becomes_ready_when_readable() {
-    let Some(lab) = lab_with(&[("nsenter", &["--version"]), ("curl", &["--version"])]) else {
+    let Some(lab) = lab_with(2, &[("nsenter", &["--version"]), ("curl", &["--version"])]) else {
         return;
     };
     let server = lab.serve(A, Listen::V4, &[7001, 7002]);
@@ -290,4 +293,297 @@ fn proc_net_tcp_unreadable_at_start_becomes_ready_when_readable() {
     // `during` was open at the first table: an existing connection.
     assert_exact_events(&finished, &[after_line]);
     drop((during, server));
+}
+
+// ---------------------------------------------------------------------------
+// The watched interface going down and up, or deleted and re-created
+
+/// Python that tries one connection to HOST on each PORT (2 s
+/// timeout; refused is fine: a SYN is an attempt) and prints each local port.
+const ATTEMPTS: &str = r#"
+import socket, sys
+host, ports = sys.argv[1], [int(p) for p in sys.argv[2:]]
+family = socket.AF_INET6 if ":" in host else socket.AF_INET
+for port in ports:
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+    print(s.getsockname()[1], flush=True)
+    s.settimeout(2)
+    try:
+        s.connect((host, port))
+    except OSError:
+        pass
+    s.close()
+"#;
+
+/// One attempt from host `from` to A's IPv4 address on each of `ports`;
+/// the lines the agent must print for them.
+fn attempts(lab: &Lab, from: usize, ports: &[u16]) -> Vec<String> {
+    let mut args = vec!["-c".to_string(), ATTEMPTS.into(), lab.v4(A).to_string()];
+    args.extend(ports.iter().map(u16::to_string));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = lab.run(from, "python3", &args);
+    assert!(
+        out.status.success(),
+        "attempts failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let locals: Vec<u16> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().parse().expect("a port"))
+        .collect();
+    assert_eq!(locals.len(), ports.len());
+    locals
+        .iter()
+        .zip(ports)
+        .map(|(&local, &port)| new_connection(at(lab.v4(from), local), at(lab.v4(A), port)))
+        .collect()
+}
+
+/// `ip args...`, which must succeed.
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Puts A's addresses back on its `eth0` (IPv4 ones survive a down/up, the
+/// kernel drops the IPv6 ones) and lets B and C forget A's old MAC address.
+fn readdress_a(lab: &Lab) {
+    let (ns, v4, v6) = (
+        lab.ns(A),
+        format!("{}/24", lab.v4(A)),
+        format!("{}/64", lab.v6(A)),
+    );
+    ip(&["-n", ns, "addr", "replace", &v4, "dev", "eth0"]);
+    ip(&["-n", ns, "addr", "replace", &v6, "dev", "eth0", "nodad"]);
+    for other in [B, C] {
+        ip(&["-n", lab.ns(other), "neigh", "flush", "all"]);
+    }
+}
+
+/// Deletes A's `eth0` (by deleting its bridge port, the other end of the
+/// veth pair), then, once `gone` holds, creates a new pair of the same
+/// names and puts A back on the bridge with its addresses.
+fn recreate_eth0(lab: &Lab, gone: impl FnOnce()) {
+    let (sw, ns) = (lab.switch_ns(), lab.ns(A));
+    ip(&["-n", sw, "link", "del", "p1"]);
+    gone();
+    ip(&[
+        "-n", sw, "link", "add", "p1", "type", "veth", "peer", "name", "eth0", "netns", ns,
+    ]);
+    ip(&["-n", sw, "link", "set", "p1", "master", "br0", "up"]);
+    // Addresses first, as a network manager would: the source may bind to
+    // the interface the moment it is up.
+    readdress_a(lab);
+    ip(&["-n", ns, "link", "set", "eth0", "up"]);
+}
+
+/// The real-time sources under test.
+#[derive(Clone, Copy, PartialEq)]
+enum Realtime {
+    Pcap,
+    Xdp,
+}
+
+impl Realtime {
+    fn name(self) -> &'static str {
+        match self {
+            Realtime::Pcap => "pcap",
+            Realtime::Xdp => "xdp",
+        }
+    }
+}
+
+fn realtime_lab(source: Realtime) -> Option<Lab> {
+    if source == Realtime::Xdp && !tcpwatch::source::xdp::built() {
+        missing_prerequisite("the XDP program was not built (clang missing at build time)");
+        return None;
+    }
+    lab_with(3, &[("curl", &["--version"])])
+}
+
+/// Starts a real-time agent on A's `eth0` and returns once it sees SYNs:
+/// B tries a closed port of A until the agent prints it. Returns the agent
+/// and the lines printed so far (those probes).
+fn start_realtime(lab: &Lab, source: Realtime) -> (Agent, Vec<String>) {
+    let args = [
+        "run",
+        "--source",
+        source.name(),
+        "--interface",
+        "eth0",
+        "--block",
+        "none",
+        "--state",
+        "off",
+        "--metrics-addr",
+        METRICS,
+    ];
+    let agent = Agent::start(lab, A, &args);
+    let mut seen = Vec::new();
+    for _ in 0..20 {
+        let line = attempts(lab, B, &[9]).remove(0);
+        seen.push(line.clone());
+        if agent
+            .wait_for(
+                |l| event_text(l) == Some(line.as_str()),
+                Duration::from_millis(500),
+            )
+            .is_some()
+        {
+            // Every probe printed so far, each once.
+            let printed: Vec<String> = agent
+                .stdout_lines()
+                .iter()
+                .filter_map(|l| event_text(l).map(str::to_string))
+                .collect();
+            return (agent, printed);
+        }
+    }
+    panic!(
+        "the {} agent never saw B's SYN\nstdout: {:#?}\nstderr: {}",
+        source.name(),
+        agent.stdout_lines(),
+        agent.stderr()
+    );
+}
+
+/// After the fault: a connection from B is printed, and C's scan of four
+/// closed ports is detected, all exactly once; the lines expected.
+fn detection_resumes(lab: &Lab, agent: &Agent) -> Vec<String> {
+    let mut expected = attempts(lab, B, &[7002]);
+    agent.expect_event(&expected[0], EVENT);
+    let scan = attempts(lab, C, &[8001, 8002, 8003, 8004]);
+    for line in &scan {
+        agent.expect_event(line, EVENT);
+    }
+    let scan_line = port_scan(
+        lab.v4(C).into(),
+        lab.v4(A).into(),
+        &[8001, 8002, 8003, 8004],
+    );
+    agent.expect_event(&scan_line, EVENT);
+    expected.extend(scan);
+    expected.push(scan_line);
+    expected
+}
+
+/// The XDP programs `ip -d link show eth0` lists in A.
+fn xdp_attached(lab: &Lab) -> bool {
+    let out = lab.run(A, "ip", &["-d", "link", "show", "eth0"]);
+    String::from_utf8_lossy(&out.stdout).contains("name tcpwatch")
+}
+
+/// Down for longer than a check, then up: one line each way, `/healthz`
+/// failing in between, detection as before afterwards.
+fn interface_down_and_up(source: Realtime) {
+    let Some(lab) = realtime_lab(source) else {
+        return;
+    };
+    let (agent, mut expected) = start_realtime(&lab, source);
+    let before = attempts(&lab, B, &[7001]);
+    agent.expect_event(&before[0], EVENT);
+    expected.extend(before);
+    assert_eq!(http_get(&lab, "/healthz"), (200, "ok\n".to_string()));
+
+    let name = source.name();
+    let down = format!("tcpwatch: warning: {name} source: interface 'eth0' is down; watching resumes when it is up");
+    ip(&["-n", lab.ns(A), "link", "set", "eth0", "down"]);
+    assert!(agent.wait_for_stderr(&down, EVENT), "{}", agent.stderr());
+    assert_eq!(
+        http_get(&lab, "/healthz"),
+        (503, "source failing\n".to_string())
+    );
+    if source == Realtime::Xdp {
+        assert!(xdp_attached(&lab), "the program left a down interface");
+    }
+    // Several checks while down: still one line.
+    std::thread::sleep(Duration::from_millis(4500));
+    ip(&["-n", lab.ns(A), "link", "set", "eth0", "up"]);
+    readdress_a(&lab);
+    let up = format!("tcpwatch: {name} source: interface 'eth0' is up again");
+    assert!(agent.wait_for_stderr(&up, EVENT), "{}", agent.stderr());
+    assert!(within(EVENT, || http_get(&lab, "/healthz").0 == 200));
+    if source == Realtime::Xdp {
+        assert!(xdp_attached(&lab));
+    }
+    expected.extend(detection_resumes(&lab, &agent));
+    std::thread::sleep(SETTLE);
+
+    let finished = without_scrapes(agent.stop());
+    assert_exact_events(&finished, &expected);
+    let diagnostics = diagnostics(&finished.stderr);
+    assert_eq!(diagnostics, [down.as_str(), up.as_str()]);
+}
+
+/// Deleted, then a new interface of the same name: the source binds to the
+/// new one by itself (pcap reopens its capture, xdp attaches its program).
+fn interface_recreated(source: Realtime) {
+    let Some(lab) = realtime_lab(source) else {
+        return;
+    };
+    let (agent, mut expected) = start_realtime(&lab, source);
+    let before = attempts(&lab, B, &[7001]);
+    agent.expect_event(&before[0], EVENT);
+    expected.extend(before);
+
+    let name = source.name();
+    let gone = format!(
+        "tcpwatch: warning: {name} source: interface 'eth0' is gone; looking for it every 2s"
+    );
+    recreate_eth0(&lab, || {
+        assert!(agent.wait_for_stderr(&gone, EVENT), "{}", agent.stderr());
+        assert_eq!(
+            http_get(&lab, "/healthz"),
+            (503, "source failing\n".to_string())
+        );
+        // Several checks while gone: still one line.
+        std::thread::sleep(Duration::from_millis(4500));
+    });
+    let back = match source {
+        Realtime::Pcap => "tcpwatch: pcap source: interface 'eth0' is back; capture reopened",
+        Realtime::Xdp => {
+            "tcpwatch: xdp source: interface 'eth0' is back; program attached (driver mode)"
+        }
+    };
+    assert!(agent.wait_for_stderr(back, EVENT), "{}", agent.stderr());
+    assert!(within(EVENT, || http_get(&lab, "/healthz").0 == 200));
+    if source == Realtime::Xdp {
+        assert!(xdp_attached(&lab), "the program is not on the new eth0");
+    }
+    expected.extend(detection_resumes(&lab, &agent));
+    std::thread::sleep(SETTLE);
+
+    let finished = without_scrapes(agent.stop());
+    assert_exact_events(&finished, &expected);
+    let diagnostics = diagnostics(&finished.stderr);
+    assert_eq!(diagnostics, [gone.as_str(), back]);
+    if source == Realtime::Xdp {
+        assert!(!xdp_attached(&lab), "the program outlived the agent");
+    }
+}
+
+#[test]
+fn pcap_interface_down_and_up_says_so_once_and_keeps_detecting() {
+    interface_down_and_up(Realtime::Pcap);
+}
+
+#[test]
+fn xdp_interface_down_and_up_keeps_the_program_and_keeps_detecting() {
+    interface_down_and_up(Realtime::Xdp);
+}
+
+#[test]
+fn pcap_interface_recreated_is_captured_again() {
+    interface_recreated(Realtime::Pcap);
+}
+
+#[test]
+fn xdp_interface_recreated_gets_the_program_again() {
+    interface_recreated(Realtime::Xdp);
 }
