@@ -10,7 +10,7 @@ packages=(
   nftables iptables ipset iproute2 procps psmisc systemd
   ncat nmap hping3 tcpdump curl python3 prometheus
   libpcap-dev clang llvm libbpf-dev bpftool
-  docker.io debootstrap
+  docker.io debootstrap faketime
 )
 
 missing=()

@@ -411,6 +411,11 @@ fn realtime_lab(source: Realtime) -> Option<Lab> {
 /// B tries a closed port of A until the agent prints it. Returns the agent
 /// and the lines printed so far (those probes).
 fn start_realtime(lab: &Lab, source: Realtime) -> (Agent, Vec<String>) {
+    start_realtime_under(lab, source, &[])
+}
+
+/// [`start_realtime`] under `wrapper` (see [`Agent::spawn_wrapped`]).
+fn start_realtime_under(lab: &Lab, source: Realtime, wrapper: &[&str]) -> (Agent, Vec<String>) {
     let args = [
         "run",
         "--source",
@@ -424,7 +429,11 @@ fn start_realtime(lab: &Lab, source: Realtime) -> (Agent, Vec<String>) {
         "--metrics-addr",
         METRICS,
     ];
-    let agent = Agent::start(lab, A, &args);
+    let agent = if wrapper.is_empty() {
+        Agent::start(lab, A, &args)
+    } else {
+        Agent::start_wrapped(lab, A, wrapper, &args)
+    };
     let mut seen = Vec::new();
     for _ in 0..20 {
         let line = attempts(lab, B, &[9]).remove(0);
@@ -586,4 +595,95 @@ fn pcap_interface_recreated_is_captured_again() {
 #[test]
 fn xdp_interface_recreated_gets_the_program_again() {
     interface_recreated(Realtime::Xdp);
+}
+
+// ---------------------------------------------------------------------------
+// The wall clock jumping
+
+/// libfaketime from the Debian package `faketime`.
+const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// How far a printed time may be from the expected one: the lines are
+/// checked as they come, within seconds.
+const STAMP_SLACK: i64 = 5;
+
+/// Seconds between the time printed on `line` and now (local time, as the
+/// agent prints it).
+fn stamp_minus_now(line: &str) -> i64 {
+    let stamp = line.get(..19).expect("a timestamp");
+    let printed = chrono::NaiveDateTime::parse_from_str(stamp, "%Y-%m-%d %H:%M:%S")
+        .unwrap_or_else(|e| panic!("bad timestamp in '{line}': {e}"));
+    (printed - chrono::Local::now().naive_local()).num_seconds()
+}
+
+fn assert_stamp(line: &str, offset: i64) {
+    let off = stamp_minus_now(line);
+    assert!(
+        (off - offset).abs() <= STAMP_SLACK,
+        "'{line}' is {off} s from now, expected {offset} s"
+    );
+}
+
+/// The agent's wall clock (only it: libfaketime in its LD_PRELOAD, the
+/// monotonic clock left alone) jumps forward an hour in the middle of a
+/// scan, then back two hours: the printed times follow the wall clock, the
+/// scan is reported once, and every connection is printed once.
+#[test]
+fn wall_clock_jumps_move_the_printed_times_only() {
+    if !std::path::Path::new(FAKETIME).exists() {
+        missing_prerequisite(&format!("{FAKETIME} (Debian package faketime)"));
+        return;
+    }
+    let Some(lab) = realtime_lab(Realtime::Pcap) else {
+        return;
+    };
+    let offset = tempfile::NamedTempFile::new().expect("temp file");
+    let set_offset = |spec: &str| std::fs::write(offset.path(), format!("{spec}\n")).unwrap();
+    set_offset("+0");
+    let preload = format!("LD_PRELOAD={FAKETIME}");
+    let file = format!("FAKETIME_TIMESTAMP_FILE={}", offset.path().display());
+    let wrapper = [
+        "env",
+        preload.as_str(),
+        "FAKETIME_DONT_FAKE_MONOTONIC=1",
+        "FAKETIME_NO_CACHE=1",
+        file.as_str(),
+    ];
+    let (agent, mut expected) = start_realtime_under(&lab, Realtime::Pcap, &wrapper);
+
+    let first = attempts(&lab, C, &[8001, 8002]);
+    for line in &first {
+        assert_stamp(&agent.expect_event(line, EVENT), 0);
+    }
+    set_offset("+1h");
+    let second = attempts(&lab, C, &[8003, 8004]);
+    for line in &second {
+        assert_stamp(&agent.expect_event(line, EVENT), 3600);
+    }
+    let scan = port_scan(
+        lab.v4(C).into(),
+        lab.v4(A).into(),
+        &[8001, 8002, 8003, 8004],
+    );
+    assert_stamp(&agent.expect_event(&scan, EVENT), 3600);
+    set_offset("-1h");
+    let after = attempts(&lab, B, &[7001]);
+    assert_stamp(&agent.expect_event(&after[0], EVENT), -3600);
+    // C goes on within the window: the same episode, no second scan line.
+    let more = attempts(&lab, C, &[8005]);
+    agent.expect_event(&more[0], EVENT);
+    std::thread::sleep(SETTLE);
+
+    let finished = agent.stop();
+    expected.extend(first);
+    expected.extend(second);
+    expected.push(scan);
+    expected.extend(after);
+    expected.extend(more);
+    assert_exact_events(&finished, &expected);
+    assert!(
+        diagnostics(&finished.stderr).is_empty(),
+        "{}",
+        finished.stderr
+    );
 }
