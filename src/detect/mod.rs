@@ -304,10 +304,10 @@ mod clock_jump_tests {
             clock.advance(Duration::from_secs(1));
             d.process(&Observation::Snapshot { at, sockets })
         };
-        assert!(poll(vec![listener.clone()]).is_empty(), "first table");
-        assert_eq!(poll(vec![listener.clone(), conn.clone()]).len(), 1);
+        assert!(poll(vec![listener]).is_empty(), "first table");
+        assert_eq!(poll(vec![listener, conn]).len(), 1);
         clock.jump_wall(-HOUR);
-        assert!(poll(vec![listener.clone(), conn.clone()]).is_empty());
+        assert!(poll(vec![listener, conn]).is_empty());
         clock.jump_wall(HOUR * 3);
         assert!(poll(vec![listener, conn]).is_empty());
     }
