@@ -67,6 +67,15 @@ impl ManualClock {
     }
 }
 
+impl ManualClock {
+    /// Moves the wall clock only (an operator or NTP stepping it): the
+    /// monotonic reading does not change.
+    pub fn jump_wall(&self, by: chrono::Duration) {
+        let mut now = self.now.lock().unwrap_or_else(|e| e.into_inner());
+        now.wall += by;
+    }
+}
+
 impl Clock for ManualClock {
     fn now(&self) -> Stamp {
         *self.now.lock().unwrap_or_else(|e| e.into_inner())

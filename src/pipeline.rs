@@ -130,8 +130,13 @@ pub async fn run(config: RunConfig, reloader: Option<Reloader>) -> anyhow::Resul
             observations,
             metrics.clone(),
         )),
-        Opened::Pcap(captures) => tokio::spawn(source::pcap::run(captures, clock, observations)),
-        Opened::Xdp(xdp) => tokio::spawn(xdp.run(clock, observations)),
+        Opened::Pcap(captures) => tokio::spawn(source::pcap::run(
+            captures,
+            clock,
+            observations,
+            metrics.clone(),
+        )),
+        Opened::Xdp(xdp) => tokio::spawn(xdp.run(clock, observations, metrics.clone())),
     };
     let detect = tokio::spawn(detect(
         detector,
@@ -486,7 +491,11 @@ impl Drop for Running {
 }
 
 /// The polling source: one table read a tick, off the async threads. A read
-/// that fails is reported once and retried each tick.
+/// that fails is reported once, marks the source unhealthy (`/healthz` 503)
+/// and is retried each tick; the first good read after it says so once.
+/// A failed read sends nothing: diffing a partial table would forget its
+/// connections and report them again. The readiness line waits for the
+/// first good read, even when that takes several ticks.
 async fn poll(
     mut table: Box<dyn SocketTable>,
     every: Duration,
@@ -511,11 +520,15 @@ async fn poll(
         .await
         .context("source task failed")?;
         table = back;
-        metrics.observe_poll(table.name(), took.as_secs_f64());
         match read {
             Ok(sockets) => {
+                // Only reads of a table are timed: a read that fails at once
+                // would drag the histogram towards zero; during a fault its
+                // count stops growing instead.
+                metrics.observe_poll(table.name(), took.as_secs_f64());
                 if failing {
                     eprintln!("tcpwatch: {} source reads again", table.name());
+                    metrics.source_fault(false);
                     failing = false;
                 }
                 if out
@@ -542,6 +555,7 @@ async fn poll(
                     table.name(),
                     crate::duration::format(every)
                 );
+                metrics.source_fault(true);
                 failing = true;
             }
             Err(_) => {}

@@ -175,3 +175,140 @@ impl Detector {
             .observe(at.mono, remote.ip(), local.ip(), local.port())
     }
 }
+
+/// The wall clock jumping (NTP stepping it, an operator setting it) must not
+/// change what is detected: windows run on the monotonic reading, printed
+/// times on the wall one.
+#[cfg(test)]
+mod clock_jump_tests {
+    use super::*;
+    use crate::clock::{Clock, ManualClock};
+    use crate::event::Connection;
+    use crate::source::{Socket, TcpState};
+    use chrono::TimeZone;
+    use std::net::SocketAddr;
+
+    const HOUR: chrono::Duration = chrono::Duration::hours(1);
+
+    fn clock() -> ManualClock {
+        ManualClock::new(
+            chrono::Local
+                .with_ymd_and_hms(2030, 1, 1, 12, 0, 0)
+                .unwrap(),
+        )
+    }
+
+    fn inbound(port: u16) -> Connection {
+        Connection {
+            initiator: "192.0.2.56:40000".parse().unwrap(),
+            acceptor: SocketAddr::new("10.0.0.5".parse().unwrap(), port),
+            direction: Direction::Inbound,
+        }
+    }
+
+    fn attempt(d: &mut Detector, clock: &ManualClock, port: u16) -> Vec<Event> {
+        d.process(&Observation::Attempt {
+            at: clock.now(),
+            conn: inbound(port),
+            isn: u32::from(port),
+        })
+    }
+
+    fn scans(events: &[Event]) -> Vec<Vec<u16>> {
+        events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::PortScan(scan) => Some(scan.ports.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_scan_straddling_wall_jumps_is_reported_once_with_the_jumped_times() {
+        let clock = clock();
+        let mut d = Detector::new("pcap", false, 3, Duration::from_secs(60));
+        let mut events = attempt(&mut d, &clock, 80);
+        let start = clock.now().wall;
+        clock.advance(Duration::from_secs(10));
+        clock.jump_wall(-HOUR);
+        events.extend(attempt(&mut d, &clock, 81));
+        clock.advance(Duration::from_secs(10));
+        clock.jump_wall(HOUR * 2);
+        events.extend(attempt(&mut d, &clock, 82));
+        clock.advance(Duration::from_secs(10));
+        events.extend(attempt(&mut d, &clock, 83));
+        // The same scanner keeps going after the scan: same episode.
+        clock.jump_wall(-HOUR);
+        events.extend(attempt(&mut d, &clock, 84));
+        assert_eq!(scans(&events), [vec![80, 81, 82, 83]]);
+        let walls: Vec<_> = events.iter().map(|e| e.at.wall - start).collect();
+        let secs = chrono::Duration::seconds;
+        // 80, 81 (-1 h), 82 (+1 h), 83 and its scan, 84 (back to real).
+        assert_eq!(
+            walls,
+            [
+                secs(0),
+                secs(10) - HOUR,
+                secs(20) + HOUR,
+                secs(30) + HOUR,
+                secs(30) + HOUR,
+                secs(30)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_forward_jump_does_not_end_an_episode_and_a_backward_one_does_not_extend_it() {
+        let clock = clock();
+        let mut d = Detector::new("pcap", false, 3, Duration::from_secs(60));
+        let mut events = Vec::new();
+        for port in 80..84 {
+            events.extend(attempt(&mut d, &clock, port));
+            clock.advance(Duration::from_secs(1));
+        }
+        assert_eq!(scans(&events).len(), 1);
+        // An hour later by the wall clock, one second by the monotonic one:
+        // still the same episode, not a second report.
+        clock.jump_wall(HOUR);
+        let again: Vec<Event> = (90..94).flat_map(|p| attempt(&mut d, &clock, p)).collect();
+        assert!(scans(&again).is_empty(), "{:?}", scans(&again));
+        // Quiet for a whole window by the monotonic clock, although the
+        // wall clock went back an hour: a new episode.
+        clock.advance(Duration::from_secs(61));
+        clock.jump_wall(-HOUR * 2);
+        let later: Vec<Event> = (100..104)
+            .flat_map(|p| attempt(&mut d, &clock, p))
+            .collect();
+        assert_eq!(scans(&later), [vec![100, 101, 102, 103]]);
+    }
+
+    #[test]
+    fn polled_connections_are_reported_once_across_wall_jumps() {
+        let clock = clock();
+        let mut d = Detector::new("procfs", false, 3, Duration::from_secs(60));
+        let listener = Socket {
+            local: "10.0.0.5:80".parse().unwrap(),
+            remote: "0.0.0.0:0".parse().unwrap(),
+            state: TcpState::Listen,
+            inode: 1,
+        };
+        let conn = Socket {
+            local: "10.0.0.5:80".parse().unwrap(),
+            remote: "192.0.2.56:40000".parse().unwrap(),
+            state: TcpState::Established,
+            inode: 2,
+        };
+        let mut poll = |sockets: Vec<Socket>| {
+            let at = clock.now();
+            clock.advance(Duration::from_secs(1));
+            d.process(&Observation::Snapshot { at, sockets })
+        };
+        assert!(poll(vec![listener]).is_empty(), "first table");
+        assert_eq!(poll(vec![listener, conn]).len(), 1);
+        clock.jump_wall(-HOUR);
+        assert!(poll(vec![listener, conn]).is_empty());
+        clock.jump_wall(HOUR * 3);
+        assert!(poll(vec![listener, conn]).is_empty());
+    }
+}

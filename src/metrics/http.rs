@@ -52,10 +52,9 @@ async fn scrape(State(metrics): State<Arc<Metrics>>, headers: HeaderMap) -> Resp
 }
 
 async fn health(State(metrics): State<Arc<Metrics>>) -> Response {
-    if metrics.source_running() {
-        (StatusCode::OK, "ok\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "source not running\n").into_response()
+    match metrics.health() {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
     }
 }
 
@@ -129,6 +128,19 @@ mod tests {
         let (head, body) = request(m.clone(), "/healthz", None).await;
         assert!(head.starts_with("http/1.1 200"), "{head}");
         assert_eq!(body, "ok\n");
+        // Two faults at once (two interfaces down): healthy only when both end.
+        m.source_fault(true);
+        m.source_fault(true);
+        let (head, body) = request(m.clone(), "/healthz", None).await;
+        assert!(head.starts_with("http/1.1 503"), "{head}");
+        assert_eq!(body, "source failing\n");
+        m.source_fault(false);
+        let (head, _) = request(m.clone(), "/healthz", None).await;
+        assert!(head.starts_with("http/1.1 503"), "{head}");
+        m.source_fault(false);
+        m.source_fault(false);
+        let (head, _) = request(m.clone(), "/healthz", None).await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
         let (head, body) = request(m, "/", None).await;
         assert!(head.contains("text/html"), "{head}");
         assert!(body.contains("href=\"/metrics\""));

@@ -15,7 +15,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// One label, `name="value"`; values are static strings from closed sets.
@@ -41,6 +41,10 @@ pub struct Metrics {
     xdp_dropped: Family<Label, Counter>,
     xdp_evictions: Counter,
     source_running: AtomicBool,
+    /// Faults the source is living through now (an unreadable table, an
+    /// interface gone): one per table or interface, so one that recovers
+    /// does not hide another.
+    source_faults: AtomicUsize,
 }
 
 fn poll_buckets() -> Histogram {
@@ -170,6 +174,7 @@ impl Metrics {
             xdp_dropped,
             xdp_evictions,
             source_running: AtomicBool::new(false),
+            source_faults: AtomicUsize::new(0),
         })
     }
 
@@ -257,6 +262,30 @@ impl Metrics {
 
     pub fn source_running(&self) -> bool {
         self.source_running.load(Ordering::Relaxed)
+    }
+
+    /// A source fault began (`true`) or ended (`false`). Each caller pairs
+    /// them: it reports a fault once when it begins and once when it ends.
+    pub fn source_fault(&self, begins: bool) {
+        if begins {
+            self.source_faults.fetch_add(1, Ordering::Relaxed);
+        } else {
+            // Never below zero, whatever a caller does.
+            let _ = self
+                .source_faults
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
+    }
+
+    /// What `/healthz` says: `Ok` while the source runs without a fault.
+    pub fn health(&self) -> Result<(), &'static str> {
+        if !self.source_running() {
+            Err("source not running")
+        } else if self.source_faults.load(Ordering::Relaxed) > 0 {
+            Err("source failing")
+        } else {
+            Ok(())
+        }
     }
 
     /// OpenMetrics 1.0 text, `# EOF` included.

@@ -4,6 +4,7 @@
 //! Polling sources (`procfs`, `netlink`) produce whole socket tables; the detectors diff
 //! successive tables to find new connections.
 
+pub mod link;
 pub mod netlink;
 pub mod nlsock;
 pub mod pcap;

@@ -8,6 +8,8 @@
 
 use crate::clock::Clock;
 use crate::event::{Connection, Direction};
+use crate::metrics::Metrics;
+use crate::source::link;
 use crate::source::Observation;
 use anyhow::Context;
 use etherparse::{EtherType, IpNumber, LaxNetSlice, LaxSlicedPacket};
@@ -46,8 +48,6 @@ const BUFFER_BYTES: i32 = 4 << 20;
 const STATS_EVERY: Duration = Duration::from_secs(1);
 /// How often the host's addresses are re-read (they change: DHCP, SLAAC).
 const ADDRESSES_EVERY: Duration = Duration::from_secs(5);
-/// How often a capture that failed (interface gone) is reopened.
-const REOPEN_EVERY: Duration = Duration::from_secs(5);
 
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
@@ -248,25 +248,34 @@ impl PacketCodec for SynCodec {
 
 type Local = watch::Receiver<Arc<HashSet<IpAddr>>>;
 
-/// Runs the captures until the receiver goes away (`Ok`) or every capture
-/// has failed for good (never: failed captures are reopened).
+/// Runs the captures until the receiver goes away (`Ok`). A capture that
+/// fails, or whose interface is re-created, is reopened (see [`link`]).
 pub async fn run(
     opened: Vec<Opened>,
     clock: Arc<dyn Clock>,
     out: mpsc::Sender<Observation>,
+    metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
     let (publish, local) = watch::channel(Arc::new(host_addresses().await?));
+    let publish = Arc::new(publish);
     let mut tasks = JoinSet::new();
-    tasks.spawn(refresh_addresses(publish));
+    tasks.spawn(refresh_addresses(publish.clone()));
     let names: Vec<String> = opened.iter().map(|c| c.name.clone()).collect();
     for capture in opened {
+        let index = link::lookup(&capture.name).map_or(0, |l| l.index);
+        let watched = link::Watched::new("pcap", &capture.name, index, metrics.clone());
         tasks.spawn(watch_interface(
             capture,
-            clock.clone(),
-            local.clone(),
-            out.clone(),
+            watched,
+            Bound {
+                clock: clock.clone(),
+                local: local.clone(),
+                out: out.clone(),
+                publish: publish.clone(),
+            },
         ));
     }
+    metrics.set_source_running(true);
     eprintln!("tcpwatch: watching: pcap on {}", names.join(", "));
     // The first task to end means the pipeline is shutting down.
     tasks.join_next().await;
@@ -283,7 +292,9 @@ async fn host_addresses() -> anyhow::Result<HashSet<IpAddr>> {
     Ok(addrs.into_iter().map(|a| a.to_canonical()).collect())
 }
 
-async fn refresh_addresses(publish: watch::Sender<Arc<HashSet<IpAddr>>>) {
+type Publish = Arc<watch::Sender<Arc<HashSet<IpAddr>>>>;
+
+async fn refresh_addresses(publish: Publish) {
     let mut ticks = tokio::time::interval(ADDRESSES_EVERY);
     let mut warned = false;
     loop {
@@ -305,34 +316,64 @@ async fn refresh_addresses(publish: watch::Sender<Arc<HashSet<IpAddr>>>) {
     }
 }
 
-/// One interface for the agent's life: captures until the capture fails,
-/// then reopens it every few seconds (an interface can go down and come
-/// back). Returns when the pipeline stops listening.
-async fn watch_interface(
-    mut opened: Opened,
+/// What every capture of the source shares.
+struct Bound {
     clock: Arc<dyn Clock>,
     local: Local,
     out: mpsc::Sender<Observation>,
-) {
-    let name = opened.name.clone();
+    /// Where the host's addresses are published.
+    publish: Publish,
+}
+
+/// One interface for the agent's life: captures, checking the interface by
+/// name every few seconds beside it. A capture that fails, or whose
+/// interface was replaced by a new one of the same name, is reopened once
+/// the interface is up. (A capture survives its interface going down and
+/// up: nothing to reopen then.) Returns when the pipeline stops listening.
+async fn watch_interface(opened: Opened, mut watched: link::Watched, bound: Bound) {
+    let mut checks = tokio::time::interval(link::CHECK_EVERY);
+    checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut capture = Some(opened);
     loop {
-        match pump(opened, clock.as_ref(), &local, &out).await {
-            Ok(()) => return,
-            Err(e) => eprintln!(
-                "tcpwatch: warning: pcap capture on '{name}' stopped: {e:#}; reopening every {}",
-                crate::duration::format(REOPEN_EVERY)
-            ),
+        if let Some(opened) = capture.take() {
+            let mut pumping =
+                std::pin::pin!(pump(opened, bound.clock.as_ref(), &bound.local, &bound.out));
+            loop {
+                tokio::select! {
+                    ended = &mut pumping => match ended {
+                        Ok(()) => return,
+                        Err(e) => {
+                            watched.broke(&e);
+                            break;
+                        }
+                    },
+                    _ = checks.tick() => {
+                        if watched.check().is_some_and(|now| watched.replaced(now)) {
+                            break;
+                        }
+                    }
+                }
+            }
         }
-        opened = loop {
-            tokio::time::sleep(REOPEN_EVERY).await;
-            if out.is_closed() {
-                return;
-            }
-            if let Ok(again) = open_one(&name) {
-                eprintln!("tcpwatch: pcap capture on '{name}' reopened");
-                break again;
-            }
+        checks.tick().await;
+        if bound.out.is_closed() {
+            return;
+        }
+        let Some(now) = watched.check().filter(|now| now.up) else {
+            continue;
         };
+        match open_one(watched.name()) {
+            Ok(again) => {
+                // The addresses came back with the interface: know them
+                // before the first SYN, or it would not look like ours.
+                if let Ok(addrs) = host_addresses().await {
+                    bound.publish.send_replace(Arc::new(addrs));
+                }
+                watched.attached(now, "capture reopened");
+                capture = Some(again);
+            }
+            Err(e) => watched.retry_failed(&e),
+        }
     }
 }
 

@@ -11,7 +11,7 @@
 
 mod ifxdp;
 
-use super::Observation;
+use super::{link, Observation};
 use crate::clock::Clock;
 use crate::event::{Connection, Direction};
 use anyhow::{bail, Context};
@@ -173,7 +173,9 @@ pub struct XdpSource {
     blocklist: Option<crate::block::xdp::Maps>,
     /// Owns the program and its links: dropping it (and the blocklist maps,
     /// which share it) detaches them.
-    _bpf: crate::block::xdp::Owner,
+    bpf: Arc<std::sync::Mutex<Ebpf>>,
+    /// The interfaces it is attached to, by name, as first resolved.
+    interfaces: Vec<(String, u32)>,
 }
 
 /// One line of an error chain, without the verifier log's many lines.
@@ -251,28 +253,14 @@ pub fn load(interfaces: &[String], opts: &LoadOptions) -> anyhow::Result<Ebpf> {
     let mut bpf = loader
         .load(&OBJECT.0)
         .map_err(|e| anyhow::anyhow!("cannot load the XDP program: {}", one_line(&e)))?;
-    let program: &mut Xdp = bpf
-        .program_mut(PROGRAM)
-        .context("the BPF object has no program 'tcpwatch'")?
-        .try_into()
-        .context("program 'tcpwatch' is not XDP")?;
+    let program = program(&mut bpf)?;
     program
         .load()
         .map_err(|e| anyhow::anyhow!("cannot load the XDP program: {}", one_line(&e)))?;
 
     for (name, &index) in interfaces.iter().zip(&indexes) {
         reconcile(name, index)?;
-        let mode = match program.attach_to_if_index(index, XdpMode::Driver) {
-            Ok(_) => "driver",
-            Err(driver) => match program.attach_to_if_index(index, XdpMode::Skb) {
-                Ok(_) => "generic",
-                Err(generic) => bail!(
-                    "cannot attach the XDP program to {name}: driver mode: {}; generic mode: {}",
-                    one_line(&driver),
-                    one_line(&generic)
-                ),
-            },
-        };
+        let (mode, _) = attach(program, name, index)?;
         if opts.report {
             eprintln!("tcpwatch: watching: xdp on {name} ({mode} mode)");
         } else {
@@ -280,6 +268,34 @@ pub fn load(interfaces: &[String], opts: &LoadOptions) -> anyhow::Result<Ebpf> {
         }
     }
     Ok(bpf)
+}
+
+/// The program of a loaded object.
+fn program(bpf: &mut Ebpf) -> anyhow::Result<&mut Xdp> {
+    bpf.program_mut(PROGRAM)
+        .context("the BPF object has no program 'tcpwatch'")?
+        .try_into()
+        .context("program 'tcpwatch' is not XDP")
+}
+
+/// Attaches `program` to interface `index` in driver mode, else generic
+/// mode; the mode it got and the link.
+fn attach(
+    program: &mut Xdp,
+    name: &str,
+    index: u32,
+) -> anyhow::Result<(&'static str, aya::programs::xdp::XdpLinkId)> {
+    match program.attach_to_if_index(index, XdpMode::Driver) {
+        Ok(link) => Ok(("driver", link)),
+        Err(driver) => match program.attach_to_if_index(index, XdpMode::Skb) {
+            Ok(link) => Ok(("generic", link)),
+            Err(generic) => bail!(
+                "cannot attach the XDP program to {name}: driver mode: {}; generic mode: {}",
+                one_line(&driver),
+                one_line(&generic)
+            ),
+        },
+    }
 }
 
 impl XdpSource {
@@ -292,7 +308,16 @@ impl XdpSource {
             report: true,
             ..*opts
         };
-        let mut bpf = load(interfaces, &opts)?;
+        let names = if interfaces.is_empty() {
+            default_interfaces()?
+        } else {
+            interfaces.to_vec()
+        };
+        let mut bpf = load(&names, &opts)?;
+        let interfaces = names
+            .into_iter()
+            .map(|name| if_index(&name).map(|index| (name, index)))
+            .collect::<anyhow::Result<_>>()?;
         let ring = RingBuf::try_from(bpf.take_map(RING).context("no ring buffer map")?)
             .context("ring buffer map")?;
         // SAFETY: the ring buffer owns its map descriptor, which stays open
@@ -306,12 +331,14 @@ impl XdpSource {
         } else {
             None
         };
-        let owner: crate::block::xdp::Owner = Arc::new(std::sync::Mutex::new(bpf));
+        let bpf = Arc::new(std::sync::Mutex::new(bpf));
+        let owner: crate::block::xdp::Owner = bpf.clone();
         Ok(XdpSource {
             ring,
             lost,
-            blocklist: blocklist.map(|maps| maps.owned_by(owner.clone())),
-            _bpf: owner,
+            blocklist: blocklist.map(|maps| maps.owned_by(owner)),
+            bpf,
+            interfaces,
         })
     }
 
@@ -334,7 +361,16 @@ impl XdpSource {
         mut self,
         clock: Arc<dyn Clock>,
         out: mpsc::Sender<Observation>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> anyhow::Result<()> {
+        let mut watched: Vec<link::Watched> = self
+            .interfaces
+            .iter()
+            .map(|(name, index)| link::Watched::new("xdp", name, *index, metrics.clone()))
+            .collect();
+        let mut checks = tokio::time::interval(link::CHECK_EVERY);
+        checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        metrics.set_source_running(true);
         let mut losses = LossCounter::new(self.lost_total());
         let mut malformed = 0u64;
         let mut ticks = tokio::time::interval(LOSS_PERIOD);
@@ -361,6 +397,11 @@ impl XdpSource {
                         }
                     }
                 }
+                _ = checks.tick() => {
+                    for interface in &mut watched {
+                        self.reattach_if_replaced(interface);
+                    }
+                }
                 _ = ticks.tick() => {
                     let total = self.lost_total().wrapping_add(malformed);
                     if let Some(count) = losses.delta(total) {
@@ -370,6 +411,24 @@ impl XdpSource {
                     }
                 }
             }
+        }
+    }
+}
+
+impl XdpSource {
+    /// Checks one watched interface; a new interface under its name (the
+    /// old one deleted, its attachment gone with it) gets the program
+    /// attached anew. An interface that only went down keeps the program.
+    fn reattach_if_replaced(&self, interface: &mut link::Watched) {
+        let Some(now) = interface.check().filter(|now| interface.replaced(*now)) else {
+            return;
+        };
+        let mut bpf = self.bpf.lock().unwrap_or_else(|e| e.into_inner());
+        let attached =
+            program(&mut bpf).and_then(|program| attach(program, interface.name(), now.index));
+        match attached {
+            Ok((mode, _)) => interface.attached(now, &format!("program attached ({mode} mode)")),
+            Err(e) => interface.retry_failed(&e),
         }
     }
 }

@@ -654,10 +654,37 @@ impl Agent {
         }
     }
 
+    /// Starts the agent in host `index` under `wrapper`, a command that
+    /// ends by exec'ing the arguments after it (`unshare -m`, `sh -c '...;
+    /// exec "$@"'`), so the agent keeps the process id [`Agent::pid`]
+    /// reports; returns without waiting. For faults local to the agent
+    /// (its own mount namespace, an LD_PRELOAD).
+    pub fn spawn_wrapped(lab: &Lab, index: usize, wrapper: &[&str], args: &[&str]) -> Agent {
+        let (program, before) = wrapper.split_first().expect("a wrapper command");
+        let mut all = before.to_vec();
+        all.push(AGENT);
+        all.extend_from_slice(args);
+        Agent {
+            proc: lab.spawn(index, program, &all),
+        }
+    }
+
+    /// [`Agent::spawn_wrapped`], then waits for the readiness line like
+    /// [`Agent::start`].
+    pub fn start_wrapped(lab: &Lab, index: usize, wrapper: &[&str], args: &[&str]) -> Agent {
+        Agent::spawn_wrapped(lab, index, wrapper, args).ready()
+    }
+
     /// Starts the agent in host `index` and returns once it says it is
     /// watching ([`READY`] on stderr); panics if it does not.
     pub fn start(lab: &Lab, index: usize, args: &[&str]) -> Agent {
-        let mut agent = Agent::spawn(lab, index, args);
+        Agent::spawn(lab, index, args).ready()
+    }
+
+    /// Returns the agent once it has printed [`READY`]; panics if it does
+    /// not within [`START_TIMEOUT`].
+    pub fn ready(mut self) -> Agent {
+        let agent = &mut self;
         if !agent.proc.wait_for_stderr(READY, START_TIMEOUT) {
             let status = agent.proc.try_status();
             panic!(
@@ -665,7 +692,7 @@ impl Agent {
                 agent.proc.stderr()
             );
         }
-        agent
+        self
     }
 
     pub fn pid(&self) -> u32 {
