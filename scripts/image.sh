@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Builds the tcpwatch image on a host without an image registry:
-#   scripts/image.sh [BINARY] [TAG]
+#   scripts/image.sh [BINARY] [TAG] [FLAVOUR]
+# FLAVOUR `agent` (the default) is the image deploy/Dockerfile describes;
+# `systemd` is tests/systemd/Dockerfile, a Debian booting systemd with the
+# agent installed as deploy/systemd/tcpwatch.service (tests/e2e_systemd.rs).
 # - starts dockerd if no engine answers (Debian's docker.io);
 # - creates debian:bookworm-slim with debootstrap when it is not present;
 # - runs the same `docker build -f deploy/Dockerfile` a registry user runs,
@@ -9,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 binary=${1:-target/release/tcpwatch}
 tag=${2:-tcpwatch:$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)}
+flavour=${3:-agent}
 base=debian:bookworm-slim
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
@@ -36,12 +40,29 @@ make_base() {
   rm -rf "$root"
 }
 
+# The build context holds only what the Dockerfile copies, at its
+# repository path.
+context_files() {
+  case "$flavour" in
+    agent) ;;
+    systemd) echo deploy/systemd/tcpwatch.service tests/systemd/tcpwatch.toml tests/systemd/boot tests/peer.py ;;
+  esac
+}
+
+case "$flavour" in
+  agent) dockerfile=deploy/Dockerfile ;;
+  systemd) dockerfile=tests/systemd/Dockerfile ;;
+  *) log "unknown flavour '$flavour' (agent or systemd)"; exit 2 ;;
+esac
 [ -x "$binary" ] || { log "$binary not found: run 'cargo build --release' first"; exit 1; }
 start_engine
 make_base
 context=$(mktemp -d)
 trap 'rm -rf "$context"' EXIT
 install -D -m 0755 "$binary" "$context/target/release/tcpwatch"
-docker build -q -f deploy/Dockerfile -t "$tag" "$context" >/dev/null
+for file in $(context_files); do
+  install -D -m "$(stat -c %a "$file")" "$file" "$context/$file"
+done
+docker build -q -f "$dockerfile" -t "$tag" "$context" >/dev/null
 log "built $tag"
 echo "$tag"

@@ -10,9 +10,10 @@
 //!   in one line: fatal (exit 1) for a source or the metrics port, a single
 //!   warning for blocking, which then only detects.
 //!
-//! The systemd unit is run the same way (see `systemd_unit_privileges`):
-//! PID 1 here is not systemd, so its user and capability settings are read
-//! from the unit file and applied with `setpriv`.
+//! The systemd unit's user and capability settings are also applied with
+//! `setpriv` (see `systemd_unit_privileges`), with and without
+//! CAP_NET_ADMIN; tests/e2e_systemd.rs runs the unit itself under a real
+//! systemd (PID 1 of a container), hardening directives included.
 //!
 //! Needs root, setpriv, nft, iptables, ipset (skips otherwise; fails under
 //! `CI=true`). Run with `cargo test --release --test e2e_privilege`.
@@ -557,7 +558,8 @@ fn unit_caps(value: &str) -> Vec<String> {
 /// ExecStart (its --config a file of test settings, its --state in a
 /// directory owned by that uid, as StateDirectory makes it) and `/` as the
 /// working directory. It reports, blocks, holds only CAP_NET_ADMIN; without
-/// CAP_NET_ADMIN it says so once and keeps detecting.
+/// CAP_NET_ADMIN it says so once and keeps detecting. The unit itself,
+/// under a real systemd with its hardening, is tests/e2e_systemd.rs.
 #[test]
 fn systemd_unit_privileges() {
     let Some(lab) = lab() else { return };
