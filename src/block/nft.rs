@@ -73,6 +73,19 @@ impl Backend for Nftables {
             .collect();
         nft(&script)
     }
+
+    fn repair(&mut self, _ttl: Duration, entries: &[(IpAddr, Duration)]) -> anyhow::Result<bool> {
+        // One transaction: the table is never there without its blocks, and
+        // a table that was still there (read failed for another reason) is
+        // replaced by the same content.
+        let mut script = install_script();
+        for (ttl, ips) in super::by_whole_seconds(entries) {
+            script.push_str(&block_script(&ips, ttl));
+        }
+        nft(&script)
+            .context("cannot re-create table inet tcpwatch")
+            .map(|()| true)
+    }
 }
 
 fn nft(script: &str) -> anyhow::Result<()> {
