@@ -657,7 +657,28 @@ impl Agent {
     /// Starts the agent in host `index` and returns once it says it is
     /// watching ([`READY`] on stderr); panics if it does not.
     pub fn start(lab: &Lab, index: usize, args: &[&str]) -> Agent {
-        let mut agent = Agent::spawn(lab, index, args);
+        Agent::spawn(lab, index, args).ready()
+    }
+
+    /// [`Agent::start`] with extra environment variables (a `PATH` of
+    /// wrappers for fault injection, say).
+    pub fn start_with_env(lab: &Lab, index: usize, env: &[(&str, &str)], args: &[&str]) -> Agent {
+        // Set by env(1) inside the namespace: a PATH given to `ip netns exec`
+        // itself would have to hold `ip`. env execs the agent: same pid.
+        let mut full: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        full.push(AGENT.to_string());
+        full.extend(args.iter().map(|a| a.to_string()));
+        let full: Vec<&str> = full.iter().map(String::as_str).collect();
+        let command = lab.command(index, "/usr/bin/env", &full);
+        let label = format!("{AGENT} in {}", lab.ns(index));
+        Agent {
+            proc: Proc::start(&label, command),
+        }
+        .ready()
+    }
+
+    fn ready(mut self) -> Agent {
+        let agent = &mut self;
         if !agent.proc.wait_for_stderr(READY, START_TIMEOUT) {
             let status = agent.proc.try_status();
             panic!(
@@ -665,7 +686,7 @@ impl Agent {
                 agent.proc.stderr()
             );
         }
-        agent
+        self
     }
 
     pub fn pid(&self) -> u32 {
