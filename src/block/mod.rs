@@ -620,6 +620,8 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Mutex;
 
+    type Blocks = Vec<(IpAddr, Duration)>;
+
     /// Records every call; fails `block` when told to. `gone`: its objects
     /// were deleted (listing fails until a repair).
     #[derive(Clone, Default)]
@@ -627,7 +629,7 @@ mod tests {
         calls: Arc<Mutex<Vec<Vec<IpAddr>>>>,
         ttls: Arc<Mutex<Vec<Duration>>>,
         held: Arc<Mutex<std::collections::BTreeSet<IpAddr>>>,
-        repairs: Arc<Mutex<Vec<Vec<(IpAddr, Duration)>>>>,
+        repairs: Arc<Mutex<Vec<Blocks>>>,
         fail: bool,
         failing: Arc<AtomicBool>,
         gone: Arc<AtomicBool>,
