@@ -497,6 +497,11 @@ impl Blocker {
         let applied = match self.count() {
             Ok(counted) => {
                 let applied = self.retry();
+                if self.pending.is_empty() {
+                    // Read and nothing left to apply (the pending blocks
+                    // expired): the firewall works.
+                    self.recovered();
+                }
                 let counted = if applied.is_empty() {
                     Some(counted)
                 } else {
@@ -994,6 +999,16 @@ mod tests {
         );
         assert_eq!(b.health().dropped, 1);
         assert_eq!(b.health().pending, 0);
+
+        // Every pending block expired: the next good reading is the recovery.
+        fake.failing.store(true, Ordering::Relaxed);
+        b.handle(vec![scan("192.0.2.3")]);
+        clock.advance(Duration::from_secs(31));
+        fake.failing.store(false, Ordering::Relaxed);
+        assert!(b.failing);
+        assert!(b.tick().0.is_empty());
+        assert!(!b.failing);
+        assert_eq!(b.health().dropped, 2);
     }
 
     #[test]
