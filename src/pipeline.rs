@@ -27,8 +27,9 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, watch};
 
 /// How often the blocked-address gauges are re-read from the firewall
-/// (besides after each block): entries expire in the kernel, unseen.
-const RECOUNT_EVERY: Duration = Duration::from_secs(5);
+/// (besides after each block): entries expire in the kernel, unseen. The
+/// same tick re-creates deleted firewall objects and retries failed blocks.
+const RECOUNT_EVERY: Duration = block::RETRY_EVERY;
 
 /// Re-reads the configuration on SIGHUP: the `--config` file under the
 /// command-line flags, exactly as at start-up.
@@ -77,7 +78,7 @@ pub async fn run(config: RunConfig, reloader: Option<Reloader>) -> anyhow::Resul
     // touch the firewall.
     let mut opened = open_source(&config)?;
     let listener = match config.metrics_addr {
-        Listen::At(addr) => Some(metrics::http::bind(addr)?),
+        Listen::At(addr) => Some(metrics_listener(addr)?),
         Listen::Off => None,
     };
     let mut store = open_state(&config.state).await?;
@@ -121,7 +122,7 @@ pub async fn run(config: RunConfig, reloader: Option<Reloader>) -> anyhow::Resul
     let (detected, to_block) = mpsc::channel(64);
     let (decided, to_print) = mpsc::channel(64);
 
-    let server = listener.map(|l| tokio::spawn(metrics::http::serve(l, metrics.clone())));
+    let server = listener.map(|l| tokio::spawn(serve_metrics(l, metrics.clone())));
     let mut source = match opened {
         Opened::Table(table) => tokio::spawn(poll(
             table,
@@ -192,6 +193,48 @@ pub async fn run(config: RunConfig, reloader: Option<Reloader>) -> anyhow::Resul
         flatten(sink.await)
     };
     outcome.and(printed)
+}
+
+/// How often a taken metrics port is tried again.
+const METRICS_RETRY: Duration = Duration::from_secs(2);
+
+/// The metrics socket: bound, or its port taken by another process.
+enum MetricsListener {
+    Bound(std::net::TcpListener),
+    Taken(std::net::SocketAddr),
+}
+
+/// Binds `--metrics-addr`. A taken port must not stop a security agent from
+/// detecting: it is said once and retried; any other error (an address not
+/// on this host, a privileged port) is a configuration error, fatal.
+fn metrics_listener(addr: std::net::SocketAddr) -> anyhow::Result<MetricsListener> {
+    match metrics::http::try_bind(addr) {
+        Ok(listener) => Ok(MetricsListener::Bound(listener)),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            eprintln!(
+                "tcpwatch: warning: {}; detection goes on, retrying every {}",
+                metrics::http::describe(addr, &e),
+                crate::duration::format(METRICS_RETRY)
+            );
+            Ok(MetricsListener::Taken(addr))
+        }
+        Err(e) => Err(anyhow::anyhow!(metrics::http::describe(addr, &e))),
+    }
+}
+
+/// Serves the metrics, first waiting for a taken port to be free.
+async fn serve_metrics(listener: MetricsListener, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+    let listener = match listener {
+        MetricsListener::Bound(listener) => listener,
+        MetricsListener::Taken(addr) => loop {
+            tokio::time::sleep(METRICS_RETRY).await;
+            if let Ok(listener) = metrics::http::try_bind(addr) {
+                eprintln!("tcpwatch: metrics on {addr}");
+                break listener;
+            }
+        },
+    };
+    metrics::http::serve(listener, metrics).await
 }
 
 /// A source, opened but not yet running.
@@ -434,21 +477,6 @@ fn restart_only(old: &RunConfig, new: &RunConfig) -> Vec<&'static str> {
     changed
 }
 
-/// Reports a failing state file once, and its recovery.
-fn warn_state(failing: &mut bool, result: Result<(), StateError>) {
-    match result {
-        Err(e) if !*failing => {
-            eprintln!("tcpwatch: warning: {e}; a restart may report connections again");
-            *failing = true;
-        }
-        Ok(()) if *failing => {
-            eprintln!("tcpwatch: state file writable again");
-            *failing = false;
-        }
-        _ => {}
-    }
-}
-
 /// Stores connection changes in one durable transaction, off the async
 /// threads.
 async fn store_connections(
@@ -576,7 +604,6 @@ async fn detect(
     mut tuned: watch::Receiver<Tunables>,
 ) -> anyhow::Result<()> {
     let mut stored_once = false;
-    let mut failing = false;
     loop {
         let observation = tokio::select! {
             // A reload is applied before the next observation.
@@ -602,10 +629,15 @@ async fn detect(
         if let (Some(store), Observation::Snapshot { .. }) = (&store, &observation) {
             let changes = detector.connections_mut().take_changes();
             // The first table is stored even when empty: it primes the file.
-            if !stored_once || !changes.silent.is_empty() || !changes.forgotten.is_empty() {
+            // Changes a failed write left are retried every poll.
+            if !stored_once
+                || !changes.silent.is_empty()
+                || !changes.forgotten.is_empty()
+                || store.has_unwritten()
+            {
                 let stored = store_connections(store, changes.silent, changes.forgotten).await;
                 stored_once |= stored.is_ok();
-                warn_state(&mut failing, stored);
+                store.report(stored);
             }
         }
         if !events.is_empty() && out.send(events).await.is_err() {
@@ -655,16 +687,27 @@ async fn block_stage(
                 None => None,
             },
             _ = recount.tick() => {
-                let (back, counted) = off_thread(move || {
+                let (back, (late, counted)) = off_thread(move || {
                     let mut b = b;
-                    let counted = b.count();
-                    (b, counted)
+                    let ticked = b.tick();
+                    (b, ticked)
                 })
                 .await?;
-                if let Ok((v4, v6)) = counted {
+                if let Some((v4, v6)) = counted {
                     metrics.set_blocked_ips(v4, v6);
                 }
+                metrics.set_block_health(back.health());
                 blocker = Some(back);
+                // Blocks applied late (the firewall works again) print now.
+                if !late.is_empty() && out.send(late).await.is_err() {
+                    let b = blocker.take().expect("just put back");
+                    off_thread(move || {
+                        let mut b = b;
+                        b.shutdown()
+                    })
+                    .await?;
+                    return Ok(());
+                }
                 continue;
             }
         };
@@ -698,6 +741,7 @@ async fn block_stage(
         };
         let mut back = back;
         metrics.blocks_skipped(back.take_skipped());
+        metrics.set_block_health(back.health());
         blocker = Some(back);
         if let Some(Ok((v4, v6))) = counted {
             metrics.set_blocked_ips(v4, v6);
@@ -735,7 +779,6 @@ async fn print(
     metrics: Arc<Metrics>,
     store: Option<Arc<Store>>,
 ) -> anyhow::Result<()> {
-    let mut failing = false;
     while let Some(events) = input.recv().await {
         let mut printed = Vec::new();
         for event in events {
@@ -749,10 +792,7 @@ async fn print(
             }
         }
         if let (Some(store), false) = (&store, printed.is_empty()) {
-            warn_state(
-                &mut failing,
-                store_connections(store, printed, Vec::new()).await,
-            );
+            store.report(store_connections(store, printed, Vec::new()).await);
         }
     }
     Ok(())

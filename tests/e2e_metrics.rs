@@ -195,11 +195,64 @@ fn text_format_passes_promtool_and_counts_every_printed_connection() {
     assert_eq!(agent.stop().status.code(), Some(0));
 }
 
+/// A port taken by another process does not stop detection: the agent says
+/// so once, reports connections, and serves as soon as the port is free.
 #[test]
-fn a_taken_port_is_exit_1_with_one_line() {
+fn a_taken_port_is_retried_while_detection_goes_on() {
     let Some(lab) = lab() else { return };
-    let agent = start(&lab);
     let addr = metrics_addr(&lab);
+    let holder = lab.spawn(
+        A,
+        "python3",
+        &[
+            "-c",
+            "import socket,sys,time\ns=socket.socket()\ns.bind((sys.argv[1],int(sys.argv[2])))\ns.listen()\nprint('ready',flush=True)\ntime.sleep(600)",
+            &lab.v4(A).to_string(),
+            &PORT.to_string(),
+        ],
+    );
+    assert!(holder.wait_for(|l| l == "ready", HELPER_TIMEOUT).is_some());
+    let _server = lab.serve(A, Listen::V4, &[80]);
+    let agent = start(&lab);
+    let warning = format!(
+        "tcpwatch: warning: metrics address {addr}: Address already in use; detection goes on, retrying every 2s"
+    );
+    assert_eq!(diagnostics(&agent.stderr()), [warning.as_str()]);
+
+    let host: IpAddr = lab.v4(A).into();
+    let client = lab.connect(B, host, &[80], None);
+    agent.expect_event(&new_connection(client.locals[0], (host, 80).into()), EVENT);
+
+    drop(holder);
+    let listening = format!("tcpwatch: metrics on {addr}");
+    assert!(
+        agent.wait_for_stderr(&listening, Duration::from_secs(10)),
+        "{}",
+        agent.stderr()
+    );
+    let before = new_connection_lines(&agent);
+    let (head, body) = curl(&lab, &format!("http://{addr}/metrics"), None);
+    let after = new_connection_lines(&agent);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let counted = sum_of(&body, "tcpwatch_new_connections_total");
+    assert!(
+        (before as f64..=after as f64).contains(&counted),
+        "counter {counted}, lines printed {before}..{after}"
+    );
+    let (head, body) = curl(&lab, &format!("http://{addr}/healthz"), None);
+    assert!(head.starts_with("http/1.1 200") && body == "ok\n", "{head}");
+    let finished = agent.stop();
+    assert_eq!(finished.status.code(), Some(0));
+    assert_eq!(
+        diagnostics(&finished.stderr),
+        [warning.as_str(), listening.as_str()]
+    );
+}
+
+/// Any other bind error is a configuration error: exit 1, one line.
+#[test]
+fn an_address_not_on_this_host_is_exit_1_with_one_line() {
+    let Some(lab) = lab() else { return };
     let second = lab.run(
         A,
         AGENT,
@@ -210,16 +263,15 @@ fn a_taken_port_is_exit_1_with_one_line() {
             "--block",
             "none",
             "--metrics-addr",
-            &addr,
+            "192.0.2.1:9472",
         ],
     );
     assert_eq!(second.status.code(), Some(1));
     assert_eq!(
         String::from_utf8_lossy(&second.stderr),
-        format!("tcpwatch: error: metrics address {addr}: Address already in use\n")
+        "tcpwatch: error: metrics address 192.0.2.1:9472: Cannot assign requested address\n"
     );
     assert!(second.stdout.is_empty());
-    assert_eq!(agent.stop().status.code(), Some(0));
 }
 
 /// A real Prometheus on host P scrapes the agent on A every second; its view

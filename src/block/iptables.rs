@@ -121,6 +121,16 @@ impl Backend for Iptables {
         Ok(())
     }
 
+    fn repair(&mut self, ttl: Duration, entries: &[(IpAddr, Duration)]) -> anyhow::Result<bool> {
+        // Not one transaction (ipset and iptables are separate tools): the
+        // blocks are missing for the few ms between the two calls.
+        self.install(ttl)?;
+        if !entries.is_empty() {
+            self.restore(entries)?;
+        }
+        Ok(true)
+    }
+
     fn present(&mut self) -> bool {
         [SET4, SET6]
             .iter()

@@ -120,13 +120,6 @@ impl Limit {
         Verdict::Skipped { warn }
     }
 
-    /// Gives back the last `n` grants: their blocks were not applied.
-    pub fn refund(&mut self, n: usize) {
-        for _ in 0..n {
-            self.granted.pop_back();
-        }
-    }
-
     /// Blocks skipped since the start.
     pub fn skipped(&self) -> u64 {
         self.skipped
@@ -190,7 +183,7 @@ mod tests {
     }
 
     #[test]
-    fn off_never_skips_and_refund_frees_slots() {
+    fn off_never_skips_and_a_new_rate_applies_at_once() {
         let mut l = Limit::new(Rate(None));
         for t in 0..1000 {
             assert_eq!(l.take(Duration::from_millis(t)), Verdict::Granted);
@@ -198,8 +191,6 @@ mod tests {
         let mut l = Limit::new(Rate(Some(2)));
         assert_eq!(l.take(s(0)), Verdict::Granted);
         assert_eq!(l.take(s(0)), Verdict::Granted);
-        l.refund(1);
-        assert_eq!(l.take(s(1)), Verdict::Granted);
         assert_eq!(l.take(s(1)), WARN);
         l.set_rate(Rate(Some(3)));
         assert_eq!(l.take(s(2)), Verdict::Granted);

@@ -80,6 +80,13 @@ pub trait Backend: Send {
         }
         Ok(())
     }
+    /// Re-creates the objects after they could not be read (deleted under
+    /// the agent: `nft flush ruleset`, a firewall service restart) with
+    /// `entries` in them. `Ok(false)`: this backend cannot lose its objects
+    /// that way (xdp keeps its maps in the agent), so there is nothing to do.
+    fn repair(&mut self, _ttl: Duration, _entries: &[(IpAddr, Duration)]) -> anyhow::Result<bool> {
+        Ok(false)
+    }
 }
 
 /// Groups blocks by their time left rounded up to whole seconds (at least
@@ -87,8 +94,10 @@ pub trait Backend: Send {
 pub fn by_whole_seconds(entries: &[(IpAddr, Duration)]) -> Vec<(Duration, Vec<IpAddr>)> {
     let mut groups: std::collections::BTreeMap<u64, Vec<IpAddr>> = Default::default();
     for (ip, left) in entries {
-        let secs = (left.as_secs() + u64::from(left.subsec_nanos() > 0)).max(1);
-        groups.entry(secs).or_default().push(*ip);
+        groups
+            .entry(whole_seconds(*left).as_secs())
+            .or_default()
+            .push(*ip);
     }
     groups
         .into_iter()
@@ -176,7 +185,17 @@ impl Mode {
     }
 }
 
+/// Blocks decided while the firewall fails, kept for retrying, at most: a
+/// broken firewall under a distributed scan must not grow the agent.
+pub const MAX_PENDING: usize = 65_536;
+
 /// Decides and applies blocks for batches of events.
+///
+/// When the firewall fails (its tool missing or failing, its objects
+/// deleted under the agent) detection goes on: the failure is said once,
+/// the blocks are kept pending and retried by [`Blocker::tick`] until they
+/// are applied (their `Blocked` line is printed then) or their TTL has
+/// ended, and the recovery is said once.
 pub struct Blocker {
     mode: Mode,
     ttl: Duration,
@@ -187,13 +206,28 @@ pub struct Blocker {
     /// (lifted by hand): not after a restore failed, or those blocks, never
     /// applied, would be dropped with them.
     reconcile: bool,
-    store_failing: bool,
     limit: limit::Limit,
-    /// With a cap, the blocks this agent holds and their monotonic expiry:
-    /// re-blocking one of them refreshes its timeout, adds no address, and
-    /// so takes nothing from the budget.
-    active: HashMap<IpAddr, Duration>,
     skipped: Skipped,
+    /// Not yet applied: address -> when its TTL ends (monotonic clock).
+    pending: HashMap<IpAddr, Duration>,
+    /// Applied, as of the last listing and the blocks since: what a repair
+    /// re-applies, and what re-blocking refreshes without taking from the
+    /// cap's budget. Bounded by what the firewall holds.
+    active: HashMap<IpAddr, Duration>,
+    failing: bool,
+    health: Health,
+    max_pending: usize,
+}
+
+/// How blocking fares, for the metrics; counters are totals since start.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Health {
+    /// Backend calls that failed.
+    pub errors: u64,
+    /// Blocks never applied: the pending list was full, or their TTL ended
+    /// before the firewall worked again.
+    pub dropped: u64,
+    pub pending: usize,
 }
 
 /// Scanners not blocked, by reason (`tcpwatch_blocks_skipped_total`).
@@ -220,10 +254,13 @@ impl Blocker {
             clock,
             store: None,
             reconcile: true,
-            store_failing: false,
             limit: limit::Limit::new(limit::Rate(None)),
-            active: HashMap::new(),
             skipped: Skipped::default(),
+            pending: HashMap::new(),
+            active: HashMap::new(),
+            failing: false,
+            health: Health::default(),
+            max_pending: MAX_PENDING,
         }
     }
 
@@ -250,8 +287,12 @@ impl Blocker {
         self.ttl = ttl;
         self.allow.set_nets(allow);
         self.limit.set_rate(rate);
-        if rate.0.is_none() {
-            self.active.clear();
+    }
+
+    pub fn health(&self) -> Health {
+        Health {
+            pending: self.pending.len(),
+            ..self.health
         }
     }
 
@@ -284,8 +325,6 @@ impl Blocker {
                 self.reconcile = false;
                 return Err(e);
             }
-        }
-        if self.limit.rate().0.is_some() {
             let now = self.clock.now().mono;
             self.active.extend(
                 apply
@@ -301,7 +340,9 @@ impl Blocker {
 
     /// Blocks the scanners of one batch of events in one backend call and
     /// returns the events with a `Blocked` right after each scan whose
-    /// remote was blocked. Every input event is returned, in order.
+    /// remote was blocked. Every input event is returned, in order. While
+    /// the firewall fails, new blocks join the pending ones and all are
+    /// retried in that one call.
     pub fn handle(&mut self, events: Vec<Event>) -> Vec<Event> {
         let Some(backend_name) = self.mode.backend_name() else {
             return events;
@@ -317,62 +358,165 @@ impl Blocker {
             return events;
         }
         self.allow.refresh();
-        let (chosen, new) = self.choose(scanners);
+        let chosen = self.choose(scanners);
         if chosen.is_empty() {
             return events;
         }
-        if let Mode::Apply(backend) = &mut self.mode {
+        let ttl = self.ttl;
+        let applied = if matches!(self.mode, Mode::Apply(_)) {
             if let Some(store) = &self.store {
                 let now = SystemTime::now();
-                let stored = store.put_blocks(&chosen, now + self.ttl, backend_name, now);
-                warn_store(&mut self.store_failing, stored);
+                store.report(store.put_blocks(&chosen, now + ttl, backend_name, now));
             }
-            if let Err(e) = backend.block(&chosen, self.ttl) {
-                let cause = format!("{e:#}").replace('\n', " ");
-                eprintln!(
-                    "tcpwatch: warning: cannot block {} via {backend_name}: {cause}",
-                    list(&chosen)
-                );
-                self.limit.refund(new);
-                return events;
+            self.apply(chosen)
+        } else {
+            // Dry run: remembered as if applied, so the cap counts the same.
+            let end = self.clock.now().mono + ttl;
+            self.active.extend(chosen.iter().map(|ip| (*ip, end)));
+            chosen.into_iter().map(|ip| (ip, ttl)).collect()
+        };
+        self.place(events, applied, backend_name)
+    }
+
+    /// Applies new blocks for the full TTL, or queues them behind the
+    /// pending ones while the firewall fails; returns what was applied.
+    fn apply(&mut self, chosen: Vec<IpAddr>) -> Vec<(IpAddr, Duration)> {
+        let end = self.clock.now().mono + self.ttl;
+        if self.failing || !self.pending.is_empty() {
+            for ip in chosen {
+                self.queue(ip, end);
+            }
+            return self.retry();
+        }
+        let Mode::Apply(backend) = &mut self.mode else {
+            return Vec::new();
+        };
+        match backend.block(&chosen, self.ttl) {
+            Ok(()) => {
+                self.active.extend(chosen.iter().map(|ip| (*ip, end)));
+                chosen.into_iter().map(|ip| (ip, self.ttl)).collect()
+            }
+            Err(e) => {
+                self.failed(&e);
+                for ip in chosen {
+                    self.queue(ip, end);
+                }
+                Vec::new()
             }
         }
+    }
+
+    fn queue(&mut self, ip: IpAddr, end: Duration) {
+        if self.pending.len() >= self.max_pending && !self.pending.contains_key(&ip) {
+            self.health.dropped += 1;
+            return;
+        }
+        self.pending.insert(ip, end);
+    }
+
+    /// Applies the pending blocks that have time left, each with the time it
+    /// has left (whole seconds, rounded up), in one backend call; returns
+    /// what was applied.
+    fn retry(&mut self) -> Vec<(IpAddr, Duration)> {
+        let now = self.clock.now().mono;
+        let before = self.pending.len();
+        self.pending.retain(|_, end| *end > now);
+        self.health.dropped += (before - self.pending.len()) as u64;
+        if self.pending.is_empty() {
+            return Vec::new();
+        }
+        let entries = self.pending_entries(now);
+        let Mode::Apply(backend) = &mut self.mode else {
+            return Vec::new();
+        };
+        match backend.restore(&entries) {
+            Ok(()) => {
+                self.recovered();
+                self.active.extend(self.pending.drain());
+                entries
+            }
+            Err(e) => {
+                self.failed(&e);
+                Vec::new()
+            }
+        }
+    }
+
+    fn pending_entries(&self, now: Duration) -> Vec<(IpAddr, Duration)> {
+        self.pending
+            .iter()
+            .map(|(ip, end)| (*ip, whole_seconds(end.saturating_sub(now))))
+            .collect()
+    }
+
+    /// Says the first failure, counts every one.
+    fn failed(&mut self, e: &anyhow::Error) {
+        self.health.errors += 1;
+        if self.failing {
+            return;
+        }
+        self.failing = true;
+        let cause = format!("{e:#}").replace('\n', " ");
+        eprintln!(
+            "tcpwatch: warning: blocking via {} fails: {cause}; detection goes on, blocks are kept and retried every {}",
+            self.mode.backend_name().unwrap_or("?"),
+            crate::duration::format(RETRY_EVERY)
+        );
+    }
+
+    fn recovered(&mut self) {
+        if self.failing {
+            self.failing = false;
+            eprintln!(
+                "tcpwatch: blocking via {} works again",
+                self.mode.backend_name().unwrap_or("?")
+            );
+        }
+    }
+
+    /// Puts a `Blocked` event right after the scan of each applied address
+    /// in `events`, and those of addresses without a scan here (pending
+    /// ones, applied late) at the end.
+    fn place(
+        &self,
+        events: Vec<Event>,
+        applied: Vec<(IpAddr, Duration)>,
+        backend: &'static str,
+    ) -> Vec<Event> {
         let at = self.clock.now();
-        if self.limit.rate().0.is_some() {
-            let expires = at.mono + self.ttl;
-            self.active.extend(chosen.iter().map(|ip| (*ip, expires)));
-        }
-        let mut pending: HashSet<IpAddr> = chosen.into_iter().collect();
-        let mut out = Vec::with_capacity(events.len() + pending.len());
+        let blocked = |ip, ttl| Event {
+            at,
+            kind: EventKind::Blocked(Block { ip, ttl, backend }),
+        };
+        let mut left: HashMap<IpAddr, Duration> = applied.iter().copied().collect();
+        let mut out = Vec::with_capacity(events.len() + left.len());
         for event in events {
-            let blocked = match &event.kind {
-                EventKind::PortScan(scan) => pending.take(&scan.remote.to_canonical()),
+            let scanner = match &event.kind {
+                EventKind::PortScan(scan) => left.remove_entry(&scan.remote.to_canonical()),
                 _ => None,
             };
             out.push(event);
-            if let Some(ip) = blocked {
-                out.push(Event {
-                    at,
-                    kind: EventKind::Blocked(Block {
-                        ip,
-                        ttl: self.ttl,
-                        backend: backend_name,
-                    }),
-                });
+            if let Some((ip, ttl)) = scanner {
+                out.push(blocked(ip, ttl));
+            }
+        }
+        // In the order applied, not the map's.
+        for (ip, _) in applied {
+            if let Some(ttl) = left.remove(&ip) {
+                out.push(blocked(ip, ttl));
             }
         }
         out
     }
 
-    /// The distinct scanners to block, in order, and how many of them are
-    /// new blocks (charged to the cap). The others are allowlisted or over
-    /// the cap: each is counted and said on stderr (over the cap, once a
-    /// minute at most).
-    fn choose(&mut self, scanners: Vec<IpAddr>) -> (Vec<IpAddr>, usize) {
+    /// The distinct scanners to block, in order: those not allowlisted,
+    /// already blocked (a refresh) or within the cap's budget. The others
+    /// are counted and said on stderr (over the cap, once a minute at most).
+    fn choose(&mut self, scanners: Vec<IpAddr>) -> Vec<IpAddr> {
         let now = self.clock.now().mono;
         self.active.retain(|_, expires| *expires > now);
         let mut seen = HashSet::new();
-        let (mut chosen, mut new) = (Vec::new(), 0);
+        let mut chosen = Vec::new();
         for ip in scanners {
             if !seen.insert(ip) {
                 continue;
@@ -387,10 +531,7 @@ impl Blocker {
                 continue;
             }
             match self.limit.take(now) {
-                limit::Verdict::Granted => {
-                    chosen.push(ip);
-                    new += 1;
-                }
+                limit::Verdict::Granted => chosen.push(ip),
                 limit::Verdict::Skipped { warn } => {
                     self.skipped.rate_limit += 1;
                     if warn {
@@ -403,7 +544,80 @@ impl Blocker {
                 }
             }
         }
-        (chosen, new)
+        chosen
+    }
+
+    /// The periodic check (every [`RETRY_EVERY`]): re-reads the firewall,
+    /// re-creates its objects if they were deleted, retries the pending
+    /// blocks. Returns the `Blocked` events of the blocks applied now and
+    /// the addresses held, (IPv4, IPv6), when they could be read.
+    pub fn tick(&mut self) -> (Vec<Event>, Option<(usize, usize)>) {
+        let Some(name) = self.mode.backend_name() else {
+            return (Vec::new(), None);
+        };
+        let applied = match self.count() {
+            Ok(counted) => {
+                let applied = self.retry();
+                if self.pending.is_empty() {
+                    // Read and nothing left to apply (the pending blocks
+                    // expired): the firewall works.
+                    self.recovered();
+                }
+                let counted = if applied.is_empty() {
+                    Some(counted)
+                } else {
+                    self.count().ok()
+                };
+                return (self.place(Vec::new(), applied, name), counted);
+            }
+            Err(e) => self.repair(e),
+        };
+        let counted = self.count().ok();
+        (self.place(Vec::new(), applied, name), counted)
+    }
+
+    /// The firewall could not be read: re-creates its objects with every
+    /// active and pending block, in one call.
+    fn repair(&mut self, unreadable: anyhow::Error) -> Vec<(IpAddr, Duration)> {
+        let now = self.clock.now().mono;
+        self.active.retain(|_, end| *end > now);
+        let before = self.pending.len();
+        self.pending.retain(|_, end| *end > now);
+        self.health.dropped += (before - self.pending.len()) as u64;
+        let mut entries = self.pending_entries(now);
+        entries.extend(
+            self.active
+                .iter()
+                .filter(|(ip, _)| !self.pending.contains_key(ip))
+                .map(|(ip, end)| (*ip, whole_seconds(end.saturating_sub(now)))),
+        );
+        let Mode::Apply(backend) = &mut self.mode else {
+            return Vec::new();
+        };
+        match backend.repair(self.ttl, &entries) {
+            Ok(true) => {
+                eprintln!(
+                    "tcpwatch: warning: the {} objects were gone (deleted by someone else?); re-created them with {} blocks",
+                    backend.name(),
+                    entries.len()
+                );
+                self.recovered();
+                let applied: Vec<_> = entries
+                    .into_iter()
+                    .filter(|(ip, _)| self.pending.contains_key(ip))
+                    .collect();
+                self.active.extend(self.pending.drain());
+                applied
+            }
+            Ok(false) => {
+                self.failed(&unreadable);
+                Vec::new()
+            }
+            Err(e) => {
+                self.failed(&e);
+                Vec::new()
+            }
+        }
     }
 
     /// Counts the addresses in the backend's sets, (IPv4, IPv6); zero when
@@ -413,16 +627,34 @@ impl Blocker {
             return Ok((0, 0));
         };
         let entries = backend.list()?;
-        let held: HashSet<IpAddr> = entries.iter().map(|e| e.ip.to_canonical()).collect();
+        // The firewall is the truth: a block lifted by hand or pushed out of
+        // a full XDP map is no longer held, and blocking that address again
+        // is a new block. A listing without timeouts keeps the known expiry.
+        let now = self.clock.now().mono;
+        let known = std::mem::take(&mut self.active);
+        self.active = entries
+            .iter()
+            .filter_map(|e| {
+                let ip = e.ip.to_canonical();
+                let end = match e.remaining {
+                    Some(left) => now + left,
+                    None => *known.get(&ip)?,
+                };
+                Some((ip, end))
+            })
+            .collect();
         if let (Some(store), true) = (&self.store, self.reconcile) {
             // The firewall is the truth while running: a block lifted with
             // `tcpwatch blocks remove` must not come back at the next start.
+            // Pending blocks are not in it yet, and stay.
+            let held: HashSet<IpAddr> = entries
+                .iter()
+                .map(|e| e.ip.to_canonical())
+                .chain(self.pending.keys().copied())
+                .collect();
             let kept = store.retain_blocks(SystemTime::now(), |ip| held.contains(&ip));
-            warn_store(&mut self.store_failing, kept.map(|_| ()));
+            store.report(kept.map(|_| ()));
         }
-        // A block lifted by hand or pushed out of a full XDP map is no
-        // longer held: blocking that address again is a new block.
-        self.active.retain(|ip, _| held.contains(ip));
         let v4 = entries
             .iter()
             .filter(|e| Family::of(e.ip) == Family::V4)
@@ -448,27 +680,13 @@ impl Blocker {
     }
 }
 
-/// Reports a failing state file once, and its recovery.
-fn warn_store(failing: &mut bool, result: Result<(), crate::state::StateError>) {
-    match result {
-        Err(e) if !*failing => {
-            eprintln!("tcpwatch: warning: {e}; blocks are applied but may not survive a restart");
-            *failing = true;
-        }
-        Ok(()) if *failing => {
-            eprintln!("tcpwatch: state file writable again");
-            *failing = false;
-        }
-        _ => {}
-    }
-}
+/// How often the block stage re-reads the firewall and retries what failed.
+pub const RETRY_EVERY: Duration = Duration::from_secs(5);
 
-fn list(ips: &[IpAddr]) -> String {
-    let shown: Vec<String> = ips.iter().take(5).map(IpAddr::to_string).collect();
-    match ips.len() {
-        n if n > 5 => format!("{} and {} more", shown.join(", "), n - 5),
-        _ => shown.join(", "),
-    }
+/// A time left as whole seconds, rounded up, at least one: what a late
+/// block is applied (and printed) with, so it ends when it would have.
+fn whole_seconds(left: Duration) -> Duration {
+    Duration::from_secs((left.as_secs() + u64::from(left.subsec_nanos() > 0)).max(1))
 }
 
 #[cfg(test)]
@@ -476,13 +694,31 @@ mod tests {
     use super::*;
     use crate::clock::{ManualClock, Stamp};
     use crate::event::{Connection, Direction, PortScan};
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Mutex;
 
-    /// Records every call; fails `block` when told to.
+    type Blocks = Vec<(IpAddr, Duration)>;
+
+    /// Records every call; fails `block` when told to. `gone`: its objects
+    /// were deleted (listing fails until a repair).
     #[derive(Clone, Default)]
     struct Fake {
         calls: Arc<Mutex<Vec<Vec<IpAddr>>>>,
+        ttls: Arc<Mutex<Vec<Duration>>>,
+        held: Arc<Mutex<std::collections::BTreeSet<IpAddr>>>,
+        repairs: Arc<Mutex<Vec<Blocks>>>,
         fail: bool,
+        failing: Arc<AtomicBool>,
+        gone: Arc<AtomicBool>,
+    }
+
+    impl Fake {
+        fn check(&self) -> anyhow::Result<()> {
+            if self.fail || self.failing.load(Ordering::Relaxed) {
+                anyhow::bail!("nft: Operation not permitted");
+            }
+            Ok(())
+        }
     }
 
     impl Backend for Fake {
@@ -492,26 +728,36 @@ mod tests {
         fn install(&mut self, _: Duration) -> anyhow::Result<()> {
             Ok(())
         }
-        fn block(&mut self, ips: &[IpAddr], _: Duration) -> anyhow::Result<()> {
+        fn block(&mut self, ips: &[IpAddr], ttl: Duration) -> anyhow::Result<()> {
             self.calls.lock().unwrap().push(ips.to_vec());
-            if self.fail {
-                anyhow::bail!("nft: Operation not permitted");
-            }
+            self.ttls.lock().unwrap().push(ttl);
+            self.check()?;
+            self.held.lock().unwrap().extend(ips);
             Ok(())
+        }
+        fn repair(&mut self, _: Duration, entries: &[(IpAddr, Duration)]) -> anyhow::Result<bool> {
+            self.check()?;
+            self.repairs.lock().unwrap().push(entries.to_vec());
+            *self.held.lock().unwrap() = entries.iter().map(|(ip, _)| *ip).collect();
+            self.gone.store(false, Ordering::Relaxed);
+            Ok(true)
         }
         fn unblock(&mut self, _: IpAddr) -> anyhow::Result<()> {
             Ok(())
         }
         fn list(&mut self) -> anyhow::Result<Vec<Entry>> {
+            self.check()?;
+            if self.gone.load(Ordering::Relaxed) {
+                anyhow::bail!("nft: No such file or directory");
+            }
             Ok(self
-                .calls
+                .held
                 .lock()
                 .unwrap()
                 .iter()
-                .flatten()
                 .map(|ip| Entry {
                     ip: *ip,
-                    remaining: None,
+                    remaining: Some(Duration::from_secs(30)),
                 })
                 .collect())
         }
@@ -559,6 +805,14 @@ mod tests {
     }
 
     fn blocker(mode: Mode, allow: &[&str]) -> Blocker {
+        blocker_on(
+            mode,
+            allow,
+            Arc::new(ManualClock::new(chrono::Local::now())),
+        )
+    }
+
+    fn blocker_on(mode: Mode, allow: &[&str], clock: Arc<ManualClock>) -> Blocker {
         let host = vec!["10.0.0.5".parse().unwrap()];
         Blocker::new(
             mode,
@@ -568,7 +822,7 @@ mod tests {
                 Box::new(move || Ok(host.clone())),
                 Box::new(|| Ok(vec!["10.0.0.1".parse().unwrap()])),
             ),
-            Arc::new(ManualClock::new(chrono::Local::now())),
+            clock,
         )
     }
 
@@ -579,10 +833,10 @@ mod tests {
             .map(|e| match &e.kind {
                 EventKind::NewConnection { .. } => "C".to_string(),
                 EventKind::PortScan(s) => format!("S {}", s.remote),
-                EventKind::Blocked(b) => {
-                    assert_eq!(b.ttl, Duration::from_secs(30));
+                EventKind::Blocked(b) if b.ttl == Duration::from_secs(30) => {
                     format!("B {} {}", b.ip, b.backend)
                 }
+                EventKind::Blocked(b) => format!("B {} {} {:?}", b.ip, b.backend, b.ttl),
                 EventKind::Unblocked { ip, .. } => format!("U {ip}"),
             })
             .collect()
@@ -800,7 +1054,7 @@ mod tests {
     }
 
     #[test]
-    fn an_expired_block_is_new_again_and_a_failed_one_is_refunded() {
+    fn an_expired_block_is_new_again_and_a_failed_one_keeps_its_budget() {
         let clock = Arc::new(ManualClock::new(chrono::Local::now()));
         let mut b = capped(Mode::DryRun("nftables"), 1, &clock);
         assert_eq!(tags(&b.handle(vec![scan("198.51.100.1")])).len(), 2);
@@ -819,9 +1073,10 @@ mod tests {
         assert_eq!(tags(&b.handle(vec![scan("198.51.100.2")])).len(), 1);
         assert_eq!(
             b.take_skipped().rate_limit,
-            0,
-            "a block that failed takes no budget"
+            1,
+            "a block that failed is pending, to be applied: it keeps its budget"
         );
+        assert_eq!(b.health().pending, 1);
     }
 
     #[test]
@@ -859,5 +1114,138 @@ mod tests {
             tags(&off.handle(vec![scan("192.0.2.1"), conn()])),
             ["S 192.0.2.1", "C"]
         );
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_failing_firewall_keeps_blocks_pending_and_applies_them_when_it_works() {
+        let fake = Fake::default();
+        let mut b = blocker(Mode::Apply(Box::new(fake.clone())), &[]);
+        fake.failing.store(true, Ordering::Relaxed);
+        assert_eq!(tags(&b.handle(vec![scan("192.0.2.1")])), ["S 192.0.2.1"]);
+        assert!(b.failing);
+        // While failing, a new scan joins the pending ones in one call.
+        assert_eq!(
+            tags(&b.handle(vec![scan("2001:db8::7")])),
+            ["S 2001:db8::7"]
+        );
+        assert_eq!(fake.calls.lock().unwrap().len(), 2);
+        let (late, counted) = b.tick();
+        assert!(late.is_empty() && counted.is_none());
+        assert_eq!(
+            b.health(),
+            Health {
+                errors: 3,
+                dropped: 0,
+                pending: 2
+            },
+            "the block, the retry, the repair after a failed listing: each failed call counts"
+        );
+
+        fake.failing.store(false, Ordering::Relaxed);
+        let (late, counted) = b.tick();
+        let mut late = tags(&late);
+        late.sort();
+        assert_eq!(late, ["B 192.0.2.1 fake", "B 2001:db8::7 fake"]);
+        assert_eq!(counted, Some((1, 1)));
+        assert!(!b.failing);
+        assert_eq!(b.health().pending, 0);
+        // Works again: a new scan is blocked at once, for the full TTL.
+        let calls = fake.calls.lock().unwrap().len();
+        assert_eq!(
+            tags(&b.handle(vec![scan("198.51.100.3")])),
+            ["S 198.51.100.3", "B 198.51.100.3 fake"]
+        );
+        assert_eq!(fake.calls.lock().unwrap().len(), calls + 1);
+        assert_eq!(b.tick().0.len(), 0, "nothing is printed twice");
+    }
+
+    #[test]
+    fn a_late_block_gets_the_time_its_ttl_has_left_and_an_ended_one_is_dropped() {
+        let fake = Fake::default();
+        let clock = Arc::new(ManualClock::new(chrono::Local::now()));
+        let mut b = blocker_on(Mode::Apply(Box::new(fake.clone())), &[], clock.clone());
+        fake.failing.store(true, Ordering::Relaxed);
+        b.handle(vec![scan("192.0.2.1")]);
+        clock.advance(Duration::from_millis(9_500));
+        b.handle(vec![scan("192.0.2.2")]);
+        clock.advance(Duration::from_millis(20_700));
+        fake.failing.store(false, Ordering::Relaxed);
+        // At 30.2 s: 192.0.2.1's 30 s have ended; 192.0.2.2 has 9.3 s left,
+        // applied as 10 s so it never ends early.
+        let (late, _) = b.tick();
+        assert_eq!(tags(&late), ["B 192.0.2.2 fake 10s"]);
+        assert_eq!(
+            fake.ttls.lock().unwrap().last(),
+            Some(&Duration::from_secs(10))
+        );
+        assert_eq!(b.health().dropped, 1);
+        assert_eq!(b.health().pending, 0);
+
+        // Every pending block expired: the next good reading is the recovery.
+        fake.failing.store(true, Ordering::Relaxed);
+        b.handle(vec![scan("192.0.2.3")]);
+        clock.advance(Duration::from_secs(31));
+        fake.failing.store(false, Ordering::Relaxed);
+        assert!(b.failing);
+        assert!(b.tick().0.is_empty());
+        assert!(!b.failing);
+        assert_eq!(b.health().dropped, 2);
+    }
+
+    #[test]
+    fn pending_blocks_are_capped_and_the_excess_counted() {
+        let fake = Fake::default();
+        let mut b = blocker(Mode::Apply(Box::new(fake.clone())), &[]);
+        b.max_pending = 2;
+        fake.failing.store(true, Ordering::Relaxed);
+        b.handle(vec![
+            scan("192.0.2.1"),
+            scan("192.0.2.2"),
+            scan("192.0.2.3"),
+        ]);
+        b.handle(vec![scan("192.0.2.1")]);
+        assert_eq!(
+            b.health(),
+            Health {
+                errors: 2,
+                dropped: 1,
+                pending: 2
+            },
+            "a pending address again is no new entry"
+        );
+    }
+
+    #[test]
+    fn deleted_objects_are_recreated_with_the_active_and_pending_blocks() {
+        let fake = Fake::default();
+        let mut b = blocker(Mode::Apply(Box::new(fake.clone())), &[]);
+        b.handle(vec![scan("192.0.2.1")]);
+        fake.gone.store(true, Ordering::Relaxed);
+        fake.failing.store(true, Ordering::Relaxed);
+        b.handle(vec![scan("192.0.2.2")]);
+        fake.failing.store(false, Ordering::Relaxed);
+        let (late, _) = b.tick();
+        assert_eq!(
+            tags(&late),
+            ["B 192.0.2.2 fake"],
+            "only the pending one prints"
+        );
+        let mut repaired = fake.repairs.lock().unwrap()[0].clone();
+        repaired.sort();
+        assert_eq!(
+            repaired,
+            [
+                (ip("192.0.2.1"), Duration::from_secs(30)),
+                (ip("192.0.2.2"), Duration::from_secs(30))
+            ]
+        );
+        assert!(!b.failing);
+        assert_eq!(b.health().pending, 0);
+        assert!(b.tick().0.is_empty());
+        assert_eq!(fake.repairs.lock().unwrap().len(), 1, "repaired once");
     }
 }

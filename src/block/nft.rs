@@ -42,12 +42,11 @@ impl Backend for Nftables {
     }
 
     fn list(&mut self) -> anyhow::Result<Vec<Entry>> {
-        let mut entries = Vec::new();
-        for set in [SET4, SET6] {
-            let json = nft_output(&format!("list set {TABLE} {set}"), true)?;
-            entries.extend(parse_list(&json)?);
-        }
-        Ok(entries)
+        // The whole table in one call: the elements, and a check that
+        // nothing was deleted under the agent.
+        let json = nft_output(&format!("list table {TABLE}"), true)?;
+        check_complete(&json)?;
+        parse_list(&json)
     }
 
     fn flush(&mut self) -> anyhow::Result<()> {
@@ -73,6 +72,19 @@ impl Backend for Nftables {
             .collect();
         nft(&script)
     }
+
+    fn repair(&mut self, _ttl: Duration, entries: &[(IpAddr, Duration)]) -> anyhow::Result<bool> {
+        // One transaction: the table is never there without its blocks, and
+        // a table that was still there (read failed for another reason) is
+        // replaced by the same content.
+        let mut script = install_script();
+        for (ttl, ips) in super::by_whole_seconds(entries) {
+            script.push_str(&block_script(&ips, ttl));
+        }
+        nft(&script)
+            .context("cannot re-create table inet tcpwatch")
+            .map(|()| true)
+    }
 }
 
 fn nft(script: &str) -> anyhow::Result<()> {
@@ -85,12 +97,14 @@ fn nft_output(script: &str, json: bool) -> anyhow::Result<String> {
     if let Some(result) = libnft::run(script, json) {
         return result;
     }
-    let args: &[&str] = if json {
-        &["-j", "-f", "-"]
-    } else {
-        &["-f", "-"]
-    };
-    exec::run("nft", args, Some(script))
+    if json {
+        // nft 1.0.6 prints nothing for `-j -f -` (a listing read from a
+        // file): a one-line command goes as arguments.
+        let mut args = vec!["-j"];
+        args.extend(script.split_whitespace());
+        return exec::run("nft", &args, None);
+    }
+    exec::run("nft", &["-f", "-"], Some(script))
 }
 
 /// Creates the table, replacing one left by a crashed run, in one batch:
@@ -163,7 +177,41 @@ fn nft_time(d: Duration) -> String {
     }
 }
 
-/// Reads the elements of `nft -j list set ...`: `{"elem": {"val": ip,
+/// Checks that `nft -j list table inet tcpwatch` shows both sets, the chain
+/// and its two rules: a part deleted by hand (a flushed chain, a deleted
+/// set) is an error, which the agent repairs.
+pub fn check_complete(json: &str) -> anyhow::Result<()> {
+    let doc: serde_json::Value =
+        serde_json::from_str(json).context("nft -j printed something that is not JSON")?;
+    let objects = doc["nftables"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let named = |kind: &str, name: &str| {
+        objects
+            .iter()
+            .any(|o| o.get(kind).is_some_and(|v| v["name"] == name))
+    };
+    let rules = objects.iter().filter(|o| o.get("rule").is_some()).count();
+    let mut missing = Vec::new();
+    for set in [SET4, SET6] {
+        if !named("set", set) {
+            missing.push(format!("set {set}"));
+        }
+    }
+    if !named("chain", "prerouting") {
+        missing.push("chain prerouting".to_string());
+    } else if rules < 2 {
+        missing.push("rules of chain prerouting".to_string());
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "table {TABLE} is incomplete ({} missing)",
+            missing.join(", ")
+        )
+    }
+}
+
+/// Reads the elements of `nft -j list set ...` (or `list table`): `{"elem": {"val": ip,
 /// "timeout": s, "expires": s}}`, or a bare address for an element added
 /// without a timeout.
 pub fn parse_list(json: &str) -> anyhow::Result<Vec<Entry>> {
@@ -283,5 +331,30 @@ mod tests {
         let empty = r#"{"nftables": [{"metainfo": {}}, {"set": {"name": "blocked6", "type": "ipv6_addr"}}]}"#;
         assert!(parse_list(empty).unwrap().is_empty());
         assert!(parse_list("garbage").is_err());
+    }
+
+    #[test]
+    fn a_table_missing_a_part_is_incomplete() {
+        let set = |name: &str| format!(r#"{{"set": {{"name": "{name}", "table": "tcpwatch"}}}}"#);
+        let chain = r#"{"chain": {"name": "prerouting", "table": "tcpwatch"}}"#;
+        let rule = r#"{"rule": {"chain": "prerouting", "table": "tcpwatch"}}"#;
+        let doc = |parts: &[&str]| format!(r#"{{"nftables": [{}]}}"#, parts.join(", "));
+        let (s4, s6) = (set("blocked4"), set("blocked6"));
+        check_complete(&doc(&[&s4, &s6, chain, rule, rule])).unwrap();
+        let err = check_complete(&doc(&[&s4, chain, rule, rule])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "table inet tcpwatch is incomplete (set blocked6 missing)"
+        );
+        let err = check_complete(&doc(&[&s4, &s6, chain])).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("(rules of chain prerouting missing)"),
+            "{err}"
+        );
+        let err = check_complete(&doc(&[])).unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("(set blocked4, set blocked6, chain prerouting missing)"));
     }
 }

@@ -12,18 +12,26 @@ use std::sync::Arc;
 
 const LANDING: &str = "<!DOCTYPE html>\n<html><head><title>tcpwatch</title></head>\n<body><h1>tcpwatch</h1><p><a href=\"/metrics\">Metrics</a> &middot; <a href=\"/healthz\">Health</a></p></body></html>\n";
 
-/// Binds the address now, so that a taken port is a start-up error (and the
-/// firewall is never touched by an agent that is about to exit).
+/// Binds the address now, so that a bad address is a start-up error (and
+/// the firewall is never touched by an agent that is about to exit).
 pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
-    let fail = |e: std::io::Error| {
-        // "Address in use (os error 98)" -> "Address in use": one short line.
-        let text = e.to_string();
-        let text = text.split(" (os error").next().unwrap_or(&text).to_string();
-        anyhow::anyhow!("metrics address {addr}: {text}")
-    };
-    let listener = std::net::TcpListener::bind(addr).map_err(fail)?;
-    listener.set_nonblocking(true).map_err(fail)?;
+    try_bind(addr).map_err(|e| anyhow::anyhow!(describe(addr, &e)))
+}
+
+/// [`bind`] with the OS error, for callers that treat a taken port
+/// (`AddrInUse`) differently.
+pub fn try_bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
     Ok(listener)
+}
+
+/// `metrics address ADDR: CAUSE`, one short line.
+pub fn describe(addr: SocketAddr, e: &std::io::Error) -> String {
+    // "Address in use (os error 98)" -> "Address in use".
+    let text = e.to_string();
+    let text = text.split(" (os error").next().unwrap_or(&text);
+    format!("metrics address {addr}: {text}")
 }
 
 pub fn router(metrics: Arc<Metrics>) -> Router {

@@ -40,6 +40,10 @@ pub struct Metrics {
     evictions: Family<Label, Counter>,
     xdp_dropped: Family<Label, Counter>,
     xdp_evictions: Counter,
+    block_errors: Family<Label, Counter>,
+    blocks_dropped: Family<Label, Counter>,
+    blocks_pending: Gauge,
+    backend: Option<&'static str>,
     source_running: AtomicBool,
     /// Faults the source is living through now (an unreadable table, an
     /// interface gone): one per table or interface, so one that recovers
@@ -139,6 +143,29 @@ impl Metrics {
             }
         }
 
+        let block_errors = Family::<Label, Counter>::default();
+        let blocks_dropped = Family::<Label, Counter>::default();
+        let blocks_pending = Gauge::default();
+        registry.register(
+            "block_errors",
+            "Firewall calls that failed (the blocks are kept and retried), by backend",
+            block_errors.clone(),
+        );
+        registry.register(
+            "blocks_dropped",
+            "Blocks never applied: too many pending, or their TTL ended while the firewall failed",
+            blocks_dropped.clone(),
+        );
+        registry.register(
+            "blocks_pending",
+            "Blocks decided but not applied yet (the firewall fails)",
+            blocks_pending.clone(),
+        );
+        if let Some(backend) = backend {
+            let _ = block_errors.get_or_create(&[("backend", backend)]);
+            let _ = blocks_dropped.get_or_create(&[("backend", backend)]);
+        }
+
         build_info
             .get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])
             .set(1);
@@ -173,6 +200,10 @@ impl Metrics {
             evictions,
             xdp_dropped,
             xdp_evictions,
+            block_errors,
+            blocks_dropped,
+            blocks_pending,
+            backend,
             source_running: AtomicBool::new(false),
             source_faults: AtomicUsize::new(0),
         })
@@ -253,6 +284,20 @@ impl Metrics {
             .get_or_create(&[("family", "ipv6")])
             .inc_by(v6);
         self.xdp_evictions.inc_by(evictions);
+    }
+
+    /// Copies the block stage's totals: the counters move up to them.
+    pub fn set_block_health(&self, health: crate::block::Health) {
+        let Some(backend) = self.backend else {
+            return;
+        };
+        let raise = |family: &Family<Label, Counter>, total: u64| {
+            let counter = family.get_or_create(&[("backend", backend)]);
+            counter.inc_by(total.saturating_sub(counter.get()));
+        };
+        raise(&self.block_errors, health.errors);
+        raise(&self.blocks_dropped, health.dropped);
+        self.blocks_pending.set(clamp(health.pending));
     }
 
     /// Marks the source task as running (`true`) or ended (`false`).
@@ -383,6 +428,16 @@ mod tests {
             allowlist: 0,
             rate_limit: 3,
         });
+        m.set_block_health(crate::block::Health {
+            errors: 2,
+            dropped: 0,
+            pending: 1,
+        });
+        m.set_block_health(crate::block::Health {
+            errors: 3,
+            dropped: 0,
+            pending: 1,
+        });
         m
     }
 
@@ -481,6 +536,10 @@ mod tests {
             "tcpwatch_evictions_total{table=\"connections\"} 0",
             "tcpwatch_evictions_total{table=\"attempts\"} 0",
             "# TYPE tcpwatch_build_info gauge",
+            "# TYPE tcpwatch_block_errors_total counter",
+            "tcpwatch_block_errors_total{backend=\"nftables\"} 3",
+            "tcpwatch_blocks_dropped_total{backend=\"nftables\"} 0",
+            "tcpwatch_blocks_pending 1",
         ] {
             assert!(
                 text.lines().any(|l| l == expected),

@@ -14,10 +14,19 @@
 //! transaction in flight, never the file). A new file is built under a
 //! temporary name and renamed into place, so a crash during creation never
 //! leaves a half-made file that the next start would call corrupt.
+//!
+//! A write that fails (disk full, I/O error) is not lost: the connection
+//! changes wait in memory (bounded) and go with the next write, and the
+//! database is re-opened first, since redb refuses every write after an I/O
+//! error ("previous I/O error") until it is. The owner says the failure
+//! once and the recovery once ([`Store::report`]).
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Bumped whenever the tables or their encodings change; a file of another
@@ -57,10 +66,58 @@ pub enum StateError {
     Io { path: String, cause: String },
 }
 
+/// Connection changes kept in memory at most while the file cannot be
+/// written; past it, a restart may report the newest ones again.
+pub const MAX_UNWRITTEN: usize = 262_144;
+
 pub struct Store {
-    db: Database,
+    /// `None` between a failed write and a successful re-open.
+    db: RwLock<Option<Database>>,
+    /// A write failed: re-open before the next one.
+    broken: AtomicBool,
+    /// The last write failed and that was said ([`Store::report`]).
+    failing: AtomicBool,
+    unwritten: Mutex<Unwritten>,
     path: PathBuf,
     created: bool,
+}
+
+/// Connection changes not yet in the file. An address pair is in one set at
+/// most: the last change wins.
+#[derive(Debug, Default)]
+pub struct Unwritten {
+    added: HashSet<ConnKey>,
+    removed: HashSet<ConnKey>,
+    /// Changes not kept because the sets were full.
+    pub dropped: u64,
+}
+
+impl Unwritten {
+    pub fn merge(&mut self, added: &[ConnKey], removed: &[ConnKey]) {
+        for key in added {
+            self.removed.remove(key);
+            if self.len() < MAX_UNWRITTEN || self.added.contains(key) {
+                self.added.insert(*key);
+            } else {
+                self.dropped += 1;
+            }
+        }
+        for key in removed {
+            if self.added.remove(key) || self.len() < MAX_UNWRITTEN {
+                self.removed.insert(*key);
+            } else {
+                self.dropped += 1;
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.added.len() + self.removed.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 impl Store {
@@ -93,14 +150,12 @@ impl Store {
                 cause,
             })?;
         }
-        // Verifies every page's checksum: a torn or bit-rotted file is
-        // refused at start-up instead of being half read.
-        let db = Database::builder()
-            .set_check_integrity_on_open(true)
-            .create(path)
-            .map_err(|e| open_error(&shown, e))?;
+        let db = open_database(path)?;
         let store = Store {
-            db,
+            db: RwLock::new(Some(db)),
+            broken: AtomicBool::new(false),
+            failing: AtomicBool::new(false),
+            unwritten: Mutex::new(Unwritten::default()),
             path: path.to_path_buf(),
             created,
         };
@@ -123,6 +178,73 @@ impl Store {
         &self.path
     }
 
+    /// Says a failed write once (until one succeeds) and the first success
+    /// after failures, for every writer of this file together.
+    pub fn report(&self, result: Result<(), StateError>) {
+        match result {
+            Err(e) if !self.failing.swap(true, Ordering::Relaxed) => eprintln!(
+                "tcpwatch: warning: {e}; detection goes on and writes are retried (a restart before they succeed may report connections again or lose blocks)"
+            ),
+            Ok(()) if self.failing.swap(false, Ordering::Relaxed) => {
+                eprintln!("tcpwatch: state file writable again")
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether connection changes wait for a write that failed.
+    pub fn has_unwritten(&self) -> bool {
+        !self.lock_unwritten().is_empty()
+    }
+
+    /// Changes dropped because too many waited.
+    pub fn unwritten_dropped(&self) -> u64 {
+        self.lock_unwritten().dropped
+    }
+
+    fn lock_unwritten(&self) -> std::sync::MutexGuard<'_, Unwritten> {
+        self.unwritten.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The open database for reading; an error while a re-open is due.
+    fn reader(&self) -> Result<RwLockReadGuard<'_, Option<Database>>, StateError> {
+        let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            return Err(self.io("not open after a failed write"));
+        }
+        Ok(guard)
+    }
+
+    /// Runs `f` in one durable write transaction, re-opening the database
+    /// first if the last write failed.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&WriteTransaction) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
+        let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
+        if self.broken.load(Ordering::Relaxed) || db.is_none() {
+            // Closed first: redb refuses to open a file this process has open.
+            *db = None;
+            *db = Some(guarded(&self.path, || open_database(&self.path))?);
+            self.broken.store(false, Ordering::Relaxed);
+        }
+        let Some(database) = db.as_ref() else {
+            return Err(self.io("not open"));
+        };
+        let result = database
+            .begin_write()
+            .map_err(|e| self.io(e))
+            .and_then(|w| {
+                let value = f(&w)?;
+                w.commit().map_err(|e| self.io(e))?;
+                Ok(value)
+            });
+        if result.is_err() {
+            self.broken.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+
     /// Whether this start created the file.
     pub fn created(&self) -> bool {
         self.created
@@ -135,7 +257,12 @@ impl Store {
     }
 
     fn meta(&self, key: &str) -> Result<Option<u64>, StateError> {
-        let read = self.db.begin_read().map_err(|e| self.unusable(e))?;
+        let db = self.reader()?;
+        let read = db
+            .as_ref()
+            .expect("checked")
+            .begin_read()
+            .map_err(|e| self.unusable(e))?;
         let table = match read.open_table(META) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -147,7 +274,12 @@ impl Store {
 
     /// The connections accounted for.
     pub fn connections(&self) -> Result<Vec<ConnKey>, StateError> {
-        let read = self.db.begin_read().map_err(|e| self.unusable(e))?;
+        let db = self.reader()?;
+        let read = db
+            .as_ref()
+            .expect("checked")
+            .begin_read()
+            .map_err(|e| self.unusable(e))?;
         let table = match read.open_table(CONNECTIONS) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
@@ -165,37 +297,47 @@ impl Store {
         Ok(out)
     }
 
-    /// Records connections accounted for and forgets closed ones, in one
-    /// durable transaction; marks the store primed.
+    /// Records connections accounted for and forgets closed ones, with
+    /// every change a failed write left, in one durable transaction; marks
+    /// the store primed. On failure the changes wait for the next call.
     pub fn update_connections(
         &self,
         added: &[ConnKey],
         removed: &[ConnKey],
         at: SystemTime,
     ) -> Result<(), StateError> {
-        let write = self.db.begin_write().map_err(|e| self.io(e))?;
-        {
+        let mut unwritten = self.lock_unwritten();
+        unwritten.merge(added, removed);
+        let stamp = millis(at);
+        self.write(|write| {
             let mut table = write.open_table(CONNECTIONS).map_err(|e| self.io(e))?;
-            let stamp = millis(at);
-            for key in added {
+            for key in &unwritten.added {
                 table
                     .insert(encode_pair(*key).as_slice(), stamp)
                     .map_err(|e| self.io(e))?;
             }
-            for key in removed {
+            for key in &unwritten.removed {
                 table
                     .remove(encode_pair(*key).as_slice())
                     .map_err(|e| self.io(e))?;
             }
             let mut meta = write.open_table(META).map_err(|e| self.io(e))?;
             meta.insert(PRIMED_KEY, 1).map_err(|e| self.io(e))?;
-        }
-        write.commit().map_err(|e| self.io(e))
+            Ok(())
+        })?;
+        unwritten.added.clear();
+        unwritten.removed.clear();
+        Ok(())
     }
 
     /// Every stored block, expired or not.
     pub fn blocks(&self) -> Result<Vec<StoredBlock>, StateError> {
-        let read = self.db.begin_read().map_err(|e| self.unusable(e))?;
+        let db = self.reader()?;
+        let read = db
+            .as_ref()
+            .expect("checked")
+            .begin_read()
+            .map_err(|e| self.unusable(e))?;
         let table = match read.open_table(BLOCKS) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
@@ -227,8 +369,7 @@ impl Store {
         backend: &str,
         now: SystemTime,
     ) -> Result<(), StateError> {
-        let write = self.db.begin_write().map_err(|e| self.io(e))?;
-        {
+        self.write(|write| {
             let mut table = write.open_table(BLOCKS).map_err(|e| self.io(e))?;
             let now = millis(now);
             table
@@ -239,8 +380,8 @@ impl Store {
                     .insert(encode_ip(*ip).as_slice(), (millis(expires), backend))
                     .map_err(|e| self.io(e))?;
             }
-        }
-        write.commit().map_err(|e| self.io(e))
+            Ok(())
+        })
     }
 
     /// Keeps the blocks `keep` accepts and that have not expired by `now`;
@@ -250,9 +391,8 @@ impl Store {
         now: SystemTime,
         mut keep: impl FnMut(IpAddr) -> bool,
     ) -> Result<usize, StateError> {
-        let write = self.db.begin_write().map_err(|e| self.io(e))?;
-        let mut dropped = 0;
-        {
+        self.write(|write| {
+            let mut dropped = 0;
             let mut table = write.open_table(BLOCKS).map_err(|e| self.io(e))?;
             let now = millis(now);
             table
@@ -264,9 +404,8 @@ impl Store {
                     kept
                 })
                 .map_err(|e| self.io(e))?;
-        }
-        write.commit().map_err(|e| self.io(e))?;
-        Ok(dropped)
+            Ok(dropped)
+        })
     }
 
     fn shown(&self) -> String {
@@ -315,6 +454,15 @@ fn guarded<T>(path: &Path, read: impl FnOnce() -> Result<T, StateError>) -> Resu
 
 fn one_line(e: &impl std::fmt::Display) -> String {
     e.to_string().replace('\n', " ")
+}
+
+/// Opens the redb file, verifying every page's checksum: a torn or
+/// bit-rotted file is refused instead of being half read.
+fn open_database(path: &Path) -> Result<Database, StateError> {
+    Database::builder()
+        .set_check_integrity_on_open(true)
+        .create(path)
+        .map_err(|e| open_error(&path.display().to_string(), e))
 }
 
 fn open_error(path: &str, e: redb::DatabaseError) -> StateError {

@@ -255,3 +255,58 @@ fn damage_anywhere_is_refused_or_harmless_never_a_panic() {
         "{intact} intact, {refused} refused"
     );
 }
+
+#[test]
+fn unwritten_changes_keep_the_last_change_of_each_pair_and_are_capped() {
+    let a = key("10.0.0.5:80", "10.0.0.7:40000");
+    let b = key("10.0.0.5:80", "10.0.0.7:40001");
+    let mut unwritten = Unwritten::default();
+    unwritten.merge(&[a, b], &[]);
+    unwritten.merge(&[], &[a]);
+    assert_eq!(unwritten.added, HashSet::from([b]));
+    assert_eq!(unwritten.removed, HashSet::from([a]));
+    unwritten.merge(&[a], &[]);
+    assert_eq!(unwritten.added, HashSet::from([a, b]));
+    assert!(unwritten.removed.is_empty());
+
+    let mut full = Unwritten::default();
+    let many: Vec<ConnKey> = (0..=MAX_UNWRITTEN as u32)
+        .map(|n| {
+            let ip = Ipv4Addr::from(0x0a00_0000 + n);
+            (SocketAddr::from((ip, 80)), SocketAddr::from((ip, 40000)))
+        })
+        .collect();
+    full.merge(&many, &[]);
+    assert_eq!(full.len(), MAX_UNWRITTEN);
+    assert_eq!(full.dropped, 1);
+    // Forgetting a waiting addition frees its room.
+    full.merge(&[], &many[..1]);
+    assert_eq!((full.len(), full.dropped), (MAX_UNWRITTEN, 1));
+}
+
+#[test]
+fn a_write_after_a_failed_one_reopens_the_file_and_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state")).unwrap();
+    let now = SystemTime::now();
+    let a = key("10.0.0.5:80", "10.0.0.7:40000");
+    let b = key("[2001:db8::1]:443", "[2001:db8::7]:5000");
+    store.update_connections(&[a], &[], now).unwrap();
+    // What a failed write leaves: changes waiting, the database to re-open.
+    store.lock_unwritten().merge(&[b], &[]);
+    store.broken.store(true, Ordering::Relaxed);
+    assert!(store.has_unwritten());
+    store.update_connections(&[], &[], now).unwrap();
+    assert!(!store.broken.load(Ordering::Relaxed));
+    assert!(!store.has_unwritten());
+    assert_eq!(sorted(store.connections().unwrap()), sorted(vec![a, b]));
+    store
+        .put_blocks(
+            &["192.0.2.1".parse().unwrap()],
+            now + Duration::from_secs(9),
+            "nftables",
+            now,
+        )
+        .unwrap();
+    assert_eq!(store.blocks().unwrap().len(), 1);
+}

@@ -681,6 +681,23 @@ impl Agent {
         Agent::spawn(lab, index, args).ready()
     }
 
+    /// [`Agent::start`] with extra environment variables (a `PATH` of
+    /// wrappers for fault injection, say).
+    pub fn start_with_env(lab: &Lab, index: usize, env: &[(&str, &str)], args: &[&str]) -> Agent {
+        // Set by env(1) inside the namespace: a PATH given to `ip netns exec`
+        // itself would have to hold `ip`. env execs the agent: same pid.
+        let mut full: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        full.push(AGENT.to_string());
+        full.extend(args.iter().map(|a| a.to_string()));
+        let full: Vec<&str> = full.iter().map(String::as_str).collect();
+        let command = lab.command(index, "/usr/bin/env", &full);
+        let label = format!("{AGENT} in {}", lab.ns(index));
+        Agent {
+            proc: Proc::start(&label, command),
+        }
+        .ready()
+    }
+
     /// Returns the agent once it has printed [`READY`]; panics if it does
     /// not within [`START_TIMEOUT`].
     pub fn ready(mut self) -> Agent {
