@@ -66,7 +66,11 @@ fn check_error(e: &StateError, path: &Path) {
     );
 }
 
-/// One directory per process, on tmpfs if possible.
+const PREFIX: &str = "tcpwatch-fuzz-state-";
+
+/// One directory per process, on tmpfs if possible. libFuzzer ends the
+/// process with exit(), so nothing removes it then: each run removes those
+/// of processes that are gone instead.
 fn scratch() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -76,8 +80,24 @@ fn scratch() -> &'static PathBuf {
         } else {
             std::env::temp_dir()
         };
-        let dir = base.join(format!("tcpwatch-fuzz-state-{}", std::process::id()));
+        remove_stale(&base);
+        let dir = base.join(format!("{PREFIX}{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create the scratch directory");
         dir
     })
+}
+
+fn remove_stale(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(PREFIX)) else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
