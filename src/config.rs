@@ -57,9 +57,12 @@ impl std::str::FromStr for Listen {
         if text == "off" {
             return Ok(Listen::Off);
         }
-        text.parse()
-            .map(Listen::At)
-            .map_err(|_| format!("'{text}' is not ADDR:PORT or 'off' (e.g. 127.0.0.1:9472)"))
+        text.parse().map(Listen::At).map_err(|_| {
+            format!(
+                "'{}' is not ADDR:PORT or 'off' (e.g. 127.0.0.1:9472)",
+                printable(text)
+            )
+        })
     }
 }
 
@@ -186,7 +189,10 @@ impl FileConfig {
                 .span()
                 .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1)
                 .unwrap_or(1);
-            format!("{line}: {}", e.message().trim().replace('\n', " "))
+            format!(
+                "{line}: {}",
+                printable(&e.message().trim().replace('\n', " "))
+            )
         })
     }
 
@@ -269,7 +275,7 @@ pub fn capacity(n: usize) -> Result<usize, String> {
 pub fn parse_capacity(text: &str) -> Result<usize, String> {
     let n = text
         .parse::<usize>()
-        .map_err(|_| format!("'{text}' is not a whole number"))?;
+        .map_err(|_| format!("'{}' is not a whole number", printable(text)))?;
     capacity(n)
 }
 
@@ -282,7 +288,8 @@ pub fn parse_map_size(text: &str) -> Result<u32, String> {
     match text.parse::<u32>() {
         Ok(n) if (1..=MAX_XDP_MAP_SIZE).contains(&n) => Ok(n),
         _ => Err(format!(
-            "'{text}' is not a map size (a whole number from 1 to {MAX_XDP_MAP_SIZE})"
+            "'{}' is not a map size (a whole number from 1 to {MAX_XDP_MAP_SIZE})",
+            printable(text)
         )),
     }
 }
@@ -291,7 +298,22 @@ pub fn parse_map_size(text: &str) -> Result<u32, String> {
 pub fn parse_allow(text: &str) -> Result<IpNet, String> {
     text.parse::<IpNet>()
         .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
-        .map_err(|_| format!("'{text}' is not an IP address or CIDR block"))
+        .map_err(|_| format!("'{}' is not an IP address or CIDR block", printable(text)))
+}
+
+/// Outside text (a value, a key) as it goes into a one-line error: control
+/// characters escaped (`\n`, `\u{1b}`), so a newline or a terminal escape
+/// sequence in a config value cannot break the line or the terminal.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -365,6 +387,23 @@ mod tests {
         assert!(err.starts_with("2: "), "{err}");
         assert!(err.contains("scan-prots"), "{err}");
         assert!(!err.contains('\n'));
+    }
+
+    #[test]
+    fn control_characters_in_the_file_are_escaped_in_errors() {
+        // Found by the config_toml fuzz target: TOML escapes put any
+        // character in a key or value, and errors echo them.
+        let err = FileConfig::parse("\"scan\\u001b[2K\" = 1\n").unwrap_err();
+        assert!(err.contains("scan\\u{1b}[2K"), "{err}");
+        let file = FileConfig::parse("scan-window = \"60\\t\\r\\n\"\n").unwrap();
+        let err = file.apply(&mut RunConfig::default()).unwrap_err();
+        assert!(err.starts_with("scan-window: '60\\t\\r\\n'"), "{err}");
+        for bad in ["allow = [\"\\u0007\"]", "metrics-addr = \"\\n\""] {
+            let err = FileConfig::parse(bad)
+                .unwrap()
+                .apply(&mut RunConfig::default());
+            assert!(!err.unwrap_err().chars().any(char::is_control), "{bad}");
+        }
     }
 
     #[test]

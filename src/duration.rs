@@ -1,19 +1,23 @@
 //! DURATION values as the command line takes them: `500ms`, `10s`, `5m`, `1h`.
 
+use crate::config::printable;
 use std::time::Duration;
 
 /// Parses `<digits><unit>` with unit `ms`, `s`, `m` or `h`.
 pub fn parse(text: &str) -> Result<Duration, String> {
+    // The text goes into the errors: a control character in it (a config
+    // value can hold any) must not break the one-line message.
+    let shown = printable(text);
     let split = text
         .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("'{text}' has no unit (use ms, s, m or h, e.g. 10s)"))?;
+        .ok_or_else(|| format!("'{shown}' has no unit (use ms, s, m or h, e.g. 10s)"))?;
     let (digits, unit) = text.split_at(split);
     if digits.is_empty() {
-        return Err(format!("'{text}' does not start with a number (e.g. 10s)"));
+        return Err(format!("'{shown}' does not start with a number (e.g. 10s)"));
     }
     let n: u64 = digits
         .parse()
-        .map_err(|_| format!("'{text}': number too large"))?;
+        .map_err(|_| format!("'{shown}': number too large"))?;
     let millis = match unit {
         "ms" => Some(n),
         "s" => n.checked_mul(1_000),
@@ -21,13 +25,14 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         "h" => n.checked_mul(3_600_000),
         _ => {
             return Err(format!(
-                "'{text}': unknown unit '{unit}' (use ms, s, m or h)"
+                "'{shown}': unknown unit '{}' (use ms, s, m or h)",
+                printable(unit)
             ))
         }
     };
     millis
         .map(Duration::from_millis)
-        .ok_or_else(|| format!("'{text}': duration too large"))
+        .ok_or_else(|| format!("'{shown}': duration too large"))
 }
 
 /// Like [`parse`], but zero is refused: for periods and windows.
@@ -83,6 +88,13 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad} was accepted");
         }
+        // Found by the duration fuzz target: the text, control characters
+        // and all, went into the error.
+        let err = parse("52m\u{b}\0h").unwrap_err();
+        assert_eq!(
+            err,
+            "'52m\\u{b}\\u{0}h': unknown unit 'm\\u{b}\\u{0}h' (use ms, s, m or h)"
+        );
         assert!(parse_positive("0s").is_err());
     }
 

@@ -169,6 +169,8 @@ pub fn block_script(ips: &[IpAddr], ttl: Duration) -> String {
 }
 
 /// Reads `ipset list SET -output save`: `add SET IP timeout N` lines.
+/// `timeout 0` is an entry that never expires (added by hand without a
+/// timeout): the kernel shows an entry about to expire as `timeout 1`.
 pub fn parse_save(text: &str) -> Vec<Entry> {
     text.lines()
         .filter_map(|line| {
@@ -183,6 +185,7 @@ pub fn parse_save(text: &str) -> Vec<Entry> {
                     remaining = words
                         .next()
                         .and_then(|n| n.parse().ok())
+                        .filter(|&secs: &u64| secs > 0)
                         .map(Duration::from_secs);
                 }
             }
@@ -210,6 +213,16 @@ mod tests {
         assert!(script.contains("-A TCPWATCH -m set --match-set tcpwatch6 src -j DROP\n"));
         assert!(script.contains("-I PREROUTING 1 -j TCPWATCH\n"));
         assert!(script.starts_with("*raw\n") && script.ends_with("COMMIT\n"));
+    }
+
+    #[test]
+    fn timeout_zero_never_expires() {
+        // As ipset 7.17 saves a set with a default timeout: the second entry
+        // was added without one (found by the block_list fuzz seeds).
+        let saved = "create tcpwatch4 hash:ip family inet hashsize 1024 maxelem 65536 timeout 0 bucketsize 12 initval 0xbe1a1d3c\nadd tcpwatch4 10.99.1.1 timeout 3599\nadd tcpwatch4 192.0.2.7 timeout 0\n";
+        let remaining: Vec<Option<Duration>> =
+            parse_save(saved).iter().map(|e| e.remaining).collect();
+        assert_eq!(remaining, [Some(Duration::from_secs(3599)), None]);
     }
 
     #[test]

@@ -99,7 +99,9 @@ pub fn parse_dump(mut buf: &[u8], out: &mut Vec<Socket>) -> anyhow::Result<Dump>
                     .map(|b| i32::from_ne_bytes(b.try_into().unwrap_or([0; 4])))
                     .unwrap_or(0);
                 if errno != 0 {
-                    let err = std::io::Error::from_raw_os_error(-errno);
+                    // The kernel sends -errno; a corrupt i32::MIN has no
+                    // negation (found by the netlink_dump fuzz target).
+                    let err = std::io::Error::from_raw_os_error(errno.saturating_neg());
                     return Err(err).context("netlink sock_diag dump");
                 }
             }
@@ -205,6 +207,16 @@ mod tests {
         );
         let eperm = header(NLMSG_ERROR, &(-1i32).to_ne_bytes());
         assert!(parse_dump(&eperm, &mut out).is_err());
+    }
+
+    #[test]
+    fn the_most_negative_errno_is_an_error_not_a_panic() {
+        let error = header(NLMSG_ERROR, &i32::MIN.to_ne_bytes());
+        let err = parse_dump(&error, &mut Vec::new()).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("netlink sock_diag dump"),
+            "{err:#}"
+        );
     }
 
     #[test]

@@ -1,0 +1,159 @@
+//! Every input the fuzz targets (fuzz/fuzz_targets/) ever crashed on, kept
+//! in tests/fixtures/fuzz/<target>/ and fed again to the parser that
+//! target fuzzes: it must not panic, and its errors must be one line
+//! without control characters. A new crash is added by copying the
+//! reproducer there under a name that says what it was.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use tcpwatch::config::{FileConfig, RunConfig};
+use tcpwatch::source::pcap::{parse_attempt, Link};
+
+fn fixtures(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/fuzz")
+        .join(target);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries.map(|e| e.unwrap().path()).collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|path| {
+            let bytes = std::fs::read(&path).unwrap();
+            (path, bytes)
+        })
+        .collect()
+}
+
+fn assert_one_line(error: &str, input: &Path) {
+    assert!(
+        !error.chars().any(char::is_control),
+        "{}: error with a control character: {error:?}",
+        input.display()
+    );
+}
+
+#[test]
+fn every_fixture_directory_is_a_target_checked_here() {
+    let known = [
+        "block_list",
+        "config_toml",
+        "duration",
+        "netlink_dump",
+        "pcap_packet",
+        "procfs_parse",
+        "state_file",
+        "xdp_event",
+    ];
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz");
+    for entry in std::fs::read_dir(root).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        assert!(
+            known.contains(&name.as_str()),
+            "no check for fixtures of {name}"
+        );
+    }
+}
+
+#[test]
+fn config_files() {
+    for (path, bytes) in fixtures("config_toml") {
+        let Ok(text) = std::str::from_utf8(&bytes) else {
+            continue;
+        };
+        match FileConfig::parse(text) {
+            Ok(file) => {
+                if let Err(e) = file.apply(&mut RunConfig::default()) {
+                    assert_one_line(&e, &path);
+                }
+            }
+            Err(e) => assert_one_line(&e, &path),
+        }
+    }
+}
+
+#[test]
+fn durations() {
+    for (path, bytes) in fixtures("duration") {
+        let text = String::from_utf8_lossy(&bytes);
+        for result in [
+            tcpwatch::duration::parse(&text),
+            tcpwatch::duration::parse_positive(&text),
+        ] {
+            if let Err(e) = result {
+                assert_one_line(&e, &path);
+            }
+        }
+    }
+}
+
+#[test]
+fn netlink_dumps() {
+    for (path, bytes) in fixtures("netlink_dump") {
+        let mut out = Vec::new();
+        if let Err(e) = tcpwatch::source::netlink::parse_dump(&bytes, &mut out) {
+            assert_one_line(&format!("{e:#}"), &path);
+        }
+    }
+}
+
+#[test]
+fn procfs_tables() {
+    for (path, bytes) in fixtures("procfs_parse") {
+        let text = String::from_utf8_lossy(&bytes);
+        if let Err(e) = tcpwatch::source::procfs::parse_table(&text) {
+            assert_one_line(&e.reason, &path);
+        }
+    }
+}
+
+#[test]
+fn pcap_frames() {
+    let links = [Link::Ethernet, Link::RawIp, Link::LinuxSll, Link::LinuxSll2];
+    for (_, bytes) in fixtures("pcap_packet") {
+        let Some((&pick, frame)) = bytes.split_first() else {
+            continue;
+        };
+        let link = links[usize::from(pick) % links.len()];
+        if let Some(syn) = tcpwatch::source::pcap::parse_syn(link, frame) {
+            let local: HashSet<_> = [syn.dst.ip()].into();
+            assert!(parse_attempt(link, frame, &local).is_some());
+        }
+    }
+}
+
+#[test]
+fn xdp_events() {
+    for (path, bytes) in fixtures("xdp_event") {
+        if let Err(e) = tcpwatch::source::xdp::parse_event(&bytes) {
+            assert_one_line(&e.to_string(), &path);
+        }
+    }
+}
+
+#[test]
+fn firewall_listings() {
+    for (path, bytes) in fixtures("block_list") {
+        let text = String::from_utf8_lossy(&bytes);
+        if let Err(e) = tcpwatch::block::nft::parse_list(&text) {
+            assert_one_line(&format!("{e:#}"), &path);
+        }
+        tcpwatch::block::iptables::parse_save(&text);
+    }
+}
+
+#[test]
+fn state_files() {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, bytes) in fixtures("state_file") {
+        let file = dir.path().join("state");
+        std::fs::write(&file, &bytes).unwrap();
+        let loaded = tcpwatch::state::Store::open(&file).and_then(|store| store.load());
+        if let Err(e) = loaded {
+            assert_one_line(&e.to_string(), &path);
+        }
+        std::fs::remove_file(&file).unwrap();
+    }
+}
