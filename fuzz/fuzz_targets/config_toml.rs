@@ -64,6 +64,7 @@ fn was_set(file: &FileConfig, key: &str) -> bool {
         "state" => file.state.is_some(),
         "max-connections" => file.max_connections.is_some(),
         "max-scan-sources" => file.max_scan_sources.is_some(),
+        "max-blocks-per-minute" => file.max_blocks_per_minute.is_some(),
         _ => false,
     }
 }

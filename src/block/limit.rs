@@ -38,7 +38,8 @@ impl std::str::FromStr for Rate {
             Ok(n) if n > 0 => Ok(Rate(Some(n))),
             // 0 would block nothing: that is `--block none`, said plainly.
             _ => Err(format!(
-                "'{text}' is not a block limit (a whole number of at least 1, or 'off')"
+                "'{}' is not a block limit (a whole number of at least 1, or 'off')",
+                crate::config::printable(text)
             )),
         }
     }
