@@ -508,6 +508,8 @@ fn interface_down_and_up(source: Realtime) {
         http_get(&lab, "/healthz"),
         (503, "source failing\n".to_string())
     );
+    // Not ready, but alive: a liveness probe must not restart it.
+    assert_eq!(http_get(&lab, "/livez"), (200, "ok\n".to_string()));
     if source == Realtime::Xdp {
         assert!(xdp_attached(&lab), "the program left a down interface");
     }

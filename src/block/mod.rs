@@ -301,10 +301,14 @@ impl Blocker {
     /// event is made: these blocks were reported when they were decided.
     pub fn restore(&mut self, blocks: Vec<StoredBlock>) -> anyhow::Result<Restored> {
         let now = SystemTime::now();
+        // Expiries are wall time (they must survive a reboot): a clock set
+        // back while the agent was down would lengthen them, so no block
+        // comes back longer than `--block-ttl`.
         let live: Vec<(IpAddr, Duration)> = blocks
             .iter()
             .filter_map(|b| Some((b.ip, b.expires.duration_since(now).ok()?)))
             .filter(|(_, left)| !left.is_zero())
+            .map(|(ip, left)| (ip, left.min(self.ttl)))
             .collect();
         let Mode::Apply(backend) = &mut self.mode else {
             return Ok(Restored {
@@ -954,6 +958,11 @@ mod tests {
             }
         );
         assert_eq!(*fake.calls.lock().unwrap(), [vec![ip("198.51.100.1")]]);
+        assert_eq!(
+            *fake.ttls.lock().unwrap(),
+            [Duration::from_secs(30)],
+            "an hour stored (a clock set back, a TTL shortened) comes back as --block-ttl at most"
+        );
         let left: Vec<IpAddr> = store.blocks().unwrap().iter().map(|b| b.ip).collect();
         assert_eq!(
             left,

@@ -1,5 +1,6 @@
-//! The metrics endpoint: `/metrics` (content-negotiated), `/healthz`, and a
-//! landing page at `/`.
+//! The metrics endpoint: `/metrics` (content-negotiated), `/healthz`
+//! (readiness: the source runs without a fault), `/livez` (liveness: the
+//! source runs) and a landing page at `/`.
 
 use super::{wants_openmetrics, Metrics, OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE};
 use axum::extract::State;
@@ -10,7 +11,7 @@ use axum::Router;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-const LANDING: &str = "<!DOCTYPE html>\n<html><head><title>tcpwatch</title></head>\n<body><h1>tcpwatch</h1><p><a href=\"/metrics\">Metrics</a> &middot; <a href=\"/healthz\">Health</a></p></body></html>\n";
+const LANDING: &str = "<!DOCTYPE html>\n<html><head><title>tcpwatch</title></head>\n<body><h1>tcpwatch</h1><p><a href=\"/metrics\">Metrics</a> &middot; <a href=\"/healthz\">Health</a> &middot; <a href=\"/livez\">Liveness</a></p></body></html>\n";
 
 /// Binds the address now, so that a bad address is a start-up error (and
 /// the firewall is never touched by an agent that is about to exit).
@@ -39,6 +40,7 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
         .route("/", get(|| async { Html(LANDING) }))
         .route("/metrics", get(scrape))
         .route("/healthz", get(health))
+        .route("/livez", get(live))
         .with_state(metrics)
 }
 
@@ -63,6 +65,17 @@ async fn health(State(metrics): State<Arc<Metrics>>) -> Response {
     match metrics.health() {
         Ok(()) => (StatusCode::OK, "ok\n").into_response(),
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
+    }
+}
+
+/// For a liveness probe: a source fault (an interface gone, a table
+/// unreadable) makes `/healthz` fail but is waited out, not cured by a
+/// restart; only a source that has ended is.
+async fn live(State(metrics): State<Arc<Metrics>>) -> Response {
+    if metrics.source_running() {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "source not running\n").into_response()
     }
 }
 
@@ -132,6 +145,8 @@ mod tests {
         let m = Metrics::new("procfs", None);
         let (head, _) = request(m.clone(), "/healthz", None).await;
         assert!(head.starts_with("http/1.1 503"), "{head}");
+        let (head, _) = request(m.clone(), "/livez", None).await;
+        assert!(head.starts_with("http/1.1 503"), "{head}");
         m.set_source_running(true);
         let (head, body) = request(m.clone(), "/healthz", None).await;
         assert!(head.starts_with("http/1.1 200"), "{head}");
@@ -142,6 +157,11 @@ mod tests {
         let (head, body) = request(m.clone(), "/healthz", None).await;
         assert!(head.starts_with("http/1.1 503"), "{head}");
         assert_eq!(body, "source failing\n");
+        let (head, _) = request(m.clone(), "/livez", None).await;
+        assert!(
+            head.starts_with("http/1.1 200"),
+            "a fault is not death: {head}"
+        );
         m.source_fault(false);
         let (head, _) = request(m.clone(), "/healthz", None).await;
         assert!(head.starts_with("http/1.1 503"), "{head}");
