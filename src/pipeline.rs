@@ -779,11 +779,18 @@ async fn print(
     metrics: Arc<Metrics>,
     store: Option<Arc<Store>>,
 ) -> anyhow::Result<()> {
-    while let Some(events) = input.recv().await {
+    while let Some(mut events) = input.recv().await {
+        // Whatever else is already waiting is written with the same call.
+        while let Ok(more) = input.try_recv() {
+            events.extend(more);
+        }
+        for event in &events {
+            sink.write(event);
+        }
+        sink.flush().context("stdout")?;
         let mut printed = Vec::new();
-        for event in events {
-            sink.write(&event).context("stdout")?;
-            metrics.printed(&event);
+        for event in &events {
+            metrics.printed(event);
             if let crate::event::EventKind::NewConnection { conn, .. } = &event.kind {
                 printed.push(crate::detect::connections::pair(
                     conn.initiator,
