@@ -274,27 +274,7 @@ impl Store {
 
     /// The connections accounted for.
     pub fn connections(&self) -> Result<Vec<ConnKey>, StateError> {
-        let db = self.reader()?;
-        let read = db
-            .as_ref()
-            .expect("checked")
-            .begin_read()
-            .map_err(|e| self.unusable(e))?;
-        let table = match read.open_table(CONNECTIONS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(self.unusable(e)),
-        };
-        let mut out = Vec::new();
-        for row in table.iter().map_err(|e| self.unusable(e))? {
-            let (key, _) = row.map_err(|e| self.unusable(e))?;
-            let key = decode_pair(key.value()).ok_or_else(|| StateError::Unusable {
-                path: self.shown(),
-                cause: "a stored connection does not decode (corrupt)".to_string(),
-            })?;
-            out.push(key);
-        }
-        Ok(out)
+        self.rows(CONNECTIONS, "connection", |key, _| decode_pair(key))
     }
 
     /// Records connections accounted for and forgets closed ones, with
@@ -332,13 +312,30 @@ impl Store {
 
     /// Every stored block, expired or not.
     pub fn blocks(&self) -> Result<Vec<StoredBlock>, StateError> {
+        self.rows(BLOCKS, "block", |key, (expires, backend)| {
+            Some(StoredBlock {
+                ip: decode_ip(key)?,
+                expires: UNIX_EPOCH + Duration::from_millis(expires),
+                backend: backend.to_string(),
+            })
+        })
+    }
+
+    /// Every row of `table` (none when it was never written), each decoded
+    /// by `decode`; a row it cannot decode makes the file corrupt.
+    fn rows<V: redb::Value + 'static, T>(
+        &self,
+        table: TableDefinition<&'static [u8], V>,
+        what: &str,
+        decode: impl for<'a> Fn(&'a [u8], V::SelfType<'a>) -> Option<T>,
+    ) -> Result<Vec<T>, StateError> {
         let db = self.reader()?;
         let read = db
             .as_ref()
             .expect("checked")
             .begin_read()
             .map_err(|e| self.unusable(e))?;
-        let table = match read.open_table(BLOCKS) {
+        let table = match read.open_table(table) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
             Err(e) => return Err(self.unusable(e)),
@@ -346,16 +343,12 @@ impl Store {
         let mut out = Vec::new();
         for row in table.iter().map_err(|e| self.unusable(e))? {
             let (key, value) = row.map_err(|e| self.unusable(e))?;
-            let ip = decode_ip(key.value()).ok_or_else(|| StateError::Unusable {
-                path: self.shown(),
-                cause: "a stored block does not decode (corrupt)".to_string(),
-            })?;
-            let (expires, backend) = value.value();
-            out.push(StoredBlock {
-                ip,
-                expires: UNIX_EPOCH + Duration::from_millis(expires),
-                backend: backend.to_string(),
-            });
+            let decoded =
+                decode(key.value(), value.value()).ok_or_else(|| StateError::Unusable {
+                    path: self.shown(),
+                    cause: format!("a stored {what} does not decode (corrupt)"),
+                })?;
+            out.push(decoded);
         }
         Ok(out)
     }
