@@ -15,10 +15,13 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tcpwatch::block::allow::Allowlist;
+use tcpwatch::block::backend::Backend;
+use tcpwatch::block::blocker::Blocker;
+use tcpwatch::block::firewall::Firewall;
 use tcpwatch::block::nft::{block_script, Nftables};
-use tcpwatch::block::{libnft, Backend, Blocker, Mode};
 use tcpwatch::clock::{Clock, SystemClock};
 use tcpwatch::event::{Event, EventKind, PortScan};
+use tcpwatch::os::nftables as libnft;
 
 fn main() -> anyhow::Result<()> {
     let ttl = Duration::from_secs(3600);
@@ -66,12 +69,9 @@ fn main() -> anyhow::Result<()> {
     nft.flush()?;
 
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
-    let mut blocker = Blocker::new(
-        Mode::Apply(Box::new(Nftables)),
-        ttl,
-        Allowlist::of_host(Vec::new()),
-        clock.clone(),
-    );
+    let firewall = Firewall::install(Box::new(Nftables), ttl, clock.clone());
+    anyhow::ensure!(firewall.is_some(), "cannot install the nftables backend");
+    let mut blocker = Blocker::new(firewall, ttl, Allowlist::of_host(Vec::new()), clock.clone());
     let mut samples = Vec::new();
     for n in 0..20u32 {
         let scan = Event {

@@ -7,8 +7,8 @@
 use std::time::{Duration, Instant};
 use tcpwatch::clock::Stamp;
 use tcpwatch::detect::Detector;
+use tcpwatch::event::Observation;
 use tcpwatch::event::{Connection, Direction};
-use tcpwatch::source::Observation;
 
 fn status(field: &str) -> String {
     let text = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -23,7 +23,12 @@ fn main() {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or(2_000_000);
-    let mut detector = Detector::new("pcap", false, 3, Duration::from_secs(60));
+    let mut detector = Detector::new(
+        "pcap",
+        false,
+        &tcpwatch::detect::ScanSettings::default(),
+        &tcpwatch::detect::Limits::default(),
+    );
     let before = status("VmRSS:");
     let wall = chrono::Local::now();
     let started = Instant::now();

@@ -1,6 +1,6 @@
 //! DURATION values as the command line takes them: `500ms`, `10s`, `5m`, `1h`.
 
-use crate::config::printable;
+use crate::text::printable;
 use std::time::Duration;
 
 /// Parses `<digits><unit>` with unit `ms`, `s`, `m` or `h`.

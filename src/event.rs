@@ -1,5 +1,6 @@
-//! What the agent reports. Every sink formats these; nothing else is printed
-//! on stdout.
+//! What flows through the pipeline: what the sources observe
+//! ([`Observation`], [`Socket`]) and what the agent reports ([`Event`]).
+//! Every sink formats events; nothing else is printed on stdout.
 
 use crate::clock::Stamp;
 use std::net::{IpAddr, SocketAddr};
@@ -22,7 +23,7 @@ impl Direction {
     }
 }
 
-/// A TCP connection, written as the SPEC prints it: `initiator -> acceptor`.
+/// A TCP connection, printed `initiator -> acceptor` (docs/output.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Connection {
     pub initiator: SocketAddr,
@@ -81,4 +82,92 @@ pub enum EventKind {
 pub struct Event {
     pub at: Stamp,
     pub kind: EventKind,
+}
+
+// ---------------------------------------------------------------------------
+// Observations: what the sources hand to the detectors.
+
+/// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TcpState {
+    Established,
+    SynSent,
+    SynRecv,
+    FinWait1,
+    FinWait2,
+    TimeWait,
+    Close,
+    CloseWait,
+    LastAck,
+    Listen,
+    Closing,
+    NewSynRecv,
+}
+
+impl TcpState {
+    pub fn from_kernel(n: u8) -> Option<TcpState> {
+        use TcpState::*;
+        Some(match n {
+            1 => Established,
+            2 => SynSent,
+            3 => SynRecv,
+            4 => FinWait1,
+            5 => FinWait2,
+            6 => TimeWait,
+            7 => Close,
+            8 => CloseWait,
+            9 => LastAck,
+            10 => Listen,
+            11 => Closing,
+            12 => NewSynRecv,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        use TcpState::*;
+        match self {
+            Established => "ESTABLISHED",
+            SynSent => "SYN-SENT",
+            SynRecv | NewSynRecv => "SYN-RECV",
+            FinWait1 => "FIN-WAIT-1",
+            FinWait2 => "FIN-WAIT-2",
+            TimeWait => "TIME-WAIT",
+            Close => "CLOSE",
+            CloseWait => "CLOSE-WAIT",
+            LastAck => "LAST-ACK",
+            Listen => "LISTEN",
+            Closing => "CLOSING",
+        }
+    }
+}
+
+/// One row of the kernel's socket table. IPv4-mapped IPv6 addresses are
+/// already unmapped to plain IPv4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Socket {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub state: TcpState,
+    pub inode: u64,
+}
+
+/// Everything a source hands to the detectors.
+#[derive(Debug, Clone)]
+pub enum Observation {
+    /// A whole socket table, read at `at` (polling sources).
+    Snapshot { at: Stamp, sockets: Vec<Socket> },
+    /// One connection attempt seen as it happened (real-time sources): an
+    /// inbound SYN to this host, or an outbound connection. Retransmissions
+    /// of the same attempt may be observed again; the detectors drop them.
+    /// `isn` is the initial sequence number of the packet seen (the SYN's, or
+    /// the SYN-ACK's for an outbound connection seen by its answer): the same
+    /// for a retransmission, different for a new connection on a reused tuple.
+    Attempt {
+        at: Stamp,
+        conn: Connection,
+        isn: u32,
+    },
+    /// Events the source knows it missed (kernel buffer overflow, drops).
+    Lost { count: u64 },
 }

@@ -4,11 +4,11 @@
 //! At start-up, before any thread exists (capabilities are per thread and
 //! threads inherit them), [`apply`]:
 //! - works out what the configuration needs ([`needs`]: measured, feature by
-//!   feature, as uid 65534 under `setpriv`; see the README's *Privileges*);
+//!   feature, as uid 65534 under `setpriv`; see docs/privileges.md);
 //! - stops with one line naming the feature and the capability when a source
 //!   or the metrics port lacks one, and turns blocking off with one warning
-//!   when the firewall lacks one (SPEC: cannot block -> say so, keep
-//!   detecting);
+//!   when the firewall lacks one (blocking that cannot work is said once, and
+//!   detection goes on);
 //! - raises what it needs from permitted into effective, so a binary with
 //!   file capabilities `+p` (no `e`) works;
 //! - puts what the firewall tools need (`nft`, `iptables-restore`, `ipset`
@@ -17,58 +17,12 @@
 //! - drops every other capability from every set, and sets no_new_privs, so
 //!   neither this process nor anything it runs can gain any back.
 
-use crate::config::{BlockKind, Listen, RunConfig, SourceKind};
-use std::fmt;
-
-/// The capabilities any feature uses (numbers of `<linux/capability.h>`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Cap {
-    NetBindService = 10,
-    NetAdmin = 12,
-    NetRaw = 13,
-    SysAdmin = 21,
-    Perfmon = 38,
-    Bpf = 39,
-}
-
-impl Cap {
-    pub fn name(self) -> &'static str {
-        match self {
-            Cap::NetBindService => "CAP_NET_BIND_SERVICE",
-            Cap::NetAdmin => "CAP_NET_ADMIN",
-            Cap::NetRaw => "CAP_NET_RAW",
-            Cap::SysAdmin => "CAP_SYS_ADMIN",
-            Cap::Perfmon => "CAP_PERFMON",
-            Cap::Bpf => "CAP_BPF",
-        }
-    }
-
-    fn bit(self) -> u64 {
-        1 << self as u32
-    }
-}
-
-/// A set of capabilities as the kernel holds it: one bit per number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct CapSet(pub u64);
-
-impl CapSet {
-    pub fn of(caps: &[Cap]) -> CapSet {
-        CapSet(caps.iter().fold(0, |bits, c| bits | c.bit()))
-    }
-
-    pub fn has(self, cap: Cap) -> bool {
-        self.0 & cap.bit() != 0
-    }
-
-    fn with(self, cap: Cap) -> CapSet {
-        CapSet(self.0 | cap.bit())
-    }
-
-    fn and(self, other: CapSet) -> CapSet {
-        CapSet(self.0 & other.0)
-    }
-}
+use crate::block::BlockKind;
+use crate::diag;
+use crate::metrics::Listen;
+use crate::os::caps::{self, Cap, CapSet};
+use crate::settings::RunSettings;
+use crate::source::SourceKind;
 
 /// What a capability is for, and what happens without it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,7 +69,7 @@ pub struct Host {
 /// Optional, used when held: CAP_SYS_ADMIN lets the XDP code recognise a
 /// program or pins another tcpwatch left (listing BPF objects by id), and
 /// mount a BPF filesystem for the pins where none is mounted.
-pub fn needs(config: &RunConfig, host: Host) -> Vec<Need> {
+pub fn needs(config: &RunSettings, host: Host) -> Vec<Need> {
     let mut out = Vec::new();
     let mut add = |feature: &str, caps: &[Cap], role: Role, by_tools: bool| {
         for &cap in caps {
@@ -128,14 +82,14 @@ pub fn needs(config: &RunConfig, host: Host) -> Vec<Need> {
         }
     };
     let xdp = [Cap::Bpf, Cap::NetAdmin, Cap::Perfmon];
-    let source = format!("--source {}", config.source.name());
-    match config.source {
+    let source = format!("--source {}", config.source.source.name());
+    match config.source.source {
         SourceKind::Procfs | SourceKind::Netlink => {}
         SourceKind::Pcap => add(&source, &[Cap::NetRaw], Role::Required, false),
         SourceKind::Xdp => add(&source, &xdp, Role::Required, false),
     }
-    let block = format!("--block {}", crate::block::kind_name(config.block));
-    match (config.block, config.dry_run) {
+    let block = format!("--block {}", config.block.block.name());
+    match (config.block.block, config.block.dry_run) {
         (BlockKind::None, _) | (_, true) => {}
         (BlockKind::Nftables, false) => add(&block, &[Cap::NetAdmin], Role::Blocking, true),
         (BlockKind::Iptables, false) => {
@@ -143,11 +97,11 @@ pub fn needs(config: &RunConfig, host: Host) -> Vec<Need> {
         }
         (BlockKind::Xdp, false) => add(&block, &xdp, Role::Blocking, false),
     }
-    let uses_xdp = config.source == SourceKind::Xdp || config.block == BlockKind::Xdp;
+    let uses_xdp = config.source.source == SourceKind::Xdp || config.block.block == BlockKind::Xdp;
     if uses_xdp {
         add("xdp", &[Cap::SysAdmin], Role::Optional, false);
     }
-    if let Listen::At(addr) = config.metrics_addr {
+    if let Listen::At(addr) = config.metrics.metrics_addr {
         if addr.port() != 0 && addr.port() < host.unprivileged_port_start {
             let feature = format!("--metrics-addr {addr}");
             add(&feature, &[Cap::NetBindService], Role::Required, false);
@@ -212,12 +166,12 @@ pub fn plan(needs: &[Need], permitted: CapSet) -> Plan {
 /// Returns the configuration to run (blocking off if it cannot work), or
 /// the one-line error of a feature that cannot run. Call before any thread
 /// is started.
-pub fn apply(mut config: RunConfig) -> anyhow::Result<RunConfig> {
+pub fn apply(mut config: RunSettings) -> anyhow::Result<RunSettings> {
     let needs = needs(&config, host());
-    let held = match sys::get() {
+    let held = match caps::get() {
         Ok(held) => held,
         Err(e) => {
-            eprintln!("tcpwatch: warning: cannot read this process's capabilities: {e}");
+            diag::warn(format_args!("cannot read this process's capabilities: {e}"));
             return Ok(config);
         }
     };
@@ -226,11 +180,11 @@ pub fn apply(mut config: RunConfig) -> anyhow::Result<RunConfig> {
         anyhow::bail!("{line}");
     }
     if let Some(line) = &plan.no_block {
-        eprintln!("tcpwatch: warning: {line}; detecting only");
-        config.block = BlockKind::None;
+        diag::warn(format_args!("{line}; detecting only"));
+        config.block.block = BlockKind::None;
     }
-    if let Err(e) = sys::restrict(plan.keep, plan.ambient) {
-        eprintln!("tcpwatch: warning: cannot drop unneeded capabilities: {e}");
+    if let Err(e) = caps::restrict(plan.keep, plan.ambient) {
+        diag::warn(format_args!("cannot drop unneeded capabilities: {e}"));
     }
     Ok(config)
 }
@@ -245,101 +199,6 @@ fn host() -> Host {
     }
 }
 
-impl fmt::Display for CapSet {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016x}", self.0)
-    }
-}
-
-/// The capability system calls (capget/capset, prctl).
-mod sys {
-    use super::CapSet;
-    use std::io::Error;
-
-    /// `_LINUX_CAPABILITY_VERSION_3`: 64-bit sets in two 32-bit words.
-    const VERSION_3: u32 = 0x2008_0522;
-
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: libc::c_int,
-    }
-
-    #[repr(C)]
-    #[derive(Default, Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-
-    pub struct Held {
-        pub permitted: CapSet,
-    }
-
-    fn header() -> Header {
-        Header {
-            version: VERSION_3,
-            pid: 0,
-        }
-    }
-
-    pub fn get() -> std::io::Result<Held> {
-        let mut header = header();
-        let mut data = [Data::default(); 2];
-        // SAFETY: capget with a v3 header writes two `Data` words into the
-        // array we own.
-        let rc = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
-        if rc != 0 {
-            return Err(Error::last_os_error());
-        }
-        let join = |lo: u32, hi: u32| CapSet(u64::from(lo) | u64::from(hi) << 32);
-        Ok(Held {
-            permitted: join(data[0].permitted, data[1].permitted),
-        })
-    }
-
-    /// Effective = permitted = `keep`; inheritable = ambient = `ambient`
-    /// (a subset of `keep`); no_new_privs. Ambient is cleared first: the
-    /// kernel raises an ambient capability only when it is both permitted
-    /// and inheritable.
-    pub fn restrict(keep: CapSet, ambient: CapSet) -> std::io::Result<()> {
-        prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL as u64,
-            0,
-        )?;
-        let split = |set: CapSet| [set.0 as u32, (set.0 >> 32) as u32];
-        let (k, a) = (split(keep), split(ambient));
-        let data = [0, 1].map(|i| Data {
-            effective: k[i],
-            permitted: k[i],
-            inheritable: a[i],
-        });
-        let mut header = header();
-        // SAFETY: capset reads the v3 header and two `Data` words we own.
-        let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
-        if rc != 0 {
-            return Err(Error::last_os_error());
-        }
-        for cap in 0..64u64 {
-            if ambient.0 & (1 << cap) != 0 {
-                prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE as u64, cap)?;
-            }
-        }
-        prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0)
-    }
-
-    fn prctl(option: libc::c_int, arg2: u64, arg3: u64) -> std::io::Result<()> {
-        // SAFETY: prctl with integer arguments only.
-        let rc = unsafe { libc::prctl(option, arg2, arg3, 0u64, 0u64) };
-        if rc != 0 {
-            return Err(Error::last_os_error());
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,13 +207,12 @@ mod tests {
         unprivileged_port_start: 1024,
     };
 
-    fn config(source: SourceKind, block: BlockKind) -> RunConfig {
-        RunConfig {
-            source,
-            block,
-            metrics_addr: Listen::At("127.0.0.1:9472".parse().unwrap()),
-            ..RunConfig::default()
-        }
+    fn config(source: SourceKind, block: BlockKind) -> RunSettings {
+        let mut c = RunSettings::default();
+        c.source.source = source;
+        c.block.block = block;
+        c.metrics.metrics_addr = Listen::At("127.0.0.1:9472".parse().unwrap());
+        c
     }
 
     /// The needs as (feature, capability) pairs of one role.
@@ -420,14 +278,14 @@ mod tests {
     #[test]
     fn dry_run_needs_no_firewall_capability() {
         let mut c = config(SourceKind::Procfs, BlockKind::Iptables);
-        c.dry_run = true;
+        c.block.dry_run = true;
         assert!(needs(&c, HOST).is_empty());
     }
 
     #[test]
     fn a_metrics_port_below_the_unprivileged_start_needs_bind_service() {
         let mut c = config(SourceKind::Procfs, BlockKind::None);
-        c.metrics_addr = Listen::At("0.0.0.0:80".parse().unwrap());
+        c.metrics.metrics_addr = Listen::At("0.0.0.0:80".parse().unwrap());
         assert_eq!(
             of(&needs(&c, HOST), Role::Required),
             pairs(&[("--metrics-addr 0.0.0.0:80", Cap::NetBindService)])
@@ -436,7 +294,7 @@ mod tests {
             unprivileged_port_start: 0,
         };
         assert!(needs(&c, low_start).is_empty());
-        c.metrics_addr = Listen::Off;
+        c.metrics.metrics_addr = Listen::Off;
         assert!(needs(&c, HOST).is_empty());
     }
 

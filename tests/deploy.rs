@@ -4,7 +4,7 @@
 
 use std::path::Path;
 use std::process::Command;
-use tcpwatch::config::{FileConfig, RunConfig};
+use tcpwatch::settings::RunSettings;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -79,9 +79,8 @@ fn chart_and_manifests_validate_and_ship_a_valid_config() {
     assert!(!configs.is_empty(), "no ConfigMap found");
     for toml in configs {
         let toml = toml.as_str().unwrap();
-        let mut config = RunConfig::default();
-        FileConfig::parse(toml)
-            .and_then(|file| file.apply(&mut config))
+        RunSettings::default()
+            .apply_text(toml)
             .unwrap_or_else(|e| panic!("the agent rejects the shipped config: {e}\n{toml}"));
     }
 }

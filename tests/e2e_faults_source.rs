@@ -400,7 +400,7 @@ impl Realtime {
 }
 
 fn realtime_lab(source: Realtime) -> Option<Lab> {
-    if source == Realtime::Xdp && !tcpwatch::source::xdp::built() {
+    if source == Realtime::Xdp && !tcpwatch::bpf::xdp::built() {
         missing_prerequisite("the XDP program was not built (clang missing at build time)");
         return None;
     }

@@ -48,7 +48,7 @@ const XDP_ARGS: &[&str] = &[
 
 /// A two-host lab, when this machine can run the XDP cases.
 fn lab() -> Option<Lab> {
-    if !tcpwatch::source::xdp::built() {
+    if !tcpwatch::bpf::xdp::built() {
         missing_prerequisite("the XDP program was not built (clang missing at build time)");
         return None;
     }

@@ -31,7 +31,7 @@ const PROBE: u16 = 9000;
 const METRICS_PORT: u16 = 9472;
 
 fn lab() -> Option<Lab> {
-    if !tcpwatch::source::xdp::built() {
+    if !tcpwatch::bpf::xdp::built() {
         missing_prerequisite("the XDP program was not built (clang missing at build time)");
         return None;
     }

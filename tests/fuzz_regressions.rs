@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use tcpwatch::config::{FileConfig, RunConfig};
+use tcpwatch::settings::RunSettings;
 use tcpwatch::source::pcap::{parse_attempt, Link};
 
 fn fixtures(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
@@ -63,13 +63,8 @@ fn config_files() {
         let Ok(text) = std::str::from_utf8(&bytes) else {
             continue;
         };
-        match FileConfig::parse(text) {
-            Ok(file) => {
-                if let Err(e) = file.apply(&mut RunConfig::default()) {
-                    assert_one_line(&e, &path);
-                }
-            }
-            Err(e) => assert_one_line(&e, &path),
+        if let Err(e) = RunSettings::default().apply_text(text) {
+            assert_one_line(&e, &path);
         }
     }
 }
@@ -127,7 +122,7 @@ fn pcap_frames() {
 #[test]
 fn xdp_events() {
     for (path, bytes) in fixtures("xdp_event") {
-        if let Err(e) = tcpwatch::source::xdp::parse_event(&bytes) {
+        if let Err(e) = tcpwatch::bpf::record::parse_event(&bytes) {
             assert_one_line(&e.to_string(), &path);
         }
     }

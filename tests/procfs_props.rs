@@ -5,8 +5,8 @@
 use proptest::prelude::*;
 use proptest::sample::Index;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use tcpwatch::event::{Socket, TcpState};
 use tcpwatch::source::procfs::{parse_line, parse_table};
-use tcpwatch::source::{Socket, TcpState};
 
 const HEADER4: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode";
 const HEADER6: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode";

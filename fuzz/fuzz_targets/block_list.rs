@@ -13,7 +13,7 @@ use libfuzzer_sys::fuzz_target;
 use std::time::Duration;
 use tcpwatch::block::iptables::parse_save;
 use tcpwatch::block::nft::parse_list;
-use tcpwatch::block::Entry;
+use tcpwatch::block::backend::Entry;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

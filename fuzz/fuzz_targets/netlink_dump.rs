@@ -14,7 +14,7 @@
 use libfuzzer_sys::fuzz_target;
 use std::net::{IpAddr, SocketAddr};
 use tcpwatch::source::netlink::{parse_dump, Dump};
-use tcpwatch::source::{Socket, TcpState};
+use tcpwatch::event::{Socket, TcpState};
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLMSG_DONE: u16 = 3;

@@ -16,7 +16,7 @@
 use libfuzzer_sys::fuzz_target;
 use std::net::{IpAddr, SocketAddr};
 use tcpwatch::source::procfs::{parse_line, parse_table};
-use tcpwatch::source::{Socket, TcpState};
+use tcpwatch::event::{Socket, TcpState};
 
 const HEADER4: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode";
 const HEADER6: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode";

@@ -16,7 +16,7 @@
 use libfuzzer_sys::fuzz_target;
 use std::net::{IpAddr, SocketAddr};
 use tcpwatch::event::Direction;
-use tcpwatch::source::xdp::{parse_event, BadEvent, SynEvent, EVENT_LEN};
+use tcpwatch::bpf::record::{parse_event, BadEvent, SynEvent, EVENT_LEN};
 
 /// Offsets of `struct event`: family, kind, flags, pad, sport, dport, seq,
 /// saddr[16], daddr[16].

@@ -7,8 +7,22 @@
 //! can be forged, so these are exactly the addresses an attacker would
 //! forge to turn the agent against its own host.
 
+use crate::setting::Value;
+use crate::text::printable;
 use ipnet::IpNet;
 use std::net::IpAddr;
+
+/// `--allow` takes an address or a CIDR block.
+impl Value for IpNet {
+    fn parse(text: &str) -> Result<Self, String> {
+        text.parse::<IpNet>()
+            .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+            .map_err(|_| format!("'{}' is not an IP address or CIDR block", printable(text)))
+    }
+    fn show(&self) -> String {
+        self.to_string()
+    }
+}
 
 /// Why an address is not blocked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +52,7 @@ struct Read {
     what: &'static str,
     addrs: Vec<IpAddr>,
     reader: AddressReader,
-    warned: bool,
+    fault: crate::diag::Fault,
 }
 
 impl Read {
@@ -47,7 +61,7 @@ impl Read {
             what,
             addrs: Vec::new(),
             reader,
-            warned: false,
+            fault: crate::diag::Fault::default(),
         }
     }
 
@@ -57,13 +71,12 @@ impl Read {
         match (self.reader)() {
             Ok(addrs) => {
                 self.addrs = addrs.into_iter().map(|a| a.to_canonical()).collect();
-                self.warned = false;
+                self.fault.clear();
             }
-            Err(e) if !self.warned => {
-                eprintln!("tcpwatch: warning: cannot list {}: {e}", self.what);
-                self.warned = true;
+            Err(e) => {
+                let what = self.what;
+                self.fault.fail(|| format!("cannot list {what}: {e}"));
             }
-            Err(_) => {}
         }
     }
 }
@@ -92,7 +105,7 @@ impl Allowlist {
     pub fn of_host(nets: Vec<IpNet>) -> Self {
         Self::new(
             nets,
-            Box::new(host_addresses),
+            Box::new(crate::os::addrs::host),
             Box::new(super::routes::gateways),
         )
     }
@@ -143,44 +156,6 @@ fn unmapped_net(net: &IpNet) -> Option<IpNet> {
     let v4 = v6.addr().to_ipv4_mapped()?;
     let prefix = v6.prefix_len().checked_sub(96)?;
     ipnet::Ipv4Net::new(v4, prefix).ok().map(IpNet::V4)
-}
-
-/// Every address of every interface, via getifaddrs(3).
-pub fn host_addresses() -> std::io::Result<Vec<IpAddr>> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head` with a list we free below, once.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut addrs = Vec::new();
-    let mut cursor = head;
-    while !cursor.is_null() {
-        // SAFETY: `cursor` is a node of the list getifaddrs returned; each
-        // `ifa_addr` is null or points at a sockaddr whose family tells its
-        // real type.
-        unsafe {
-            let ifa = &*cursor;
-            if !ifa.ifa_addr.is_null() {
-                match i32::from((*ifa.ifa_addr).sa_family) {
-                    libc::AF_INET => {
-                        let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                        addrs.push(IpAddr::from(
-                            u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
-                        ));
-                    }
-                    libc::AF_INET6 => {
-                        let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
-                        addrs.push(IpAddr::from(sin6.sin6_addr.s6_addr));
-                    }
-                    _ => {}
-                }
-            }
-            cursor = ifa.ifa_next;
-        }
-    }
-    // SAFETY: `head` came from getifaddrs and is freed exactly once.
-    unsafe { libc::freeifaddrs(head) };
-    Ok(addrs)
 }
 
 #[cfg(test)]
@@ -290,11 +265,5 @@ mod tests {
         *current.lock().unwrap() = Err(());
         l.refresh();
         assert_eq!(l.check(ip("10.0.0.9")), Some(Allowed::HostAddress));
-    }
-
-    #[test]
-    fn getifaddrs_sees_loopback() {
-        let addrs = host_addresses().unwrap();
-        assert!(addrs.contains(&ip("127.0.0.1")), "{addrs:?}");
     }
 }

@@ -8,7 +8,8 @@
 //! then refuses to start (one warning, detection goes on) rather than grow a
 //! rule per address with userspace timers.
 
-use super::{exec, Backend, Entry, Family};
+use super::backend::{by_whole_seconds, Backend, Entry, Family};
+use super::exec;
 use anyhow::Context;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -66,7 +67,7 @@ impl Backend for Iptables {
     }
 
     fn restore(&mut self, entries: &[(IpAddr, Duration)]) -> anyhow::Result<()> {
-        let script: String = super::by_whole_seconds(entries)
+        let script: String = by_whole_seconds(entries)
             .iter()
             .map(|(ttl, ips)| block_script(ips, *ttl))
             .collect();

@@ -28,9 +28,8 @@ impl Default for Rate {
     }
 }
 
-impl std::str::FromStr for Rate {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
+impl crate::setting::Value for Rate {
+    fn parse(text: &str) -> Result<Self, String> {
         if text == "off" {
             return Ok(Rate(None));
         }
@@ -39,9 +38,12 @@ impl std::str::FromStr for Rate {
             // 0 would block nothing: that is `--block none`, said plainly.
             _ => Err(format!(
                 "'{}' is not a block limit (a whole number of at least 1, or 'off')",
-                crate::config::printable(text)
+                crate::text::printable(text)
             )),
         }
+    }
+    fn show(&self) -> String {
+        self.to_string()
     }
 }
 
@@ -130,6 +132,7 @@ impl Limit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::setting::Value;
 
     const SKIP: Verdict = Verdict::Skipped { warn: false };
     const WARN: Verdict = Verdict::Skipped { warn: true };
@@ -140,11 +143,11 @@ mod tests {
 
     #[test]
     fn rate_parses_numbers_and_off_and_rejects_zero() {
-        assert_eq!("60".parse(), Ok(Rate(Some(60))));
-        assert_eq!("1".parse(), Ok(Rate(Some(1))));
-        assert_eq!("off".parse(), Ok(Rate(None)));
+        assert_eq!(Rate::parse("60"), Ok(Rate(Some(60))));
+        assert_eq!(Rate::parse("1"), Ok(Rate(Some(1))));
+        assert_eq!(Rate::parse("off"), Ok(Rate(None)));
         for bad in ["0", "-1", "", "1.5", "many", "4294967296"] {
-            let err = bad.parse::<Rate>().unwrap_err();
+            let err = Rate::parse(bad).unwrap_err();
             assert!(err.contains("at least 1, or 'off'"), "{bad}: {err}");
         }
         assert_eq!(Rate::default(), Rate(Some(60)));

@@ -6,10 +6,11 @@
 //! Every change is one `nft -f -` batch, which the kernel applies as one
 //! transaction. nft 1.0.6 has no `destroy`: adding an existing element
 //! succeeds and deleting an absent one fails, so idempotent scripts are
-//! built from `add; delete; add` (see ENGINEERING.md).
+//! built from `add; delete; add` (docs/blocking.md).
 
-use super::libnft;
-use super::{exec, Backend, Entry, Family};
+use super::backend::{by_whole_seconds, Backend, Entry, Family};
+use super::exec;
+use crate::os::nftables as libnft;
 use anyhow::Context;
 use std::fmt::Write;
 use std::net::IpAddr;
@@ -66,7 +67,7 @@ impl Backend for Nftables {
     fn restore(&mut self, entries: &[(IpAddr, Duration)]) -> anyhow::Result<()> {
         // One script, so the kernel applies every restored block in one
         // transaction.
-        let script: String = super::by_whole_seconds(entries)
+        let script: String = by_whole_seconds(entries)
             .iter()
             .map(|(ttl, ips)| block_script(ips, *ttl))
             .collect();
@@ -78,7 +79,7 @@ impl Backend for Nftables {
         // a table that was still there (read failed for another reason) is
         // replaced by the same content.
         let mut script = install_script();
-        for (ttl, ips) in super::by_whole_seconds(entries) {
+        for (ttl, ips) in by_whole_seconds(entries) {
             script.push_str(&block_script(&ips, ttl));
         }
         nft(&script)

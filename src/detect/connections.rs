@@ -7,7 +7,7 @@
 //! reported once, not once per end.
 
 use crate::event::{Connection, Direction};
-use crate::source::{Socket, TcpState};
+use crate::event::{Socket, TcpState};
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;

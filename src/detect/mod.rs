@@ -9,8 +9,9 @@ pub mod connections;
 pub mod portscan;
 
 use crate::clock::Stamp;
+use crate::event::Observation;
 use crate::event::{Direction, Event, EventKind};
-use crate::source::Observation;
+use crate::setting::Capacity;
 use attempts::AttemptTable;
 use connections::ConnectionTable;
 use portscan::ScanDetector;
@@ -30,20 +31,24 @@ pub struct Detector {
     evictions_taken: [u64; 3],
 }
 
-/// How many entries the detector's tables may hold (`--max-connections`,
-/// `--max-scan-sources`); past that the least recently seen are evicted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    pub connections: usize,
-    pub scan_sources: usize,
+crate::settings! {
+    /// The scan rule: what counts as a port scan.
+    pub struct ScanSettings {
+        /// Alert when one remote IP touches MORE than N distinct local ports
+        scan_ports: usize = 3 => "scan-ports", "N", live;
+        /// Sliding window of the scan detector
+        scan_window: Duration = Duration::from_secs(60) => "scan-window", "DURATION", live;
+    }
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            connections: connections::DEFAULT_CAPACITY,
-            scan_sources: portscan::DEFAULT_CAPACITY,
-        }
+crate::settings! {
+    /// How many entries the detector's tables may hold; past that the least
+    /// recently seen are evicted (and counted).
+    pub struct Limits {
+        /// Connections remembered at most; past that the least recently seen are forgotten
+        max_connections: Capacity = Capacity(connections::DEFAULT_CAPACITY) => "max-connections", "N", restart;
+        /// (remote, local) address pairs the scan detector tracks at most; past that the least recently active are evicted
+        max_scan_sources: Capacity = Capacity(portscan::DEFAULT_CAPACITY) => "max-scan-sources", "N", restart;
     }
 }
 
@@ -51,30 +56,26 @@ impl Default for Limits {
 pub const EVICTION_TABLES: [&str; 3] = ["connections", "scan_sources", "attempts"];
 
 impl Detector {
+    /// A detector for `source`'s observations; with `report_existing`, the
+    /// connections of the first socket table are reported too.
     pub fn new(
         source: &'static str,
         report_existing: bool,
-        scan_ports: usize,
-        scan_window: Duration,
+        scan: &ScanSettings,
+        limits: &Limits,
     ) -> Self {
         Detector {
             last_sweep: Duration::ZERO,
-            connections: ConnectionTable::new(report_existing),
+            connections: ConnectionTable::with_capacity(report_existing, limits.max_connections.0),
             attempts: AttemptTable::new(attempts::RETRANSMIT_WINDOW, attempts::CAPACITY),
-            scans: ScanDetector::new(scan_ports, scan_window),
+            scans: ScanDetector::with_capacity(
+                scan.scan_ports,
+                scan.scan_window,
+                limits.max_scan_sources.0,
+            ),
             source,
             evictions_taken: [0; 3],
         }
-    }
-
-    /// The same detector with its tables capped at `limits` (call before
-    /// the first observation: it starts the tables afresh).
-    pub fn with_limits(mut self, limits: Limits) -> Self {
-        let report_existing = self.connections.reports_existing();
-        let (threshold, window) = self.scans.settings();
-        self.connections = ConnectionTable::with_capacity(report_existing, limits.connections);
-        self.scans = ScanDetector::with_capacity(threshold, window, limits.scan_sources);
-        self
     }
 
     /// Entries evicted from full tables since the last call, by table (the
@@ -102,8 +103,8 @@ impl Detector {
     }
 
     /// New scan settings (SIGHUP); connections and windows are kept.
-    pub fn reconfigure(&mut self, scan_ports: usize, scan_window: Duration) {
-        self.scans.reconfigure(scan_ports, scan_window);
+    pub fn reconfigure(&mut self, scan: &ScanSettings) {
+        self.scans.reconfigure(scan.scan_ports, scan.scan_window);
     }
 
     /// The source's name, for events and metric labels.
@@ -184,7 +185,7 @@ mod clock_jump_tests {
     use super::*;
     use crate::clock::{Clock, ManualClock};
     use crate::event::Connection;
-    use crate::source::{Socket, TcpState};
+    use crate::event::{Socket, TcpState};
     use chrono::TimeZone;
     use std::net::SocketAddr;
 
@@ -227,7 +228,7 @@ mod clock_jump_tests {
     #[test]
     fn a_scan_straddling_wall_jumps_is_reported_once_with_the_jumped_times() {
         let clock = clock();
-        let mut d = Detector::new("pcap", false, 3, Duration::from_secs(60));
+        let mut d = Detector::new("pcap", false, &ScanSettings::default(), &Limits::default());
         let mut events = attempt(&mut d, &clock, 80);
         let start = clock.now().wall;
         clock.advance(Duration::from_secs(10));
@@ -261,7 +262,7 @@ mod clock_jump_tests {
     #[test]
     fn a_forward_jump_does_not_end_an_episode_and_a_backward_one_does_not_extend_it() {
         let clock = clock();
-        let mut d = Detector::new("pcap", false, 3, Duration::from_secs(60));
+        let mut d = Detector::new("pcap", false, &ScanSettings::default(), &Limits::default());
         let mut events = Vec::new();
         for port in 80..84 {
             events.extend(attempt(&mut d, &clock, port));
@@ -286,7 +287,12 @@ mod clock_jump_tests {
     #[test]
     fn polled_connections_are_reported_once_across_wall_jumps() {
         let clock = clock();
-        let mut d = Detector::new("procfs", false, 3, Duration::from_secs(60));
+        let mut d = Detector::new(
+            "procfs",
+            false,
+            &ScanSettings::default(),
+            &Limits::default(),
+        );
         let listener = Socket {
             local: "10.0.0.5:80".parse().unwrap(),
             remote: "0.0.0.0:0".parse().unwrap(),

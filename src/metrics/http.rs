@@ -62,7 +62,7 @@ async fn scrape(State(metrics): State<Arc<Metrics>>, headers: HeaderMap) -> Resp
 }
 
 async fn health(State(metrics): State<Arc<Metrics>>) -> Response {
-    match metrics.health() {
+    match metrics.source_health().ready() {
         Ok(()) => (StatusCode::OK, "ok\n").into_response(),
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
     }
@@ -72,7 +72,7 @@ async fn health(State(metrics): State<Arc<Metrics>>) -> Response {
 /// unreadable) makes `/healthz` fail but is waited out, not cured by a
 /// restart; only a source that has ended is.
 async fn live(State(metrics): State<Arc<Metrics>>) -> Response {
-    if metrics.source_running() {
+    if metrics.source_health().running() {
         (StatusCode::OK, "ok\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "source not running\n").into_response()
@@ -147,13 +147,14 @@ mod tests {
         assert!(head.starts_with("http/1.1 503"), "{head}");
         let (head, _) = request(m.clone(), "/livez", None).await;
         assert!(head.starts_with("http/1.1 503"), "{head}");
-        m.set_source_running(true);
+        let source = m.source_health();
+        source.set_running(true);
         let (head, body) = request(m.clone(), "/healthz", None).await;
         assert!(head.starts_with("http/1.1 200"), "{head}");
         assert_eq!(body, "ok\n");
         // Two faults at once (two interfaces down): healthy only when both end.
-        m.source_fault(true);
-        m.source_fault(true);
+        source.fault(true);
+        source.fault(true);
         let (head, body) = request(m.clone(), "/healthz", None).await;
         assert!(head.starts_with("http/1.1 503"), "{head}");
         assert_eq!(body, "source failing\n");
@@ -162,11 +163,11 @@ mod tests {
             head.starts_with("http/1.1 200"),
             "a fault is not death: {head}"
         );
-        m.source_fault(false);
+        source.fault(false);
         let (head, _) = request(m.clone(), "/healthz", None).await;
         assert!(head.starts_with("http/1.1 503"), "{head}");
-        m.source_fault(false);
-        m.source_fault(false);
+        source.fault(false);
+        source.fault(false);
         let (head, _) = request(m.clone(), "/healthz", None).await;
         assert!(head.starts_with("http/1.1 200"), "{head}");
         let (head, body) = request(m, "/", None).await;

@@ -1,5 +1,5 @@
-//! Prometheus metrics (SPEC §4): what the agent counts, and both exposition
-//! formats. [`http`] serves them.
+//! Prometheus metrics (names, types and labels in docs/metrics.md): what
+//! the agent counts, and both exposition formats. [`http`] serves them.
 //!
 //! The stages update the handles in [`Metrics`] directly (they are atomics);
 //! nothing here reads a clock or the OS, so the exposition is unit-tested.
@@ -8,14 +8,53 @@
 
 pub mod http;
 
+use crate::setting::Value;
+use crate::text::printable;
+use std::net::SocketAddr;
+
+/// Where metrics are served, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    Off,
+    At(SocketAddr),
+}
+
+impl Value for Listen {
+    fn parse(text: &str) -> Result<Self, String> {
+        if text == "off" {
+            return Ok(Listen::Off);
+        }
+        text.parse().map(Listen::At).map_err(|_| {
+            format!(
+                "'{}' is not ADDR:PORT or 'off' (e.g. 127.0.0.1:9472)",
+                printable(text)
+            )
+        })
+    }
+    fn show(&self) -> String {
+        match self {
+            Listen::Off => "off".to_string(),
+            Listen::At(addr) => addr.to_string(),
+        }
+    }
+}
+
+crate::settings! {
+    /// The metrics endpoint.
+    pub struct Settings {
+        /// Serve Prometheus metrics here, or 'off'
+        metrics_addr: Listen = Listen::At(SocketAddr::from(([127, 0, 0, 1], 9472))) => "metrics-addr", "ADDR:PORT|off", restart;
+    }
+}
+
 use crate::event::{Event, EventKind};
+use crate::health::SourceHealth;
 use prometheus_client::encoding::{prometheus_text, text};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// One label, `name="value"`; values are static strings from closed sets.
@@ -26,7 +65,7 @@ pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 pub const TEXT_CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
-/// Every metric of SPEC §4, plus the health flag `/healthz` reports.
+/// Every metric the agent exports (docs/metrics.md), plus the health flag `/healthz` reports.
 pub struct Metrics {
     registry: Registry,
     new_connections: Family<Label, Counter>,
@@ -44,11 +83,8 @@ pub struct Metrics {
     blocks_dropped: Family<Label, Counter>,
     blocks_pending: Gauge,
     backend: Option<&'static str>,
-    source_running: AtomicBool,
-    /// Faults the source is living through now (an unreadable table, an
-    /// interface gone): one per table or interface, so one that recovers
-    /// does not hide another.
-    source_faults: AtomicUsize,
+    /// Whether the source runs and sees traffic (`/healthz`, `/livez`).
+    health: Arc<SourceHealth>,
 }
 
 fn poll_buckets() -> Histogram {
@@ -183,9 +219,6 @@ impl Metrics {
         for family in ["ipv4", "ipv6"] {
             let _ = blocked_ips.get_or_create(&[("family", family)]);
         }
-        for table in crate::detect::EVICTION_TABLES {
-            let _ = evictions.get_or_create(&[("table", table)]);
-        }
 
         Arc::new(Metrics {
             registry,
@@ -204,8 +237,7 @@ impl Metrics {
             blocks_dropped,
             blocks_pending,
             backend,
-            source_running: AtomicBool::new(false),
-            source_faults: AtomicUsize::new(0),
+            health: Arc::new(SourceHealth::default()),
         })
     }
 
@@ -230,12 +262,9 @@ impl Metrics {
         }
     }
 
-    /// Scanners the block stage did not block.
-    pub fn blocks_skipped(&self, skipped: crate::block::Skipped) {
-        for (reason, n) in [
-            ("allowlist", skipped.allowlist),
-            ("rate_limit", skipped.rate_limit),
-        ] {
+    /// Scanners the block stage did not block, by reason.
+    pub fn blocks_skipped(&self, allowlist: u64, rate_limit: u64) {
+        for (reason, n) in [("allowlist", allowlist), ("rate_limit", rate_limit)] {
             if n > 0 {
                 self.blocks_skipped
                     .get_or_create(&[("reason", reason)])
@@ -256,8 +285,15 @@ impl Metrics {
             .inc_by(n);
     }
 
-    /// `n` entries evicted from the detector table `table` (one of
-    /// [`crate::detect::EVICTION_TABLES`]).
+    /// Starts the eviction counters of these detector tables at zero, so a
+    /// dashboard sees them before the first eviction.
+    pub fn declare_tables(&self, tables: &[&'static str]) {
+        for table in tables {
+            let _ = self.evictions.get_or_create(&[("table", table)]);
+        }
+    }
+
+    /// `n` entries evicted from the detector table `table`.
     pub fn evicted(&self, table: &'static str, n: u64) {
         self.evictions.get_or_create(&[("table", table)]).inc_by(n);
     }
@@ -286,8 +322,9 @@ impl Metrics {
         self.xdp_evictions.inc_by(evictions);
     }
 
-    /// Copies the block stage's totals: the counters move up to them.
-    pub fn set_block_health(&self, health: crate::block::Health) {
+    /// Copies the block stage's totals (failed calls, blocks never applied)
+    /// and its pending blocks: the counters move up to the totals.
+    pub fn set_block_health(&self, errors: u64, dropped: u64, pending: usize) {
         let Some(backend) = self.backend else {
             return;
         };
@@ -295,42 +332,15 @@ impl Metrics {
             let counter = family.get_or_create(&[("backend", backend)]);
             counter.inc_by(total.saturating_sub(counter.get()));
         };
-        raise(&self.block_errors, health.errors);
-        raise(&self.blocks_dropped, health.dropped);
-        self.blocks_pending.set(clamp(health.pending));
+        raise(&self.block_errors, errors);
+        raise(&self.blocks_dropped, dropped);
+        self.blocks_pending.set(clamp(pending));
     }
 
-    /// Marks the source task as running (`true`) or ended (`false`).
-    pub fn set_source_running(&self, running: bool) {
-        self.source_running.store(running, Ordering::Relaxed);
-    }
-
-    pub fn source_running(&self) -> bool {
-        self.source_running.load(Ordering::Relaxed)
-    }
-
-    /// A source fault began (`true`) or ended (`false`). Each caller pairs
-    /// them: it reports a fault once when it begins and once when it ends.
-    pub fn source_fault(&self, begins: bool) {
-        if begins {
-            self.source_faults.fetch_add(1, Ordering::Relaxed);
-        } else {
-            // Never below zero, whatever a caller does.
-            let _ = self
-                .source_faults
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-        }
-    }
-
-    /// What `/healthz` says: `Ok` while the source runs without a fault.
-    pub fn health(&self) -> Result<(), &'static str> {
-        if !self.source_running() {
-            Err("source not running")
-        } else if self.source_faults.load(Ordering::Relaxed) > 0 {
-            Err("source failing")
-        } else {
-            Ok(())
-        }
+    /// The source's health, which the source updates and `/healthz` and
+    /// `/livez` report.
+    pub fn source_health(&self) -> Arc<SourceHealth> {
+        self.health.clone()
     }
 
     /// OpenMetrics 1.0 text, `# EOF` included.
@@ -397,6 +407,7 @@ mod tests {
 
     fn sample() -> Arc<Metrics> {
         let m = Metrics::new("procfs", Some("nftables"));
+        m.declare_tables(&["connections", "scan_sources", "attempts"]);
         let conn = |direction| {
             event(EventKind::NewConnection {
                 conn: Connection {
@@ -424,20 +435,9 @@ mod tests {
         m.set_tracked_sources(7);
         m.set_blocked_ips(1, 0);
         m.evicted("scan_sources", 8192);
-        m.blocks_skipped(crate::block::Skipped {
-            allowlist: 0,
-            rate_limit: 3,
-        });
-        m.set_block_health(crate::block::Health {
-            errors: 2,
-            dropped: 0,
-            pending: 1,
-        });
-        m.set_block_health(crate::block::Health {
-            errors: 3,
-            dropped: 0,
-            pending: 1,
-        });
+        m.blocks_skipped(0, 3);
+        m.set_block_health(2, 0, 1);
+        m.set_block_health(3, 0, 1);
         m
     }
 

@@ -1,4 +1,4 @@
-//! The JSON format of SPEC §3: one object a line.
+//! The JSON format (docs/output.md): one object a line.
 
 use crate::event::{Event, EventKind};
 use chrono::SecondsFormat;

@@ -6,11 +6,20 @@ pub mod text;
 use crate::event::Event;
 use std::io::Write;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
+/// The `--format` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     Text,
     Json,
+}
+crate::value_enum!(Format);
+
+crate::settings! {
+    /// How events are written on stdout.
+    pub struct Settings {
+        /// Format of the events on stdout
+        format: Format = Format::Text => "format", "", restart;
+    }
 }
 
 impl Format {

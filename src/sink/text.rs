@@ -1,4 +1,4 @@
-//! The text format of SPEC §3: `<local time>: <event>`.
+//! The text format (docs/output.md): `<local time>: <event>`.
 
 use crate::duration;
 use crate::event::{Event, EventKind};

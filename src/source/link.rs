@@ -5,60 +5,14 @@
 //! see the new interface; [`LinkWatch`] tells the source when to reopen or
 //! re-attach, and each change is said once.
 
-use crate::metrics::Metrics;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use crate::health::SourceHealth;
+use crate::os::iface::{self, Link};
+use crate::{diag, duration};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// How often the watched interfaces are looked up.
 pub const CHECK_EVERY: Duration = Duration::from_secs(2);
-
-/// An interface as the kernel has it now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Link {
-    pub index: u32,
-    pub up: bool,
-}
-
-/// The interface called `name` now, or `None` when there is none (or it
-/// cannot be asked about). Index and flags come from one socket, by name.
-pub fn lookup(name: &str) -> Option<Link> {
-    let bytes = name.as_bytes();
-    if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ {
-        return None;
-    }
-    // SAFETY: a plain socket call; the descriptor is owned below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: `fd` is a fresh descriptor nobody else owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
-    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (slot, &byte) in request.ifr_name.iter_mut().zip(bytes) {
-        *slot = byte as libc::c_char;
-    }
-    // SAFETY: both ioctls read the NUL-terminated name in `request` and
-    // write one field of its union.
-    let index = unsafe {
-        if libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFINDEX, &mut request) != 0 {
-            return None;
-        }
-        request.ifr_ifru.ifru_ifindex
-    };
-    // SAFETY: as above.
-    let flags = unsafe {
-        if libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) != 0 {
-            return None;
-        }
-        request.ifr_ifru.ifru_flags
-    };
-    Some(Link {
-        index: u32::try_from(index).ok()?,
-        up: i32::from(flags) & libc::IFF_UP != 0,
-    })
-}
 
 /// What changed since the last check, each reported once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,19 +105,19 @@ pub struct Watched {
     watch: LinkWatch,
     broken: bool,
     faulty: bool,
-    metrics: Arc<Metrics>,
+    health: Arc<SourceHealth>,
 }
 
 impl Watched {
     /// `name`, bound now to the interface at `index`.
-    pub fn new(source: &'static str, name: &str, index: u32, metrics: Arc<Metrics>) -> Self {
+    pub fn new(source: &'static str, name: &str, index: u32, health: Arc<SourceHealth>) -> Self {
         Watched {
             source,
             name: name.to_string(),
             watch: LinkWatch::new(index),
             broken: false,
             faulty: false,
-            metrics,
+            health,
         }
     }
 
@@ -174,17 +128,19 @@ impl Watched {
     /// Looks the interface up and says what changed; returns what the
     /// kernel has now.
     pub fn check(&mut self) -> Option<Link> {
-        let now = lookup(&self.name);
+        let now = iface::lookup(&self.name);
         let (source, name) = (self.source, &self.name);
         match self.watch.check(now) {
-            Some(Change::Down) => eprintln!(
-                "tcpwatch: warning: {source} source: interface '{name}' is down; watching resumes when it is up"
-            ),
-            Some(Change::Up) => eprintln!("tcpwatch: {source} source: interface '{name}' is up again"),
-            Some(Change::Gone) => eprintln!(
-                "tcpwatch: warning: {source} source: interface '{name}' is gone; looking for it every {}",
-                crate::duration::format(CHECK_EVERY)
-            ),
+            Some(Change::Down) => diag::warn(format_args!(
+                "{source} source: interface '{name}' is down; watching resumes when it is up"
+            )),
+            Some(Change::Up) => diag::note(format_args!(
+                "{source} source: interface '{name}' is up again"
+            )),
+            Some(Change::Gone) => diag::warn(format_args!(
+                "{source} source: interface '{name}' is gone; looking for it every {}",
+                duration::format(CHECK_EVERY)
+            )),
             Some(Change::New(_)) | None => {}
         }
         self.update_health();
@@ -199,10 +155,10 @@ impl Watched {
 
     /// The source is bound to `now` again; `how` ends the line that says so.
     pub fn attached(&mut self, now: Link, how: &str) {
-        eprintln!(
-            "tcpwatch: {} source: interface '{}' is back; {how}",
+        diag::note(format_args!(
+            "{} source: interface '{}' is back; {how}",
             self.source, self.name
-        );
+        ));
         self.watch.attached(now.index);
         self.broken = false;
         self.update_health();
@@ -213,12 +169,12 @@ impl Watched {
         // A capture on an interface that went away fails too: say that instead.
         self.check();
         if self.watch.healthy() {
-            eprintln!(
-                "tcpwatch: warning: {} source: capture on '{}' stopped: {cause:#}; reopening every {}",
+            diag::warn(format_args!(
+                "{} source: capture on '{}' stopped: {cause:#}; reopening every {}",
                 self.source,
                 self.name,
-                crate::duration::format(CHECK_EVERY)
-            );
+                duration::format(CHECK_EVERY)
+            ));
         }
         self.broken = true;
         self.update_health();
@@ -227,19 +183,19 @@ impl Watched {
     /// A reopen or re-attach failed: said once until one succeeds.
     pub fn retry_failed(&mut self, cause: &anyhow::Error) {
         if self.watch.first_failure() {
-            eprintln!(
-                "tcpwatch: warning: {} source: cannot watch '{}' again yet: {cause:#}; retrying every {}",
+            diag::warn(format_args!(
+                "{} source: cannot watch '{}' again yet: {cause:#}; retrying every {}",
                 self.source,
                 self.name,
-                crate::duration::format(CHECK_EVERY)
-            );
+                duration::format(CHECK_EVERY)
+            ));
         }
     }
 
     fn update_health(&mut self) {
         let faulty = self.broken || !self.watch.healthy();
         if faulty != self.faulty {
-            self.metrics.source_fault(faulty);
+            self.health.fault(faulty);
             self.faulty = faulty;
         }
     }
@@ -248,7 +204,7 @@ impl Watched {
 impl Drop for Watched {
     fn drop(&mut self) {
         if self.faulty {
-            self.metrics.source_fault(false);
+            self.health.fault(false);
         }
     }
 }
@@ -311,14 +267,5 @@ mod tests {
         let mut w = LinkWatch::new(5);
         assert_eq!(w.check(None), Some(Change::Gone));
         assert_eq!(w.check(up(5)), Some(Change::New(5)));
-    }
-
-    #[test]
-    fn lookup_finds_loopback_and_not_a_missing_name() {
-        let lo = lookup("lo").expect("every namespace has lo");
-        assert_eq!(lo.index, 1, "lo is the first interface of a namespace");
-        assert_eq!(lookup("tcpwatch-none0"), None);
-        assert_eq!(lookup(""), None);
-        assert_eq!(lookup("a-name-far-too-long-for-linux"), None);
     }
 }

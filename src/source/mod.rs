@@ -1,117 +1,69 @@
-//! Sources: the kernel's view of TCP, behind one narrow interface so the
+//! Sources: the kernel's view of TCP, behind two narrow interfaces so the
 //! detectors can be fed fixtures.
 //!
-//! Polling sources (`procfs`, `netlink`) produce whole socket tables; the detectors diff
-//! successive tables to find new connections.
+//! Polling sources (`procfs`, `netlink`) are [`SocketTable`]s: whole socket
+//! tables, read every `--interval`, that the detectors diff to find new
+//! connections. Real-time sources (`pcap`, `xdp`) are [`Stream`]s: they run
+//! on their own and send each connection attempt as it happens.
 
 pub mod link;
 pub mod netlink;
-pub mod nlsock;
 pub mod pcap;
 pub mod procfs;
+pub mod stream;
+pub mod table;
 pub mod xdp;
 
-use crate::clock::Stamp;
-use crate::event::Connection;
-use std::net::SocketAddr;
+use std::time::Duration;
+pub use stream::{Context, Stream};
+pub use table::SocketTable;
 
-/// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TcpState {
-    Established,
-    SynSent,
-    SynRecv,
-    FinWait1,
-    FinWait2,
-    TimeWait,
-    Close,
-    CloseWait,
-    LastAck,
-    Listen,
-    Closing,
-    NewSynRecv,
+/// The `--source` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SourceKind {
+    Procfs,
+    Netlink,
+    Pcap,
+    Xdp,
 }
+crate::value_enum!(SourceKind);
 
-impl TcpState {
-    pub fn from_kernel(n: u8) -> Option<TcpState> {
-        use TcpState::*;
-        Some(match n {
-            1 => Established,
-            2 => SynSent,
-            3 => SynRecv,
-            4 => FinWait1,
-            5 => FinWait2,
-            6 => TimeWait,
-            7 => Close,
-            8 => CloseWait,
-            9 => LastAck,
-            10 => Listen,
-            11 => Closing,
-            12 => NewSynRecv,
-            _ => return None,
-        })
-    }
-
+impl SourceKind {
     pub fn name(self) -> &'static str {
-        use TcpState::*;
         match self {
-            Established => "ESTABLISHED",
-            SynSent => "SYN-SENT",
-            SynRecv | NewSynRecv => "SYN-RECV",
-            FinWait1 => "FIN-WAIT-1",
-            FinWait2 => "FIN-WAIT-2",
-            TimeWait => "TIME-WAIT",
-            Close => "CLOSE",
-            CloseWait => "CLOSE-WAIT",
-            LastAck => "LAST-ACK",
-            Listen => "LISTEN",
-            Closing => "CLOSING",
+            SourceKind::Procfs => "procfs",
+            SourceKind::Netlink => "netlink",
+            SourceKind::Pcap => "pcap",
+            SourceKind::Xdp => "xdp",
         }
     }
+
+    /// Whether the source polls socket tables (and so sees connections, not
+    /// attempts).
+    pub fn polls(self) -> bool {
+        matches!(self, SourceKind::Procfs | SourceKind::Netlink)
+    }
 }
 
-/// One row of the kernel's socket table. IPv4-mapped IPv6 addresses are
-/// already unmapped to plain IPv4.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Socket {
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
-    pub state: TcpState,
-    pub inode: u64,
-}
-
-/// Everything a source hands to the detectors.
-#[derive(Debug, Clone)]
-pub enum Observation {
-    /// A whole socket table, read at `at` (polling sources).
-    Snapshot { at: Stamp, sockets: Vec<Socket> },
-    /// One connection attempt seen as it happened (real-time sources): an
-    /// inbound SYN to this host, or an outbound connection. Retransmissions
-    /// of the same attempt may be observed again; the detectors drop them.
-    /// `isn` is the initial sequence number of the packet seen (the SYN's, or
-    /// the SYN-ACK's for an outbound connection seen by its answer): the same
-    /// for a retransmission, different for a new connection on a reused tuple.
-    Attempt {
-        at: Stamp,
-        conn: Connection,
-        isn: u32,
-    },
-    /// Events the source knows it missed (kernel buffer overflow, drops).
-    Lost { count: u64 },
-}
-
-/// A source that can list the host's TCP sockets on demand.
-pub trait SocketTable: Send {
-    /// The name printed in events and metric labels.
-    fn name(&self) -> &'static str;
-    fn snapshot(&mut self) -> anyhow::Result<Vec<Socket>>;
+crate::settings! {
+    /// Where connections come from.
+    pub struct Settings {
+        /// Where connections come from
+        source: SourceKind = SourceKind::Procfs => "source", "", restart, short 's';
+        /// Poll period of the procfs/netlink sources (e.g. 500ms, 10s)
+        interval: Duration = Duration::from_secs(10) => "interval", "DURATION", restart, short 'i';
+        /// pcap/xdp: interface to watch (repeatable; default every up, non-loopback interface)
+        interface: Vec<String> = Vec::new() => "interface", "IFACE", restart;
+        /// Also report the connections open at start-up
+        report_existing: bool = false => "report-existing", "", restart;
+    }
 }
 
 /// Builds the polling source named on the command line.
-pub fn socket_table(name: &str) -> anyhow::Result<Box<dyn SocketTable>> {
-    match name {
-        "procfs" => Ok(Box::new(procfs::Procfs::host())),
-        "netlink" => Ok(Box::new(netlink::Netlink::open()?)),
-        other => anyhow::bail!("source '{other}' is not available in this build"),
+pub fn socket_table(kind: SourceKind) -> anyhow::Result<Box<dyn SocketTable>> {
+    match kind {
+        SourceKind::Procfs => Ok(Box::new(procfs::Procfs::host())),
+        SourceKind::Netlink => Ok(Box::new(netlink::Netlink::open()?)),
+        other => anyhow::bail!("source '{}' is not available in this build", other.name()),
     }
 }

@@ -4,9 +4,10 @@
 //! kernel and parsing it back: about half the cost. The wire format is parsed
 //! by [`parse_dump`], apart from the socket calls, so it is tested on bytes.
 
-use super::nlsock::NetlinkSocket;
 use super::procfs::unmap;
-use super::{Socket, SocketTable, TcpState};
+use super::table::SocketTable;
+use crate::event::{Socket, TcpState};
+use crate::os::netlink::NetlinkSocket;
 use anyhow::{bail, Context};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 

@@ -6,13 +6,15 @@
 //! is an address of this host, outbound when its source is. Kernel and
 //! interface drops become [`Observation::Lost`].
 
+use super::link;
+use super::stream::{Context, Stream};
 use crate::clock::Clock;
-use crate::event::{Connection, Direction};
-use crate::metrics::Metrics;
-use crate::source::link;
-use crate::source::Observation;
-use anyhow::Context;
+use crate::diag;
+use crate::event::{Connection, Direction, Observation};
+use crate::os::{addrs, iface};
+use anyhow::Context as _;
 use etherparse::{EtherType, IpNumber, LaxNetSlice, LaxSlicedPacket};
+use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use pcap::{Active, Capture, Linktype, PacketCodec, PacketStream};
 use std::collections::HashSet;
@@ -188,21 +190,13 @@ fn default_interfaces() -> anyhow::Result<Vec<String>> {
     let devices = pcap::Device::list().context("cannot list interfaces")?;
     let names: Vec<String> = devices
         .into_iter()
-        .filter(|d| d.flags.is_up() && !d.flags.is_loopback() && is_kernel_interface(&d.name))
+        .filter(|d| d.flags.is_up() && !d.flags.is_loopback() && iface::exists(&d.name))
         .map(|d| d.name)
         .collect();
     if names.is_empty() {
         anyhow::bail!("pcap: no up, non-loopback interface to watch; name one with --interface");
     }
     Ok(names)
-}
-
-fn is_kernel_interface(name: &str) -> bool {
-    let Ok(c_name) = std::ffi::CString::new(name) else {
-        return false;
-    };
-    // SAFETY: if_nametoindex reads a NUL-terminated string and nothing else.
-    unsafe { libc::if_nametoindex(c_name.as_ptr()) != 0 }
 }
 
 fn open_one(name: &str) -> anyhow::Result<Opened> {
@@ -248,22 +242,31 @@ impl PacketCodec for SynCodec {
 
 type Local = watch::Receiver<Arc<HashSet<IpAddr>>>;
 
+/// The opened captures, as a running source.
+pub struct PcapSource(pub Vec<Opened>);
+
+impl Stream for PcapSource {
+    fn name(&self) -> &'static str {
+        "pcap"
+    }
+
+    fn run(self: Box<Self>, ctx: Context) -> BoxFuture<'static, anyhow::Result<()>> {
+        Box::pin(run(self.0, ctx))
+    }
+}
+
 /// Runs the captures until the receiver goes away (`Ok`). A capture that
 /// fails, or whose interface is re-created, is reopened (see [`link`]).
-pub async fn run(
-    opened: Vec<Opened>,
-    clock: Arc<dyn Clock>,
-    out: mpsc::Sender<Observation>,
-    metrics: Arc<Metrics>,
-) -> anyhow::Result<()> {
+async fn run(opened: Vec<Opened>, ctx: Context) -> anyhow::Result<()> {
+    let Context { clock, out, health } = ctx;
     let (publish, local) = watch::channel(Arc::new(host_addresses().await?));
     let publish = Arc::new(publish);
     let mut tasks = JoinSet::new();
     tasks.spawn(refresh_addresses(publish.clone()));
     let names: Vec<String> = opened.iter().map(|c| c.name.clone()).collect();
     for capture in opened {
-        let index = link::lookup(&capture.name).map_or(0, |l| l.index);
-        let watched = link::Watched::new("pcap", &capture.name, index, metrics.clone());
+        let index = iface::lookup(&capture.name).map_or(0, |l| l.index);
+        let watched = link::Watched::new("pcap", &capture.name, index, health.clone());
         tasks.spawn(watch_interface(
             capture,
             watched,
@@ -275,8 +278,8 @@ pub async fn run(
             },
         ));
     }
-    metrics.set_source_running(true);
-    eprintln!("tcpwatch: watching: pcap on {}", names.join(", "));
+    let _running = crate::health::Running::new(health);
+    diag::note(format_args!("watching: pcap on {}", names.join(", ")));
     // The first task to end means the pipeline is shutting down.
     tasks.join_next().await;
     Ok(())
@@ -285,7 +288,7 @@ pub async fn run(
 /// Every address of every interface (the allowlist's reader: one source of
 /// truth for "this host").
 async fn host_addresses() -> anyhow::Result<HashSet<IpAddr>> {
-    let addrs = tokio::task::spawn_blocking(crate::block::allow::host_addresses)
+    let addrs = tokio::task::spawn_blocking(addrs::host)
         .await
         .context("address task failed")?
         .context("cannot list the host's addresses")?;
@@ -296,22 +299,20 @@ type Publish = Arc<watch::Sender<Arc<HashSet<IpAddr>>>>;
 
 async fn refresh_addresses(publish: Publish) {
     let mut ticks = tokio::time::interval(ADDRESSES_EVERY);
-    let mut warned = false;
+    let mut fault = diag::Fault::default();
     loop {
         ticks.tick().await;
         match host_addresses().await {
             Ok(addrs) => {
-                warned = false;
+                fault.clear();
                 if publish.send(Arc::new(addrs)).is_err() {
                     return;
                 }
             }
             // Keep the last list: addresses rarely all vanish at once.
-            Err(e) if !warned => {
-                eprintln!("tcpwatch: warning: pcap source: {e:#}");
-                warned = true;
+            Err(e) => {
+                fault.fail(|| format!("pcap source: {e:#}"));
             }
-            Err(_) => {}
         }
     }
 }

@@ -5,7 +5,8 @@
 //! and ports as plain hex. IPv4 clients of dual-stack listeners appear in
 //! `tcp6` as `::ffff:a.b.c.d` and are unmapped here.
 
-use super::{Socket, SocketTable, TcpState};
+use super::table::SocketTable;
+use crate::event::{Socket, TcpState};
 use anyhow::Context;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -21,6 +21,8 @@
 //! error ("previous I/O error") until it is. The owner says the failure
 //! once and the recovery once ([`Store::report`]).
 
+use crate::setting::Value;
+
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -31,6 +33,40 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Bumped whenever the tables or their encodings change; a file of another
 /// version is refused rather than misread.
+/// `--state`: a path, or `off`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatePath {
+    Off,
+    At(PathBuf),
+}
+
+impl Value for StatePath {
+    fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "off" => Ok(StatePath::Off),
+            "" => Err("empty path (use a path or 'off')".to_string()),
+            path => Ok(StatePath::At(PathBuf::from(path))),
+        }
+    }
+    fn show(&self) -> String {
+        match self {
+            StatePath::Off => "off".to_string(),
+            StatePath::At(path) => path.display().to_string(),
+        }
+    }
+}
+
+/// Where the state file is unless `--state` says otherwise.
+pub const DEFAULT_STATE: &str = "/var/lib/tcpwatch/state";
+
+crate::settings! {
+    /// The persistent state file.
+    pub struct Settings {
+        /// Persistent state file, or 'off'
+        state: StatePath = StatePath::At(PathBuf::from(DEFAULT_STATE)) => "state", "PATH|off", restart;
+    }
+}
+
 pub const SCHEMA_VERSION: u64 = 1;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -76,7 +112,7 @@ pub struct Store {
     /// A write failed: re-open before the next one.
     broken: AtomicBool,
     /// The last write failed and that was said ([`Store::report`]).
-    failing: AtomicBool,
+    failing: crate::diag::SharedFault,
     unwritten: Mutex<Unwritten>,
     path: PathBuf,
     created: bool,
@@ -154,7 +190,7 @@ impl Store {
         let store = Store {
             db: RwLock::new(Some(db)),
             broken: AtomicBool::new(false),
-            failing: AtomicBool::new(false),
+            failing: crate::diag::SharedFault::default(),
             unwritten: Mutex::new(Unwritten::default()),
             path: path.to_path_buf(),
             created,
@@ -182,13 +218,15 @@ impl Store {
     /// after failures, for every writer of this file together.
     pub fn report(&self, result: Result<(), StateError>) {
         match result {
-            Err(e) if !self.failing.swap(true, Ordering::Relaxed) => eprintln!(
-                "tcpwatch: warning: {e}; detection goes on and writes are retried (a restart before they succeed may report connections again or lose blocks)"
-            ),
-            Ok(()) if self.failing.swap(false, Ordering::Relaxed) => {
-                eprintln!("tcpwatch: state file writable again")
+            Err(e) => {
+                self.failing.fail(|| {
+                    format!("{e}; detection goes on and writes are retried (a restart before they succeed may report connections again or lose blocks)")
+                });
             }
-            _ => {}
+            Ok(()) => {
+                self.failing
+                    .recover(|| "state file writable again".to_string());
+            }
         }
     }
 

@@ -90,7 +90,7 @@ fn the_file_stays_small_under_churn() {
         open = fresh;
     }
     // A figure for the record, not a target.
-    eprintln!(
+    println!(
         "200 durable commits of 500 added + 500 removed: {:?} each",
         started.elapsed() / 200
     );
@@ -249,7 +249,7 @@ fn damage_anywhere_is_refused_or_harmless_never_a_panic() {
             }
         }
     }
-    eprintln!("{intact} damaged copies read intact, {refused} refused");
+    println!("{intact} damaged copies read intact, {refused} refused");
     assert!(
         refused > 0 && intact + refused > 250,
         "{intact} intact, {refused} refused"

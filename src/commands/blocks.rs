@@ -2,7 +2,9 @@
 //! a running (or crashed) agent, in whichever backend's objects exist (for
 //! `xdp`: the maps a running agent pins in /sys/fs/bpf/tcpwatch).
 
-use super::{iptables::Iptables, nft::Nftables, xdp::XdpBlock, Backend};
+use crate::block::backend::Backend;
+use crate::block::{iptables::Iptables, nft::Nftables, xdp::XdpBlock};
+use crate::diag;
 use std::io::Write;
 use std::net::IpAddr;
 
@@ -28,8 +30,8 @@ fn present() -> Vec<Box<dyn Backend>> {
 pub fn run(action: Action) -> anyhow::Result<()> {
     let backends = present();
     if backends.is_empty() {
-        eprintln!(
-            "tcpwatch: no blocks: neither the nft table inet tcpwatch, the ipsets tcpwatch4/tcpwatch6 nor the XDP maps pinned in /sys/fs/bpf/tcpwatch exist"
+        diag::note(
+            "no blocks: neither the nft table inet tcpwatch, the ipsets tcpwatch4/tcpwatch6 nor the XDP maps pinned in /sys/fs/bpf/tcpwatch exist",
         );
         return Ok(());
     }

@@ -32,12 +32,12 @@
 //! the tear, with a warning.
 
 use crate::clock::Stamp;
-use crate::detect::{Detector, Limits};
-use crate::event::{Connection, Direction};
+use crate::detect::{Detector, Limits, ScanSettings};
+use crate::diag;
+use crate::event::{Connection, Direction, Observation, Socket};
 use crate::sink::Format;
 use crate::source::pcap::{parse_syn, Link};
 use crate::source::procfs::parse_table;
-use crate::source::{Observation, Socket};
 use chrono::{DateTime, Local, Utc};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -48,8 +48,7 @@ use std::time::{Duration, SystemTime};
 pub struct Options {
     pub files: Vec<PathBuf>,
     pub format: Format,
-    pub scan_ports: usize,
-    pub scan_window: Duration,
+    pub scan: ScanSettings,
     /// Time between two snapshot polls.
     pub interval: Duration,
     pub limits: Limits,
@@ -266,7 +265,7 @@ impl<W: Write> Replay<'_, W> {
     fn detector(&self, source: &'static str) -> Detector {
         let o = self.options;
         // Snapshots: what the files hold is what is to be reported.
-        Detector::new(source, true, o.scan_ports, o.scan_window).with_limits(o.limits)
+        Detector::new(source, true, &o.scan, &o.limits)
     }
 
     fn capture(&mut self, path: &Path) -> Result<(), Failure> {
@@ -291,11 +290,11 @@ impl<W: Write> Replay<'_, W> {
                 Ok(packet) => packet,
                 Err(pcap::Error::NoMorePackets) => break,
                 Err(e) => {
-                    eprintln!(
-                        "tcpwatch: warning: {}: {}; replayed the packets before it",
+                    diag::warn(format_args!(
+                        "{}: {}; replayed the packets before it",
                         path.display(),
                         pcap_reason(&e)
-                    );
+                    ));
                     break;
                 }
             };
@@ -477,8 +476,7 @@ mod tests {
         Options {
             files,
             format: Format::Text,
-            scan_ports: 3,
-            scan_window: Duration::from_secs(60),
+            scan: ScanSettings::default(),
             interval: Duration::from_secs(10),
             limits: Limits::default(),
         }
@@ -549,7 +547,7 @@ mod tests {
         let lines = replay(&options(vec![path.clone()])).unwrap();
         assert_eq!(lines.len(), 4, "{lines:?}");
         let mut wide = options(vec![path]);
-        wide.scan_window = Duration::from_secs(62);
+        wide.scan.scan_window = Duration::from_secs(62);
         assert_eq!(replay(&wide).unwrap().len(), 5);
     }
 

@@ -5,7 +5,7 @@
 //! The message layouts are built and parsed apart from the socket calls so
 //! they are tested on bytes.
 
-use crate::source::nlsock::NetlinkSocket;
+use crate::os::netlink::NetlinkSocket;
 use anyhow::{bail, Context};
 
 const RTM_NEWLINK: u16 = 16;

@@ -1,14 +1,13 @@
 //! `tcpwatch list`: the current connections, once, like `ss -tan` without
 //! the listeners.
 
-use crate::config::SourceKind;
 use crate::detect::connections::distinct;
 use crate::sink::Format;
-use crate::source;
+use crate::source::{self, SourceKind};
 use std::io::Write;
 
 pub fn run(source: SourceKind, format: Format) -> anyhow::Result<()> {
-    let sockets = source::socket_table(source.name())?.snapshot()?;
+    let sockets = source::socket_table(source)?.snapshot()?;
     let mut rows = distinct(&sockets);
     rows.sort_by_key(|(conn, _)| (conn.acceptor, conn.initiator));
     // One write per buffer, not per row: stdout is line-buffered.

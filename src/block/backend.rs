@@ -1,0 +1,125 @@
+//! [`Backend`]: the narrow interface every firewall sits behind. Each call
+//! is one transaction (or as close as the tool allows) and idempotent, so
+//! the block stage can retry anything and tests can use a fake.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// A blocked address as the firewall holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub ip: IpAddr,
+    /// Time left; `None` for an entry without a timeout (added by hand).
+    pub remaining: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// The family an address is blocked in: IPv4-mapped IPv6 counts as IPv4
+    /// (callers canonicalize first; this is the last guard).
+    pub fn of(ip: IpAddr) -> Family {
+        match ip.to_canonical() {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+}
+
+/// A host firewall that can hold a set of blocked addresses with timeouts.
+/// Every call is one transaction (or as close as the tool allows) and is
+/// idempotent.
+pub trait Backend: Send {
+    /// The name printed in `Blocked ... via NAME` and in metric labels.
+    fn name(&self) -> &'static str;
+    /// Creates the backend's objects, replacing any a crashed run left.
+    fn install(&mut self, ttl: Duration) -> anyhow::Result<()>;
+    /// Blocks every address for `ttl`; re-blocking resets the timeout.
+    fn block(&mut self, ips: &[IpAddr], ttl: Duration) -> anyhow::Result<()>;
+    /// Lifts a block; succeeds if there was none.
+    fn unblock(&mut self, ip: IpAddr) -> anyhow::Result<()>;
+    fn list(&mut self) -> anyhow::Result<Vec<Entry>>;
+    fn flush(&mut self) -> anyhow::Result<()>;
+    /// Removes everything `install` created; succeeds if nothing is there.
+    fn remove(&mut self) -> anyhow::Result<()>;
+    /// Whether this backend's objects exist on the host.
+    fn present(&mut self) -> bool;
+    /// Whether blocks reach the kernel: `false` for a dry run, whose blocks
+    /// are decided and reported but neither applied, stored nor counted.
+    fn applies(&self) -> bool {
+        true
+    }
+    /// Re-applies blocks, each with its own time left (restart from the
+    /// state file). By default one `block` call per distinct whole second;
+    /// backends with scripts do it in one call.
+    fn restore(&mut self, entries: &[(IpAddr, Duration)]) -> anyhow::Result<()> {
+        for (ttl, ips) in by_whole_seconds(entries) {
+            self.block(&ips, ttl)?;
+        }
+        Ok(())
+    }
+    /// Re-creates the objects after they could not be read (deleted under
+    /// the agent: `nft flush ruleset`, a firewall service restart) with
+    /// `entries` in them. `Ok(false)`: this backend cannot lose its objects
+    /// that way (xdp keeps its maps in the agent), so there is nothing to do.
+    fn repair(&mut self, _ttl: Duration, _entries: &[(IpAddr, Duration)]) -> anyhow::Result<bool> {
+        Ok(false)
+    }
+}
+
+/// Groups blocks by their time left rounded up to whole seconds (at least
+/// one), so a restored block never ends before the time it was given.
+pub fn by_whole_seconds(entries: &[(IpAddr, Duration)]) -> Vec<(Duration, Vec<IpAddr>)> {
+    let mut groups: std::collections::BTreeMap<u64, Vec<IpAddr>> = Default::default();
+    for (ip, left) in entries {
+        groups
+            .entry(whole_seconds(*left).as_secs())
+            .or_default()
+            .push(*ip);
+    }
+    groups
+        .into_iter()
+        .map(|(secs, ips)| (Duration::from_secs(secs), ips))
+        .collect()
+}
+
+/// A time left as whole seconds, rounded up, at least one: what a late
+/// block is applied (and printed) with, so it ends when it would have.
+pub fn whole_seconds(left: Duration) -> Duration {
+    Duration::from_secs((left.as_secs() + u64::from(left.subsec_nanos() > 0)).max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mapped_v6_is_blocked_as_v4() {
+        assert_eq!(Family::of("::ffff:10.1.2.3".parse().unwrap()), Family::V4);
+        assert_eq!(Family::of("fd00::1".parse().unwrap()), Family::V6);
+    }
+
+    #[test]
+    fn restored_blocks_are_grouped_by_whole_seconds_rounded_up() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let groups = by_whole_seconds(&[
+            (ip("192.0.2.1"), Duration::from_millis(9_300)),
+            (ip("192.0.2.2"), Duration::from_secs(10)),
+            (ip("192.0.2.3"), Duration::ZERO),
+        ]);
+        assert_eq!(
+            groups,
+            [
+                (Duration::from_secs(1), vec![ip("192.0.2.3")]),
+                (
+                    Duration::from_secs(10),
+                    vec![ip("192.0.2.1"), ip("192.0.2.2")]
+                )
+            ]
+        );
+    }
+}

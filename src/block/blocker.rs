@@ -1,0 +1,288 @@
+//! [`Blocker`]: the decision. For each batch of events it picks the
+//! scanners to block (not allowlisted, within the cap, or already blocked
+//! and only refreshed), records them in the journal, has the [`Firewall`]
+//! apply them in one call, and puts a `Blocked` event right after each
+//! scan whose remote was blocked.
+
+use super::allow::Allowlist;
+use super::firewall::{Counted, Firewall, Health};
+use super::journal::Journal;
+use super::limit;
+use super::Settings;
+use crate::clock::Clock;
+use crate::diag;
+use crate::event::{Block, Event, EventKind};
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Scanners not blocked, by reason (`tcpwatch_blocks_skipped_total`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Skipped {
+    pub allowlist: u64,
+    pub rate_limit: u64,
+}
+
+/// What a restore at start-up did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    pub applied: usize,
+    /// Stored blocks kept for a later start: blocking is off or dry.
+    pub kept: usize,
+}
+
+pub struct Blocker {
+    /// `None`: blocking is off (`--block none`, or a backend that could not
+    /// start); scans are reported only.
+    firewall: Option<Firewall>,
+    ttl: Duration,
+    allow: Allowlist,
+    clock: Arc<dyn Clock>,
+    journal: Option<Arc<dyn Journal>>,
+    limit: limit::Limit,
+    skipped: Skipped,
+}
+
+impl Blocker {
+    pub fn new(
+        firewall: Option<Firewall>,
+        ttl: Duration,
+        allow: Allowlist,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Blocker {
+            firewall,
+            ttl,
+            allow,
+            clock,
+            journal: None,
+            limit: limit::Limit::new(limit::Rate(None)),
+            skipped: Skipped::default(),
+        }
+    }
+
+    /// Caps new blocks (`--max-blocks-per-minute`); none by default.
+    pub fn with_limit(mut self, rate: limit::Rate) -> Self {
+        self.limit.set_rate(rate);
+        self
+    }
+
+    /// Records every block in `journal` before it is applied, and keeps the
+    /// journal to what the firewall holds.
+    pub fn with_journal(mut self, journal: Arc<dyn Journal>) -> Self {
+        self.firewall = self.firewall.map(|f| f.with_journal(journal.clone()));
+        self.journal = Some(journal);
+        self
+    }
+
+    /// The scanners skipped since the last call.
+    pub fn take_skipped(&mut self) -> Skipped {
+        std::mem::take(&mut self.skipped)
+    }
+
+    /// New TTL, `--allow` entries and cap (SIGHUP); active blocks are kept.
+    pub fn reconfigure(&mut self, settings: &Settings) {
+        self.ttl = settings.block_ttl;
+        self.allow.set_nets(settings.allow.clone());
+        self.limit.set_rate(settings.max_blocks_per_minute);
+    }
+
+    pub fn health(&self) -> Health {
+        self.firewall
+            .as_ref()
+            .map(Firewall::health)
+            .unwrap_or_default()
+    }
+
+    /// The backend's name, when blocking is on.
+    pub fn backend_name(&self) -> Option<&'static str> {
+        self.firewall.as_ref().map(Firewall::name)
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.firewall.is_some()
+    }
+
+    /// Re-applies the unexpired stored blocks (address, absolute expiry)
+    /// with the time they have left, in one backend call; allowlisted ones
+    /// are dropped from the journal. No event is made: these blocks were
+    /// reported when they were decided.
+    pub fn restore(&mut self, blocks: Vec<(IpAddr, SystemTime)>) -> anyhow::Result<Restored> {
+        let now = SystemTime::now();
+        // Expiries are wall time (they must survive a reboot): a clock set
+        // back while the agent was down would lengthen them, so no block
+        // comes back longer than `--block-ttl`.
+        let live: Vec<(IpAddr, Duration)> = blocks
+            .iter()
+            .filter_map(|(ip, expires)| Some((*ip, expires.duration_since(now).ok()?)))
+            .filter(|(_, left)| !left.is_zero())
+            .map(|(ip, left)| (ip, left.min(self.ttl)))
+            .collect();
+        let Some(firewall) = self.firewall.as_mut().filter(|f| f.applies()) else {
+            return Ok(Restored {
+                applied: 0,
+                kept: live.len(),
+            });
+        };
+        self.allow.refresh();
+        let (_allowed, apply): (Vec<_>, Vec<_>) = live
+            .into_iter()
+            .partition(|(ip, _)| self.allow.check(*ip).is_some());
+        if let Some(journal) = &self.journal {
+            // Drops the allowlisted and the expired ones.
+            let keep: HashSet<IpAddr> = apply.iter().map(|(ip, _)| *ip).collect();
+            journal.keep_only(&keep);
+        }
+        if !apply.is_empty() {
+            firewall.restore(&apply)?;
+        }
+        Ok(Restored {
+            applied: apply.len(),
+            kept: 0,
+        })
+    }
+
+    /// Blocks the scanners of one batch of events in one backend call and
+    /// returns the events with a `Blocked` right after each scan whose
+    /// remote was blocked. Every input event is returned, in order. While
+    /// the firewall fails, new blocks join the pending ones and all are
+    /// retried in that one call.
+    pub fn handle(&mut self, events: Vec<Event>) -> Vec<Event> {
+        let Some(backend_name) = self.backend_name() else {
+            return events;
+        };
+        let scanners: Vec<IpAddr> = events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::PortScan(scan) => Some(scan.remote.to_canonical()),
+                _ => None,
+            })
+            .collect();
+        if scanners.is_empty() {
+            return events;
+        }
+        self.allow.refresh();
+        let chosen = self.choose(scanners);
+        if chosen.is_empty() {
+            return events;
+        }
+        let ttl = self.ttl;
+        let firewall = self
+            .firewall
+            .as_mut()
+            .expect("a backend name means a firewall");
+        if let (Some(journal), true) = (&self.journal, firewall.applies()) {
+            journal.record(&chosen, SystemTime::now() + ttl, backend_name);
+        }
+        let applied = firewall.apply(chosen, ttl);
+        self.place(events, applied, backend_name)
+    }
+
+    /// Puts a `Blocked` event right after the scan of each applied address
+    /// in `events`, and those of addresses without a scan here (pending
+    /// ones, applied late) at the end.
+    fn place(
+        &self,
+        events: Vec<Event>,
+        applied: Vec<(IpAddr, Duration)>,
+        backend: &'static str,
+    ) -> Vec<Event> {
+        let at = self.clock.now();
+        let blocked = |ip, ttl| Event {
+            at,
+            kind: EventKind::Blocked(Block { ip, ttl, backend }),
+        };
+        let mut left: HashMap<IpAddr, Duration> = applied.iter().copied().collect();
+        let mut out = Vec::with_capacity(events.len() + left.len());
+        for event in events {
+            let scanner = match &event.kind {
+                EventKind::PortScan(scan) => left.remove_entry(&scan.remote.to_canonical()),
+                _ => None,
+            };
+            out.push(event);
+            if let Some((ip, ttl)) = scanner {
+                out.push(blocked(ip, ttl));
+            }
+        }
+        // In the order applied, not the map's.
+        for (ip, _) in applied {
+            if let Some(ttl) = left.remove(&ip) {
+                out.push(blocked(ip, ttl));
+            }
+        }
+        out
+    }
+
+    /// The distinct scanners to block, in order: those not allowlisted,
+    /// already blocked (a refresh) or within the cap's budget. The others
+    /// are counted and said on stderr (over the cap, once a minute at most).
+    fn choose(&mut self, scanners: Vec<IpAddr>) -> Vec<IpAddr> {
+        let now = self.clock.now().mono;
+        let mut seen = HashSet::new();
+        let mut chosen = Vec::new();
+        for ip in scanners {
+            if !seen.insert(ip) {
+                continue;
+            }
+            if let Some(reason) = self.allow.check(ip) {
+                diag::note(format_args!("not blocking {ip}: {reason}"));
+                self.skipped.allowlist += 1;
+                continue;
+            }
+            if self.firewall.as_mut().is_some_and(|f| f.holds(ip)) {
+                chosen.push(ip);
+                continue;
+            }
+            match self.limit.take(now) {
+                limit::Verdict::Granted => chosen.push(ip),
+                limit::Verdict::Skipped { warn } => {
+                    self.skipped.rate_limit += 1;
+                    if warn {
+                        diag::warn(format_args!(
+                            "block limit of {} a minute reached; not blocking {ip} ({} skipped so far)",
+                            self.limit.rate(),
+                            self.limit.skipped()
+                        ));
+                    }
+                }
+            }
+        }
+        chosen
+    }
+
+    /// The periodic check: see [`Firewall::tick`]. Returns the `Blocked`
+    /// events of the blocks applied now and the addresses held, (IPv4,
+    /// IPv6), when they could be read.
+    pub fn tick(&mut self) -> (Vec<Event>, Option<Counted>) {
+        let ttl = self.ttl;
+        let Some(firewall) = self.firewall.as_mut() else {
+            return (Vec::new(), None);
+        };
+        let name = firewall.name();
+        let (applied, counted) = firewall.tick(ttl);
+        (self.place(Vec::new(), applied, name), counted)
+    }
+
+    /// Counts the addresses in the backend's sets, (IPv4, IPv6); zero when
+    /// nothing is applied.
+    pub fn count(&mut self) -> anyhow::Result<Counted> {
+        match self.firewall.as_mut() {
+            Some(firewall) => firewall.count(),
+            None => Ok((0, 0)),
+        }
+    }
+
+    /// Removes the backend's objects (shutdown).
+    pub fn shutdown(&mut self) {
+        if let Some(firewall) = self.firewall.as_mut() {
+            firewall.shutdown();
+        }
+    }
+
+    /// The firewall, for tests that look inside.
+    #[cfg(test)]
+    pub(super) fn firewall_mut(&mut self) -> Option<&mut Firewall> {
+        self.firewall.as_mut()
+    }
+}

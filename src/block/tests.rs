@@ -1,0 +1,628 @@
+//! The block stage with a fake backend and a fake journal.
+
+use super::allow::Allowlist;
+use super::backend::{Backend, Entry};
+use super::blocker::{Blocker, Restored, Skipped};
+use super::dry::DryRun;
+use super::firewall::{Firewall, Health};
+use super::journal::Journal;
+use super::limit;
+use crate::clock::{Clock, ManualClock, Stamp};
+use crate::event::{Connection, Direction, Event, EventKind, PortScan};
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+/// What a blocker is built with in these tests.
+enum Mode {
+    Apply(Box<dyn Backend>),
+    DryRun(&'static str),
+    Off,
+}
+
+/// The journal as a map, as the state file would hold it.
+#[derive(Clone, Default)]
+struct FakeJournal(Arc<Mutex<HashMap<IpAddr, SystemTime>>>);
+
+impl Journal for FakeJournal {
+    fn record(&self, ips: &[IpAddr], expires: SystemTime, _backend: &'static str) {
+        let mut held = self.0.lock().unwrap();
+        held.extend(ips.iter().map(|ip| (*ip, expires)));
+    }
+    fn keep_only(&self, keep: &HashSet<IpAddr>) {
+        let now = SystemTime::now();
+        let mut held = self.0.lock().unwrap();
+        held.retain(|ip, expires| *expires > now && keep.contains(ip));
+    }
+}
+
+impl FakeJournal {
+    fn ips(&self) -> Vec<IpAddr> {
+        let mut ips: Vec<IpAddr> = self.0.lock().unwrap().keys().copied().collect();
+        ips.sort();
+        ips
+    }
+}
+
+fn failing(b: &mut Blocker) -> bool {
+    b.firewall_mut().is_some_and(|f| f.failing())
+}
+
+type Blocks = Vec<(IpAddr, Duration)>;
+
+/// Records every call; fails `block` when told to. `gone`: its objects
+/// were deleted (listing fails until a repair).
+#[derive(Clone, Default)]
+struct Fake {
+    calls: Arc<Mutex<Vec<Vec<IpAddr>>>>,
+    ttls: Arc<Mutex<Vec<Duration>>>,
+    held: Arc<Mutex<std::collections::BTreeSet<IpAddr>>>,
+    repairs: Arc<Mutex<Vec<Blocks>>>,
+    fail: bool,
+    failing: Arc<AtomicBool>,
+    gone: Arc<AtomicBool>,
+}
+
+impl Fake {
+    fn check(&self) -> anyhow::Result<()> {
+        if self.fail || self.failing.load(Ordering::Relaxed) {
+            anyhow::bail!("nft: Operation not permitted");
+        }
+        Ok(())
+    }
+}
+
+impl Backend for Fake {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+    fn install(&mut self, _: Duration) -> anyhow::Result<()> {
+        Ok(())
+    }
+    fn block(&mut self, ips: &[IpAddr], ttl: Duration) -> anyhow::Result<()> {
+        self.calls.lock().unwrap().push(ips.to_vec());
+        self.ttls.lock().unwrap().push(ttl);
+        self.check()?;
+        self.held.lock().unwrap().extend(ips);
+        Ok(())
+    }
+    fn repair(&mut self, _: Duration, entries: &[(IpAddr, Duration)]) -> anyhow::Result<bool> {
+        self.check()?;
+        self.repairs.lock().unwrap().push(entries.to_vec());
+        *self.held.lock().unwrap() = entries.iter().map(|(ip, _)| *ip).collect();
+        self.gone.store(false, Ordering::Relaxed);
+        Ok(true)
+    }
+    fn unblock(&mut self, _: IpAddr) -> anyhow::Result<()> {
+        Ok(())
+    }
+    fn list(&mut self) -> anyhow::Result<Vec<Entry>> {
+        self.check()?;
+        if self.gone.load(Ordering::Relaxed) {
+            anyhow::bail!("nft: No such file or directory");
+        }
+        Ok(self
+            .held
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|ip| Entry {
+                ip: *ip,
+                remaining: Some(Duration::from_secs(30)),
+            })
+            .collect())
+    }
+    fn flush(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+    fn remove(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+    fn present(&mut self) -> bool {
+        true
+    }
+}
+
+fn stamp() -> Stamp {
+    Stamp {
+        wall: chrono::Local::now(),
+        mono: Duration::ZERO,
+    }
+}
+
+fn scan(remote: &str) -> Event {
+    Event {
+        at: stamp(),
+        kind: EventKind::PortScan(PortScan {
+            remote: remote.parse().unwrap(),
+            local: "10.0.0.5".parse().unwrap(),
+            ports: vec![1, 2, 3, 4],
+        }),
+    }
+}
+
+fn conn() -> Event {
+    Event {
+        at: stamp(),
+        kind: EventKind::NewConnection {
+            conn: Connection {
+                initiator: "192.0.2.9:4000".parse().unwrap(),
+                acceptor: "10.0.0.5:22".parse().unwrap(),
+                direction: Direction::Inbound,
+            },
+            source: "procfs",
+        },
+    }
+}
+
+fn blocker(mode: Mode, allow: &[&str]) -> Blocker {
+    blocker_on(
+        mode,
+        allow,
+        Arc::new(ManualClock::new(chrono::Local::now())),
+    )
+}
+
+fn blocker_on(mode: Mode, allow: &[&str], clock: Arc<ManualClock>) -> Blocker {
+    let host = vec!["10.0.0.5".parse().unwrap()];
+    let ttl = Duration::from_secs(30);
+    let dyn_clock: Arc<dyn Clock> = clock.clone();
+    let firewall = match mode {
+        Mode::Apply(backend) => Firewall::install(backend, ttl, dyn_clock),
+        Mode::DryRun(name) => Firewall::install(
+            Box::new(DryRun::new(name, dyn_clock.clone())),
+            ttl,
+            dyn_clock,
+        ),
+        Mode::Off => None,
+    };
+    Blocker::new(
+        firewall,
+        ttl,
+        Allowlist::new(
+            allow.iter().map(|a| a.parse().unwrap()).collect(),
+            Box::new(move || Ok(host.clone())),
+            Box::new(|| Ok(vec!["10.0.0.1".parse().unwrap()])),
+        ),
+        clock,
+    )
+}
+
+/// The events as short tags: `C` connection, `S ip` scan, `B ip` block.
+fn tags(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| match &e.kind {
+            EventKind::NewConnection { .. } => "C".to_string(),
+            EventKind::PortScan(s) => format!("S {}", s.remote),
+            EventKind::Blocked(b) if b.ttl == Duration::from_secs(30) => {
+                format!("B {} {}", b.ip, b.backend)
+            }
+            EventKind::Blocked(b) => format!("B {} {} {:?}", b.ip, b.backend, b.ttl),
+            EventKind::Unblocked { ip, .. } => format!("U {ip}"),
+        })
+        .collect()
+}
+
+#[test]
+fn scans_of_one_batch_are_blocked_in_one_call_each_right_after_its_scan() {
+    let fake = Fake::default();
+    let mut b = blocker(Mode::Apply(Box::new(fake.clone())), &[]);
+    let out = b.handle(vec![
+        conn(),
+        scan("192.0.2.1"),
+        conn(),
+        scan("2001:db8::7"),
+        scan("192.0.2.1"),
+    ]);
+    assert_eq!(
+        tags(&out),
+        [
+            "C",
+            "S 192.0.2.1",
+            "B 192.0.2.1 fake",
+            "C",
+            "S 2001:db8::7",
+            "B 2001:db8::7 fake",
+            "S 192.0.2.1"
+        ]
+    );
+    let calls = fake.calls.lock().unwrap().clone();
+    assert_eq!(
+        calls,
+        [vec![
+            "192.0.2.1".parse::<IpAddr>().unwrap(),
+            "2001:db8::7".parse().unwrap()
+        ]]
+    );
+    assert_eq!(b.count().unwrap(), (1, 1));
+}
+
+#[test]
+fn allowlisted_scanners_are_reported_but_never_blocked() {
+    let fake = Fake::default();
+    let mut b = blocker(Mode::Apply(Box::new(fake.clone())), &["192.0.2.0/24"]);
+    let batch = vec![
+        scan("192.0.2.1"),
+        scan("127.0.0.1"),
+        scan("10.0.0.5"),
+        scan("::ffff:10.0.0.5"),
+    ];
+    let out = b.handle(batch);
+    assert_eq!(
+        tags(&out),
+        [
+            "S 192.0.2.1",
+            "S 127.0.0.1",
+            "S 10.0.0.5",
+            "S ::ffff:10.0.0.5"
+        ]
+    );
+    assert!(
+        fake.calls.lock().unwrap().is_empty(),
+        "no backend call at all"
+    );
+}
+
+#[test]
+fn mapped_scanners_are_blocked_as_ipv4() {
+    let fake = Fake::default();
+    let mut b = blocker(Mode::Apply(Box::new(fake.clone())), &[]);
+    let out = b.handle(vec![scan("::ffff:198.51.100.7")]);
+    assert_eq!(tags(&out), ["S ::ffff:198.51.100.7", "B 198.51.100.7 fake"]);
+}
+
+#[test]
+fn a_failed_block_is_not_reported_as_blocked() {
+    let fake = Fake {
+        fail: true,
+        ..Fake::default()
+    };
+    let mut b = blocker(Mode::Apply(Box::new(fake)), &[]);
+    assert_eq!(tags(&b.handle(vec![scan("192.0.2.1")])), ["S 192.0.2.1"]);
+}
+
+#[test]
+fn restore_applies_live_blocks_only_and_records_new_ones_first() {
+    let journal = FakeJournal::default();
+    let now = SystemTime::now();
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let hour = Duration::from_secs(3600);
+    journal.record(&[ip("198.51.100.1")], now + hour, "iptables");
+    journal.record(&[ip("192.0.2.7")], now + hour, "nftables");
+    journal.record(
+        &[ip("198.51.100.2")],
+        now + Duration::from_millis(1),
+        "nftables",
+    );
+    std::thread::sleep(Duration::from_millis(5));
+    let stored = || -> Vec<(IpAddr, SystemTime)> {
+        journal
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(ip, e)| (*ip, *e))
+            .collect()
+    };
+    let fake = Fake::default();
+    let mut b = blocker(Mode::Apply(Box::new(fake.clone())), &["192.0.2.0/24"])
+        .with_journal(Arc::new(journal.clone()));
+    let done = b.restore(stored()).unwrap();
+    assert_eq!(
+        done,
+        Restored {
+            applied: 1,
+            kept: 0
+        }
+    );
+    assert_eq!(*fake.calls.lock().unwrap(), [vec![ip("198.51.100.1")]]);
+    assert_eq!(
+        *fake.ttls.lock().unwrap(),
+        [Duration::from_secs(30)],
+        "an hour stored (a clock set back, a TTL shortened) comes back as --block-ttl at most"
+    );
+    assert_eq!(
+        journal.ips(),
+        [ip("198.51.100.1")],
+        "allowlisted and expired are dropped"
+    );
+
+    // A block the firewall no longer holds (lifted by hand) leaves the
+    // file at the next recount; the ones it holds stay.
+    journal.record(&[ip("203.0.113.9")], now + hour, "nftables");
+    b.count().unwrap();
+    assert_eq!(journal.ips(), [ip("198.51.100.1")]);
+    // A new block is in the file before the backend is called.
+    b.handle(vec![scan("203.0.113.10")]);
+    assert_eq!(journal.ips().len(), 2);
+
+    // Blocking off: nothing applied, nothing dropped.
+    journal.record(&[ip("198.51.100.3")], now + hour, "nftables");
+    let mut off = blocker(Mode::Off, &[]).with_journal(Arc::new(journal.clone()));
+    let done = off.restore(stored()).unwrap();
+    assert_eq!(
+        done,
+        Restored {
+            applied: 0,
+            kept: 3
+        }
+    );
+    assert_eq!(journal.ips().len(), 3);
+
+    // A dry run neither applies nor drops them either.
+    let mut dry = blocker(Mode::DryRun("nftables"), &[]).with_journal(Arc::new(journal.clone()));
+    assert_eq!(dry.restore(stored()).unwrap().kept, 3);
+    dry.handle(vec![scan("203.0.113.11")]);
+    dry.tick();
+    assert_eq!(journal.ips().len(), 3, "a dry run records nothing");
+}
+
+/// The block settings of these tests, with the cap `rate`.
+fn settings(rate: limit::Rate) -> super::Settings {
+    super::Settings {
+        block_ttl: Duration::from_secs(30),
+        max_blocks_per_minute: rate,
+        ..super::Settings::default()
+    }
+}
+
+/// A blocker capped at `rate` new blocks a minute, on `clock`.
+fn capped(mode: Mode, rate: u32, clock: &Arc<ManualClock>) -> Blocker {
+    blocker_on(mode, &["192.0.2.0/24"], clock.clone()).with_limit(limit::Rate(Some(rate)))
+}
+
+#[test]
+fn the_cap_skips_new_blocks_over_it_until_the_minute_slides() {
+    let clock = Arc::new(ManualClock::new(chrono::Local::now()));
+    let fake = Fake::default();
+    let mut b = capped(Mode::Apply(Box::new(fake.clone())), 2, &clock);
+    let out = b.handle(vec![
+        scan("198.51.100.1"),
+        scan("198.51.100.2"),
+        scan("198.51.100.3"),
+        scan("192.0.2.9"),
+    ]);
+    assert_eq!(
+        tags(&out),
+        [
+            "S 198.51.100.1",
+            "B 198.51.100.1 fake",
+            "S 198.51.100.2",
+            "B 198.51.100.2 fake",
+            "S 198.51.100.3",
+            "S 192.0.2.9"
+        ]
+    );
+    assert_eq!(
+        b.take_skipped(),
+        Skipped {
+            allowlist: 1,
+            rate_limit: 1
+        }
+    );
+    assert_eq!(b.take_skipped(), Skipped::default(), "taken once");
+
+    // Re-blocking a held address refreshes it and costs no budget.
+    clock.advance(Duration::from_secs(20));
+    let out = b.handle(vec![scan("198.51.100.1"), scan("198.51.100.4")]);
+    assert_eq!(
+        tags(&out),
+        ["S 198.51.100.1", "B 198.51.100.1 fake", "S 198.51.100.4"]
+    );
+    assert_eq!(b.take_skipped().rate_limit, 1);
+
+    // 60 s after the first two blocks their slots are free again.
+    clock.advance(Duration::from_secs(40));
+    let out = b.handle(vec![scan("198.51.100.4"), scan("198.51.100.5")]);
+    assert_eq!(
+        tags(&out),
+        [
+            "S 198.51.100.4",
+            "B 198.51.100.4 fake",
+            "S 198.51.100.5",
+            "B 198.51.100.5 fake"
+        ]
+    );
+    assert_eq!(b.take_skipped(), Skipped::default());
+    let calls = fake.calls.lock().unwrap().len();
+    assert_eq!(calls, 3, "one backend call per batch");
+}
+
+#[test]
+fn an_expired_block_is_new_again_and_a_failed_one_keeps_its_budget() {
+    let clock = Arc::new(ManualClock::new(chrono::Local::now()));
+    let mut b = capped(Mode::DryRun("nftables"), 1, &clock);
+    assert_eq!(tags(&b.handle(vec![scan("198.51.100.1")])).len(), 2);
+    // The TTL is 30 s: past it, the same address is a new block, and
+    // the minute's budget is spent.
+    clock.advance(Duration::from_secs(31));
+    assert_eq!(tags(&b.handle(vec![scan("198.51.100.1")])).len(), 1);
+    assert_eq!(b.take_skipped().rate_limit, 1);
+
+    let failing = Fake {
+        fail: true,
+        ..Fake::default()
+    };
+    let mut b = capped(Mode::Apply(Box::new(failing)), 1, &clock);
+    assert_eq!(tags(&b.handle(vec![scan("198.51.100.1")])).len(), 1);
+    assert_eq!(tags(&b.handle(vec![scan("198.51.100.2")])).len(), 1);
+    assert_eq!(
+        b.take_skipped().rate_limit,
+        1,
+        "a block that failed is pending, to be applied: it keeps its budget"
+    );
+    assert_eq!(b.health().pending, 1);
+}
+
+#[test]
+fn a_reload_changes_the_cap() {
+    let clock = Arc::new(ManualClock::new(chrono::Local::now()));
+    let mut b = capped(Mode::DryRun("nftables"), 1, &clock);
+    let out = b.handle(vec![scan("198.51.100.1"), scan("198.51.100.2")]);
+    assert_eq!(tags(&out).len(), 3);
+    b.reconfigure(&settings(limit::Rate(None)));
+    let out = b.handle(vec![scan("198.51.100.2"), scan("198.51.100.3")]);
+    assert_eq!(tags(&out).len(), 4, "off: no cap");
+    // Blocks made with no cap are not recorded; the one before still is.
+    b.reconfigure(&settings(limit::Rate(Some(2))));
+    let out = b.handle(vec![scan("198.51.100.4"), scan("198.51.100.5")]);
+    assert_eq!(
+        tags(&out),
+        [
+            "S 198.51.100.4",
+            "B 198.51.100.4 nftables",
+            "S 198.51.100.5"
+        ]
+    );
+}
+
+#[test]
+fn dry_run_reports_without_a_backend_and_off_passes_through() {
+    let mut b = blocker(Mode::DryRun("nftables"), &[]);
+    assert_eq!(
+        tags(&b.handle(vec![scan("192.0.2.1")])),
+        ["S 192.0.2.1", "B 192.0.2.1 nftables"]
+    );
+    assert_eq!(b.count().unwrap(), (0, 0));
+    let mut off = blocker(Mode::Off, &[]);
+    assert_eq!(
+        tags(&off.handle(vec![scan("192.0.2.1"), conn()])),
+        ["S 192.0.2.1", "C"]
+    );
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn a_failing_firewall_keeps_blocks_pending_and_applies_them_when_it_works() {
+    let fake = Fake::default();
+    let mut b = blocker(Mode::Apply(Box::new(fake.clone())), &[]);
+    fake.failing.store(true, Ordering::Relaxed);
+    assert_eq!(tags(&b.handle(vec![scan("192.0.2.1")])), ["S 192.0.2.1"]);
+    assert!(failing(&mut b));
+    // While failing, a new scan joins the pending ones in one call.
+    assert_eq!(
+        tags(&b.handle(vec![scan("2001:db8::7")])),
+        ["S 2001:db8::7"]
+    );
+    assert_eq!(fake.calls.lock().unwrap().len(), 2);
+    let (late, counted) = b.tick();
+    assert!(late.is_empty() && counted.is_none());
+    assert_eq!(
+        b.health(),
+        Health {
+            errors: 3,
+            dropped: 0,
+            pending: 2
+        },
+        "the block, the retry, the repair after a failed listing: each failed call counts"
+    );
+
+    fake.failing.store(false, Ordering::Relaxed);
+    let (late, counted) = b.tick();
+    let mut late = tags(&late);
+    late.sort();
+    assert_eq!(late, ["B 192.0.2.1 fake", "B 2001:db8::7 fake"]);
+    assert_eq!(counted, Some((1, 1)));
+    assert!(!failing(&mut b));
+    assert_eq!(b.health().pending, 0);
+    // Works again: a new scan is blocked at once, for the full TTL.
+    let calls = fake.calls.lock().unwrap().len();
+    assert_eq!(
+        tags(&b.handle(vec![scan("198.51.100.3")])),
+        ["S 198.51.100.3", "B 198.51.100.3 fake"]
+    );
+    assert_eq!(fake.calls.lock().unwrap().len(), calls + 1);
+    assert_eq!(b.tick().0.len(), 0, "nothing is printed twice");
+}
+
+#[test]
+fn a_late_block_gets_the_time_its_ttl_has_left_and_an_ended_one_is_dropped() {
+    let fake = Fake::default();
+    let clock = Arc::new(ManualClock::new(chrono::Local::now()));
+    let mut b = blocker_on(Mode::Apply(Box::new(fake.clone())), &[], clock.clone());
+    fake.failing.store(true, Ordering::Relaxed);
+    b.handle(vec![scan("192.0.2.1")]);
+    clock.advance(Duration::from_millis(9_500));
+    b.handle(vec![scan("192.0.2.2")]);
+    clock.advance(Duration::from_millis(20_700));
+    fake.failing.store(false, Ordering::Relaxed);
+    // At 30.2 s: 192.0.2.1's 30 s have ended; 192.0.2.2 has 9.3 s left,
+    // applied as 10 s so it never ends early.
+    let (late, _) = b.tick();
+    assert_eq!(tags(&late), ["B 192.0.2.2 fake 10s"]);
+    assert_eq!(
+        fake.ttls.lock().unwrap().last(),
+        Some(&Duration::from_secs(10))
+    );
+    assert_eq!(b.health().dropped, 1);
+    assert_eq!(b.health().pending, 0);
+
+    // Every pending block expired: the next good reading is the recovery.
+    fake.failing.store(true, Ordering::Relaxed);
+    b.handle(vec![scan("192.0.2.3")]);
+    clock.advance(Duration::from_secs(31));
+    fake.failing.store(false, Ordering::Relaxed);
+    assert!(failing(&mut b));
+    assert!(b.tick().0.is_empty());
+    assert!(!failing(&mut b));
+    assert_eq!(b.health().dropped, 2);
+}
+
+#[test]
+fn pending_blocks_are_capped_and_the_excess_counted() {
+    let fake = Fake::default();
+    let mut b = blocker(Mode::Apply(Box::new(fake.clone())), &[]);
+    b.firewall_mut().unwrap().max_pending = 2;
+    fake.failing.store(true, Ordering::Relaxed);
+    b.handle(vec![
+        scan("192.0.2.1"),
+        scan("192.0.2.2"),
+        scan("192.0.2.3"),
+    ]);
+    b.handle(vec![scan("192.0.2.1")]);
+    assert_eq!(
+        b.health(),
+        Health {
+            errors: 2,
+            dropped: 1,
+            pending: 2
+        },
+        "a pending address again is no new entry"
+    );
+}
+
+#[test]
+fn deleted_objects_are_recreated_with_the_active_and_pending_blocks() {
+    let fake = Fake::default();
+    let mut b = blocker(Mode::Apply(Box::new(fake.clone())), &[]);
+    b.handle(vec![scan("192.0.2.1")]);
+    fake.gone.store(true, Ordering::Relaxed);
+    fake.failing.store(true, Ordering::Relaxed);
+    b.handle(vec![scan("192.0.2.2")]);
+    fake.failing.store(false, Ordering::Relaxed);
+    let (late, _) = b.tick();
+    assert_eq!(
+        tags(&late),
+        ["B 192.0.2.2 fake"],
+        "only the pending one prints"
+    );
+    let mut repaired = fake.repairs.lock().unwrap()[0].clone();
+    repaired.sort();
+    assert_eq!(
+        repaired,
+        [
+            (ip("192.0.2.1"), Duration::from_secs(30)),
+            (ip("192.0.2.2"), Duration::from_secs(30))
+        ]
+    );
+    assert!(!failing(&mut b));
+    assert_eq!(b.health().pending, 0);
+    assert!(b.tick().0.is_empty());
+    assert_eq!(fake.repairs.lock().unwrap().len(), 1, "repaired once");
+}

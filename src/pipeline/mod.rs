@@ -1,0 +1,64 @@
+//! Wires the stages: source -> detect -> block -> sink, joined by bounded
+//! channels, beside the metrics server; shuts them down in order on
+//! SIGINT/SIGTERM and removes the firewall objects last.
+//!
+//! - [`setup`]: opens what the settings name (source, metrics port, state
+//!   file, firewall) and puts back what the state file holds;
+//! - [`stages`]: the stage tasks, each taking its parts as values (a
+//!   source, a detector, a blocker, a writer, a clock), so the pipeline is
+//!   tested in-process with fakes ([`Parts`], [`Running`]);
+//! - [`reload`]: SIGHUP re-reads `--config`; [`shutdown`]: the signals.
+//!
+//! With a state file (`--state`), the connections accounted for and the
+//! blocks decided are stored as they happen; at start-up the blocks are
+//! re-applied with the time they have left and the connections opened while
+//! the agent was down are reported. Shutdown still removes the firewall
+//! objects: the blocks come back from the file at the next start. SIGHUP
+//! re-reads `--config` (the settings declared `live`) without losing any of
+//! this.
+
+pub mod reload;
+pub mod setup;
+pub mod shutdown;
+pub mod stages;
+#[cfg(test)]
+mod tests;
+
+use crate::settings::RunSettings;
+use anyhow::Context;
+pub use reload::Reloader;
+pub use stages::{Parts, Running, Source};
+
+/// Runs the agent on its own runtime until a signal or a fatal error. The
+/// capabilities are settled first, before any thread exists (they are per
+/// thread, and threads inherit them).
+pub fn run_blocking(settings: RunSettings, reloader: Option<Reloader>) -> anyhow::Result<()> {
+    crate::os::process::return_big_frees_to_the_os();
+    let settings = crate::privilege::apply(settings)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(run(settings, reloader))
+}
+
+/// Runs the agent until SIGINT/SIGTERM (`Ok`) or a fatal error.
+pub async fn run(settings: RunSettings, reloader: Option<Reloader>) -> anyhow::Result<()> {
+    // Watched from the start: SIGHUP's default action would end the agent
+    // without removing its firewall objects.
+    let hangup = reload::watch_hangup()?;
+    let signals = shutdown::Signals::watch()?;
+    let opened = setup::open(&settings).await?;
+    let running = stages::start(opened.parts);
+    let reload = tokio::spawn(reload::on_hangup(
+        hangup,
+        reloader,
+        settings,
+        running.reload_sender(),
+    ));
+    let server = opened.server.map(tokio::spawn);
+    let outcome = running.until(signals.wait(), server).await;
+    reload.abort();
+    outcome
+}

@@ -1,0 +1,303 @@
+//! Start-up: opens what the settings name, in an order that keeps the host
+//! safe. Source, metrics port and state file come first: an agent that is
+//! about to exit on a bad interface, a taken port or a bad state file must
+//! not touch the firewall. Then the firewall, then what the state file
+//! holds is put back.
+
+use super::stages::{Parts, Source};
+use crate::block::allow::Allowlist;
+use crate::block::backend::Backend;
+use crate::block::blocker::Blocker;
+use crate::block::firewall::Firewall;
+use crate::block::journal::Journal;
+use crate::block::xdp::{Stats, XdpBlock};
+use crate::block::BlockKind;
+use crate::bpf::xdp::LoadOptions;
+use crate::clock::{Clock, SystemClock};
+use crate::detect::Detector;
+use crate::metrics::{self, Listen, Metrics};
+use crate::settings::RunSettings;
+use crate::sink::LineSink;
+use crate::source::{self, xdp::XdpSource, SourceKind};
+use crate::state::{Loaded, StateError, StatePath, Store, DEFAULT_STATE};
+use crate::{diag, duration, text};
+use anyhow::Context;
+use futures_util::future::BoxFuture;
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Everything the pipeline runs, opened.
+pub struct Opened {
+    pub parts: Parts,
+    /// The metrics server, to run beside the stages.
+    pub server: Option<BoxFuture<'static, anyhow::Result<()>>>,
+}
+
+/// Opens the parts of a run of `settings`.
+pub async fn open(settings: &RunSettings) -> anyhow::Result<Opened> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
+    let mut opening = open_source(settings)?;
+    let listener = match settings.metrics.metrics_addr {
+        Listen::At(addr) => Some(metrics_listener(addr)?),
+        Listen::Off => None,
+    };
+    let mut store = open_state(&settings.state.state).await?;
+    // Only the polling sources diff socket tables, so only they keep the
+    // connection table in the state file (a real-time source would write
+    // every attempt of a flood to it).
+    let polling = settings.source.source.polls();
+    let (backend, xdp_stats) = backend(settings, &mut opening, clock.clone());
+    let source = match opening {
+        Opening::Ready(source) => source,
+        Opening::Xdp(xdp) => Source::Stream(xdp),
+    };
+    let ttl = settings.block.block_ttl;
+    let firewall_clock = clock.clone();
+    let firewall = tokio::task::spawn_blocking(move || {
+        backend.and_then(|backend| Firewall::install(backend, ttl, firewall_clock))
+    })
+    .await
+    .context("block set-up failed")?;
+    let applies = firewall.as_ref().is_some_and(Firewall::applies);
+    let metrics = Metrics::new(source.name(), firewall.as_ref().map(Firewall::name));
+    metrics.declare_tables(&crate::detect::EVICTION_TABLES);
+    let mut blocker = Blocker::new(
+        firewall,
+        ttl,
+        Allowlist::of_host(settings.block.allow.clone()),
+        clock.clone(),
+    )
+    .with_limit(settings.block.max_blocks_per_minute);
+    let mut detector = Detector::new(
+        source.name(),
+        settings.source.report_existing,
+        &settings.scan,
+        &settings.limits,
+    );
+    if let Some((store, loaded)) = &mut store {
+        blocker = blocker.with_journal(Arc::new(StoreJournal(store.clone())));
+        blocker =
+            restore_blocks(blocker, store.clone(), std::mem::take(&mut loaded.blocks)).await?;
+        if polling {
+            restore_connections(&mut detector, loaded);
+        }
+    }
+    let server = listener.map(|listener| {
+        Box::pin(serve_metrics(listener, metrics.clone())) as BoxFuture<'static, _>
+    });
+    Ok(Opened {
+        parts: Parts {
+            source,
+            clock,
+            metrics,
+            detector,
+            blocker,
+            sink: LineSink::new(Box::new(std::io::stdout()), settings.sink.format),
+            store: store.map(|(store, _)| store).filter(|_| polling),
+            settings: settings.clone(),
+            xdp_stats: xdp_stats.filter(|_| applies),
+            block_tick: crate::block::firewall::RETRY_EVERY,
+        },
+        server,
+    })
+}
+
+/// A source, opened. An `xdp` source is kept apart until the `xdp` backend
+/// has taken its blocklist maps (one program does both jobs).
+enum Opening {
+    Ready(Source),
+    Xdp(Box<XdpSource>),
+}
+
+fn open_source(settings: &RunSettings) -> anyhow::Result<Opening> {
+    let s = &settings.source;
+    Ok(match s.source {
+        SourceKind::Procfs | SourceKind::Netlink => {
+            Opening::Ready(Source::Table(source::socket_table(s.source)?, s.interval))
+        }
+        SourceKind::Pcap => Opening::Ready(Source::Stream(Box::new(source::pcap::PcapSource(
+            source::pcap::open(&s.interface)?,
+        )))),
+        SourceKind::Xdp => {
+            let opts = LoadOptions {
+                report: true,
+                block: settings.block.block == BlockKind::Xdp && !settings.block.dry_run,
+                map_size: settings.block.xdp_map_size.0,
+            };
+            Opening::Xdp(Box::new(XdpSource::open(&s.interface, &opts)?))
+        }
+    })
+}
+
+/// The backend of `--block`: for `xdp`, on the `xdp` source's program when
+/// there is one, else one that loads its own at install; and the handle its
+/// metrics are read through.
+fn backend(
+    settings: &RunSettings,
+    opening: &mut Opening,
+    clock: Arc<dyn Clock>,
+) -> (Option<Box<dyn Backend>>, Option<Stats>) {
+    let shared = match (settings.block.block, settings.block.dry_run, opening) {
+        (BlockKind::Xdp, false, Opening::Xdp(source)) => source.take_blocklist(),
+        _ => None,
+    };
+    if let Some(maps) = shared {
+        let backend = XdpBlock::shared(maps);
+        let stats = backend.stats();
+        return (Some(Box::new(backend)), Some(stats));
+    }
+    if settings.block.block == BlockKind::Xdp && !settings.block.dry_run {
+        let backend = XdpBlock::new(
+            settings.source.interface.clone(),
+            settings.block.xdp_map_size.0,
+        );
+        let stats = backend.stats();
+        return (Some(Box::new(backend)), Some(stats));
+    }
+    (
+        crate::block::backend(&settings.block, &settings.source.interface, clock),
+        None,
+    )
+}
+
+/// The state file as the block stage's journal.
+struct StoreJournal(Arc<Store>);
+
+impl Journal for StoreJournal {
+    fn record(&self, ips: &[IpAddr], expires: SystemTime, backend: &'static str) {
+        let now = SystemTime::now();
+        self.0.report(self.0.put_blocks(ips, expires, backend, now));
+    }
+
+    fn keep_only(&self, held: &HashSet<IpAddr>) {
+        let kept = self
+            .0
+            .retain_blocks(SystemTime::now(), |ip| held.contains(&ip));
+        self.0.report(kept.map(|_| ()));
+    }
+}
+
+/// How often a taken metrics port is tried again.
+const METRICS_RETRY: Duration = Duration::from_secs(2);
+
+/// The metrics socket: bound, or its port taken by another process.
+enum MetricsListener {
+    Bound(std::net::TcpListener),
+    Taken(std::net::SocketAddr),
+}
+
+/// Binds `--metrics-addr`. A taken port must not stop a security agent from
+/// detecting: it is said once and retried; any other error (an address not
+/// on this host, a privileged port) is a configuration error, fatal.
+fn metrics_listener(addr: std::net::SocketAddr) -> anyhow::Result<MetricsListener> {
+    match metrics::http::try_bind(addr) {
+        Ok(listener) => Ok(MetricsListener::Bound(listener)),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            diag::warn(format_args!(
+                "{}; detection goes on, retrying every {}",
+                metrics::http::describe(addr, &e),
+                duration::format(METRICS_RETRY)
+            ));
+            Ok(MetricsListener::Taken(addr))
+        }
+        Err(e) => Err(anyhow::anyhow!(metrics::http::describe(addr, &e))),
+    }
+}
+
+/// Serves the metrics, first waiting for a taken port to be free.
+async fn serve_metrics(listener: MetricsListener, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+    let listener = match listener {
+        MetricsListener::Bound(listener) => listener,
+        MetricsListener::Taken(addr) => loop {
+            tokio::time::sleep(METRICS_RETRY).await;
+            if let Ok(listener) = metrics::http::try_bind(addr) {
+                diag::note(format_args!("metrics on {addr}"));
+                break listener;
+            }
+        },
+    };
+    metrics::http::serve(listener, metrics).await
+}
+
+/// Opens `--state`. The default path degrades to no state when its
+/// directory cannot be written (say, not root); a path the operator named,
+/// or a default file that exists but is unusable, is a fatal error.
+async fn open_state(state: &StatePath) -> anyhow::Result<Option<(Arc<Store>, Loaded)>> {
+    let StatePath::At(path) = state else {
+        return Ok(None);
+    };
+    let path = path.clone();
+    if path == Path::new(DEFAULT_STATE) {
+        if let Err(e) = writable_dir(&path) {
+            diag::warn(format_args!(
+                "cannot use the state directory of {}: {e}; running without state",
+                path.display()
+            ));
+            return Ok(None);
+        }
+    }
+    let (store, loaded) = tokio::task::spawn_blocking(move || {
+        let store = Store::open(&path)?;
+        let loaded = store.load()?;
+        Ok::<_, StateError>((store, loaded))
+    })
+    .await
+    .context("state set-up failed")??;
+    Ok(Some((Arc::new(store), loaded)))
+}
+
+/// Makes the default state directory and checks this process may write it.
+fn writable_dir(path: &Path) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir)?;
+    crate::os::fs::writable(dir)
+}
+
+/// Re-applies the stored blocks (one stderr line, no event: they were
+/// reported when decided). A failure is a warning: the blocks stay in the
+/// file for the next start.
+async fn restore_blocks(
+    mut blocker: Blocker,
+    store: Arc<Store>,
+    stored: Vec<crate::state::StoredBlock>,
+) -> anyhow::Result<Blocker> {
+    if stored.is_empty() {
+        return Ok(blocker);
+    }
+    let stored: Vec<(IpAddr, SystemTime)> = stored.iter().map(|b| (b.ip, b.expires)).collect();
+    let restore = tokio::task::spawn_blocking(move || {
+        match blocker.restore(stored) {
+            Ok(done) if done.kept > 0 => diag::note(format_args!(
+                "{} stored blocks not applied (blocking is off or dry); kept in {}",
+                done.kept,
+                store.path().display()
+            )),
+            Ok(done) if done.applied > 0 => {
+                diag::note(format_args!("restored {} blocks", done.applied))
+            }
+            Ok(_) => {}
+            Err(e) => diag::warn(format_args!(
+                "cannot restore the stored blocks: {}; kept in {}",
+                text::chain(&e),
+                store.path().display()
+            )),
+        }
+        blocker
+    });
+    restore.await.context("block stage failed")
+}
+
+/// For polling sources: the connections already accounted for, so the
+/// first table after a restart reports only those opened meanwhile.
+fn restore_connections(detector: &mut Detector, loaded: &mut Loaded) {
+    let table = detector.connections_mut();
+    table.track_changes();
+    // A file that never stored a first table cannot tell which open
+    // connections were reported: start as without one.
+    if loaded.primed {
+        table.restore(std::mem::take(&mut loaded.connections));
+    }
+}

@@ -1,0 +1,488 @@
+//! The stage tasks and their channels. [`start`] spawns them in order, sink
+//! first, so nothing sent is ever waiting for a reader that is not there;
+//! [`Running::stop`] drains them: the source stops, what is in flight goes
+//! through every stage and is printed, and the block stage removes the
+//! firewall objects once its input is closed.
+
+use crate::block::blocker::Blocker;
+use crate::block::xdp::Stats;
+use crate::clock::Clock;
+use crate::detect::connections::pair;
+use crate::detect::Detector;
+use crate::event::{Event, EventKind, Observation};
+use crate::metrics::Metrics;
+use crate::settings::RunSettings;
+use crate::sink::LineSink;
+use crate::source::{Context as SourceContext, SocketTable, Stream};
+use crate::state::{ConnKey, StateError, Store};
+use crate::{diag, duration};
+use anyhow::Context;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+/// Observations in flight from the source: few, so a slow detector slows
+/// the source (a polling source waits; a real-time one counts what the
+/// kernel drops) instead of queueing without bound.
+const OBSERVATIONS: usize = 8;
+/// Batches of events in flight between the later stages.
+const BATCHES: usize = 64;
+
+/// A source, opened.
+pub enum Source {
+    /// A polling source and its period.
+    Table(Box<dyn SocketTable>, Duration),
+    /// A real-time source.
+    Stream(Box<dyn Stream>),
+}
+
+impl Source {
+    /// The name printed in events and metric labels.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Source::Table(table, _) => table.name(),
+            Source::Stream(stream) => stream.name(),
+        }
+    }
+}
+
+/// Everything a run is made of, opened and ready to start.
+pub struct Parts {
+    pub source: Source,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+    pub detector: Detector,
+    pub blocker: Blocker,
+    pub sink: LineSink<Box<dyn Write + Send>>,
+    /// The state file, when the source polls (it keeps connections).
+    pub store: Option<Arc<Store>>,
+    /// The settings the run started with; reloads replace the live ones.
+    pub settings: RunSettings,
+    /// The XDP drop counters to copy into the metrics (`--block xdp`).
+    pub xdp_stats: Option<Stats>,
+    /// How often the block stage re-reads the firewall and retries.
+    pub block_tick: Duration,
+}
+
+/// The running stages.
+pub struct Running {
+    source: JoinHandle<anyhow::Result<()>>,
+    detect: JoinHandle<anyhow::Result<()>>,
+    block: JoinHandle<anyhow::Result<()>>,
+    sink: JoinHandle<anyhow::Result<()>>,
+    xdp_metrics: Option<JoinHandle<()>>,
+    reload: watch::Sender<RunSettings>,
+}
+
+/// Spawns the stages, joined by bounded channels.
+pub fn start(parts: Parts) -> Running {
+    let Parts {
+        source,
+        clock,
+        metrics,
+        detector,
+        blocker,
+        sink,
+        store,
+        settings,
+        xdp_stats,
+        block_tick,
+    } = parts;
+    let (observations, observed) = mpsc::channel(OBSERVATIONS);
+    let (detected, to_block) = mpsc::channel(BATCHES);
+    let (decided, to_print) = mpsc::channel(BATCHES);
+    let (reload, reloaded) = watch::channel(settings);
+    let sink = tokio::spawn(print(sink, to_print, metrics.clone(), store.clone()));
+    let block = tokio::spawn(block(
+        blocker,
+        to_block,
+        decided,
+        metrics.clone(),
+        reloaded.clone(),
+        block_tick,
+    ));
+    let detect = tokio::spawn(detect(
+        detector,
+        observed,
+        detected,
+        metrics.clone(),
+        store,
+        reloaded,
+    ));
+    let xdp_metrics = xdp_stats.map(|stats| tokio::spawn(xdp_metrics(stats, metrics.clone())));
+    let source = match source {
+        Source::Table(table, every) => {
+            tokio::spawn(poll(table, every, clock, observations, metrics))
+        }
+        Source::Stream(stream) => tokio::spawn(stream.run(SourceContext {
+            clock,
+            out: observations,
+            health: metrics.source_health(),
+        })),
+    };
+    Running {
+        source,
+        detect,
+        block,
+        sink,
+        xdp_metrics,
+        reload,
+    }
+}
+
+impl Running {
+    /// Where reloaded settings go: the stages take their live settings from
+    /// it before their next input.
+    pub fn reload_sender(&self) -> watch::Sender<RunSettings> {
+        self.reload.clone()
+    }
+
+    /// Runs until `stop` resolves (a signal), the source or the sink ends,
+    /// or `server` (the metrics server) fails; then stops in order. The
+    /// first failure is the result.
+    pub async fn until(
+        mut self,
+        stop: impl std::future::Future<Output = anyhow::Result<()>>,
+        server: Option<JoinHandle<anyhow::Result<()>>>,
+    ) -> anyhow::Result<()> {
+        let server_ended = async {
+            match server {
+                Some(task) => flatten(task.await).context("metrics server"),
+                None => std::future::pending().await,
+            }
+        };
+        let mut sink_done = None;
+        let outcome = tokio::select! {
+            signal = stop => signal,
+            ended = &mut self.source => flatten(ended),
+            ended = &mut self.sink => {
+                let result = flatten(ended);
+                sink_done = Some(());
+                result
+            }
+            ended = server_ended => ended,
+        };
+        let stopped = self.drain(sink_done.is_some()).await;
+        outcome.and(stopped)
+    }
+
+    /// Stops the source and lets what is in flight drain through every
+    /// stage; the block stage removes its firewall objects.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.drain(false).await
+    }
+
+    async fn drain(self, sink_done: bool) -> anyhow::Result<()> {
+        self.source.abort();
+        if let Some(task) = &self.xdp_metrics {
+            task.abort();
+        }
+        // The source's sender is gone: detect ends, then block (which
+        // removes the firewall objects), then the sink once it has printed
+        // everything they sent.
+        let _ = self.detect.await;
+        let blocked = flatten(self.block.await);
+        let printed = if sink_done {
+            Ok(())
+        } else {
+            flatten(self.sink.await)
+        };
+        blocked.and(printed)
+    }
+}
+
+fn flatten(joined: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
+    match joined {
+        Ok(result) => result,
+        Err(e) if e.is_cancelled() => Ok(()),
+        Err(e) => Err(anyhow::anyhow!("internal task failed: {e}")),
+    }
+}
+
+/// The polling source: one table read a tick, off the async threads. A read
+/// that fails is said once, marks the source unhealthy (`/healthz` 503) and
+/// is retried each tick; the first good read after it says so once. A
+/// failed read sends nothing: diffing a partial table would forget its
+/// connections and report them again. The readiness line waits for the
+/// first good read, even when that takes several ticks.
+async fn poll(
+    mut table: Box<dyn SocketTable>,
+    every: Duration,
+    clock: Arc<dyn Clock>,
+    out: mpsc::Sender<Observation>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<()> {
+    let health = metrics.source_health();
+    let _running = crate::health::Running::new(health.clone());
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut fault = diag::Fault::default();
+    let mut ready = false;
+    loop {
+        ticks.tick().await;
+        let at = clock.now();
+        let (back, read, took) = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let read = table.snapshot();
+            (table, read, started.elapsed())
+        })
+        .await
+        .context("source task failed")?;
+        table = back;
+        let name = table.name();
+        match read {
+            Ok(sockets) => {
+                // Only reads of a table are timed: a read that fails at once
+                // would drag the histogram towards zero; during a fault its
+                // count stops growing instead.
+                metrics.observe_poll(name, took.as_secs_f64());
+                if fault.recover(|| format!("{name} source reads again")) {
+                    health.fault(false);
+                }
+                if out
+                    .send(Observation::Snapshot { at, sockets })
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
+                if !ready {
+                    // For operators and tests: the first table is read, so
+                    // every connection from now on will be reported.
+                    diag::note(format_args!(
+                        "watching: {name} every {}",
+                        duration::format(every)
+                    ));
+                    ready = true;
+                }
+            }
+            Err(e) => {
+                let said = fault.fail(|| {
+                    format!(
+                        "{name} source: {e:#}; retrying every {}",
+                        duration::format(every)
+                    )
+                });
+                if said {
+                    health.fault(true);
+                }
+            }
+        }
+    }
+}
+
+/// Turns each observation into one batch of events, so that the scans one
+/// poll finds reach the block stage together. With a state file, each
+/// poll's silent and forgotten connections are stored in one transaction
+/// (the reported ones once printed).
+async fn detect(
+    mut detector: Detector,
+    mut input: mpsc::Receiver<Observation>,
+    out: mpsc::Sender<Vec<Event>>,
+    metrics: Arc<Metrics>,
+    store: Option<Arc<Store>>,
+    mut reloaded: watch::Receiver<RunSettings>,
+) -> anyhow::Result<()> {
+    let mut stored_once = false;
+    loop {
+        let observation = tokio::select! {
+            // A reload is applied before the next observation.
+            biased;
+            Ok(()) = reloaded.changed() => {
+                detector.reconfigure(&reloaded.borrow_and_update().scan);
+                continue;
+            }
+            observation = input.recv() => match observation {
+                Some(o) => o,
+                None => return Ok(()),
+            },
+        };
+        if let Observation::Lost { count } = observation {
+            metrics.events_lost(detector.source(), count);
+        }
+        let events = detector.process(&observation);
+        metrics.set_tracked_sources(detector.tracked_sources());
+        for (table, n) in detector.take_evictions() {
+            metrics.evicted(table, n);
+        }
+        if let (Some(store), Observation::Snapshot { .. }) = (&store, &observation) {
+            let changes = detector.connections_mut().take_changes();
+            // The first table is stored even when empty: it primes the file.
+            // Changes a failed write left are retried every poll.
+            if !stored_once
+                || !changes.silent.is_empty()
+                || !changes.forgotten.is_empty()
+                || store.has_unwritten()
+            {
+                let stored = store_connections(store, changes.silent, changes.forgotten).await;
+                stored_once |= stored.is_ok();
+                store.report(stored);
+            }
+        }
+        if !events.is_empty() && out.send(events).await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// Blocks the scanners of each batch (one backend call for all of them),
+/// keeps the blocked-address gauges current, retries and repairs every
+/// `tick`, and removes the firewall objects when its input closes. Firewall
+/// calls (tens of ms through a tool) run where they may block
+/// ([`off_thread`]).
+async fn block(
+    mut blocker: Blocker,
+    mut input: mpsc::Receiver<Vec<Event>>,
+    out: mpsc::Sender<Vec<Event>>,
+    metrics: Arc<Metrics>,
+    mut reloaded: watch::Receiver<RunSettings>,
+    tick: Duration,
+) -> anyhow::Result<()> {
+    let mut ticks = tokio::time::interval(tick);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let report = |blocker: &mut Blocker| {
+        let skipped = blocker.take_skipped();
+        metrics.blocks_skipped(skipped.allowlist, skipped.rate_limit);
+        let health = blocker.health();
+        metrics.set_block_health(health.errors, health.dropped, health.pending);
+    };
+    loop {
+        let events = tokio::select! {
+            Ok(()) = reloaded.changed() => {
+                blocker.reconfigure(&reloaded.borrow_and_update().block);
+                continue;
+            }
+            batch = input.recv() => match batch {
+                Some(mut events) => {
+                    // Whatever else is already waiting joins the same batch.
+                    while let Ok(more) = input.try_recv() {
+                        events.extend(more);
+                    }
+                    events
+                }
+                None => break,
+            },
+            _ = ticks.tick(), if blocker.is_active() => {
+                let (late, counted) = off_thread(|| blocker.tick());
+                if let Some((v4, v6)) = counted {
+                    metrics.set_blocked_ips(v4, v6);
+                }
+                report(&mut blocker);
+                late
+            }
+        };
+        // Only scans need a decision. The rest pass straight through: a
+        // thread hop per batch would queue a scan behind every attempt
+        // before it, and a SYN scan sends hundreds of probes a millisecond.
+        let has_scan = events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::PortScan(_)));
+        let events = if has_scan && blocker.is_active() {
+            let (events, counted) = off_thread(|| {
+                let events = blocker.handle(events);
+                let blocked = events
+                    .iter()
+                    .any(|e| matches!(e.kind, EventKind::Blocked(_)));
+                let counted = if blocked { blocker.count().ok() } else { None };
+                (events, counted)
+            });
+            if let Some((v4, v6)) = counted {
+                metrics.set_blocked_ips(v4, v6);
+            }
+            report(&mut blocker);
+            events
+        } else {
+            events
+        };
+        if !events.is_empty() && out.send(events).await.is_err() {
+            break;
+        }
+    }
+    off_thread(|| blocker.shutdown());
+    Ok(())
+}
+
+/// Runs a firewall call where it may block: the runtime moves this
+/// worker's other tasks to another thread meanwhile.
+fn off_thread<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+/// Prints each event and counts it once printed: the counters always equal
+/// the lines on stdout. With a state file, the connections of each batch
+/// are stored once printed: a crash in between prints them again at the
+/// next start rather than never.
+async fn print(
+    mut sink: LineSink<Box<dyn Write + Send>>,
+    mut input: mpsc::Receiver<Vec<Event>>,
+    metrics: Arc<Metrics>,
+    store: Option<Arc<Store>>,
+) -> anyhow::Result<()> {
+    while let Some(mut events) = input.recv().await {
+        // Whatever else is already waiting is written with the same call.
+        while let Ok(more) = input.try_recv() {
+            events.extend(more);
+        }
+        for event in &events {
+            sink.write(event);
+        }
+        sink.flush().context("stdout")?;
+        let mut printed = Vec::new();
+        for event in &events {
+            metrics.printed(event);
+            if let EventKind::NewConnection { conn, .. } = &event.kind {
+                printed.push(pair(conn.initiator, conn.acceptor));
+            }
+        }
+        if let (Some(store), false) = (&store, printed.is_empty()) {
+            store.report(store_connections(store, printed, Vec::new()).await);
+        }
+    }
+    Ok(())
+}
+
+/// Stores connection changes in one durable transaction, off the async
+/// threads.
+async fn store_connections(
+    store: &Arc<Store>,
+    added: Vec<ConnKey>,
+    removed: Vec<ConnKey>,
+) -> Result<(), StateError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        store.update_connections(&added, &removed, SystemTime::now())
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(StateError::Io {
+            path: String::new(),
+            cause: e.to_string(),
+        })
+    })
+}
+
+/// How often the XDP drop counters are read into the metrics.
+const XDP_METRICS_EVERY: Duration = Duration::from_secs(1);
+
+/// Copies the kernel's per-CPU drop counters and the eviction count into
+/// the metrics, as deltas, every [`XDP_METRICS_EVERY`].
+async fn xdp_metrics(stats: Stats, metrics: Arc<Metrics>) {
+    let mut seen = (0u64, 0u64, 0u64);
+    let mut ticks = tokio::time::interval(XDP_METRICS_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some((v4, v6)) = stats.dropped() else {
+            continue;
+        };
+        let evictions = stats.evictions();
+        metrics.xdp_dropped(
+            v4.wrapping_sub(seen.0),
+            v6.wrapping_sub(seen.1),
+            evictions.wrapping_sub(seen.2),
+        );
+        seen = (v4, v6, evictions);
+    }
+}

@@ -1,0 +1,423 @@
+//! The pipeline in-process: fake sources, a fake firewall, a manual clock
+//! and a writer in memory, through the real stage tasks and channels.
+
+use super::stages::{self, Parts, Source};
+use crate::block::allow::Allowlist;
+use crate::block::backend::{Backend, Entry};
+use crate::block::blocker::Blocker;
+use crate::block::firewall::Firewall;
+use crate::clock::{Clock, ManualClock};
+use crate::detect::Detector;
+use crate::event::{Connection, Direction, Observation, Socket, TcpState};
+use crate::metrics::Metrics;
+use crate::settings::RunSettings;
+use crate::sink::{Format, LineSink};
+use crate::source::{Context, SocketTable, Stream};
+use futures_util::future::BoxFuture;
+use std::collections::VecDeque;
+use std::io::Write;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// What the pipeline printed, shared with the test. `hold` makes writes
+/// wait (a slow reader of stdout).
+#[derive(Clone, Default)]
+struct Out {
+    bytes: Arc<Mutex<Vec<u8>>>,
+    hold: Arc<AtomicBool>,
+}
+
+impl Write for Out {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        while self.hold.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.bytes.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Out {
+    /// The lines so far, without their time stamps.
+    fn lines(&self) -> Vec<String> {
+        String::from_utf8(self.bytes.lock().unwrap().clone())
+            .unwrap()
+            .lines()
+            .map(|l| l.split_once(": ").unwrap().1.to_string())
+            .collect()
+    }
+
+    /// Waits up to 5 s for `n` lines.
+    async fn wait_for(&self, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let lines = self.lines();
+            if lines.len() >= n || Instant::now() > deadline {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// A firewall in memory: what it holds, every call, and a switch to fail.
+#[derive(Clone, Default)]
+struct FakeFirewall {
+    held: Arc<Mutex<Vec<IpAddr>>>,
+    calls: Arc<Mutex<Vec<String>>>,
+    failing: Arc<AtomicBool>,
+}
+
+impl FakeFirewall {
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+    fn check(&self, call: String) -> anyhow::Result<()> {
+        self.calls.lock().unwrap().push(call);
+        if self.failing.load(Ordering::Relaxed) {
+            anyhow::bail!("nft: Operation not permitted");
+        }
+        Ok(())
+    }
+}
+
+impl Backend for FakeFirewall {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+    fn install(&mut self, _: Duration) -> anyhow::Result<()> {
+        self.check("install".into())
+    }
+    fn block(&mut self, ips: &[IpAddr], _: Duration) -> anyhow::Result<()> {
+        self.check(format!("block {ips:?}"))?;
+        self.held.lock().unwrap().extend(ips);
+        Ok(())
+    }
+    fn unblock(&mut self, _: IpAddr) -> anyhow::Result<()> {
+        Ok(())
+    }
+    fn list(&mut self) -> anyhow::Result<Vec<Entry>> {
+        if self.failing.load(Ordering::Relaxed) {
+            anyhow::bail!("nft: Operation not permitted");
+        }
+        Ok(self
+            .held
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|ip| Entry {
+                ip: *ip,
+                remaining: Some(Duration::from_secs(30)),
+            })
+            .collect())
+    }
+    fn flush(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+    fn remove(&mut self) -> anyhow::Result<()> {
+        self.calls.lock().unwrap().push("remove".into());
+        Ok(())
+    }
+    fn present(&mut self) -> bool {
+        true
+    }
+}
+
+/// A real-time source fed by the test.
+struct FakeStream(mpsc::Receiver<Observation>);
+
+impl Stream for FakeStream {
+    fn name(&self) -> &'static str {
+        "pcap"
+    }
+    fn run(self: Box<Self>, ctx: Context) -> BoxFuture<'static, anyhow::Result<()>> {
+        let mut input = self.0;
+        Box::pin(async move {
+            let _running = crate::health::Running::new(ctx.health);
+            while let Some(observation) = input.recv().await {
+                if ctx.out.send(observation).await.is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A real-time source that sends what it was given at once, says so, and
+/// then waits to be stopped.
+struct Burst(Vec<Observation>, Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Stream for Burst {
+    fn name(&self) -> &'static str {
+        "pcap"
+    }
+    fn run(self: Box<Self>, ctx: Context) -> BoxFuture<'static, anyhow::Result<()>> {
+        let Burst(observations, sent) = *self;
+        Box::pin(async move {
+            for observation in observations {
+                ctx.out.send(observation).await?;
+            }
+            if let Some(sent) = sent {
+                let _ = sent.send(());
+            }
+            std::future::pending().await
+        })
+    }
+}
+
+/// A polling source whose tables the test queues; the last one repeats.
+#[derive(Clone, Default)]
+struct FakeTable(Arc<Mutex<VecDeque<Vec<Socket>>>>);
+
+impl SocketTable for FakeTable {
+    fn name(&self) -> &'static str {
+        "procfs"
+    }
+    fn snapshot(&mut self) -> anyhow::Result<Vec<Socket>> {
+        let mut tables = self.0.lock().unwrap();
+        if tables.len() > 1 {
+            Ok(tables.pop_front().unwrap())
+        } else {
+            Ok(tables.front().cloned().unwrap_or_default())
+        }
+    }
+}
+
+impl FakeTable {
+    fn push(&self, sockets: Vec<Socket>) {
+        self.0.lock().unwrap().push_back(sockets);
+    }
+}
+
+struct Rig {
+    out: Out,
+    firewall: FakeFirewall,
+    metrics: Arc<Metrics>,
+    clock: Arc<ManualClock>,
+}
+
+/// The parts of a run over `source`, blocking through a fake firewall.
+fn parts(source: Source, settings: RunSettings) -> (Parts, Rig) {
+    let clock = Arc::new(ManualClock::new(chrono::Local::now()));
+    let dyn_clock: Arc<dyn Clock> = clock.clone();
+    let firewall = FakeFirewall::default();
+    let metrics = Metrics::new(source.name(), Some("fake"));
+    let installed = Firewall::install(
+        Box::new(firewall.clone()),
+        settings.block.block_ttl,
+        dyn_clock.clone(),
+    );
+    let host: Vec<IpAddr> = vec!["10.0.0.5".parse().unwrap()];
+    let blocker = Blocker::new(
+        installed,
+        settings.block.block_ttl,
+        Allowlist::new(
+            Vec::new(),
+            Box::new(move || Ok(host.clone())),
+            Box::new(|| Ok(Vec::new())),
+        ),
+        dyn_clock.clone(),
+    );
+    let detector = Detector::new(
+        source.name(),
+        settings.source.report_existing,
+        &settings.scan,
+        &settings.limits,
+    );
+    let out = Out::default();
+    let parts = Parts {
+        source,
+        clock: dyn_clock,
+        metrics: metrics.clone(),
+        detector,
+        blocker,
+        sink: LineSink::new(Box::new(out.clone()), Format::Text),
+        store: None,
+        settings,
+        xdp_stats: None,
+        block_tick: Duration::from_millis(20),
+    };
+    let rig = Rig {
+        out,
+        firewall,
+        metrics,
+        clock,
+    };
+    (parts, rig)
+}
+
+fn attempt(clock: &ManualClock, port: u16) -> Observation {
+    Observation::Attempt {
+        at: clock.now(),
+        conn: Connection {
+            initiator: "192.0.2.56:40000".parse().unwrap(),
+            acceptor: format!("10.0.0.5:{port}").parse().unwrap(),
+            direction: Direction::Inbound,
+        },
+        isn: u32::from(port),
+    }
+}
+
+fn scan_lines(ports: &[u16]) -> Vec<String> {
+    let mut lines: Vec<String> = ports
+        .iter()
+        .map(|p| format!("New connection: 192.0.2.56:40000 -> 10.0.0.5:{p}"))
+        .collect();
+    lines.push("Port scan detected: 192.0.2.56 -> 10.0.0.5 on ports 80,81,82,83".into());
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_is_in_flight_is_printed_and_the_firewall_removed_last() {
+    let clock = ManualClock::new(chrono::Local::now());
+    let burst: Vec<Observation> = (80..84).map(|port| attempt(&clock, port)).collect();
+    let (sent, burst_sent) = tokio::sync::oneshot::channel();
+    let (parts, rig) = parts(
+        Source::Stream(Box::new(Burst(burst, Some(sent)))),
+        RunSettings::default(),
+    );
+    let running = stages::start(parts);
+    burst_sent.await.unwrap();
+    // Stop as soon as the source has sent: nothing it sent may be lost on
+    // the way out.
+    running.stop().await.unwrap();
+    let mut want = scan_lines(&[80, 81, 82, 83]);
+    want.push("Blocked 192.0.2.56 for 1h via fake".into());
+    assert_eq!(rig.out.lines(), want);
+    assert_eq!(
+        rig.firewall.calls(),
+        ["install", "block [192.0.2.56]", "remove"],
+        "blocked before the objects were removed, removed once"
+    );
+    let text = rig.metrics.prometheus_text();
+    assert!(text.contains("tcpwatch_new_connections_total{direction=\"inbound\"} 4"));
+    assert!(text.contains("tcpwatch_blocks_total{backend=\"fake\"} 1"));
+    assert!(
+        !rig.metrics.source_health().running(),
+        "the source is marked ended"
+    );
+}
+
+fn socket(local: &str, remote: &str, state: TcpState, inode: u64) -> Socket {
+    Socket {
+        local: local.parse().unwrap(),
+        remote: remote.parse().unwrap(),
+        state,
+        inode,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_the_rule_and_keeps_the_tables() {
+    let table = FakeTable::default();
+    let listener = socket("10.0.0.5:80", "0.0.0.0:0", TcpState::Listen, 1);
+    let listener2 = socket("10.0.0.5:81", "0.0.0.0:0", TcpState::Listen, 2);
+    let a = socket("10.0.0.5:80", "192.0.2.9:4000", TcpState::Established, 3);
+    let b = socket("10.0.0.5:81", "192.0.2.9:4001", TcpState::Established, 4);
+    table.push(vec![listener, listener2]);
+    table.push(vec![listener, listener2, a]);
+    let (parts, rig) = parts(
+        Source::Table(Box::new(table.clone()), Duration::from_millis(10)),
+        RunSettings::default(),
+    );
+    let running = stages::start(parts);
+    let reload = running.reload_sender();
+    assert_eq!(
+        rig.out.wait_for(1).await,
+        ["New connection: 192.0.2.9:4000 -> 10.0.0.5:80"]
+    );
+    // Two ports are a scan from now on; the connection already reported
+    // is not reported again.
+    let mut settings = RunSettings::default();
+    settings.scan.scan_ports = 1;
+    reload.send_replace(settings);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    table.push(vec![listener, listener2, a, b]);
+    let lines = rig.out.wait_for(3).await;
+    running.stop().await.unwrap();
+    assert_eq!(
+        lines[..3],
+        [
+            "New connection: 192.0.2.9:4000 -> 10.0.0.5:80",
+            "New connection: 192.0.2.9:4001 -> 10.0.0.5:81",
+            "Port scan detected: 192.0.2.9 -> 10.0.0.5 on ports 80,81",
+        ]
+    );
+    assert_eq!(
+        rig.out.lines()[3..],
+        ["Blocked 192.0.2.9 for 1h via fake"],
+        "nothing else, nothing twice"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_firewall_keeps_detecting_and_blocks_once_it_works() {
+    let (send, observed) = mpsc::channel(64);
+    let (parts, rig) = parts(
+        Source::Stream(Box::new(FakeStream(observed))),
+        RunSettings::default(),
+    );
+    let running = stages::start(parts);
+    rig.firewall.failing.store(true, Ordering::Relaxed);
+    for port in 80..84 {
+        send.send(attempt(&rig.clock, port)).await.unwrap();
+    }
+    assert_eq!(rig.out.wait_for(5).await, scan_lines(&[80, 81, 82, 83]));
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert_eq!(rig.out.lines().len(), 5, "no Blocked line while it fails");
+    assert!(rig
+        .metrics
+        .prometheus_text()
+        .contains("tcpwatch_blocks_pending 1"));
+    rig.firewall.failing.store(false, Ordering::Relaxed);
+    let lines = rig.out.wait_for(6).await;
+    running.stop().await.unwrap();
+    assert_eq!(lines[5], "Blocked 192.0.2.56 for 1h via fake", "{lines:?}");
+    let text = rig.metrics.prometheus_text();
+    assert!(text.contains("tcpwatch_blocks_pending 0"), "{text}");
+    assert!(!text.contains("tcpwatch_block_errors_total{backend=\"fake\"} 0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_slows_the_source_and_loses_nothing() {
+    // More events than every channel holds together: the source must wait.
+    const N: u16 = 2_000;
+    let (send, observed) = mpsc::channel(1);
+    let mut settings = RunSettings::default();
+    settings.scan.scan_ports = usize::from(N);
+    let (parts, rig) = parts(Source::Stream(Box::new(FakeStream(observed))), settings);
+    rig.out.hold.store(true, Ordering::Relaxed);
+    let running = stages::start(parts);
+    let feeder = {
+        let clock = rig.clock.clone();
+        tokio::spawn(async move {
+            for n in 0..N {
+                let mut observation = attempt(&clock, 1000 + n);
+                if let Observation::Attempt { conn, .. } = &mut observation {
+                    conn.initiator.set_port(10_000 + n);
+                }
+                send.send(observation).await.unwrap();
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !feeder.is_finished(),
+        "the source went on although nothing could be printed"
+    );
+    rig.out.hold.store(false, Ordering::Relaxed);
+    feeder.await.unwrap();
+    let lines = rig.out.wait_for(usize::from(N)).await;
+    running.stop().await.unwrap();
+    assert_eq!(lines.len(), usize::from(N));
+    assert!(rig.metrics.prometheus_text().contains(&format!(
+        "tcpwatch_new_connections_total{{direction=\"inbound\"}} {N}"
+    )));
+}
