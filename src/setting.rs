@@ -34,16 +34,73 @@ pub trait Value: Sized + Clone + Send + Sync + 'static {
         ValueParser::new(|text: &str| Self::parse(text))
     }
 
-    /// The value of a config-file key: a TOML string, number or boolean is
-    /// parsed like the flag's text.
-    fn from_toml(value: &toml::Value) -> Result<Self, String> {
-        match value {
-            toml::Value::String(text) => Self::parse(text),
-            toml::Value::Integer(n) => Self::parse(&n.to_string()),
-            toml::Value::Boolean(b) => Self::parse(&b.to_string()),
-            other => Err(format!("{} is not a valid value", describe(other))),
+    /// The TOML type its config-file key takes; its text is then parsed
+    /// like the flag's.
+    const TOML: Toml = Toml::String;
+}
+
+/// The TOML types a setting's key may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Toml {
+    String,
+    Integer,
+    /// `max-blocks-per-minute = 60` or `= "off"`.
+    IntegerOrString,
+}
+
+impl Toml {
+    fn expected(self) -> &'static str {
+        match self {
+            Toml::String => "a string",
+            Toml::Integer => "a whole number",
+            Toml::IntegerOrString => "a whole number or a string",
         }
     }
+
+    /// The text of `value` when it has this type.
+    fn text(self, value: &toml::Value) -> Result<String, FileError> {
+        match (self, value) {
+            (Toml::String | Toml::IntegerOrString, toml::Value::String(s)) => Ok(s.clone()),
+            (Toml::Integer | Toml::IntegerOrString, toml::Value::Integer(n)) => Ok(n.to_string()),
+            (kind, other) => Err(FileError::Type(format!(
+                "invalid type: {}, expected {}",
+                describe(other),
+                kind.expected()
+            ))),
+        }
+    }
+}
+
+/// What is wrong with a config file: its syntax, a key or the TOML type of a
+/// value (said with its line: `LINE: reason`), or a value itself (said with
+/// its key: `key: reason`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileError {
+    Type(String),
+    Value(String),
+}
+
+impl FileError {
+    /// The one-line error of file `path`: `PATH:LINE: reason` or `PATH:
+    /// key: reason`.
+    pub fn in_file(&self, path: &std::path::Path) -> String {
+        match self {
+            FileError::Type(e) => format!("{}:{e}", path.display()),
+            FileError::Value(e) => format!("{}: {e}", path.display()),
+        }
+    }
+}
+
+impl std::fmt::Display for FileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FileError::Type(e) | FileError::Value(e) => f.write_str(e),
+        }
+    }
+}
+
+fn parse_as<T: Value>(value: &toml::Value) -> Result<T, FileError> {
+    T::parse(&T::TOML.text(value)?).map_err(FileError::Value)
 }
 
 /// How a field of each type becomes a flag and a key: one value, a
@@ -51,7 +108,7 @@ pub trait Value: Sized + Clone + Send + Sync + 'static {
 pub trait Field: Sized + Clone + Send + Sync + 'static {
     fn arg(arg: Arg) -> Arg;
     fn from_matches(matches: &ArgMatches, id: &str) -> Option<Self>;
-    fn from_toml(value: &toml::Value) -> Result<Self, String>;
+    fn from_toml(value: &toml::Value) -> Result<Self, FileError>;
     /// What `--help` shows as the default, if anything.
     fn shown(&self) -> Option<String>;
 }
@@ -67,8 +124,8 @@ impl<T: Value> Field for T {
     fn from_matches(matches: &ArgMatches, id: &str) -> Option<Self> {
         matches.get_one::<T>(id).cloned()
     }
-    fn from_toml(value: &toml::Value) -> Result<Self, String> {
-        <T as Value>::from_toml(value)
+    fn from_toml(value: &toml::Value) -> Result<Self, FileError> {
+        parse_as(value)
     }
     fn shown(&self) -> Option<String> {
         Some(self.show())
@@ -85,10 +142,13 @@ impl<T: Value> Field for Vec<T> {
             .get_many::<T>(id)
             .map(|values| values.cloned().collect())
     }
-    fn from_toml(value: &toml::Value) -> Result<Self, String> {
+    fn from_toml(value: &toml::Value) -> Result<Self, FileError> {
         match value {
-            toml::Value::Array(items) => items.iter().map(T::from_toml).collect(),
-            other => Err(format!("{} is not a list", describe(other))),
+            toml::Value::Array(items) => items.iter().map(parse_as).collect(),
+            other => Err(FileError::Type(format!(
+                "invalid type: {}, expected a list",
+                describe(other)
+            ))),
         }
     }
     fn shown(&self) -> Option<String> {
@@ -106,10 +166,13 @@ impl Field for bool {
     fn from_matches(matches: &ArgMatches, id: &str) -> Option<Self> {
         matches.get_flag(id).then_some(true)
     }
-    fn from_toml(value: &toml::Value) -> Result<Self, String> {
+    fn from_toml(value: &toml::Value) -> Result<Self, FileError> {
         match value {
             toml::Value::Boolean(b) => Ok(*b),
-            other => Err(format!("{} is not true or false", describe(other))),
+            other => Err(FileError::Type(format!(
+                "invalid type: {}, expected true or false",
+                describe(other)
+            ))),
         }
     }
     fn shown(&self) -> Option<String> {
@@ -119,11 +182,11 @@ impl Field for bool {
 
 fn describe(value: &toml::Value) -> String {
     match value {
-        toml::Value::String(s) => format!("'{}'", printable(s)),
-        toml::Value::Integer(n) => n.to_string(),
-        toml::Value::Float(f) => f.to_string(),
-        toml::Value::Boolean(b) => b.to_string(),
-        toml::Value::Datetime(d) => d.to_string(),
+        toml::Value::String(s) => format!("string \"{}\"", printable(s)),
+        toml::Value::Integer(n) => format!("integer {n}"),
+        toml::Value::Float(f) => format!("float {f}"),
+        toml::Value::Boolean(b) => format!("boolean {b}"),
+        toml::Value::Datetime(d) => format!("datetime {d}"),
         toml::Value::Array(_) => "a list".to_string(),
         toml::Value::Table(_) => "a table".to_string(),
     }
@@ -172,7 +235,7 @@ pub trait Group: Default + Clone + Send + Sync + 'static {
     /// Takes the flags given on the command line.
     fn apply_flags(&mut self, matches: &ArgMatches);
     /// Takes its keys out of a config file.
-    fn apply_file(&mut self, file: &mut File) -> Result<(), String>;
+    fn apply_file(&mut self, file: &mut File) -> Result<(), FileError>;
     /// Takes the `live` settings of `new` (SIGHUP) and returns the names of
     /// the `restart` ones that differ.
     fn reload(&mut self, new: &Self) -> Vec<&'static str>;
@@ -252,22 +315,23 @@ impl<G: Group> clap::Args for Flags<G> {
 /// their keys out ([`File::take`]).
 #[derive(Debug)]
 pub struct File {
-    entries: BTreeMap<String, toml::Value>,
+    /// Key -> its value and the line it is on.
+    entries: BTreeMap<String, (toml::Value, usize)>,
 }
 
 impl File {
     /// Parses TOML text whose keys must be among `known`; an error reads
     /// `LINE: reason`.
-    pub fn parse(text: &str, known: &[&str]) -> Result<File, String> {
+    pub fn parse(text: &str, known: &[&str]) -> Result<File, FileError> {
         type Spanned<T> = toml::Spanned<T>;
         let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
         let table: BTreeMap<Spanned<String>, Spanned<toml::Value>> =
             toml::from_str(text).map_err(|e| {
                 let line = e.span().map(|span| line_of(span.start)).unwrap_or(1);
-                format!(
+                FileError::Type(format!(
                     "{line}: {}",
                     printable(&e.message().trim().replace('\n', " "))
-                )
+                ))
             })?;
         let mut entries = BTreeMap::new();
         let mut keys: Vec<_> = table.into_iter().collect();
@@ -276,25 +340,29 @@ impl File {
         for (key, value) in keys {
             if !known.contains(&key.get_ref().as_str()) {
                 let expected: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
-                return Err(format!(
+                return Err(FileError::Type(format!(
                     "{}: unknown field `{}`, expected one of {}",
                     line_of(key.span().start),
                     printable(key.get_ref()),
                     expected.join(", ")
-                ));
+                )));
             }
-            entries.insert(key.into_inner(), value.into_inner());
+            let line = line_of(value.span().start);
+            entries.insert(key.into_inner(), (value.into_inner(), line));
         }
         Ok(File { entries })
     }
 
-    /// The value of `key`, if the file sets it; an error reads `key: reason`.
-    pub fn take<F: Field>(&mut self, key: &str) -> Result<Option<F>, String> {
+    /// The value of `key`, if the file sets it; an error reads `LINE:
+    /// reason` for a value of the wrong TOML type, `key: reason` for a bad
+    /// value.
+    pub fn take<F: Field>(&mut self, key: &str) -> Result<Option<F>, FileError> {
         match self.entries.remove(key) {
             None => Ok(None),
-            Some(value) => F::from_toml(&value)
-                .map(Some)
-                .map_err(|e| format!("{key}: {e}")),
+            Some((value, line)) => F::from_toml(&value).map(Some).map_err(|e| match e {
+                FileError::Type(reason) => FileError::Type(format!("{line}: {reason}")),
+                FileError::Value(reason) => FileError::Value(format!("{key}: {reason}")),
+            }),
         }
     }
 }
@@ -365,7 +433,10 @@ macro_rules! settings {
                 )*
             }
 
-            fn apply_file(&mut self, file: &mut $crate::setting::File) -> Result<(), String> {
+            fn apply_file(
+                &mut self,
+                file: &mut $crate::setting::File,
+            ) -> Result<(), $crate::setting::FileError> {
                 $(
                     if let Some(value) = file.take::<$ty>($crate::settings!(@key $flag $(, $key)?))? {
                         self.$field = value;
@@ -413,6 +484,7 @@ impl Value for Duration {
 }
 
 impl Value for usize {
+    const TOML: Toml = Toml::Integer;
     fn parse(text: &str) -> Result<Self, String> {
         text.parse()
             .map_err(|_| format!("'{}' is not a whole number", printable(text)))
@@ -436,6 +508,7 @@ impl Value for String {
 pub struct Capacity(pub usize);
 
 impl Value for Capacity {
+    const TOML: Toml = Toml::Integer;
     fn parse(text: &str) -> Result<Self, String> {
         match usize::parse(text)? {
             0 => Err("must be at least 1".to_string()),
@@ -520,9 +593,9 @@ mod tests {
     }
 
     fn file(text: &str) -> Result<Demo, String> {
-        let mut file = File::parse(text, Demo::KEYS)?;
+        let mut file = File::parse(text, Demo::KEYS).map_err(|e| e.to_string())?;
         let mut demo = Demo::default();
-        demo.apply_file(&mut file)?;
+        demo.apply_file(&mut file).map_err(|e| e.to_string())?;
         Ok(demo)
     }
 
@@ -595,11 +668,15 @@ mod tests {
         );
         assert_eq!(
             file("loud = 1\n").unwrap_err(),
-            "loud: 1 is not true or false"
+            "1: invalid type: integer 1, expected true or false"
         );
         assert_eq!(
-            file("names = \"x\"\n").unwrap_err(),
-            "names: 'x' is not a list"
+            file("\nnames = \"x\"\n").unwrap_err(),
+            "2: invalid type: string \"x\", expected a list"
+        );
+        assert_eq!(
+            file("size = \"3\"\n").unwrap_err(),
+            "1: invalid type: string \"3\", expected a whole number"
         );
         assert_eq!(
             file("color = \"green\"\n").unwrap_err(),
@@ -607,7 +684,7 @@ mod tests {
         );
         assert_eq!(
             file("size = 1.5\n").unwrap_err(),
-            "size: 1.5 is not a valid value"
+            "1: invalid type: float 1.5, expected a whole number"
         );
     }
 

@@ -7,7 +7,7 @@
 //! Each group is declared once, beside the code that uses it (see
 //! [`crate::setting`]); this module only lists the groups.
 
-use crate::setting::{File, Flags, Group};
+use crate::setting::{File, FileError, Flags, Group};
 use crate::{block, detect, metrics, sink, source, state};
 use anyhow::Context;
 use std::path::{Path, PathBuf};
@@ -96,14 +96,14 @@ impl RunSettings {
     /// error reads `LINE: reason` when the text does not parse, `key:
     /// reason` for a bad value.
     pub fn apply_text(&mut self, text: &str) -> Result<(), String> {
-        let mut file = File::parse(text, &Self::keys())?;
-        self.apply_parsed(&mut file)
+        self.apply_file_text(text).map_err(|e| e.to_string())
     }
 
-    fn apply_parsed(&mut self, file: &mut File) -> Result<(), String> {
+    fn apply_file_text(&mut self, text: &str) -> Result<(), FileError> {
+        let mut file = File::parse(text, &Self::keys())?;
         macro_rules! file {
             ($field:ident, $ty:ty) => {
-                self.$field.apply_file(file)?;
+                self.$field.apply_file(&mut file)?;
             };
         }
         groups!(file);
@@ -112,10 +112,8 @@ impl RunSettings {
 
     fn apply_file(&mut self, path: &Path) -> anyhow::Result<()> {
         let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
-        let mut file = File::parse(&text, &Self::keys())
-            .map_err(|e| anyhow::anyhow!("{}:{e}", path.display()))?;
-        self.apply_parsed(&mut file)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        self.apply_file_text(&text)
+            .map_err(|e| anyhow::anyhow!(e.in_file(path)))
     }
 
     /// Takes what SIGHUP changes in a running agent from `new` and returns
@@ -212,10 +210,12 @@ mod tests {
                 "{text}"
             );
         }
-        for bad in ["0", "-2", "\"never\"", "1.5"] {
+        for bad in ["0", "-2", "\"never\""] {
             let err = file(&format!("max-blocks-per-minute = {bad}\n")).unwrap_err();
             assert!(err.starts_with("max-blocks-per-minute: "), "{err}");
         }
+        let err = file("max-blocks-per-minute = 1.5\n").unwrap_err();
+        assert!(err.starts_with("1: invalid type"), "{err}");
     }
 
     #[test]
@@ -241,9 +241,14 @@ mod tests {
     }
 
     #[test]
-    fn bad_value_names_its_key() {
+    fn bad_value_names_its_key_and_a_bad_type_its_line() {
         let err = file("interval = \"soon\"\n").unwrap_err();
         assert!(err.starts_with("interval: "), "{err}");
+        let err = file("interval = \"5s\"\nscan-ports = \"three\"\n").unwrap_err();
+        assert!(
+            err.starts_with("2: invalid type: string \"three\""),
+            "{err}"
+        );
     }
 
     #[test]

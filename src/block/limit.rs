@@ -29,6 +29,7 @@ impl Default for Rate {
 }
 
 impl crate::setting::Value for Rate {
+    const TOML: crate::setting::Toml = crate::setting::Toml::IntegerOrString;
     fn parse(text: &str) -> Result<Self, String> {
         if text == "off" {
             return Ok(Rate(None));

@@ -54,6 +54,7 @@ impl Default for MapSize {
 }
 
 impl Value for MapSize {
+    const TOML: crate::setting::Toml = crate::setting::Toml::Integer;
     fn parse(text: &str) -> Result<Self, String> {
         match text.parse::<u32>() {
             Ok(n) if (1..=MAX_MAP_SIZE).contains(&n) => Ok(MapSize(n)),
