@@ -33,6 +33,11 @@
 # namespaces are deleted and $LAB_WORK removed (kept with LAB_KEEP=1, and
 # its path printed).
 #
+# Signals. Ctrl-C reaches every process in the foreground, so the script
+# ends at once (exit 130); a SIGTERM or SIGHUP sent to the script alone
+# takes effect when its current foreground command ends (bash runs traps
+# between commands), then the same clean-up runs (exit 143, 129).
+#
 # Everything that needs no root (lab_init, lab_spawn, the work directory)
 # also works in a script that makes no namespace.
 
