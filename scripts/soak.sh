@@ -111,10 +111,11 @@ echo "soak: $DURATION s, $RATE connections/s from $CLIENTS hosts x $ADDRS addres
   "load $(cat "$WORK/load.start")"
 
 # --- load --------------------------------------------------------------------
+CLIENT_RATE=$(python3 -c "print($RATE / $CLIENTS)")
 START=$(date +%s)
 CLIENT_PIDS=()
 for i in $(seq "$CLIENTS"); do
-  lab_bg "c$i" python3 "$HELPER" client --rate "$(python3 -c "print($RATE / $CLIENTS)")" \
+  lab_bg "c$i" python3 "$HELPER" client --rate "$CLIENT_RATE" \
     --seconds "$DURATION" --status "$WORK/client-$i.json" --src "${SRCS[$i]}" "$SRV_IP" $((8000 + i)) \
     2>"$WORK/client-$i.err"
   CLIENT_PIDS+=("$LAB_PID")
