@@ -41,7 +41,7 @@
 # Everything that needs no root (lab_init, lab_spawn, the work directory)
 # also works in a script that makes no namespace.
 
-LAB_TAG=${LAB_TAG:-$(basename "$0" .sh)}
+LAB_TAG=$(basename "$0" .sh)
 LAB_PREFIX=twsh
 LAB_NAME=
 LAB_WORK=
@@ -58,16 +58,19 @@ lab_die() {
 
 # lab_need [root] TOOL...: exits 1 naming whatever is missing.
 lab_need() {
-  local missing=() what
+  local missing=() what root=
   for what in "$@"; do
     if [ "$what" = root ]; then
-      [ "$(id -u)" -eq 0 ] || missing+=(root)
+      [ "$(id -u)" -eq 0 ] || root=1
     elif ! command -v "$what" >/dev/null; then
       missing+=("$what")
     fi
   done
-  [ ${#missing[@]} -eq 0 ] ||
-    lab_die "needs ${missing[*]} (run scripts/install-deps.sh as root)"
+  if [ ${#missing[@]} -gt 0 ]; then
+    lab_die "needs ${root:+root and }${missing[*]} (scripts/install-deps.sh installs them)"
+  elif [ -n "$root" ]; then
+    lab_die "needs root (network namespaces)"
+  fi
 }
 
 # lab_init: the lab's name, its work directory $LAB_WORK and the clean-up
