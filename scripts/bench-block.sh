@@ -6,16 +6,13 @@
 # state: the host's firewall is never touched. Needs root and nft.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=lib/lab.sh
+. scripts/lib/lab.sh
 
-if [ "$(id -u)" -ne 0 ] || ! command -v nft >/dev/null; then
-  echo "bench-block: needs root and nft (scripts/install-deps.sh)" >&2
-  exit 1
-fi
+lab_need root nft
 cargo build --release --locked --example bench_block
-ns="tcpwatch-bench-$$"
-ip netns add "$ns"
-trap 'ip netns del "$ns"' EXIT
-ip -n "$ns" link set lo up
+lab_init
+lab_host bench
 export FIGURE="$PWD/scripts/bench-figure"
-echo "== nftables blocking (nft $(nft --version | awk '{print $2}'), namespace $ns)"
-ip netns exec "$ns" target/release/examples/bench_block
+echo "== nftables blocking (nft $(nft --version | awk '{print $2}'), namespace $(lab_ns bench))"
+lab_exec bench target/release/examples/bench_block

@@ -7,22 +7,19 @@ set -euo pipefail
 BIN=$(realpath "${1:-target/release/tcpwatch}")
 N=${2:-10000}
 RUNS=${3:-20}
-NS=twbench-list-$$
 FIGURE=$(realpath "$(dirname "$0")/bench-figure")
+# shellcheck source=lib/lab.sh
+. "$(dirname "$0")/lib/lab.sh"
 
-[ "$(id -u)" -eq 0 ] || { echo "bench-list: needs root (network namespace)" >&2; exit 1; }
-[ -x "$BIN" ] || { echo "bench-list: no binary at $BIN (cargo build --release)" >&2; exit 1; }
-cleanup() {
-  for pid in $(ip netns pids "$NS" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
-  ip netns del "$NS" 2>/dev/null || true
-}
-trap cleanup EXIT
-ip netns add "$NS"
-ip -n "$NS" link set lo up
+lab_need root python3 ss
+[ -x "$BIN" ] || lab_die "no binary at $BIN (cargo build --release)"
+lab_init
+lab_host list
+NS=$(lab_ns list)
 
 # One process accepts and holds, another connects and holds: each stays under
 # the open-files limit (20,000 here) on its own.
-ip netns exec "$NS" python3 - "$N" <<'PY' &
+lab_bg list python3 -c '
 import resource, socket, sys, time, os
 n = int(sys.argv[1])
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -32,16 +29,15 @@ if os.fork() == 0:
     held = [socket.create_connection(("127.0.0.1", 7000)) for _ in range(n)]
     time.sleep(3600)
 held = [server.accept()[0] for _ in range(n)]
-time.sleep(3600)
-PY
+time.sleep(3600)' "$N"
 for _ in $(seq 120); do
-  have=$(ip netns exec "$NS" ss -Htn state established | wc -l)
+  have=$(lab_exec list ss -Htn state established | wc -l)
   [ "$have" -ge $((2 * N)) ] && break
   sleep 0.5
 done
 echo "bench-list: $have established sockets in $NS"
 
-ip netns exec "$NS" python3 - "$RUNS" "$BIN" "$FIGURE" "$have" <<'PY'
+lab_exec list python3 - "$RUNS" "$BIN" "$FIGURE" "$have" <<'PY'
 # Wall time, and CPU time (user + sys of the child, from wait4): on a busy
 # machine the wall time is mostly waiting for a core, the CPU time is not.
 import os, statistics, subprocess, sys, time

@@ -16,40 +16,21 @@
 set -euo pipefail
 BIN=$(realpath "${1:-target/release/tcpwatch}")
 cd "$(dirname "$0")/.."
+# shellcheck source=lib/lab.sh
+. scripts/lib/lab.sh
 FIGURE=scripts/bench-figure
-NA=twpf-a-$$ NB=twpf-b-$$
 FLOOD_SECS=5
-WORK=$(mktemp -d)
-[ "$(id -u)" -eq 0 ] || { echo "bench-pcap-flood: needs root" >&2; exit 1; }
-for tool in hping3 tcpdump python3; do
-  command -v "$tool" >/dev/null || { echo "bench-pcap-flood: $tool missing" >&2; exit 1; }
-done
+lab_need root hping3 tcpdump python3 curl
 cargo build --release --locked --example pcap_filter -q
 FILTER=$(target/release/examples/pcap_filter)
-cleanup() {
-  for ns in "$NA" "$NB"; do
-    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
-    ip netns del "$ns" 2>/dev/null || true
-  done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-ip netns add "$NA"; ip netns add "$NB"
-ip -n "$NA" link add eth0 type veth peer name eth0 netns "$NB"
-ip -n "$NA" addr add 10.249.0.1/24 dev eth0; ip -n "$NB" addr add 10.249.0.2/24 dev eth0
-for ns in "$NA" "$NB"; do ip -n "$ns" link set eth0 up; ip -n "$ns" link set lo up; done
-
-# wait_for FILE TEXT: until TEXT appears in FILE (10 s at most).
-wait_for() {
-  for _ in $(seq 100); do grep -q "$2" "$1" && return 0; sleep 0.1; done
-  echo "bench-pcap-flood: no '$2' in $1: $(cat "$1")" >&2
-  exit 1
-}
+lab_init
+WORK=$LAB_WORK
+lab_pair a b eth0 10.249.0
 
 # flood: a FLOOD_SECS flood from B, then 3 s for the capture to drain what
 # it holds; prints the SYNs hping3 sent.
 flood() {
-  ip netns exec "$NB" timeout -s INT "$FLOOD_SECS" hping3 --flood -S --rand-source -p 8080 \
+  lab_exec b timeout -s INT "$FLOOD_SECS" hping3 --flood -S --rand-source -p 8080 \
     10.249.0.1 >"$WORK/hping" 2>&1 || true
   sleep 3
   sed -n 's/^\([0-9]*\) packets transmitted.*/\1/p' "$WORK/hping"
@@ -64,27 +45,27 @@ usage() {
 }
 
 # --- the agent ---------------------------------------------------------------
-ip netns exec "$NA" "$BIN" run --source pcap --interface eth0 --block none --state off \
-  --metrics-addr 127.0.0.1:9472 >"$WORK/out" 2>"$WORK/err" &
-AGENT=$!
-wait_for "$WORK/err" "tcpwatch: watching"
+lab_bg a "$BIN" run --source pcap --interface eth0 --block none --state off \
+  --metrics-addr 127.0.0.1:9472 >"$WORK/out" 2>"$WORK/err"
+AGENT=$LAB_PID
+lab_expect "$WORK/err" "tcpwatch: watching"
 SENT=$(flood)
-LOST=$(ip netns exec "$NA" curl -s 127.0.0.1:9472/metrics |
+LOST=$(lab_exec a curl -s 127.0.0.1:9472/metrics |
   awk '/^tcpwatch_events_lost_total\{source="pcap"\}/{print $2}')
 LOST=${LOST:-0}
 LINES=$(grep -c "New connection: " "$WORK/out" || true)
 read -r CPU RSS < <(usage "$AGENT")
-kill -TERM "$AGENT"; wait "$AGENT" || true
+lab_stop "$AGENT"
 
 # --- tcpdump, same filter and capture settings ---------------------------------
-# `ip netns exec` execs tcpdump, so $! is tcpdump itself.
-ip netns exec "$NA" tcpdump -i eth0 -p -n -s 96 -B 4096 --immediate-mode -w /dev/null \
-  "$FILTER" 2>"$WORK/tcpdump" &
-DUMP=$!
-wait_for "$WORK/tcpdump" "listening on"
+# LAB_PID is tcpdump itself (`ip netns exec` execs it).
+lab_bg a tcpdump -i eth0 -p -n -s 96 -B 4096 --immediate-mode -w /dev/null \
+  "$FILTER" 2>"$WORK/tcpdump"
+DUMP=$LAB_PID
+lab_expect "$WORK/tcpdump" "listening on"
 TD_SENT=$(flood)
 read -r TD_CPU TD_RSS < <(usage "$DUMP")
-kill -INT "$DUMP"; wait "$DUMP" || true
+lab_stop "$DUMP" INT
 TD_CAPTURED=$(sed -n 's/^\([0-9]*\) packets captured.*/\1/p' "$WORK/tcpdump")
 TD_DROPPED=$(sed -n 's/^\([0-9]*\) packets dropped by kernel.*/\1/p' "$WORK/tcpdump")
 

@@ -15,60 +15,47 @@ set -euo pipefail
 BIN=${1:-target/release/tcpwatch}
 N=${2:-200}
 cd "$(dirname "$0")/.."
+# shellcheck source=lib/lab.sh
+. scripts/lib/lab.sh
 FIGURE=$PWD/scripts/bench-figure
-SRV=twbench-srv CLI=twbench-cli
 A=10.250.0.1 B=10.250.0.2 PORT=8080
 
-[ "$(id -u)" -eq 0 ] || { echo "bench-pcap: needs root (network namespaces)" >&2; exit 1; }
-[ -x "$BIN" ] || { echo "bench-pcap: no binary at $BIN (cargo build --release)" >&2; exit 1; }
+lab_need root tcpdump python3
+[ -x "$BIN" ] || lab_die "no binary at $BIN (cargo build --release)"
 BIN=$(realpath "$BIN")
-command -v tcpdump >/dev/null || { echo "bench-pcap: tcpdump missing" >&2; exit 1; }
 cargo build --release --locked --example pcap_filter -q
 FILTER=$(target/release/examples/pcap_filter)
 
-cleanup() {
-  for ns in $SRV $CLI; do
-    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
-    ip netns del "$ns" 2>/dev/null || true
-  done
-  rm -rf "${RESULTS:-}"
-}
-trap cleanup EXIT
-cleanup
-RESULTS=$(mktemp -d)
-ip netns add $SRV
-ip netns add $CLI
-ip -n $SRV link add eth0 type veth peer name eth0 netns $CLI
-for ns in $SRV $CLI; do ip -n "$ns" link set lo up; ip -n "$ns" link set eth0 up; done
-ip -n $SRV addr add $A/24 dev eth0
-ip -n $CLI addr add $B/24 dev eth0
+lab_init
+RESULTS=$LAB_WORK
+lab_pair srv cli eth0 10.250.0
 
 # Accepts and closes at once: the server side is gone before the next poll.
-ip netns exec $SRV python3 -c "
+lab_bg srv python3 -c "
 import socket
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(('0.0.0.0', $PORT)); s.listen(512)
 while True:
     c, _ = s.accept(); c.close()
-" &
-disown
-sleep 0.3
+"
+lab_wait_listen srv "$PORT"
 
 # measure NAME COMMAND...: runs COMMAND (the agent, or tcpdump) in the server
 # namespace while the client makes N connections 10 ms apart; prints a JSON
 # summary and keeps it in $RESULTS/NAME.json.
 measure() {
   local name=$1; shift
-  local dir; dir=$(mktemp -d)
-  ip netns exec $SRV python3 -u -c '
+  local dir=$LAB_WORK/$name
+  mkdir "$dir"
+  lab_bg srv python3 -u -c '
 import subprocess, sys, time
 agent = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, text=True)
 for line in agent.stdout:
     print(f"{time.time():.6f} {line}", end="", flush=True)
-' "$@" >"$dir/lines" 2>"$dir/stderr" &
-  local agent=$!
+' "$@" >"$dir/lines" 2>"$dir/stderr"
+  local agent=$LAB_PID
   sleep 1.5
-  ip netns exec $CLI python3 -c "
+  lab_exec cli python3 -c "
 import socket, time
 for _ in range($N):
     s = socket.socket()
@@ -105,7 +92,6 @@ print(json.dumps({"source": name, "connections": len(started), "reported": len(r
                   "latency_ms_p50": pick(0.5), "latency_ms_p99": pick(0.99),
                   "latency_ms_max": round(lat[-1], 2) if lat else None}))
 EOF
-  rm -rf "$dir"
 }
 
 AGENT=("$BIN" run --block none --metrics-addr off --state off)

@@ -25,89 +25,49 @@
 # $ROUNDS rounds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=lib/lab.sh
+. scripts/lib/lab.sh
 FIGURE=$PWD/scripts/bench-figure
 
 FLOOD_SECS=${FLOOD_SECS:-5}
 ROUNDS=${ROUNDS:-5}
-for tool in hping3 nmap nft tcpdump python3; do
-  if ! command -v "$tool" >/dev/null; then
-    echo "bench-xdp-block: needs $tool (scripts/install-test-tools.sh)" >&2
-    exit 1
-  fi
-done
-if [ "$(id -u)" -ne 0 ]; then
-  echo "bench-xdp-block: needs root" >&2
-  exit 1
-fi
+lab_need root hping3 nmap nft tcpdump python3
 cargo build --release --locked --bin tcpwatch >/dev/null
 BIN=$PWD/target/release/tcpwatch
 [ -n "${CARGO_TARGET_DIR:-}" ] && BIN=$CARGO_TARGET_DIR/release/tcpwatch
 
-rx="twbx-rx-$$"
-tx="twbx-tx-$$"
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}" $(cat "$work"/agent.pid 2>/dev/null); do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  ip netns del "$rx" 2>/dev/null || true
-  ip netns del "$tx" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-ip netns add "$rx"
-ip netns add "$tx"
-ip -n "$rx" link add eth0 type veth peer name eth0 netns "$tx"
-for ns in "$rx" "$tx"; do
-  ip -n "$ns" link set lo up
-  ip -n "$ns" link set eth0 up
-done
-ip -n "$rx" addr add 10.250.0.1/24 dev eth0
-ip -n "$tx" addr add 10.250.0.2/24 dev eth0
+lab_init
+work=$LAB_WORK
+lab_pair rx tx eth0 10.250.0
 RX_IP=10.250.0.1
 PORTS=(8001 8002 8003 8004)
 
 # Listeners on the scanned ports and the probe port 9000.
-ip netns exec "$rx" python3 -c '
+lab_bg rx python3 -c '
 import socket, sys, time
 socks = []
 for p in map(int, sys.argv[1:]):
     s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("0.0.0.0", p)); s.listen(4096); socks.append(s)
-time.sleep(100000)' "${PORTS[@]}" 9000 &
-pids+=($!)
-sleep 0.5
+time.sleep(100000)' "${PORTS[@]}" 9000
+lab_wait_listen rx 9000
 
 softirq() { awk '/^cpu /{print $8}' /proc/stat; }
-tx_packets() { ip netns exec "$tx" cat /sys/class/net/eth0/statistics/tx_packets; }
+tx_packets() { lab_exec tx cat /sys/class/net/eth0/statistics/tx_packets; }
 
 # start_agent BLOCK SOURCE: runs the agent in rx; waits for readiness.
 start_agent() {
   : >"$work/out"
   : >"$work/err"
-  ip netns exec "$rx" "$BIN" run --source "$2" --interval 1s --interface eth0 \
+  lab_bg rx "$BIN" run --source "$2" --interval 1s --interface eth0 \
     --block "$1" --block-ttl 1h --state off --metrics-addr off \
-    >"$work/out" 2>"$work/err" &
-  agent=$!
-  echo "$agent" >"$work/agent.pid"
-  for _ in $(seq 100); do
-    grep -q "tcpwatch: watching" "$work/err" && return 0
-    sleep 0.1
-  done
-  echo "agent did not start: $(cat "$work/err")" >&2
-  exit 1
-}
-
-stop_agent() {
-  kill -TERM "$agent"
-  wait "$agent" || true
+    >"$work/out" 2>"$work/err"
+  agent=$LAB_PID
+  lab_expect "$work/err" "tcpwatch: watching"
 }
 
 wait_blocked() {
-  for _ in $(seq 100); do
-    grep -q "Blocked 10.250.0.2" "$work/out" && return 0
-    sleep 0.1
-  done
+  lab_wait_for "$work/out" "Blocked 10.250.0.2" && return 0
   echo "tx was not blocked: $(cat "$work/out" "$work/err")" >&2
   exit 1
 }
@@ -123,41 +83,39 @@ idle_ticks() {
 # cost BLOCK: prints "ticks packets".
 cost() {
   start_agent "$1" procfs
-  ip netns exec "$tx" python3 -c '
+  lab_bg tx python3 -c '
 import socket, sys, time
 held = [socket.create_connection((sys.argv[1], int(p))) for p in sys.argv[2:]]
-time.sleep(6)' "$RX_IP" "${PORTS[@]}" &
-  local holder=$!
+time.sleep(6)' "$RX_IP" "${PORTS[@]}"
+  local holder=$LAB_PID
   wait_blocked
   wait "$holder" || true
   local s0 p0 s1 p1
   s0=$(softirq)
   p0=$(tx_packets)
-  ip netns exec "$tx" timeout -s INT "$FLOOD_SECS" hping3 --flood -S -p 9000 "$RX_IP" >/dev/null 2>&1 || true
+  lab_exec tx timeout -s INT "$FLOOD_SECS" hping3 --flood -S -p 9000 "$RX_IP" >/dev/null 2>&1 || true
   s1=$(softirq)
   p1=$(tx_packets)
-  stop_agent
+  lab_stop "$agent"
   echo "$((s1 - s0)) $((p1 - p0))"
 }
 
 # latency BLOCK: prints the detection-to-first-drop time in ms.
 latency() {
   start_agent "$1" xdp
-  ip netns exec "$tx" tcpdump -i eth0 -n -tt -l -U 'tcp and (tcp[tcpflags] & (tcp-syn|tcp-rst) != 0)' \
-    >"$work/dump" 2>/dev/null &
-  local dump=$!
+  lab_bg tx tcpdump -i eth0 -n -tt -l -U 'tcp and (tcp[tcpflags] & (tcp-syn|tcp-rst) != 0)' \
+    >"$work/dump" 2>/dev/null
+  local dump=$LAB_PID
   sleep 0.5
-  ip netns exec "$tx" hping3 -S -p 9000 -i u1000 "$RX_IP" >/dev/null 2>&1 &
-  local probe=$!
+  lab_bg tx hping3 -S -p 9000 -i u1000 "$RX_IP" >/dev/null 2>&1
+  local probe=$LAB_PID
   sleep 0.3
-  ip netns exec "$tx" nmap -n -Pn -sT -T5 -p 8001-8004 "$RX_IP" >/dev/null 2>&1 || true
+  lab_exec tx nmap -n -Pn -sT -T5 -p 8001-8004 "$RX_IP" >/dev/null 2>&1 || true
   wait_blocked
   sleep 0.3
-  kill "$probe" 2>/dev/null || true
-  wait "$probe" 2>/dev/null || true
-  kill "$dump" 2>/dev/null || true
-  wait "$dump" 2>/dev/null || true
-  stop_agent
+  lab_stop "$probe"
+  lab_stop "$dump"
+  lab_stop "$agent"
   python3 - "$work/dump" <<'EOF'
 import re, sys
 syn_to = {}      # dport -> first SYN time (nmap's)
@@ -185,7 +143,7 @@ print(f"{(dropped[0] - detect) * 1000:.1f}")
 EOF
 }
 
-echo "== XDP vs nftables drop cost (namespaces $rx/$tx, $(nproc) CPUs, ${FLOOD_SECS}s flood)"
+echo "== XDP vs nftables drop cost (namespaces $(lab_ns rx)/$(lab_ns tx), $(nproc) CPUs, ${FLOOD_SECS}s flood)"
 idle=$(idle_ticks)
 hz=$(getconf CLK_TCK)
 declare -A per_m

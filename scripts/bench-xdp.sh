@@ -16,49 +16,32 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+# shellcheck source=lib/lab.sh
+. scripts/lib/lab.sh
 export FIGURE=$PWD/scripts/bench-figure
 N=${1:-500}
 BIN=${BIN:-target/release/tcpwatch}
-[ "$(id -u)" -eq 0 ] || { echo "bench-xdp: needs root" >&2; exit 1; }
-for tool in hping3 bpftool python3 ip; do
-  command -v "$tool" >/dev/null || { echo "bench-xdp: $tool missing" >&2; exit 1; }
-done
+lab_need root hping3 bpftool python3 ip
 [ -x "$BIN" ] || cargo build --release --locked
 
-NA=twbench-$$-a NB=twbench-$$-b
-WORK=$(mktemp -d)
-cleanup() {
-  for ns in "$NA" "$NB"; do
-    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
-    ip netns del "$ns" 2>/dev/null || true
-  done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-ip netns add "$NA"; ip netns add "$NB"
-ip -n "$NA" link add eth0 type veth peer name eth0 netns "$NB"
-ip -n "$NA" addr add 10.250.0.1/24 dev eth0
-ip -n "$NB" addr add 10.250.0.2/24 dev eth0
-for ns in "$NA" "$NB"; do ip -n "$ns" link set lo up; ip -n "$ns" link set eth0 up; done
+lab_init
+WORK=$LAB_WORK
+lab_pair a b eth0 10.250.0
 ARGS=(run --source xdp --interface eth0 --block none --metrics-addr off --state off)
 
 # --- 1. latency --------------------------------------------------------------
 # The server holds each connection a while so the client closes first: a
 # server closing first lets the client reuse a 4-tuple at once, which the
 # agent's retransmission filter takes for a retransmission (see README/issue).
-ip netns exec "$NA" python3 -c '
+lab_bg a python3 -c '
 import collections, socket
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("0.0.0.0", 8080)); s.listen(4096)
 held = collections.deque(maxlen=500)
-while True: held.append(s.accept()[0])' &
-disown
-for _ in $(seq 100); do
-  ip netns exec "$NA" ss -Hltn 'sport = :8080' | grep -q . && break; sleep 0.1
-done
+while True: held.append(s.accept()[0])'
+lab_wait_listen a 8080
 
-ip netns exec "$NB" python3 - "$N" "$NA" "$BIN" "${ARGS[@]}" <<'EOF'
+lab_exec b python3 - "$N" "$(lab_ns a)" "$BIN" "${ARGS[@]}" <<'EOF'
 import os, subprocess, sys, threading, time, socket, re
 n, ns_a, binary, args = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
 agent = subprocess.Popen(["ip", "netns", "exec", ns_a, binary, *args],
@@ -103,11 +86,11 @@ subprocess.run([figure, "xdp: connect-to-line p99", f"{pct(0.99):.2f}", "ms", "-
 EOF
 
 # --- 2. flood ----------------------------------------------------------------
-rx() { ip -n "$NA" -s link show eth0 | awk '/RX:/{getline; print $2; exit}'; }
-ip netns exec "$NA" "$BIN" "${ARGS[@]}" >"$WORK/out" 2>"$WORK/err" &
-AGENT=$!
-for _ in $(seq 100); do grep -q "watching: xdp on" "$WORK/err" && break; sleep 0.1; done
-PROG=$(ip -n "$NA" -d link show eth0 | sed -n 's/.*prog\/xdp id \([0-9]*\).*/\1/p')
+rx() { lab_exec a ip -s link show eth0 | awk '/RX:/{getline; print $2; exit}'; }
+lab_bg a "$BIN" "${ARGS[@]}" >"$WORK/out" 2>"$WORK/err"
+AGENT=$LAB_PID
+lab_expect "$WORK/err" "watching: xdp on"
+PROG=$(lab_exec a ip -d link show eth0 | sed -n 's/.*prog\/xdp id \([0-9]*\).*/\1/p')
 LOST_MAP=$(bpftool prog show id "$PROG" | sed -n 's/.*map_ids \([0-9,]*\).*/\1/p' | tr , '\n' |
   while read -r id; do
     if bpftool map show id "$id" | grep -q "name lost"; then echo "$id"; fi
@@ -118,7 +101,7 @@ import json, sys
 print(sum(v["value"] for e in json.load(sys.stdin) for v in e["formatted"]["values"]))'
 }
 RX0=$(rx)
-ip netns exec "$NB" timeout -s INT 5 hping3 --flood -S --rand-source -p 8080 10.250.0.1 \
+lab_exec b timeout -s INT 5 hping3 --flood -S --rand-source -p 8080 10.250.0.1 \
   >"$WORK/hping" 2>&1 || true
 sleep 2  # let the agent drain what it holds
 RX1=$(rx)
@@ -127,7 +110,7 @@ LINES=$(grep -c "New connection: " "$WORK/out" || true)
 
 # --- 3. overflow: the agent stopped (SIGSTOP) for a 2 s flood -----------------
 kill -STOP "$AGENT"
-ip netns exec "$NB" timeout -s INT 2 hping3 --flood -S --rand-source -p 8080 10.250.0.1 \
+lab_exec b timeout -s INT 2 hping3 --flood -S --rand-source -p 8080 10.250.0.1 \
   >/dev/null 2>&1 || true
 kill -CONT "$AGENT"
 sleep 3
@@ -136,7 +119,7 @@ LOST2=$(lost)
 LINES2=$(grep -c "New connection: " "$WORK/out" || true)
 read -r UT ST < <(awk '{print $14, $15}' "/proc/$AGENT/stat")
 HWM=$(awk '/VmHWM/{print $2, $3}' "/proc/$AGENT/status")
-kill -TERM "$AGENT"; wait "$AGENT" || true
+lab_stop "$AGENT"
 SENT=$(sed -n 's/^\([0-9]*\) packets transmitted.*/\1/p' "$WORK/hping")
 TICK=$(getconf CLK_TCK)
 echo "flood: hping3 sent ${SENT:-?} SYNs in 5 s; A's eth0 received $((RX1 - RX0)) packets"

@@ -10,6 +10,9 @@
 # sections at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=lib/lab.sh
+. scripts/lib/lab.sh
+lab_init
 
 target_dir="${CARGO_TARGET_DIR:-target}"
 mkdir -p "$target_dir/bench"
@@ -23,9 +26,9 @@ load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
 # may be shared, and a figure means little without it.
 load_log="$out_dir/load.txt"
 : >"$load_log"
-(while sleep 10; do cut -d' ' -f1 /proc/loadavg >>"$load_log"; done) &
-load_sampler=$!
-trap 'kill "$load_sampler" 2>/dev/null || true' EXIT
+sample_load() { while sleep 10; do cut -d' ' -f1 /proc/loadavg >>"$load_log"; done; }
+lab_spawn sample_load
+load_sampler=$LAB_PID
 
 # report STAMP [NAME=BUDGET_MS]...: the criterion benchmarks written since
 # STAMP was touched, in the order they ran, with their medians.
@@ -135,6 +138,6 @@ section "XDP vs nftables drop cost, detection to first drop (scripts/bench-xdp-b
 run scripts/bench-xdp-block.sh
 
 section "summary ($out_dir/summary.md)"
-kill "$load_sampler" 2>/dev/null || true
+lab_stop "$load_sampler"
 scripts/bench-summary "$BENCH_FIGURES" "$load_log" "$started" "$load_at_start" |
   tee "$out_dir/summary.md"

@@ -37,9 +37,12 @@
 #   SOAK_SECONDS=600 SOAK_RATE=1000 SOAK_SOURCE=xdp|pcap (xdp: --block xdp,
 #   pcap: --block nftables) SOAK_CLIENTS=4 SOAK_ADDRS=4 SOAK_SCAN_EVERY=30
 #   SOAK_KEEP=1 keeps the work directory (agent output, samples) and says where.
-# Exit 0 on PASS, 1 on FAIL or error.
+# Exit 0 on PASS, 1 on FAIL or error (130 on Ctrl-C). The namespaces come
+# from scripts/lib/lab.sh, which removes them however the run ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=lib/lab.sh
+. scripts/lib/lab.sh
 
 DURATION=${SOAK_SECONDS:-600}
 RATE=${SOAK_RATE:-1000}
@@ -60,55 +63,26 @@ case "$SOURCE" in
   pcap) BLOCK=nftables ;;
   *) echo "soak: SOAK_SOURCE must be xdp or pcap, not '$SOURCE'" >&2; exit 1 ;;
 esac
-[ "$(id -u)" -eq 0 ] || { echo "soak: needs root (network namespaces)" >&2; exit 1; }
-for tool in ip python3 curl nft bpftool; do
-  command -v "$tool" >/dev/null || { echo "soak: $tool missing (make deps)" >&2; exit 1; }
-done
-[ -x "$BIN" ] || { echo "soak: no binary at $BIN (make build)" >&2; exit 1; }
-
-P=twsoak-$$
-HUB=$P-hub SRV=$P-srv SCAN=$P-scan
-HOSTS=("$SRV" "$SCAN")
-for i in $(seq "$CLIENTS"); do HOSTS+=("$P-c$i"); done
-WORK=$(mktemp -d /tmp/twsoak.XXXXXX)
-AGENT=
-
-cleanup() {
-  local ns pid
-  for ns in "${HOSTS[@]}" "$HUB"; do
-    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
-  done
-  wait 2>/dev/null || true
-  for ns in "${HOSTS[@]}" "$HUB"; do ip netns del "$ns" 2>/dev/null || true; done
-  if [ "${SOAK_KEEP:-0}" = 1 ]; then
-    echo "soak: work directory kept: $WORK" >&2
-  else
-    rm -rf "$WORK"
-  fi
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM
+lab_need root ip python3 curl nft bpftool
+[ -x "$BIN" ] || lab_die "no binary at $BIN (make build)"
+LAB_KEEP=${SOAK_KEEP:-0}
+lab_init
+WORK=$LAB_WORK
 
 # --- topology ----------------------------------------------------------------
-ip netns add "$HUB"
-ip -n "$HUB" link add br0 type bridge
-ip -n "$HUB" link set br0 up
-n=0
-for ns in "${HOSTS[@]}"; do
-  n=$((n + 1))
-  ip netns add "$ns"
-  ip -n "$HUB" link add "p$n" type veth peer name eth0 netns "$ns"
-  ip -n "$HUB" link set "p$n" master br0 up
-  ip -n "$ns" link set lo up
-  ip -n "$ns" link set eth0 up
-done
-ip -n "$SRV" addr add "$SRV_IP/16" dev eth0
-for a in $(seq 8); do ip -n "$SCAN" addr add "10.251.100.$a/16" dev eth0; done
+lab_bridge hub
+lab_host srv scan
+lab_plug hub srv
+lab_plug hub scan
+lab_addr srv eth0 "$SRV_IP/16"
+for a in $(seq 8); do lab_addr scan eth0 "10.251.100.$a/16"; done
 declare -A SRCS
 for i in $(seq "$CLIENTS"); do
+  lab_host "c$i"
+  lab_plug hub "c$i"
   list=
   for a in $(seq "$ADDRS"); do
-    ip -n "$P-c$i" addr add "10.251.$i.$a/16" dev eth0
+    lab_addr "c$i" eth0 "10.251.$i.$a/16"
     list+="${list:+,}10.251.$i.$a"
   done
   SRCS[$i]=$list
@@ -117,18 +91,15 @@ done
 # --- server and agent --------------------------------------------------------
 PORTS=$(seq -s ' ' 8001 $((8000 + CLIENTS)))
 # shellcheck disable=SC2086 # one argument per port
-ip netns exec "$SRV" python3 "$HELPER" serve $PORTS >"$WORK/serve.out" 2>&1 &
-disown # cleanup() kills it; no job notice
-for _ in $(seq 100); do grep -q ready "$WORK/serve.out" && break; sleep 0.1; done
-grep -q ready "$WORK/serve.out" || { echo "soak: server did not start" >&2; cat "$WORK/serve.out" >&2; exit 1; }
+lab_bg srv python3 "$HELPER" serve $PORTS >"$WORK/serve.out" 2>&1
+lab_expect "$WORK/serve.out" ready
 
-ip netns exec "$SRV" "$BIN" run --source "$SOURCE" --interface eth0 --block "$BLOCK" \
+lab_bg srv "$BIN" run --source "$SOURCE" --interface eth0 --block "$BLOCK" \
   --block-ttl "$BLOCK_TTL" --metrics-addr 127.0.0.1:9472 --state "$WORK/state" \
-  >"$WORK/out" 2>"$WORK/err" &
-AGENT=$!
-for _ in $(seq 300); do grep -q "tcpwatch: watching:" "$WORK/err" && break; sleep 0.1; done
-grep -q "tcpwatch: watching:" "$WORK/err" || { echo "soak: the agent did not start:" >&2; cat "$WORK/err" >&2; exit 1; }
-PROG=$(ip -n "$SRV" -d link show eth0 | sed -n 's/.*prog\/xdp id \([0-9]*\).*/\1/p')
+  >"$WORK/out" 2>"$WORK/err"
+AGENT=$LAB_PID
+lab_expect "$WORK/err" "tcpwatch: watching:" 30
+PROG=$(lab_exec srv ip -d link show eth0 | sed -n 's/.*prog\/xdp id \([0-9]*\).*/\1/p')
 cut -d' ' -f1-3 /proc/loadavg >"$WORK/load.start"
 cat >"$WORK/env.json" <<EOF
 {"source": "$SOURCE", "block": "$BLOCK", "seconds": $DURATION, "rate": $RATE,
@@ -140,13 +111,14 @@ echo "soak: $DURATION s, $RATE connections/s from $CLIENTS hosts x $ADDRS addres
   "load $(cat "$WORK/load.start")"
 
 # --- load --------------------------------------------------------------------
+CLIENT_RATE=$(python3 -c "print($RATE / $CLIENTS)")
 START=$(date +%s)
 CLIENT_PIDS=()
 for i in $(seq "$CLIENTS"); do
-  ip netns exec "$P-c$i" python3 "$HELPER" client --rate "$(python3 -c "print($RATE / $CLIENTS)")" \
+  lab_bg "c$i" python3 "$HELPER" client --rate "$CLIENT_RATE" \
     --seconds "$DURATION" --status "$WORK/client-$i.json" --src "${SRCS[$i]}" "$SRV_IP" $((8000 + i)) \
-    2>"$WORK/client-$i.err" &
-  CLIENT_PIDS+=($!)
+    2>"$WORK/client-$i.err"
+  CLIENT_PIDS+=("$LAB_PID")
 done
 
 # appeared SINCE PATTERN: whether PATTERN shows up in the agent's output past
@@ -167,11 +139,11 @@ scans() {
   while [ $(($(date +%s) - START + 20)) -lt "$DURATION" ]; do
     addr=10.251.100.$((round % 8 + 1))
     since=$(stat -c %s "$WORK/out")
-    ip netns exec "$SCAN" python3 "$HELPER" scan --src "$addr" "$SRV_IP" 7001 7002 7003 7004 7005
+    lab_exec scan python3 "$HELPER" scan --src "$addr" "$SRV_IP" 7001 7002 7003 7004 7005
     detected=0 blocked=0
     appeared "$since" "Port scan detected: $addr -> " && detected=1
     appeared "$since" "Blocked $addr for" && blocked=1
-    probe=$(ip netns exec "$SCAN" python3 "$HELPER" probe --src "$addr" "$SRV_IP" 8001)
+    probe=$(lab_exec scan python3 "$HELPER" probe --src "$addr" "$SRV_IP" 8001)
     echo "{\"t\": $(($(date +%s) - START)), \"addr\": \"$addr\", \"detected\": $detected," \
       "\"blocked\": $blocked, \"probe\": \"$probe\"}" >>"$WORK/scans.jsonl"
     round=$((round + 1))
@@ -179,10 +151,10 @@ scans() {
   done
 }
 : >"$WORK/scans.jsonl"
-scans &
-SCANS=$!
+lab_spawn scans
+SCANS=$LAB_PID
 
-scrape() { ip netns exec "$SRV" curl -sf --max-time 5 127.0.0.1:9472/metrics >"$WORK/metrics.now"; }
+scrape() { lab_exec srv curl -sf --max-time 5 127.0.0.1:9472/metrics >"$WORK/metrics.now"; }
 sample() {
   scrape || echo "soak: warning: metrics scrape failed" >&2
   python3 "$HELPER" sample "$WORK" "$AGENT" "$(($(date +%s) - START))"
@@ -224,10 +196,10 @@ fi
 wait "$AGENT" || rc=$?
 echo "$rc" >"$WORK/exit"
 : >"$WORK/leftovers.txt"
-if ip netns exec "$SRV" nft list table inet tcpwatch >/dev/null 2>&1; then
-  echo "nft table inet tcpwatch still in $SRV" >>"$WORK/leftovers.txt"
+if lab_exec srv nft list table inet tcpwatch >/dev/null 2>&1; then
+  echo "nft table inet tcpwatch still in $(lab_ns srv)" >>"$WORK/leftovers.txt"
 fi
-if ip -n "$SRV" link show eth0 | grep -q xdp; then
+if lab_exec srv ip link show eth0 | grep -q xdp; then
   echo "an XDP program still attached to eth0" >>"$WORK/leftovers.txt"
 fi
 if [ -n "$PROG" ] && bpftool prog show id "$PROG" >/dev/null 2>&1; then

@@ -10,37 +10,24 @@
 # fuzz_targets/pcap_packet.rs), then the frame.
 set -euo pipefail
 out="$(cd "$(dirname "$0")/.." && pwd)/corpus/pcap_packet"
-work=$(mktemp -d)
-a=tcpwfz-a-$$ b=tcpwfz-b-$$
-cleanup() {
-  ip netns del "$a" 2>/dev/null || true
-  ip netns del "$b" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-ip netns add "$a"
-ip netns add "$b"
-ip -n "$a" link add veth0 type veth peer name veth0 netns "$b"
-for ns in "$a" "$b"; do
-  n=$([ "$ns" = "$a" ] && echo 1 || echo 2)
-  ip -n "$ns" link set lo up
-  ip -n "$ns" link set veth0 up
-  ip -n "$ns" addr add "10.99.1.$n/24" dev veth0
-  ip -n "$ns" addr add "fd00:99:1::$n/64" dev veth0 nodad
-done
+# shellcheck source=../../scripts/lib/lab.sh
+. "$(dirname "$0")/../../scripts/lib/lab.sh"
+lab_need root tcpdump python3
+lab_init
+work=$LAB_WORK
+lab_pair a b veth0 10.99.1 fd00:99:1::
 
 capture() { # name, tcpdump link options...
   local name=$1
   shift
-  ip netns exec "$b" tcpdump -U -s 96 -w "$work/$name.pcap" "$@" 'tcp' 2>/dev/null &
-  local pid=$!
+  lab_bg b tcpdump -U -s 96 -w "$work/$name.pcap" "$@" 'tcp' 2>/dev/null
+  local pid=$LAB_PID
   sleep 1.5
   for dst in 10.99.1.2 fd00:99:1::2; do
-    ip netns exec "$a" timeout 2 bash -c "exec 3<>/dev/tcp/$dst/2222" 2>/dev/null || true
+    lab_exec a timeout 2 bash -c "exec 3<>/dev/tcp/$dst/2222" 2>/dev/null || true
   done
   sleep 1
-  kill "$pid"
-  wait "$pid" 2>/dev/null || true
+  lab_stop "$pid"
 }
 capture ether -i veth0
 capture sll -i any -y LINUX_SLL

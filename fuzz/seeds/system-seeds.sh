@@ -13,46 +13,36 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 corpus="$root/fuzz/corpus"
 bin="$root/target/release/tcpwatch"
-work=$(mktemp -d)
-a=tcpwfz-a-$$ b=tcpwfz-b-$$
-cleanup() {
-  ip netns pids "$b" 2>/dev/null | xargs -r kill 2>/dev/null || true
-  ip netns del "$a" 2>/dev/null || true
-  ip netns del "$b" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-ip netns add "$a"
-ip netns add "$b"
-ip -n "$a" link add veth0 type veth peer name veth0 netns "$b"
-for ns in "$a" "$b"; do
-  n=$([ "$ns" = "$a" ] && echo 1 || echo 2)
-  ip -n "$ns" link set lo up
-  ip -n "$ns" link set veth0 up
-  ip -n "$ns" addr add "10.99.1.$n/24" dev veth0
-  ip -n "$ns" addr add "fd00:99:1::$n/64" dev veth0 nodad
-done
-inb() { ip netns exec "$b" "$@"; }
+# shellcheck source=../../scripts/lib/lab.sh
+. "$root/scripts/lib/lab.sh"
+lab_need root nft ipset ncat python3
+[ -x "$bin" ] || lab_die "no binary at $bin (cargo build --release)"
+lab_init
+work=$LAB_WORK
+lab_pair a b veth0 10.99.1 fd00:99:1::
+inb() { lab_exec b "$@"; }
 
 # Listeners (v4, v6, dual-stack) and open connections to them.
 for port in 8001 8002 8003 8004 8005; do
-  inb ncat -lk 10.99.1.2 "$port" >/dev/null 2>&1 &
+  lab_bg b ncat -lk 10.99.1.2 "$port" >/dev/null 2>&1
 done
-inb ncat -lk -6 :: 8006 >/dev/null 2>&1 &
+lab_bg b ncat -lk -6 :: 8006 >/dev/null 2>&1
 sleep 1
 
 # state_file: the agent in b sees a scan of 5 ports from a and blocks it.
-inb "$bin" run --source procfs -i 200ms --scan-ports 3 --block nftables \
-  --metrics-addr off --state "$work/state" 2>"$work/agent.log" >"$work/events" &
-agent=$!
-for _ in $(seq 50); do grep -q 'watching' "$work/agent.log" 2>/dev/null && break; sleep 0.2; done
+# It keeps running while every seed below is taken (the lab's clean-up stops
+# it), as it did when the committed seeds were made: the state file is a
+# running agent's, a's block stays in b's nftables table (so the connections
+# a closes stay half-closed in b's dump, and nft_blocked4 shows the agent's
+# own element of 10.99.1.1).
+lab_bg b "$bin" run --source procfs -i 200ms --scan-ports 3 --block nftables \
+  --metrics-addr off --state "$work/state" 2>"$work/agent.log" >"$work/events"
+lab_expect "$work/agent.log" watching
 # shellcheck disable=SC2016 # expanded by the inner shell
-ip netns exec "$a" bash -c '
+lab_exec a bash -c '
   for port in 8001 8002 8003 8004 8005; do exec {fd}<>/dev/tcp/10.99.1.2/$port; done
   exec {fd}<>/dev/tcp/fd00:99:1::2/8006
   sleep 3' || true
-kill -TERM "$agent"
-wait "$agent" || true
 grep -q "Port scan" "$work/events" || { cat "$work/agent.log" "$work/events"; echo "no scan seen" >&2; exit 1; }
 mkdir -p "$corpus/state_file"
 cp "$work/state" "$corpus/state_file/agent"
