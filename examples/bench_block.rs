@@ -76,11 +76,11 @@ fn main() -> anyhow::Result<()> {
     for n in 0..20u32 {
         let scan = Event {
             at: clock.now(),
-            kind: EventKind::PortScan(PortScan {
-                remote: IpAddr::V4(Ipv4Addr::from(0x0a50_0000 + n)),
-                local: "10.0.0.1".parse()?,
-                ports: vec![1, 2, 3, 4],
-            }),
+            kind: EventKind::PortScan(PortScan::syn(
+                IpAddr::V4(Ipv4Addr::from(0x0a50_0000 + n)),
+                "10.0.0.1".parse()?,
+                vec![1, 2, 3, 4],
+            )),
         };
         let started = Instant::now();
         let out = blocker.handle(vec![scan]);

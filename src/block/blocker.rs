@@ -42,6 +42,8 @@ pub struct Blocker {
     journal: Option<Arc<dyn Journal>>,
     limit: limit::Limit,
     skipped: Skipped,
+    /// This node's name: the origin of the blocks it decides.
+    node: Arc<str>,
 }
 
 impl Blocker {
@@ -59,7 +61,15 @@ impl Blocker {
             journal: None,
             limit: limit::Limit::new(limit::Rate(None)),
             skipped: Skipped::default(),
+            node: "localhost".into(),
         }
+    }
+
+    /// Names this node (`--node-name`, or the host name) in the blocks it
+    /// decides.
+    pub fn with_node(mut self, node: &str) -> Self {
+        self.node = node.into();
+        self
     }
 
     /// Caps new blocks (`--max-blocks-per-minute`); none by default.
@@ -191,7 +201,7 @@ impl Blocker {
         let at = self.clock.now();
         let blocked = |ip, ttl| Event {
             at,
-            kind: EventKind::Blocked(Block { ip, ttl, backend }),
+            kind: EventKind::Blocked(Block::here(ip, ttl, backend, &self.node)),
         };
         let mut left: HashMap<IpAddr, Duration> = applied.iter().copied().collect();
         let mut out = Vec::with_capacity(events.len() + left.len());

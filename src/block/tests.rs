@@ -135,11 +135,11 @@ fn stamp() -> Stamp {
 fn scan(remote: &str) -> Event {
     Event {
         at: stamp(),
-        kind: EventKind::PortScan(PortScan {
-            remote: remote.parse().unwrap(),
-            local: "10.0.0.5".parse().unwrap(),
-            ports: vec![1, 2, 3, 4],
-        }),
+        kind: EventKind::PortScan(PortScan::syn(
+            remote.parse().unwrap(),
+            "10.0.0.5".parse().unwrap(),
+            vec![1, 2, 3, 4],
+        )),
     }
 }
 
@@ -153,6 +153,7 @@ fn conn() -> Event {
                 direction: Direction::Inbound,
             },
             source: "procfs",
+            owner: None,
         },
     }
 }
@@ -198,10 +199,16 @@ fn tags(events: &[Event]) -> Vec<String> {
             EventKind::NewConnection { .. } => "C".to_string(),
             EventKind::PortScan(s) => format!("S {}", s.remote),
             EventKind::Blocked(b) if b.ttl == Duration::from_secs(30) => {
-                format!("B {} {}", b.ip, b.backend)
+                format!("B {} {}", crate::event::show_net(&b.target), b.backend)
             }
-            EventKind::Blocked(b) => format!("B {} {} {:?}", b.ip, b.backend, b.ttl),
-            EventKind::Unblocked { ip, .. } => format!("U {ip}"),
+            EventKind::Blocked(b) => format!(
+                "B {} {} {:?}",
+                crate::event::show_net(&b.target),
+                b.backend,
+                b.ttl
+            ),
+            EventKind::Unblocked { target, .. } => format!("U {target}"),
+            EventKind::FleetScan(s) => format!("F {}", s.source),
         })
         .collect()
 }

@@ -10,7 +10,7 @@ pub mod portscan;
 
 use crate::clock::Stamp;
 use crate::event::Observation;
-use crate::event::{Direction, Event, EventKind};
+use crate::event::{Direction, Event, EventKind, PortScan};
 use crate::setting::Capacity;
 use attempts::AttemptTable;
 use connections::ConnectionTable;
@@ -137,6 +137,25 @@ impl Detector {
                 }
                 events
             }
+            Observation::Probe {
+                at,
+                remote,
+                local,
+                kind,
+            } => {
+                let scan = self
+                    .scans
+                    .observe(at.mono, *remote, local.ip(), local.port());
+                scan.map(|scan| Event {
+                    at: *at,
+                    kind: EventKind::PortScan(PortScan {
+                        kind: *kind,
+                        ..scan
+                    }),
+                })
+                .into_iter()
+                .collect()
+            }
             Observation::Lost { .. } => Vec::new(),
         }
     }
@@ -148,6 +167,7 @@ impl Detector {
             kind: EventKind::NewConnection {
                 conn,
                 source: self.source,
+                owner: None,
             },
         });
         if let Some(scan) = self.inbound_attempt(at, &conn) {

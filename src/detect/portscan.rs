@@ -14,7 +14,7 @@
 //! is not enough, the least recently active eighth is evicted in one batch
 //! (amortised O(1) per attempt) and counted.
 
-use crate::event::PortScan;
+use crate::event::{PortScan, Rule, ScanKind};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -109,8 +109,14 @@ impl ScanDetector {
         ports.sort_unstable();
         Some(PortScan {
             remote,
+            prefix: None,
             local,
             ports,
+            kind: ScanKind::Syn,
+            rule: Rule {
+                ports: self.threshold,
+                window,
+            },
         })
     }
 

@@ -258,7 +258,7 @@ impl Metrics {
                     .get_or_create(&[("backend", block.backend)])
                     .inc();
             }
-            EventKind::Unblocked { .. } => {}
+            EventKind::FleetScan(_) | EventKind::Unblocked { .. } => {}
         }
     }
 
@@ -416,21 +416,23 @@ mod tests {
                     direction,
                 },
                 source: "procfs",
+                owner: None,
             })
         };
         m.printed(&conn(Direction::Inbound));
         m.printed(&conn(Direction::Inbound));
         m.printed(&conn(Direction::Outbound));
-        m.printed(&event(EventKind::PortScan(PortScan {
-            remote: "192.0.2.56".parse().unwrap(),
-            local: "10.0.0.5".parse().unwrap(),
-            ports: vec![80, 81, 82, 83],
-        })));
-        m.printed(&event(EventKind::Blocked(Block {
-            ip: "192.0.2.56".parse().unwrap(),
-            ttl: Duration::from_secs(3600),
-            backend: "nftables",
-        })));
+        m.printed(&event(EventKind::PortScan(PortScan::syn(
+            "192.0.2.56".parse().unwrap(),
+            "10.0.0.5".parse().unwrap(),
+            vec![80, 81, 82, 83],
+        ))));
+        m.printed(&event(EventKind::Blocked(Block::here(
+            "192.0.2.56".parse().unwrap(),
+            Duration::from_secs(3600),
+            "nftables",
+            "node-a",
+        ))));
         m.observe_poll("procfs", 0.004);
         m.set_tracked_sources(7);
         m.set_blocked_ips(1, 0);

@@ -6,6 +6,7 @@
 pub mod addrs;
 pub mod caps;
 pub mod fs;
+pub mod host;
 pub mod iface;
 pub mod netlink;
 pub mod nftables;

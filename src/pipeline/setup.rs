@@ -70,7 +70,8 @@ pub async fn open(settings: &RunSettings) -> anyhow::Result<Opened> {
         Allowlist::of_host(settings.block.allow.clone()),
         clock.clone(),
     )
-    .with_limit(settings.block.max_blocks_per_minute);
+    .with_limit(settings.block.max_blocks_per_minute)
+    .with_node(&crate::os::host::name().unwrap_or_else(|| "localhost".to_string()));
     let mut detector = Detector::new(
         source.name(),
         settings.source.report_existing,

@@ -91,11 +91,12 @@ mod tests {
                 wall: chrono::Local::now(),
                 mono: std::time::Duration::ZERO,
             },
-            kind: EventKind::Blocked(Block {
-                ip: ip.parse().unwrap(),
-                ttl: std::time::Duration::from_secs(30),
-                backend: "nftables",
-            }),
+            kind: EventKind::Blocked(Block::here(
+                ip.parse().unwrap(),
+                std::time::Duration::from_secs(30),
+                "nftables",
+                "node-a",
+            )),
         }
     }
 
