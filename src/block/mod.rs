@@ -28,6 +28,8 @@ pub mod routes;
 pub mod xdp;
 
 #[cfg(test)]
+pub mod fake;
+#[cfg(test)]
 mod tests;
 
 use crate::clock::Clock;

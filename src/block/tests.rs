@@ -1,9 +1,10 @@
 //! The block stage with a fake backend and a fake journal.
 
 use super::allow::Allowlist;
-use super::backend::{Backend, Entry};
+use super::backend::Backend;
 use super::blocker::{Blocker, Restored, Skipped};
 use super::dry::DryRun;
+use super::fake::Fake;
 use super::firewall::{Firewall, Health};
 use super::journal::Journal;
 use super::limit;
@@ -11,7 +12,7 @@ use crate::clock::{Clock, ManualClock, Stamp};
 use crate::event::{Connection, Direction, Event, EventKind, PortScan};
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -48,81 +49,6 @@ impl FakeJournal {
 
 fn failing(b: &mut Blocker) -> bool {
     b.firewall_mut().is_some_and(|f| f.failing())
-}
-
-type Blocks = Vec<(IpAddr, Duration)>;
-
-/// Records every call; fails `block` when told to. `gone`: its objects
-/// were deleted (listing fails until a repair).
-#[derive(Clone, Default)]
-struct Fake {
-    calls: Arc<Mutex<Vec<Vec<IpAddr>>>>,
-    ttls: Arc<Mutex<Vec<Duration>>>,
-    held: Arc<Mutex<std::collections::BTreeSet<IpAddr>>>,
-    repairs: Arc<Mutex<Vec<Blocks>>>,
-    fail: bool,
-    failing: Arc<AtomicBool>,
-    gone: Arc<AtomicBool>,
-}
-
-impl Fake {
-    fn check(&self) -> anyhow::Result<()> {
-        if self.fail || self.failing.load(Ordering::Relaxed) {
-            anyhow::bail!("nft: Operation not permitted");
-        }
-        Ok(())
-    }
-}
-
-impl Backend for Fake {
-    fn name(&self) -> &'static str {
-        "fake"
-    }
-    fn install(&mut self, _: Duration) -> anyhow::Result<()> {
-        Ok(())
-    }
-    fn block(&mut self, ips: &[IpAddr], ttl: Duration) -> anyhow::Result<()> {
-        self.calls.lock().unwrap().push(ips.to_vec());
-        self.ttls.lock().unwrap().push(ttl);
-        self.check()?;
-        self.held.lock().unwrap().extend(ips);
-        Ok(())
-    }
-    fn repair(&mut self, _: Duration, entries: &[(IpAddr, Duration)]) -> anyhow::Result<bool> {
-        self.check()?;
-        self.repairs.lock().unwrap().push(entries.to_vec());
-        *self.held.lock().unwrap() = entries.iter().map(|(ip, _)| *ip).collect();
-        self.gone.store(false, Ordering::Relaxed);
-        Ok(true)
-    }
-    fn unblock(&mut self, _: IpAddr) -> anyhow::Result<()> {
-        Ok(())
-    }
-    fn list(&mut self) -> anyhow::Result<Vec<Entry>> {
-        self.check()?;
-        if self.gone.load(Ordering::Relaxed) {
-            anyhow::bail!("nft: No such file or directory");
-        }
-        Ok(self
-            .held
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|ip| Entry {
-                ip: *ip,
-                remaining: Some(Duration::from_secs(30)),
-            })
-            .collect())
-    }
-    fn flush(&mut self) -> anyhow::Result<()> {
-        Ok(())
-    }
-    fn remove(&mut self) -> anyhow::Result<()> {
-        Ok(())
-    }
-    fn present(&mut self) -> bool {
-        true
-    }
 }
 
 fn stamp() -> Stamp {

@@ -3,8 +3,8 @@
 
 use super::stages::{self, Parts, Source};
 use crate::block::allow::Allowlist;
-use crate::block::backend::{Backend, Entry};
 use crate::block::blocker::Blocker;
+use crate::block::fake::Fake;
 use crate::block::firewall::Firewall;
 use crate::clock::{Clock, ManualClock};
 use crate::detect::Detector;
@@ -63,69 +63,6 @@ impl Out {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-    }
-}
-
-/// A firewall in memory: what it holds, every call, and a switch to fail.
-#[derive(Clone, Default)]
-struct FakeFirewall {
-    held: Arc<Mutex<Vec<IpAddr>>>,
-    calls: Arc<Mutex<Vec<String>>>,
-    failing: Arc<AtomicBool>,
-}
-
-impl FakeFirewall {
-    fn calls(&self) -> Vec<String> {
-        self.calls.lock().unwrap().clone()
-    }
-    fn check(&self, call: String) -> anyhow::Result<()> {
-        self.calls.lock().unwrap().push(call);
-        if self.failing.load(Ordering::Relaxed) {
-            anyhow::bail!("nft: Operation not permitted");
-        }
-        Ok(())
-    }
-}
-
-impl Backend for FakeFirewall {
-    fn name(&self) -> &'static str {
-        "fake"
-    }
-    fn install(&mut self, _: Duration) -> anyhow::Result<()> {
-        self.check("install".into())
-    }
-    fn block(&mut self, ips: &[IpAddr], _: Duration) -> anyhow::Result<()> {
-        self.check(format!("block {ips:?}"))?;
-        self.held.lock().unwrap().extend(ips);
-        Ok(())
-    }
-    fn unblock(&mut self, _: IpAddr) -> anyhow::Result<()> {
-        Ok(())
-    }
-    fn list(&mut self) -> anyhow::Result<Vec<Entry>> {
-        if self.failing.load(Ordering::Relaxed) {
-            anyhow::bail!("nft: Operation not permitted");
-        }
-        Ok(self
-            .held
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|ip| Entry {
-                ip: *ip,
-                remaining: Some(Duration::from_secs(30)),
-            })
-            .collect())
-    }
-    fn flush(&mut self) -> anyhow::Result<()> {
-        Ok(())
-    }
-    fn remove(&mut self) -> anyhow::Result<()> {
-        self.calls.lock().unwrap().push("remove".into());
-        Ok(())
-    }
-    fn present(&mut self) -> bool {
-        true
     }
 }
 
@@ -198,7 +135,7 @@ impl FakeTable {
 
 struct Rig {
     out: Out,
-    firewall: FakeFirewall,
+    firewall: Fake,
     metrics: Arc<Metrics>,
     clock: Arc<ManualClock>,
 }
@@ -207,7 +144,7 @@ struct Rig {
 fn parts(source: Source, settings: RunSettings) -> (Parts, Rig) {
     let clock = Arc::new(ManualClock::new(chrono::Local::now()));
     let dyn_clock: Arc<dyn Clock> = clock.clone();
-    let firewall = FakeFirewall::default();
+    let firewall = Fake::default();
     let metrics = Metrics::new(source.name(), Some("fake"));
     let installed = Firewall::install(
         Box::new(firewall.clone()),
@@ -292,7 +229,7 @@ async fn what_is_in_flight_is_printed_and_the_firewall_removed_last() {
     want.push("Blocked 192.0.2.56 for 1h via fake".into());
     assert_eq!(rig.out.lines(), want);
     assert_eq!(
-        rig.firewall.calls(),
+        rig.firewall.log(),
         ["install", "block [192.0.2.56]", "remove"],
         "blocked before the objects were removed, removed once"
     );
