@@ -100,106 +100,103 @@ fn lab(row: &Row, tools: &[&str]) -> Option<Lab> {
     Lab::needing(tools, 3)
 }
 
+#[test]
+fn four_ports_from_one_host_is_one_scan_three_is_none() {
+    each_row(|_| true, held_scan);
+}
+
 /// B holds connections to three of A's ports: no scan; C holds four: one
 /// scan line, listing the ports ascending, printed after C's four
 /// connection lines.
+fn held_scan(row: &Row) {
+    let Some(lab) = lab(row, &[]) else { return };
+    let ports = [80, 81, 82, 83];
+    let _server = lab.serve(A, Listen::V4, &ports);
+    let agent = Agent::watching(&lab, row.source);
+
+    // Ports in a scrambled order: the scan line lists them ascending.
+    let three = lab.connect(B, lab.v4(A).into(), &[82, 80, 81], None);
+    let four = lab.connect(C, lab.v4(A).into(), &[83, 81, 80, 82], None);
+
+    let conn_lines = |client: &Client, ports: &[u16]| -> Vec<String> {
+        let dst = |p: u16| at(lab.v4(A), p);
+        let pairs = client.locals.iter().zip(ports);
+        pairs.map(|(l, p)| new_connection(*l, dst(*p))).collect()
+    };
+    let from_b = conn_lines(&three, &[82, 80, 81]);
+    let from_c = conn_lines(&four, &[83, 81, 80, 82]);
+    let scan = port_scan(lab.v4(C).into(), lab.v4(A).into(), &ports);
+    assert!(scan.ends_with("on ports 80,81,82,83"), "{scan}");
+
+    let mut expected = from_b.clone();
+    expected.extend(from_c.iter().cloned());
+    expected.push(scan.clone());
+    let printed = agent.expect_exactly(&expected, row.event, row.quiet);
+
+    // The scan is the consequence of C's fourth connection: it follows them.
+    let scan_at = printed.iter().position(|e| *e == scan).unwrap();
+    for line in &from_c {
+        let conn_at = printed.iter().position(|e| e == line).unwrap();
+        assert!(
+            conn_at < scan_at,
+            "scan printed before '{line}': {printed:#?}"
+        );
+    }
+}
+
 #[test]
-fn four_ports_from_one_host_is_one_scan_three_is_none() {
-    each_row(
-        |_| true,
-        |row| {
-            let Some(lab) = lab(row, &[]) else { return };
-            let ports = [80, 81, 82, 83];
-            let _server = lab.serve(A, Listen::V4, &ports);
-            let agent = Agent::watching(&lab, row.source);
-
-            // Ports in a scrambled order: the scan line lists them ascending.
-            let three = lab.connect(B, lab.v4(A).into(), &[82, 80, 81], None);
-            let four = lab.connect(C, lab.v4(A).into(), &[83, 81, 80, 82], None);
-
-            let conn_lines = |client: &Client, ports: &[u16]| -> Vec<String> {
-                let dst = |p: u16| at(lab.v4(A), p);
-                let pairs = client.locals.iter().zip(ports);
-                pairs.map(|(l, p)| new_connection(*l, dst(*p))).collect()
-            };
-            let from_b = conn_lines(&three, &[82, 80, 81]);
-            let from_c = conn_lines(&four, &[83, 81, 80, 82]);
-            let scan = port_scan(lab.v4(C).into(), lab.v4(A).into(), &ports);
-            assert!(scan.ends_with("on ports 80,81,82,83"), "{scan}");
-
-            let mut expected = from_b.clone();
-            expected.extend(from_c.iter().cloned());
-            expected.push(scan.clone());
-            let printed = agent.expect_exactly(&expected, row.event, row.quiet);
-
-            // The scan is the consequence of C's fourth connection: it follows them.
-            let scan_at = printed.iter().position(|e| *e == scan).unwrap();
-            for line in &from_c {
-                let conn_at = printed.iter().position(|e| e == line).unwrap();
-                assert!(
-                    conn_at < scan_at,
-                    "scan printed before '{line}': {printed:#?}"
-                );
-            }
-        },
-    );
+fn outbound_connections_to_five_ports_are_not_a_scan() {
+    each_row(|_| true, outbound);
 }
 
 /// A's own connections to five ports of B: `A:port -> B:port` once each,
 /// and no scan line (outbound connections never count towards a scan).
+fn outbound(row: &Row) {
+    let Some(lab) = lab(row, &[]) else { return };
+    let ports = [9000, 9001, 9002, 9003, 9004];
+    let _server = lab.serve(B, Listen::V4, &ports);
+    let agent = Agent::watching(&lab, row.source);
+    let client = lab.connect(A, lab.v4(B).into(), &ports, None);
+    let expected: Vec<String> = client
+        .locals
+        .iter()
+        .zip(ports)
+        .map(|(local, port)| {
+            assert_eq!(local.ip(), IpAddr::from(lab.v4(A)));
+            new_connection(*local, at(lab.v4(B), port))
+        })
+        .collect();
+    agent.expect_exactly(&expected, row.event, row.quiet);
+}
+
 #[test]
-fn outbound_connections_to_five_ports_are_not_a_scan() {
-    each_row(
-        |_| true,
-        |row| {
-            let Some(lab) = lab(row, &[]) else { return };
-            let ports = [9000, 9001, 9002, 9003, 9004];
-            let _server = lab.serve(B, Listen::V4, &ports);
-            let agent = Agent::watching(&lab, row.source);
-            let client = lab.connect(A, lab.v4(B).into(), &ports, None);
-            let expected: Vec<String> = client
-                .locals
-                .iter()
-                .zip(ports)
-                .map(|(local, port)| {
-                    assert_eq!(local.ip(), IpAddr::from(lab.v4(A)));
-                    new_connection(*local, at(lab.v4(B), port))
-                })
-                .collect();
-            agent.expect_exactly(&expected, row.event, row.quiet);
-        },
-    );
+fn two_hundred_short_connections_print_two_hundred_lines() {
+    each_row(|row| row.realtime, short_lived);
 }
 
 /// 200 connections from B, each closed at once, 8 ms apart (about 2 s):
 /// every one is printed, once.
-#[test]
-fn two_hundred_short_connections_print_two_hundred_lines() {
-    each_row(
-        |row| row.realtime,
-        |row| {
-            let Some(lab) = lab(row, &[]) else { return };
-            let _server = lab.serve(A, Listen::V4, &[8080]);
-            let agent = Agent::watching(&lab, row.source);
-            let started = Instant::now();
-            let locals = lab.short_lived(B, at(lab.v4(A), 8080), 200, 0.008);
-            let took = started.elapsed();
-            assert_eq!(locals.len(), 200);
-            assert!(
-                took < Duration::from_secs(6),
-                "200 connections took {took:?}"
-            );
-            let expected: Vec<String> = locals
-                .iter()
-                .map(|local| new_connection(*local, at(lab.v4(A), 8080)))
-                .collect();
-            // The client closes first, so its end sits in TIME-WAIT: no 4-tuple
-            // repeats, and 200 distinct lines are expected.
-            let distinct: std::collections::HashSet<&String> = expected.iter().collect();
-            assert_eq!(distinct.len(), 200, "client reused a port");
-            agent.expect_exactly(&expected, row.event, row.quiet);
-        },
+fn short_lived(row: &Row) {
+    let Some(lab) = lab(row, &[]) else { return };
+    let _server = lab.serve(A, Listen::V4, &[8080]);
+    let agent = Agent::watching(&lab, row.source);
+    let started = Instant::now();
+    let locals = lab.short_lived(B, at(lab.v4(A), 8080), 200, 0.008);
+    let took = started.elapsed();
+    assert_eq!(locals.len(), 200);
+    assert!(
+        took < Duration::from_secs(6),
+        "200 connections took {took:?}"
     );
+    let expected: Vec<String> = locals
+        .iter()
+        .map(|local| new_connection(*local, at(lab.v4(A), 8080)))
+        .collect();
+    // The client closes first, so its end sits in TIME-WAIT: no 4-tuple
+    // repeats, and 200 distinct lines are expected.
+    let distinct: std::collections::HashSet<&String> = expected.iter().collect();
+    assert_eq!(distinct.len(), 200, "client reused a port");
+    agent.expect_exactly(&expected, row.event, row.quiet);
 }
 
 test_rows!(nmap_scan_rows {
