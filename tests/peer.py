@@ -17,6 +17,15 @@
         one line on stderr and exit 1.
           --src-port P  bind every connection to local port P (SO_REUSEADDR)
 
+    peer.py attempt [--timeout SECONDS] HOST PORT...
+        One connection attempt to HOST per PORT, in order: prints the local
+        port first, then tries for SECONDS (default 2); refused or timed out is
+        fine (the SYN is the attempt). Exits 0 unless a socket cannot be made.
+
+    peer.py short [--gap SECONDS] HOST PORT COUNT
+        COUNT connections to HOST:PORT, each closed as soon as it is made,
+        SECONDS apart (default 0.01); prints the local `IP PORT` of each.
+
 Output is flushed line by line: the test reads it while the process runs.
 """
 
@@ -85,6 +94,27 @@ def connect(args):
         sock.close()
 
 
+def attempt(args):
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    for port in args.ports:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+        print(sock.getsockname()[1], flush=True)
+        sock.settimeout(args.timeout)
+        try:
+            sock.connect((args.host, port))
+        except OSError:
+            pass
+        sock.close()
+
+
+def short(args):
+    for _ in range(args.count):
+        sock = connect_one(args.host, args.port, None)
+        sock.close()
+        time.sleep(args.gap)
+
+
 def parse(argv):
     parser = argparse.ArgumentParser(prog="peer.py")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -101,16 +131,25 @@ def parse(argv):
     connect_cmd.add_argument("--hold", type=float)
     connect_cmd.add_argument("host", metavar="HOST")
     connect_cmd.add_argument("ports", metavar="PORT", type=int, nargs="+")
+
+    attempt_cmd = commands.add_parser("attempt")
+    attempt_cmd.add_argument("--timeout", type=float, default=2.0)
+    attempt_cmd.add_argument("host", metavar="HOST")
+    attempt_cmd.add_argument("ports", metavar="PORT", type=int, nargs="+")
+
+    short_cmd = commands.add_parser("short")
+    short_cmd.add_argument("--gap", type=float, default=0.01)
+    short_cmd.add_argument("host", metavar="HOST")
+    short_cmd.add_argument("port", metavar="PORT", type=int)
+    short_cmd.add_argument("count", metavar="COUNT", type=int)
     return parser.parse_args(argv)
 
 
 def main(argv):
     args = parse(argv)
     try:
-        if args.command == "serve":
-            serve(args)
-        else:
-            connect(args)
+        commands = {"serve": serve, "connect": connect, "attempt": attempt, "short": short}
+        commands[args.command](args)
     except OSError as e:
         print(f"peer.py {args.command}: {e}", file=sys.stderr, flush=True)
         return 1

@@ -1,47 +1,21 @@
-//! End-to-end tests of the metrics endpoint (SPEC §4): the agent serves on
-//! host A's lab address; curl, promtool and a real Prometheus server (the
-//! Debian package, run inside host A's namespace with a throwaway config and
-//! TSDB) read it.
-//!
-//! Needs root, curl, promtool and prometheus (skips otherwise; fails under
-//! `CI=true`). Run with `cargo test --release --test e2e_metrics`.
+//! The metrics endpoint: the agent serves on host A's lab address; curl,
+//! promtool and a real Prometheus server (the Debian package, run inside a
+//! lab host with a throwaway config and TSDB) read it.
 
-mod common;
-
-use common::*;
+use crate::agent::*;
+use crate::lab::*;
 use std::io::Write;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const EVENT: Duration = Duration::from_secs(5);
-const A: usize = 0;
-const B: usize = 1;
 /// Where Prometheus runs: its own connections to A are all it adds there.
-const P: usize = 2;
+const P: usize = C;
 const PORT: u16 = 9472;
 
-fn have(tool: &str, arg: &str) -> bool {
-    let ok = Command::new(tool)
-        .arg(arg)
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        missing_prerequisite(&format!(
-            "cannot run `{tool}` (scripts/install-deps.sh installs it)"
-        ));
-    }
-    ok
-}
-
 fn lab() -> Option<Lab> {
-    if !have("curl", "--version")
-        || !have("promtool", "--version")
-        || !have("prometheus", "--version")
-    {
-        return None;
-    }
-    Lab::new(3)
+    Lab::needing(&["curl", "promtool", "prometheus"], 3)
 }
 
 fn metrics_addr(lab: &Lab) -> String {
@@ -49,24 +23,7 @@ fn metrics_addr(lab: &Lab) -> String {
 }
 
 fn start(lab: &Lab) -> Agent {
-    let addr = metrics_addr(lab);
-    Agent::start(
-        lab,
-        A,
-        &[
-            "run",
-            "--source",
-            "procfs",
-            "--interval",
-            "1s",
-            "--state",
-            "off",
-            "--block",
-            "none",
-            "--metrics-addr",
-            &addr,
-        ],
-    )
+    Agent::start(lab, A, &Args::run().metrics(metrics_addr(lab)))
 }
 
 /// `curl -sS -D - URL [-H header]` from host B: (response head, body).
@@ -75,13 +32,7 @@ fn curl(lab: &Lab, url: &str, header: Option<&str>) -> (String, String) {
     if let Some(h) = header {
         args.extend(["-H", h]);
     }
-    let out = lab.run(B, "curl", &args);
-    assert!(
-        out.status.success(),
-        "curl {url}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let text = lab.output(B, "curl", &args);
     let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
     (head.to_lowercase(), body.to_string())
 }
@@ -221,15 +172,11 @@ fn a_taken_port_is_retried_while_detection_goes_on() {
 
     let host: IpAddr = lab.v4(A).into();
     let client = lab.connect(B, host, &[80], None);
-    agent.expect_event(&new_connection(client.locals[0], (host, 80).into()), EVENT);
+    agent.expect_event(&new_connection(client.locals[0], at(host, 80)), EVENT);
 
     drop(holder);
     let listening = format!("tcpwatch: metrics on {addr}");
-    assert!(
-        agent.wait_for_stderr(&listening, Duration::from_secs(10)),
-        "{}",
-        agent.stderr()
-    );
+    agent.expect_stderr(&listening, Duration::from_secs(10));
     let before = new_connection_lines(&agent);
     let (head, body) = curl(&lab, &format!("http://{addr}/metrics"), None);
     let after = new_connection_lines(&agent);
@@ -253,25 +200,14 @@ fn a_taken_port_is_retried_while_detection_goes_on() {
 #[test]
 fn an_address_not_on_this_host_is_exit_1_with_one_line() {
     let Some(lab) = lab() else { return };
-    let second = lab.run(
-        A,
-        AGENT,
-        &[
-            "run",
-            "--state",
-            "off",
-            "--block",
-            "none",
-            "--metrics-addr",
-            "192.0.2.1:9472",
-        ],
-    );
-    assert_eq!(second.status.code(), Some(1));
+    let args = Args::run().metrics("192.0.2.1:9472");
+    let finished = Agent::spawn(&lab, A, &args).exit_within(START_TIMEOUT);
+    assert_eq!(finished.status.code(), Some(1));
     assert_eq!(
-        String::from_utf8_lossy(&second.stderr),
+        finished.stderr,
         "tcpwatch: error: metrics address 192.0.2.1:9472: Cannot assign requested address\n"
     );
-    assert!(second.stdout.is_empty());
+    assert!(finished.stdout.is_empty());
 }
 
 /// A real Prometheus on host P scrapes the agent on A every second; its view
@@ -341,8 +277,7 @@ fn prometheus_scrapes_the_number_of_printed_connections() {
     }
     // The scrape was classic text or OpenMetrics, as Prometheus negotiated;
     // either way its target is healthy.
-    let targets = lab.run(P, "curl", &["-sS", "http://127.0.0.1:9090/api/v1/targets"]);
-    let targets = String::from_utf8_lossy(&targets.stdout);
+    let targets = lab.output(P, "curl", &["-sS", "http://127.0.0.1:9090/api/v1/targets"]);
     assert!(targets.contains("\"health\":\"up\""), "{targets}");
     let lab_ip: IpAddr = lab.v4(A).into();
     assert!(targets.contains(&lab_ip.to_string()));

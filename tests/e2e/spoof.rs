@@ -1,26 +1,24 @@
-//! Spoofing resistance on real Linux: a SYN scan whose source address is
-//! forged must never get the host's gateway, the host itself or an
-//! `--allow`ed peer blocked, and `--max-blocks-per-minute` bounds how many
-//! forged addresses a flood of fake scans can get blocked.
+//! Spoofing resistance: a SYN scan whose source address is forged must
+//! never get the host's gateway, the host itself or an `--allow`ed peer
+//! blocked, and `--max-blocks-per-minute` bounds how many forged addresses
+//! a flood of fake scans can get blocked.
 //!
 //! Host A runs the agent (`--source pcap`, which sees half-open SYNs, and
 //! `--block nftables`) with default routes via host R (IPv4 and IPv6); host
 //! S forges SYNs to four closed ports of A with `hping3 -a` (IPv4) and a raw
 //! IPv6 socket (hping3 has no IPv6). Every packet stays on the lab's bridge;
 //! every firewall object is in A's namespace.
-//!
-//! Needs root, hping3, nft and curl (skips otherwise; fails under `CI=true`).
-//! Run with `cargo test --release --test e2e_spoof -- --test-threads=2`.
 
-mod common;
-
-use common::*;
+use crate::agent::*;
+use crate::inspect::{lists, nft_set, sample};
+use crate::lab::*;
 use std::net::IpAddr;
 use std::time::Duration;
 
-const A: usize = 0;
-const R: usize = 1;
-const S: usize = 2;
+/// The gateway.
+const R: usize = B;
+/// The spoofer.
+const S: usize = C;
 const EVENT: Duration = Duration::from_secs(10);
 const PORTS: [u16; 4] = [8001, 8002, 8003, 8004];
 const METRICS: &str = "127.0.0.1:9472";
@@ -52,53 +50,24 @@ for i in range(count):
 /// A three-host lab whose host A routes everything via host R, or `None`
 /// (skipped, or failed under CI) without the tools.
 fn lab() -> Option<Lab> {
-    for (tool, arg) in [
-        ("hping3", "--version"),
-        ("nft", "--version"),
-        ("curl", "--version"),
-    ] {
-        if !require_tool(tool, &[arg]) {
-            return None;
-        }
-    }
-    let lab = Lab::new(3)?;
+    let lab = Lab::needing(&["hping3", "nft", "curl"], 3)?;
     let (gw4, gw6) = (lab.v4(R).to_string(), lab.v6(R).to_string());
-    for args in [
-        vec!["route", "add", "default", "via", &gw4],
-        vec!["-6", "route", "add", "default", "via", &gw6],
-    ] {
-        let out = lab.run(A, "ip", &args);
-        assert!(out.status.success(), "ip {args:?}: {out:?}");
-    }
+    lab.output(A, "ip", &["route", "add", "default", "via", &gw4]);
+    lab.output(A, "ip", &["-6", "route", "add", "default", "via", &gw6]);
     Some(lab)
 }
 
-fn start(lab: &Lab, extra: &[&str]) -> Agent {
-    let mut args = vec![
-        "run",
-        "--source",
-        "pcap",
-        "--interface",
-        "eth0",
-        "--block",
-        "nftables",
-        "--block-ttl",
-        "30s",
-        "--metrics-addr",
-        METRICS,
-        "--state",
-        "off",
-    ];
-    args.extend_from_slice(extra);
-    Agent::start(lab, A, &args)
+/// pcap on A's eth0, blocking with nftables for 30 s, metrics on.
+fn args() -> Args {
+    Args::watching(Source::Pcap)
+        .block("nftables")
+        .block_ttl("30s")
+        .metrics(METRICS)
 }
 
 /// Host S sends one SYN from the forged `src` to each of [`PORTS`] of A.
 fn forge_scan(lab: &Lab, src: IpAddr) {
-    let target = match src {
-        IpAddr::V4(_) => lab.v4(A).to_string(),
-        IpAddr::V6(_) => lab.v6(A).to_string(),
-    };
+    let target = lab.addr_like(A, src).to_string();
     let (src, first, count) = (
         src.to_string(),
         PORTS[0].to_string(),
@@ -133,62 +102,47 @@ fn forge_scan(lab: &Lab, src: IpAddr) {
     );
 }
 
-fn host_of(src: IpAddr, lab: &Lab) -> IpAddr {
-    match src {
-        IpAddr::V4(_) => lab.v4(A).into(),
-        IpAddr::V6(_) => lab.v6(A).into(),
-    }
-}
-
 /// Forges a scan from `src` and waits for the agent's scan line.
 fn scan_from(lab: &Lab, agent: &Agent, src: IpAddr) -> String {
     forge_scan(lab, src);
-    let scan = port_scan(src, host_of(src, lab), &PORTS);
+    let scan = port_scan(src, lab.addr_like(A, src), &PORTS);
     agent.expect_event(&scan, EVENT);
     scan
-}
-
-/// `nft list set inet tcpwatch SET` in A.
-fn nft_set(lab: &Lab, set: &str) -> String {
-    let out = lab.run(A, "nft", &["list", "set", "inet", "tcpwatch", set]);
-    assert!(out.status.success(), "nft list set {set}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Whether `text` lists `ip` as a whole word.
-fn lists(text: &str, ip: IpAddr) -> bool {
-    let ip = ip.to_string();
-    text.split(|c: char| !(c.is_ascii_hexdigit() || c == '.' || c == ':'))
-        .any(|word| word == ip)
 }
 
 /// The value of one series on A's metrics endpoint.
 fn metric(lab: &Lab, series: &str) -> Option<f64> {
     let out = lab.run(A, "curl", &["-sf", &format!("http://{METRICS}/metrics")]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    sample(&String::from_utf8_lossy(&out.stdout), series)
+}
+
+/// `series` on A's metrics endpoint reaches `value` within 5 s.
+fn expect_metric(lab: &Lab, series: &str, value: f64) {
+    assert!(
+        within(Duration::from_secs(5), || metric(lab, series)
+            == Some(value)),
+        "{series} = {:?}",
+        metric(lab, series)
+    );
 }
 
 /// The event texts of `lines` other than `New connection` ones (every
 /// forged SYN is one of those; they are not what is checked here).
 fn decisions(lines: &[String]) -> Vec<String> {
-    lines
-        .iter()
-        .map(|l| event_text(l).unwrap_or_else(|| panic!("not an event line: {l}")))
+    let events = event_texts(lines).into_iter();
+    events
         .filter(|t| !t.starts_with("New connection: "))
-        .map(str::to_string)
         .collect()
 }
 
-fn blocked(ip: IpAddr) -> String {
-    format!("Blocked {ip} for 30s via nftables")
+fn blocked30(ip: IpAddr) -> String {
+    blocked(ip, "30s", "nftables")
 }
 
 #[test]
 fn forged_gateway_own_and_allowed_sources_are_reported_never_blocked() {
     let Some(lab) = lab() else { return };
-    let agent = start(&lab, &["--allow", ALLOWED]);
+    let agent = Agent::start(&lab, A, &args().set("--allow", ALLOWED));
     let ip = |s: &str| s.parse::<IpAddr>().unwrap();
     let protected: [(IpAddr, &str); 4] = [
         (lab.v4(R).into(), "a gateway of this host"),
@@ -204,16 +158,12 @@ fn forged_gateway_own_and_allowed_sources_are_reported_never_blocked() {
     for (src, reason) in protected {
         expected.push(scan_from(&lab, &agent, src));
         let why = format!("tcpwatch: not blocking {src}: {reason}\n");
-        assert!(
-            agent.wait_for_stderr(&why, EVENT),
-            "stderr lacks {why:?}: {}",
-            agent.stderr()
-        );
+        agent.expect_stderr(&why, EVENT);
     }
     for src in controls {
         expected.push(scan_from(&lab, &agent, src));
-        expected.push(blocked(src));
-        agent.expect_event(&blocked(src), EVENT);
+        expected.push(blocked30(src));
+        agent.expect_event(&blocked30(src), EVENT);
     }
 
     let (set4, set6) = (nft_set(&lab, "blocked4"), nft_set(&lab, "blocked6"));
@@ -226,12 +176,7 @@ fn forged_gateway_own_and_allowed_sources_are_reported_never_blocked() {
     assert!(lists(&set4, controls[0]), "{set4}");
     assert!(lists(&set6, controls[1]), "{set6}");
     let skipped = "tcpwatch_blocks_skipped_total{reason=\"allowlist\"}";
-    assert!(
-        within(Duration::from_secs(5), || metric(&lab, skipped)
-            == Some(4.0)),
-        "{skipped} = {:?}",
-        metric(&lab, skipped)
-    );
+    expect_metric(&lab, skipped, 4.0);
 
     let finished = agent.stop();
     assert_eq!(finished.status.code(), Some(0), "{}", finished.stderr);
@@ -242,7 +187,7 @@ fn forged_gateway_own_and_allowed_sources_are_reported_never_blocked() {
 #[test]
 fn the_block_cap_reports_scans_over_it_without_blocking_them() {
     let Some(lab) = lab() else { return };
-    let agent = start(&lab, &["--max-blocks-per-minute", "2"]);
+    let agent = Agent::start(&lab, A, &args().set("--max-blocks-per-minute", 2));
     let sources: Vec<IpAddr> = (31..=34)
         .map(|n| format!("198.51.100.{n}").parse().unwrap())
         .collect();
@@ -250,22 +195,17 @@ fn the_block_cap_reports_scans_over_it_without_blocking_them() {
     for (i, src) in sources.iter().enumerate() {
         expected.push(scan_from(&lab, &agent, *src));
         if i < 2 {
-            agent.expect_event(&blocked(*src), EVENT);
-            expected.push(blocked(*src));
+            agent.expect_event(&blocked30(*src), EVENT);
+            expected.push(blocked30(*src));
         }
     }
     let warning = format!(
         "tcpwatch: warning: block limit of 2 a minute reached; not blocking {} (1 skipped so far)\n",
         sources[2]
     );
-    assert!(agent.wait_for_stderr(&warning, EVENT), "{}", agent.stderr());
+    agent.expect_stderr(&warning, EVENT);
     let skipped = "tcpwatch_blocks_skipped_total{reason=\"rate_limit\"}";
-    assert!(
-        within(Duration::from_secs(5), || metric(&lab, skipped)
-            == Some(2.0)),
-        "{skipped} = {:?}",
-        metric(&lab, skipped)
-    );
+    expect_metric(&lab, skipped, 2.0);
     let set4 = nft_set(&lab, "blocked4");
     for (i, src) in sources.iter().enumerate() {
         assert_eq!(lists(&set4, *src), i < 2, "{src}:\n{set4}");

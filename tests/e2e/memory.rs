@@ -7,19 +7,17 @@
 //! afterwards.
 //!
 //! The flood never leaves the lab: A and B are namespaces on a bridge in a
-//! namespace of its own. Needs root and hping3 (skips otherwise; fails under
-//! `CI=true`). Figures are printed; see them with `--nocapture`.
+//! namespace of its own. It runs alone: no other test shares the CPU with
+//! it. Figures are printed; see them with `--nocapture`.
 
-mod common;
-
-use common::*;
+use crate::agent::*;
+use crate::inspect::sample;
+use crate::lab::*;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const A: usize = 0;
-const B: usize = 1;
 const FLOOD_SECONDS: &str = "30";
 const RSS_LIMIT_KIB: u64 = 64 * 1024;
 const METRICS: &str = "127.0.0.1:9472";
@@ -34,52 +32,33 @@ struct Tally {
 
 /// `VmHWM` and `VmRSS` of `pid`, in KiB.
 fn memory(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let status = crate::inspect::proc_status(pid);
     let field = |name: &str| -> u64 {
         status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next())
+            .get(name)
+            .and_then(|value| value.split_whitespace().next())
             .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in {status}"))
+            .unwrap_or_else(|| panic!("no {name} in {status:?}"))
     };
-    (field("VmHWM:"), field("VmRSS:"))
+    (field("VmHWM"), field("VmRSS"))
 }
 
 fn metric(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no {series} in\n{text}")) as u64
+    sample(text, series).unwrap_or_else(|| panic!("no {series} in\n{text}")) as u64
 }
 
 #[test]
 fn spoofed_syn_flood_keeps_rss_bounded_and_the_agent_responsive() {
-    if !require_tool("hping3", &["--version"]) || !require_tool("curl", &["--version"]) {
+    let Some(lab) = Lab::alone(&["hping3", "curl"], 2) else {
         return;
-    }
-    let Some(lab) = Lab::new(2) else { return };
+    };
     let _server = lab.serve(A, Listen::V4, &[8080]);
     let (a, b) = (lab.v4(A), lab.v4(B));
 
+    let args = Args::watching(Source::Pcap).metrics(METRICS).argv();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut agent = lab
-        .command(
-            A,
-            AGENT,
-            &[
-                "run",
-                "--source",
-                "pcap",
-                "--interface",
-                "eth0",
-                "--block",
-                "none",
-                "--metrics-addr",
-                METRICS,
-                "--state",
-                "off",
-            ],
-        )
+        .command(A, AGENT, &args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -160,7 +139,7 @@ fn spoofed_syn_flood_keeps_rss_bounded_and_the_agent_responsive() {
 
     // Still alive and working: a real connection is reported.
     let client = lab.connect(B, a.into(), &[8080], None);
-    let expected = new_connection(client.locals[0], std::net::SocketAddr::new(a.into(), 8080));
+    let expected = new_connection(client.locals[0], at(a, 8080));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let found = tally
@@ -181,9 +160,8 @@ fn spoofed_syn_flood_keeps_rss_bounded_and_the_agent_responsive() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    let scraped = lab.run(A, "curl", &["-sf", &format!("http://{METRICS}/metrics")]);
-    assert!(scraped.status.success(), "metrics scrape failed");
-    let text = String::from_utf8_lossy(&scraped.stdout);
+    let (code, text) = lab.http_get(A, &format!("http://{METRICS}/metrics"));
+    assert_eq!(code, 200, "metrics scrape failed");
     let evicted_pairs = metric(&text, "tcpwatch_evictions_total{table=\"scan_sources\"}");
     let evicted_attempts = metric(&text, "tcpwatch_evictions_total{table=\"attempts\"}");
     let lost = metric(&text, "tcpwatch_events_lost_total{source=\"pcap\"}");

@@ -1,35 +1,19 @@
-//! End-to-end tests of `tcpwatch replay` against real traffic: a capture of
-//! a real `nmap -sS` scan recorded with tcpdump in the target's namespace,
-//! and /proc/net/tcp{,6} snapshots of a lab host compared with what the
-//! live agent printed for the same connections.
-//!
-//! Needs root, nmap and tcpdump (skips otherwise; fails under `CI=true`).
+//! `tcpwatch replay` against real traffic: a capture of a real `nmap -sS`
+//! scan recorded with tcpdump in the target's namespace, and
+//! /proc/net/tcp{,6} snapshots of a lab host compared with what the live
+//! agent printed for the same connections.
 
-mod common;
-
-use common::*;
+use crate::agent::*;
+use crate::lab::*;
 use regex::Regex;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-const A: usize = 0;
-const B: usize = 1;
-
 /// A two-host lab, when root and the tools the tests drive are present.
 fn lab() -> Option<Lab> {
-    for (tool, flag) in [("nmap", "--version"), ("tcpdump", "--version")] {
-        let found = Command::new(tool)
-            .arg(flag)
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            missing_prerequisite(&format!("cannot run `{tool}`"));
-            return None;
-        }
-    }
-    Lab::new(2)
+    Lab::needing(&["nmap", "tcpdump"], 2)
 }
 
 /// `tcpwatch replay ARGS...`: exit 0 and stdout, or a panic with stderr.
@@ -46,14 +30,8 @@ fn replay(args: &[&str]) -> String {
 }
 
 fn events(stdout: &str) -> Vec<String> {
-    stdout
-        .lines()
-        .map(|l| {
-            event_text(l)
-                .unwrap_or_else(|| panic!("line without timestamp: '{l}'"))
-                .to_string()
-        })
-        .collect()
+    let lines: Vec<String> = stdout.lines().map(str::to_string).collect();
+    event_texts(&lines)
 }
 
 /// Records host A's eth0 while B runs `nmap -sS` on A's ports 20-30.
@@ -73,15 +51,10 @@ fn record_syn_scan(lab: &Lab, pcap: &Path) {
         tcpdump.stderr()
     );
     let target = lab.v4(A).to_string();
-    let nmap = lab.run(
+    lab.output(
         B,
         "nmap",
         &["-n", "-Pn", "-T4", "-sS", "-p", "20-30", &target],
-    );
-    assert!(
-        nmap.status.success(),
-        "nmap failed: {}",
-        String::from_utf8_lossy(&nmap.stderr)
     );
     std::thread::sleep(Duration::from_millis(300));
     tcpdump.signal("INT");
@@ -179,10 +152,9 @@ fn snapshot(lab: &Lab, dir: &Path, name: &str) -> Vec<PathBuf> {
     ["tcp", "tcp6"]
         .iter()
         .map(|table| {
-            let out = lab.run(A, "cat", &[&format!("/proc/net/{table}")]);
-            assert!(out.status.success());
+            let text = lab.output(A, "cat", &[&format!("/proc/net/{table}")]);
             let path = dir.join(format!("{name}.{table}"));
-            std::fs::write(&path, &out.stdout).unwrap();
+            std::fs::write(&path, text).unwrap();
             path
         })
         .collect()
@@ -194,7 +166,7 @@ fn replay_of_snapshots_reproduces_the_live_agents_lines() {
     let dir = tempfile::tempdir().unwrap();
     let _servers = lab.serve(A, Listen::Dual, &[8080, 8081, 8082, 8083]);
     let _remote = lab.serve(B, Listen::V4, &[7000]);
-    let agent = Agent::start(&lab, A, CORE_ARGS);
+    let agent = Agent::start(&lab, A, &Args::run());
     let mut files = snapshot(&lab, dir.path(), "s0");
     let (a4, b4): (IpAddr, IpAddr) = (lab.v4(A).into(), lab.v4(B).into());
     let a6: IpAddr = lab.v6(A).into();
@@ -213,7 +185,7 @@ fn replay_of_snapshots_reproduces_the_live_agents_lines() {
     for (n, (from, to, ports)) in steps.into_iter().enumerate() {
         let client = lab.connect(from, to, ports, None);
         for (local, port) in client.locals.iter().zip(ports) {
-            let event = new_connection(*local, std::net::SocketAddr::new(to, *port));
+            let event = new_connection(*local, at(to, *port));
             agent.expect_event(&event, Duration::from_secs(5));
             expected.push(event);
         }

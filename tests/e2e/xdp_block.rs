@@ -1,7 +1,6 @@
-//! End-to-end tests of `--block xdp` (SPEC §5) on real Linux: the agent runs
-//! in host A of a [`Lab`] with its XDP program on A's `eth0` veth; host B
-//! scans, host C is a bystander. A dropped SYN is seen three ways: the
-//! scanner's connection attempt times out, A's
+//! `--block xdp`: the agent runs in host A with its XDP program on A's
+//! `eth0` veth; host B scans, host C is a bystander. A dropped SYN is seen
+//! three ways: the scanner's connection attempt times out, A's
 //! `tcpwatch_xdp_dropped_packets_total` rises, and a bystander still
 //! connects.
 //!
@@ -9,21 +8,15 @@
 //! the agent mounts one there for its pins, so `tcpwatch blocks` runs in the
 //! agent's own mount namespace (`nsenter -t PID -m -n`). The restart case
 //! keeps one mount namespace alive across two agents with a holder process.
-//!
-//! Needs root, nmap, nsenter and a binary built with clang (skips otherwise;
-//! fails under `CI=true`). Run with
-//! `cargo test --release --test e2e_xdp_block -- --test-threads=2`.
 
-mod common;
-
-use common::*;
+use crate::agent::*;
+use crate::inspect::sample;
+use crate::lab::*;
+use crate::prereq::require_xdp_program;
+use crate::proc::{nsenter, stdout_of, Proc};
 use std::net::IpAddr;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const A: usize = 0;
-const B: usize = 1;
-const C: usize = 2;
 const EVENT: Duration = Duration::from_secs(5);
 const PORTS: [u16; 4] = [8001, 8002, 8003, 8004];
 /// A port the scan does not touch, used to probe whether SYNs get through.
@@ -31,66 +24,41 @@ const PROBE: u16 = 9000;
 const METRICS_PORT: u16 = 9472;
 
 fn lab() -> Option<Lab> {
-    if !tcpwatch::bpf::xdp::built() {
-        missing_prerequisite("the XDP program was not built (clang missing at build time)");
+    if !require_xdp_program() {
         return None;
     }
-    for (tool, arg) in [("nmap", "--version"), ("nsenter", "--version")] {
-        if !require_tool(tool, &[arg]) {
-            return None;
-        }
-    }
-    Lab::new(3)
+    Lab::needing(&["nmap", "nsenter", "curl"], 3)
 }
 
-fn agent_args(lab: &Lab, source: &str, ttl: &str, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "run",
-        "--source",
-        source,
-        "--interval",
-        "1s",
-        "--interface",
-        "eth0",
-        "--state",
-        "off",
-        "--block",
-        "xdp",
-        "--block-ttl",
-        ttl,
-        "--metrics-addr",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.push(format!("{}:{METRICS_PORT}", lab.v4(A)));
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
+/// `source` on A's eth0, blocking with XDP for `ttl`, metrics on A's lab
+/// address.
+fn args(lab: &Lab, source: Source, ttl: &str) -> Args {
+    Args::run()
+        .source(source)
+        .interface("eth0")
+        .block("xdp")
+        .block_ttl(ttl)
+        .metrics(format!("{}:{METRICS_PORT}", lab.v4(A)))
 }
 
-fn start(lab: &Lab, source: &str, ttl: &str, extra: &[&str]) -> Agent {
-    let args = agent_args(lab, source, ttl, extra);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Agent::start(lab, A, &args)
+/// A's servers on [`PORTS`] and [`PROBE`].
+fn serve(lab: &Lab, mode: Listen) -> Proc {
+    let mut ports = PORTS.to_vec();
+    ports.push(PROBE);
+    lab.serve(A, mode, &ports)
+}
+
+/// [`serve`], then the agent with `args`.
+fn start(lab: &Lab, mode: Listen, args: &Args) -> (Proc, Agent) {
+    (serve(lab, mode), Agent::start(lab, A, args))
 }
 
 /// A's `/metrics`, fetched from inside A.
 fn metrics(lab: &Lab) -> String {
     let url = format!("http://{}:{METRICS_PORT}/metrics", lab.v4(A));
-    let script = "import sys,urllib.request\nprint(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode())";
-    let out = lab.run(A, "python3", &["-c", script, &url]);
-    assert!(
-        out.status.success(),
-        "cannot fetch {url}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The value of one sample, `name{labels}`, in a text exposition.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+    let (code, body) = lab.http_get(A, &url);
+    assert_eq!(code, 200, "cannot fetch {url}: {body}");
+    body
 }
 
 fn dropped(lab: &Lab, family: &str) -> f64 {
@@ -99,47 +67,19 @@ fn dropped(lab: &Lab, family: &str) -> f64 {
 }
 
 /// `tcpwatch blocks ARGS` in the agent's network and mount namespaces
-/// (where its pins are).
-fn blocks(pid: u32, args: &[&str]) -> std::process::Output {
-    Command::new("nsenter")
-        .args(["-t", &pid.to_string(), "-m", "-n", "--", AGENT, "blocks"])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("nsenter")
-}
-
-fn blocks_ok(pid: u32, args: &[&str]) -> String {
-    let out = blocks(pid, args);
-    assert!(
-        out.status.success(),
-        "tcpwatch blocks {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The `prog/xdp` lines of `ip -d link show eth0` in A.
-fn xdp_attached(lab: &Lab) -> Vec<String> {
-    let out = Command::new("ip")
-        .args(["-n", lab.ns(A), "-d", "link", "show", "eth0"])
-        .output()
-        .expect("ip link show");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.trim().to_string())
-        .filter(|l| l.starts_with("prog/xdp"))
-        .collect()
+/// (where its pins are); must succeed.
+fn blocks(pid: u32, args: &[&str]) -> String {
+    let argv = [&[AGENT, "blocks"], args].concat();
+    stdout_of(
+        nsenter(pid, &["-m", "-n"], &argv),
+        &format!("tcpwatch blocks {args:?}"),
+    )
 }
 
 /// Starts an nmap connect scan of A's `PORTS` from B; returns it with the
 /// scanner's and the target's addresses.
 fn connect_scan(lab: &Lab, v6: bool) -> (Proc, IpAddr, IpAddr) {
-    let (scanner, host): (IpAddr, IpAddr) = if v6 {
-        (lab.v6(B).into(), lab.v6(A).into())
-    } else {
-        (lab.v4(B).into(), lab.v4(A).into())
-    };
+    let (scanner, host) = (lab.addr(B, v6), lab.addr(A, v6));
     let ports = PORTS.map(|p| p.to_string()).join(",");
     let target = host.to_string();
     let mut args = vec!["-n", "-Pn", "-sT", "-T4", "-p", &ports];
@@ -151,18 +91,18 @@ fn connect_scan(lab: &Lab, v6: bool) -> (Proc, IpAddr, IpAddr) {
 }
 
 /// [`connect_scan`], then waits for the scan line and the Blocked line
-/// right after it.
+/// after it.
 fn scan_and_expect_block(lab: &Lab, agent: &Agent, v6: bool, ttl: &str) -> IpAddr {
     let (nmap, scanner, host) = connect_scan(lab, v6);
     agent.expect_event(&port_scan(scanner, host, &PORTS), EVENT);
-    agent.expect_event(&format!("Blocked {scanner} for {ttl} via xdp"), EVENT);
+    agent.expect_event(&blocked(scanner, ttl, "xdp"), EVENT);
     let _ = nmap.finish(Duration::from_secs(30));
     scanner
 }
 
 /// Checks the scanner's SYNs are dropped at XDP: its attempt times out and
 /// the drop counter of its family rises (read within 3 s: it is copied
-/// from the kernel every second).
+/// from the kernel every second); a bystander still connects.
 fn assert_dropped(lab: &Lab, scanner: IpAddr, host: IpAddr) {
     let family = if scanner.is_ipv4() { "ipv4" } else { "ipv6" };
     let before = dropped(lab, family);
@@ -174,6 +114,8 @@ fn assert_dropped(lab: &Lab, scanner: IpAddr, host: IpAddr) {
         within(Duration::from_secs(3), || dropped(lab, family) > before),
         "tcpwatch_xdp_dropped_packets_total{{family=\"{family}\"}} stayed at {before}"
     );
+    lab.try_connect(C, host, PROBE)
+        .expect("a bystander is blocked too");
 }
 
 fn assert_clean_stop(lab: &Lab, agent: Agent) {
@@ -185,27 +127,22 @@ fn assert_clean_stop(lab: &Lab, agent: Agent) {
         .collect();
     assert!(unexpected.is_empty(), "stderr: {}", finished.stderr);
     assert!(
-        xdp_attached(lab).is_empty(),
+        lab.xdp_programs(A).is_empty(),
         "a program is left on eth0: {:?}",
-        xdp_attached(lab)
+        lab.xdp_programs(A)
     );
 }
 
 #[test]
 fn xdp_source_blocks_a_v4_scanner_until_its_ttl_and_nobody_else() {
     let Some(lab) = lab() else { return };
-    let mut ports = PORTS.to_vec();
-    ports.push(PROBE);
-    let _server = lab.serve(A, Listen::Dual, &ports);
-    let agent = start(&lab, "xdp", "3s", &[]);
+    let (_server, agent) = start(&lab, Listen::Dual, &args(&lab, Source::Xdp, "3s"));
     let host: IpAddr = lab.v4(A).into();
-    assert_eq!(xdp_attached(&lab).len(), 1, "{:?}", xdp_attached(&lab));
+    assert_eq!(lab.xdp_programs(A).len(), 1, "{:?}", lab.xdp_programs(A));
 
     let scanner = scan_and_expect_block(&lab, &agent, false, "3s");
     let blocked_at = Instant::now();
     assert_dropped(&lab, scanner, host);
-    lab.try_connect(C, host, PROBE)
-        .expect("a bystander is blocked too");
     let text = metrics(&lab);
     assert_eq!(
         sample(&text, "tcpwatch_blocks_total{backend=\"xdp\"}"),
@@ -236,21 +173,16 @@ fn xdp_source_blocks_a_v4_scanner_until_its_ttl_and_nobody_else() {
 #[test]
 fn ipv6_scanner_is_blocked_listed_and_removed() {
     let Some(lab) = lab() else { return };
-    let mut ports = PORTS.to_vec();
-    ports.push(PROBE);
-    let _server = lab.serve(A, Listen::Dual, &ports);
-    let agent = start(&lab, "xdp", "1h", &[]);
+    let (_server, agent) = start(&lab, Listen::Dual, &args(&lab, Source::Xdp, "1h"));
     let host: IpAddr = lab.v6(A).into();
 
     let scanner = scan_and_expect_block(&lab, &agent, true, "1h");
     assert_dropped(&lab, scanner, host);
-    lab.try_connect(C, host, PROBE)
-        .expect("a bystander is blocked too");
     // IPv4 from the same host is another address: not blocked.
     lab.try_connect(B, lab.v4(A).into(), PROBE)
         .expect("B's IPv4 address is not blocked");
 
-    let listed = blocks_ok(agent.pid(), &["list"]);
+    let listed = blocks(agent.pid(), &["list"]);
     assert!(
         listed.starts_with(&format!("{scanner} expires in "))
             && listed.trim_end().ends_with("via xdp"),
@@ -264,24 +196,22 @@ fn ipv6_scanner_is_blocked_listed_and_removed() {
         .parse()
         .unwrap();
     assert!((3590..=3600).contains(&secs), "{listed}");
-    let removed = blocks_ok(agent.pid(), &["remove", &scanner.to_string()]);
+    let removed = blocks(agent.pid(), &["remove", &scanner.to_string()]);
     assert_eq!(removed.trim(), format!("Unblocked {scanner} via xdp"));
     // Idempotent.
-    blocks_ok(agent.pid(), &["remove", &scanner.to_string()]);
+    blocks(agent.pid(), &["remove", &scanner.to_string()]);
     lab.try_connect(B, host, PROBE)
         .expect("the unblocked scanner connects again");
-    assert_eq!(blocks_ok(agent.pid(), &["list"]), "");
+    assert_eq!(blocks(agent.pid(), &["list"]), "");
     assert_clean_stop(&lab, agent);
 }
 
 #[test]
 fn an_allowlisted_scanner_is_reported_but_never_blocked() {
     let Some(lab) = lab() else { return };
-    let mut ports = PORTS.to_vec();
-    ports.push(PROBE);
-    let _server = lab.serve(A, Listen::V4, &ports);
     let allow = format!("{}/32", lab.v4(B));
-    let agent = start(&lab, "xdp", "1h", &["--allow", &allow]);
+    let args = args(&lab, Source::Xdp, "1h").set("--allow", &allow);
+    let (_server, agent) = start(&lab, Listen::V4, &args);
     let (nmap, scanner, host) = connect_scan(&lab, false);
     agent.expect_event(&port_scan(scanner, host, &PORTS), EVENT);
     let _ = nmap.finish(Duration::from_secs(30));
@@ -297,16 +227,13 @@ fn an_allowlisted_scanner_is_reported_but_never_blocked() {
     assert!(agent.stderr().contains(&format!("not blocking {scanner}")));
     let finished = agent.stop();
     assert_eq!(finished.status.code(), Some(0), "{}", finished.stderr);
-    assert!(xdp_attached(&lab).is_empty());
+    assert!(lab.xdp_programs(A).is_empty());
 }
 
 #[test]
 fn procfs_source_blocks_with_xdp_only() {
     let Some(lab) = lab() else { return };
-    let mut ports = PORTS.to_vec();
-    ports.push(PROBE);
-    let _server = lab.serve(A, Listen::V4, &ports);
-    let agent = start(&lab, "procfs", "1h", &[]);
+    let (_server, agent) = start(&lab, Listen::V4, &args(&lab, Source::Procfs, "1h"));
     assert!(
         agent.stderr().contains("tcpwatch: xdp: blocking on eth0"),
         "{}",
@@ -316,13 +243,11 @@ fn procfs_source_blocks_with_xdp_only() {
     // procfs sees connections that stay open: hold four.
     let _scan = lab.connect(B, host, &PORTS, None);
     agent.expect_event(&port_scan(scanner, host, &PORTS), EVENT);
-    agent.expect_event(&format!("Blocked {scanner} for 1h via xdp"), EVENT);
+    agent.expect_event(&blocked(scanner, "1h", "xdp"), EVENT);
     assert_dropped(&lab, scanner, host);
-    lab.try_connect(C, host, PROBE)
-        .expect("a bystander is blocked too");
     // The program only blocks here: nothing is reported from XDP.
     assert!(!agent.stdout_lines().iter().any(|l| l.contains(":9000")));
-    let flushed = blocks_ok(agent.pid(), &["flush"]);
+    let flushed = blocks(agent.pid(), &["flush"]);
     assert_eq!(flushed.trim(), "Flushed all blocks via xdp");
     lab.try_connect(B, host, PROBE)
         .expect("flushed scanner connects again");
@@ -332,9 +257,7 @@ fn procfs_source_blocks_with_xdp_only() {
 #[test]
 fn after_kill_9_the_next_agent_replaces_stale_pins_and_blocks() {
     let Some(lab) = lab() else { return };
-    let mut ports = PORTS.to_vec();
-    ports.push(PROBE);
-    let _server = lab.serve(A, Listen::V4, &ports);
+    let _server = serve(&lab, Listen::V4);
     // One mount namespace with a BPF filesystem outlives both agents.
     let holder = lab.spawn(
         A,
@@ -349,22 +272,15 @@ fn after_kill_9_the_next_agent_replaces_stale_pins_and_blocks() {
         "{}",
         holder.stderr()
     );
-    let in_holder = |program: &str, args: &[String]| {
-        let mut command = Command::new("nsenter");
-        command
-            .args(["-t", &holder.pid().to_string(), "-m", "-n", "--", program])
-            .args(args);
-        command
-    };
-    let args = agent_args(&lab, "xdp", "1h", &[]);
-    let first = Proc::start("first agent", in_holder(AGENT, &args));
-    assert!(
-        first.wait_for_stderr(READY, START_TIMEOUT),
-        "{}",
-        first.stderr()
-    );
+    let in_holder = |argv: &[&str]| nsenter(holder.pid(), &["-m", "-n"], argv);
+    let argv = args(&lab, Source::Xdp, "1h").argv();
+    let argv: Vec<&str> = std::iter::once(AGENT)
+        .chain(argv.iter().map(String::as_str))
+        .collect();
+    let agent = |label: &str| Agent::of(Proc::start(label, in_holder(&argv))).ready();
+    let first = agent("first agent");
     let pins = || {
-        let out = in_holder("ls", &["/sys/fs/bpf/tcpwatch".to_string()])
+        let out = in_holder(&["ls", "/sys/fs/bpf/tcpwatch"])
             .output()
             .expect("ls");
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -373,19 +289,13 @@ fn after_kill_9_the_next_agent_replaces_stale_pins_and_blocks() {
         within(Duration::from_secs(3), || pins().contains("blocked4")),
         "no pins"
     );
-    first.signal("KILL");
-    let _ = first.finish(Duration::from_secs(5));
+    first.kill();
     assert!(
         pins().contains("blocked4"),
         "kill -9 left no pins to reconcile"
     );
 
-    let second = Proc::start("second agent", in_holder(AGENT, &args));
-    assert!(
-        second.wait_for_stderr(READY, START_TIMEOUT),
-        "{}",
-        second.stderr()
-    );
+    let second = agent("second agent");
     assert!(
         within(Duration::from_secs(3), || second
             .stderr()
@@ -394,32 +304,20 @@ fn after_kill_9_the_next_agent_replaces_stale_pins_and_blocks() {
         second.stderr()
     );
     let (nmap, scanner, host) = connect_scan(&lab, false);
-    let blocked = format!("Blocked {scanner} for 1h via xdp");
-    assert!(
-        second
-            .wait_for(|l| event_text(l) == Some(blocked.as_str()), EVENT)
-            .is_some(),
-        "{:#?} {}",
-        second.stdout_lines(),
-        second.stderr()
-    );
+    second.expect_event(&blocked(scanner, "1h", "xdp"), EVENT);
     let _ = nmap.finish(Duration::from_secs(30));
     assert_dropped(&lab, scanner, host);
-    let listed = String::from_utf8_lossy(
-        &in_holder(AGENT, &["blocks".to_string(), "list".to_string()])
-            .output()
-            .expect("blocks list")
-            .stdout,
-    )
-    .into_owned();
+    let listed = in_holder(&[AGENT, "blocks", "list"])
+        .output()
+        .expect("blocks list");
+    let listed = String::from_utf8_lossy(&listed.stdout);
     assert!(
         listed.contains(&format!("{scanner} expires in")),
         "{listed}"
     );
 
-    second.signal("TERM");
-    let finished = second.finish(Duration::from_secs(5));
+    let finished = second.stop();
     assert_eq!(finished.status.code(), Some(0), "{}", finished.stderr);
     assert_eq!(pins(), "", "pins left after SIGTERM");
-    assert!(xdp_attached(&lab).is_empty());
+    assert!(lab.xdp_programs(A).is_empty());
 }

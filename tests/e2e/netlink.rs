@@ -2,28 +2,17 @@
 //! both, in a namespace holding thousands of connections (IPv4 and IPv6,
 //! inbound and outbound), prints the same rows.
 
-mod common;
-
-use common::*;
+use crate::agent::AGENT;
+use crate::lab::*;
 use std::net::IpAddr;
 
-const A: usize = 0;
-const B: usize = 1;
 /// Connections each way per family: 4 x 600 = 2,400 connections, 2,400
 /// sockets on A (its end of each), plus the listeners.
 const PER_KIND: usize = 600;
 
 fn list(lab: &Lab, source: &str) -> Vec<String> {
-    let out = lab.run(A, AGENT, &["list", "--source", source]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
+    let out = lab.output(A, AGENT, &["list", "--source", source]);
+    out.lines().map(str::to_string).collect()
 }
 
 #[test]

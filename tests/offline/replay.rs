@@ -1,32 +1,19 @@
 //! `tcpwatch replay` through the real binary: exit codes, one-line errors,
 //! the real kernel format, determinism. No root needed; captures of real
-//! scans are replayed in `e2e_replay.rs`.
+//! scans are replayed in the e2e binary (`replay.rs` there).
 
-use std::process::{Command, Output, Stdio};
+use crate::{one_line_error, tcpwatch, text};
+use std::process::Output;
 
-const AGENT: &str = env!("CARGO_BIN_EXE_tcpwatch");
-
+/// `tcpwatch replay ARGS...`.
 fn replay(args: &[&str]) -> Output {
-    Command::new(AGENT)
-        .arg("replay")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("cannot run tcpwatch")
+    tcpwatch(&[&["replay"], args].concat())
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Exit 2, nothing on stdout, exactly one line on stderr; returns it.
+/// `tcpwatch replay ARGS...` must be an input error: exit 2, nothing on
+/// stdout, exactly one line on stderr; returns it.
 fn input_error(args: &[&str]) -> String {
-    let out = replay(args);
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
-    assert!(out.stdout.is_empty(), "stdout: {}", text(&out.stdout));
-    assert_eq!(stderr.lines().count(), 1, "not one line: {stderr:?}");
-    stderr.trim_end().to_string()
+    one_line_error(&[&["replay"], args].concat())
 }
 
 const HEADER: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";

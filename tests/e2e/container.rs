@@ -1,5 +1,5 @@
 //! The container image watches its host: built with `scripts/image.sh` (what
-//! `make image` runs), started with the README's `docker run` command, it
+//! `make image` runs), started with the `docker run` command of docs/deployment/container.md, it
 //! reports a connection made on the host, blocks a scanner in the host's
 //! nftables ruleset, and removes its table when the container stops. It does
 //! so as the image's unprivileged user (uid 10001), holding only
@@ -9,11 +9,13 @@
 //! Unlike the other suites this one touches the root namespace, as a
 //! container watching its host must: a veth to a scanner namespace
 //! (10.251.x.0/24), servers on high ports, and the agent's own
-//! `inet tcpwatch` table, all removed at the end.
+//! `inet tcpwatch` table, all removed at the end. It runs alone.
 
-mod common;
-
-use common::*;
+use crate::agent::*;
+use crate::inspect::proc_status;
+use crate::lab::{parse_local, Turn, HELPER_TIMEOUT, PEER};
+use crate::prereq::{missing_prerequisite, require_root, require_tools};
+use crate::proc::Proc;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -57,22 +59,23 @@ impl Scanner {
             addr: Ipv4Addr::new(10, 251, net, 2),
         };
         let (ns, link) = (scanner.ns.as_str(), scanner.link.as_str());
-        must("ip", &["netns", "add", ns]);
-        must(
-            "ip",
+        let (host, addr) = (
+            format!("{}/24", scanner.host),
+            format!("{}/24", scanner.addr),
+        );
+        for args in [
+            &["netns", "add", ns][..],
             &[
                 "link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", ns,
             ],
-        );
-        must(
-            "ip",
-            &["addr", "add", &format!("{}/24", scanner.host), "dev", link],
-        );
-        must("ip", &["link", "set", link, "up"]);
-        let addr = format!("{}/24", scanner.addr);
-        must("ip", &["-n", ns, "addr", "add", &addr, "dev", "eth0"]);
-        must("ip", &["-n", ns, "link", "set", "eth0", "up"]);
-        must("ip", &["-n", ns, "link", "set", "lo", "up"]);
+            &["addr", "add", &host, "dev", link],
+            &["link", "set", link, "up"],
+            &["-n", ns, "addr", "add", &addr, "dev", "eth0"],
+            &["-n", ns, "link", "set", "eth0", "up"],
+            &["-n", ns, "link", "set", "lo", "up"],
+        ] {
+            must("ip", args);
+        }
         scanner
     }
 }
@@ -93,40 +96,38 @@ impl Drop for Container {
     }
 }
 
-/// The README's command (host network, least capabilities, read-only root,
-/// state on a volume), with test-sized settings after the image name.
+/// The command of docs/deployment/container.md (host network, least capabilities, read-only root,
+/// state on a volume), with test-sized settings after the image name: the
+/// image's own source, blocking and state file.
 fn docker_run(name: &str, state: &str, metrics: &str) -> Container {
     let volume = format!("{state}:/var/lib/tcpwatch");
-    must(
-        "docker",
-        &[
-            "run",
-            "-d",
-            "--name",
-            name,
-            "--network",
-            "host",
-            "--cap-drop",
-            "ALL",
-            "--cap-add",
-            "NET_ADMIN",
-            "--cap-add",
-            "NET_RAW",
-            "--read-only",
-            "--tmpfs",
-            "/run",
-            "-v",
-            &volume,
-            IMAGE,
-            "run",
-            "--interval",
-            "1s",
-            "--block-ttl",
-            "30s",
-            "--metrics-addr",
-            metrics,
-        ],
-    );
+    let args = Args::bare()
+        .interval("1s")
+        .block_ttl("30s")
+        .metrics(metrics)
+        .argv();
+    let mut docker = vec![
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        "host",
+        "--cap-drop",
+        "ALL",
+        "--cap-add",
+        "NET_ADMIN",
+        "--cap-add",
+        "NET_RAW",
+        "--read-only",
+        "--tmpfs",
+        "/run",
+        "-v",
+        &volume,
+        IMAGE,
+    ];
+    docker.extend(args.iter().map(String::as_str));
+    must("docker", &docker);
     Container(name.to_string())
 }
 
@@ -138,24 +139,10 @@ const NET_ADMIN: &str = "0000000000001000";
 /// CAP_NET_ADMIN and CAP_NET_RAW (13): what `docker run` gives.
 const GIVEN: &str = "0000000000003000";
 
-/// The `Name:` fields of /proc/PID/status, values whitespace-joined.
-fn status(pid: &str) -> std::collections::HashMap<String, String> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    text.lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| {
-            (
-                k.to_string(),
-                v.split_whitespace().collect::<Vec<_>>().join(" "),
-            )
-        })
-        .collect()
-}
-
 /// The agent runs as the image's user with nothing but CAP_NET_ADMIN.
 fn assert_least_privilege(container: &str) {
     let pid = must("docker", &["inspect", "-f", "{{.State.Pid}}", container]);
-    let status = status(pid.trim());
+    let status = proc_status(pid.trim().parse().expect("a pid"));
     let uid = [AGENT_UID; 4].join(" ");
     let want = [
         ("Uid", uid.as_str()),
@@ -182,17 +169,26 @@ fn tcpwatch_table_exists() -> bool {
         .any(|l| l.contains("tcpwatch"))
 }
 
-fn python_peer(args: &[&str]) -> Command {
-    let mut command = Command::new("python3");
-    command.arg("-u").arg(PEER).args(args);
-    command
+/// `peer.py ARGS` in the root namespace, or in `ns`.
+fn peer(label: &str, ns: Option<&str>, args: &[&str]) -> Proc {
+    let mut command = match ns {
+        Some(ns) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", ns, "python3"]);
+            command
+        }
+        None => Command::new("python3"),
+    };
+    command.args(["-u", PEER]).args(args);
+    Proc::start(label, command)
 }
 
 #[test]
 fn container_reports_host_connections_and_blocks_on_the_host_firewall() {
-    if !require_root() || !require_tool("nft", &["--version"]) {
+    if !require_root() || !require_tools(&["nft"]) {
         return;
     }
+    let _alone = Turn::alone();
     let built = run("scripts/image.sh", &[AGENT, IMAGE]);
     if !built.status.success() {
         missing_prerequisite(&format!(
@@ -214,7 +210,7 @@ fn container_reports_host_connections_and_blocks_on_the_host_firewall() {
         .collect();
     let mut serve_args = vec!["serve", "--v4"];
     serve_args.extend(port_args.iter().map(String::as_str));
-    let servers = Proc::start("servers", python_peer(&serve_args));
+    let servers = peer("servers", None, &serve_args);
     assert!(
         servers.wait_for(|l| l == "ready", HELPER_TIMEOUT).is_some(),
         "{}",
@@ -253,52 +249,23 @@ fn container_reports_host_connections_and_blocks_on_the_host_firewall() {
     );
 
     // A connection on the host.
-    let client = Proc::start(
-        "client",
-        python_peer(&["connect", "127.0.0.1", &base.to_string()]),
-    );
+    let client = peer("client", None, &["connect", "127.0.0.1", &base.to_string()]);
     let local = client
         .wait_for_lines(1, HELPER_TIMEOUT)
         .expect("client connected");
-    let local: SocketAddr = local[0].replace(' ', ":").parse().unwrap();
     let server = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), base);
-    let line = new_connection(local, server);
-    assert!(
-        logs.wait_for(|l| event_text(l) == Some(line.as_str()), EVENT)
-            .is_some(),
-        "no '{line}' from the container: {:?}",
-        logs.stdout_lines()
-    );
+    let line = new_connection(parse_local(&local[0]), server);
+    let logs = Agent::of(logs);
+    logs.expect_event(&line, EVENT);
 
     // A scan from the namespace host, blocked on the host's firewall.
-    let mut scan_args = vec![
-        "netns",
-        "exec",
-        &scanner.ns,
-        "python3",
-        "-u",
-        PEER,
-        "connect",
-    ];
     let host = scanner.host.to_string();
-    scan_args.push(&host);
+    let mut scan_args = vec!["connect", host.as_str()];
     scan_args.extend(port_args[1..].iter().map(String::as_str));
-    let _scan = Proc::start("scanner", {
-        let mut c = Command::new("ip");
-        c.args(&scan_args);
-        c
-    });
+    let _scan = peer("scanner", Some(&scanner.ns), &scan_args);
     let scan = port_scan(scanner.addr.into(), scanner.host.into(), &ports);
-    let blocked = format!("Blocked {} for 30s via nftables", scanner.addr);
-    for want in [&scan, &blocked] {
-        assert!(
-            logs.wait_for(|l| event_text(l) == Some(want.as_str()), EVENT)
-                .is_some(),
-            "no '{want}': {:?} {}",
-            logs.stdout_lines(),
-            logs.stderr()
-        );
-    }
+    logs.expect_event(&scan, EVENT);
+    logs.expect_event(&blocked(scanner.addr.into(), "30s", "nftables"), EVENT);
     let set = must("nft", &["list", "set", "inet", "tcpwatch", "blocked4"]);
     assert!(set.contains(&scanner.addr.to_string()), "{set}");
 

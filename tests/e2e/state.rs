@@ -1,71 +1,38 @@
-//! End-to-end tests of the state file (`--state`) and of SIGHUP on real
-//! Linux: the agent runs in host A of a [`Lab`] with nftables blocking in
-//! A's own namespace (never in the root namespace), its state file in a
-//! temporary directory.
-//!
-//! Needs root, nft and python3 for the lab tests (skips otherwise; fails
-//! under `CI=true`). Run with `cargo test --release --test e2e_state`.
+//! The state file (`--state`) and SIGHUP: the agent runs in host A with
+//! nftables blocking in A's own namespace (never in the root namespace), its
+//! state file in a temporary directory.
 
-mod common;
-
-use common::*;
+use crate::agent::*;
+use crate::inspect::nft_set;
+use crate::lab::*;
 use regex::Regex;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const EVENT: Duration = Duration::from_secs(5);
-const A: usize = 0;
-const B: usize = 1;
-const C: usize = 2;
 const PORTS: [u16; 4] = [8001, 8002, 8003, 8004];
 
-fn args(state: &Path, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "run",
-        "--source",
-        "procfs",
-        "--interval",
-        "1s",
-        "--metrics-addr",
-        "off",
-        "--state",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.push(state.display().to_string());
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
+/// procfs with its state in `state`, no blocking unless set.
+fn args(state: &Path) -> Args {
+    Args::run().state(state)
 }
 
-fn start(lab: &Lab, state: &Path, extra: &[&str]) -> Agent {
-    let args = args(state, extra);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Agent::start(lab, A, &args)
+/// [`args`] blocking with `backend` for `ttl`.
+fn blocking(state: &Path, backend: &str, ttl: &str) -> Args {
+    args(state).block(backend).block_ttl(ttl)
+}
+
+/// A temporary directory and the state file's path in it.
+fn state_file() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    (dir, state)
 }
 
 fn lab(hosts: usize) -> Option<Lab> {
-    let ok = Command::new("nft")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        missing_prerequisite("cannot run `nft` (scripts/install-deps.sh installs it)");
-        return None;
-    }
-    Lab::new(hosts)
-}
-
-fn nft_set(lab: &Lab, set: &str) -> String {
-    let out = lab.run(A, "nft", &["list", "set", "inet", "tcpwatch", set]);
-    assert!(
-        out.status.success(),
-        "nft list set {set}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    Lab::needing(&["nft"], hosts)
 }
 
 /// The `timeout` nft shows for `ip` in `set_text`, in whole seconds.
@@ -83,6 +50,18 @@ fn timeout_of(set_text: &str, ip: IpAddr) -> Option<u64> {
     Some(part(1) * 60 + part(2))
 }
 
+/// The agent says it restored one block, and `ip`'s is in blocked4: the
+/// seconds it has left there.
+fn restored_left(lab: &Lab, agent: &Agent, ip: IpAddr) -> u64 {
+    assert!(
+        agent.stderr().contains("tcpwatch: restored 1 blocks"),
+        "{}",
+        agent.stderr()
+    );
+    let set = nft_set(lab, "blocked4");
+    timeout_of(&set, ip).unwrap_or_else(|| panic!("{ip} not restored: {set}"))
+}
+
 fn tables(lab: &Lab) -> String {
     String::from_utf8_lossy(&lab.run(A, "nft", &["list", "tables"]).stdout).into_owned()
 }
@@ -90,27 +69,24 @@ fn tables(lab: &Lab) -> String {
 #[test]
 fn a_restart_reports_what_opened_while_down_and_nothing_twice() {
     let Some(lab) = lab(2) else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
+    let (_dir, state) = state_file();
     let host: IpAddr = lab.v4(A).into();
     let _server = lab.serve(A, Listen::V4, &[80]);
 
     // Open before the first start ever: not reported (as without a file),
     // but accounted for, so no later start reports it either.
     let before = lab.connect(B, host, &[80], None);
-    let agent = start(&lab, &state, &["--block", "none"]);
+    let agent = Agent::start(&lab, A, &args(&state));
     let first = lab.connect(B, host, &[80], None);
-    let first_line = new_connection(first.locals[0], (host, 80).into());
-    agent.expect_event(&first_line, EVENT);
-    std::thread::sleep(SETTLE);
-    assert_exact_events(&agent.stop(), std::slice::from_ref(&first_line));
+    let first_line = new_connection(first.locals[0], at(host, 80));
+    agent.expect_exactly(std::slice::from_ref(&first_line), EVENT, SETTLE);
 
     let while_down = lab.connect(B, host, &[80], None);
-    let agent = start(&lab, &state, &["--block", "none"]);
-    let down_line = new_connection(while_down.locals[0], (host, 80).into());
+    let agent = Agent::start(&lab, A, &args(&state));
+    let down_line = new_connection(while_down.locals[0], at(host, 80));
     agent.expect_event(&down_line, EVENT);
     let after = lab.connect(B, host, &[80], None);
-    let after_line = new_connection(after.locals[0], (host, 80).into());
+    let after_line = new_connection(after.locals[0], at(host, 80));
     agent.expect_event(&after_line, EVENT);
     std::thread::sleep(SETTLE);
     let finished = agent.stop();
@@ -123,31 +99,19 @@ fn a_restart_reports_what_opened_while_down_and_nothing_twice() {
     drop(before);
 }
 
-/// `ipset list SET -output save` in host A.
-fn ipset_save(lab: &Lab, set: &str) -> String {
-    let out = lab.run(A, "ipset", &["list", set, "-output", "save"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn a_restart_restores_an_active_block_with_its_time_left() {
     let Some(lab) = lab(3) else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
+    let (_dir, state) = state_file();
     let (scanner, host): (IpAddr, IpAddr) = (lab.v4(B).into(), lab.v4(A).into());
     let mut ports = PORTS.to_vec();
     ports.push(9000);
     let _server = lab.serve(A, Listen::V4, &ports);
-    let with = |backend| ["--block", backend, "--block-ttl", "30s"];
+    let with = |backend| Agent::start(&lab, A, &blocking(&state, backend, "30s"));
 
-    let agent = start(&lab, &state, &with("nftables"));
+    let agent = with("nftables");
     let scan = lab.connect(B, host, &PORTS, None);
-    agent.expect_event(&format!("Blocked {scanner} for 30s via nftables"), EVENT);
+    agent.expect_event(&blocked(scanner, "30s", "nftables"), EVENT);
     drop(scan);
     let finished = agent.stop();
     assert_eq!(finished.status.code(), Some(0), "{}", finished.stderr);
@@ -158,13 +122,13 @@ fn a_restart_restores_an_active_block_with_its_time_left() {
     std::thread::sleep(Duration::from_secs(2));
 
     // Restored on whichever backend is configured now.
-    let agent = start(&lab, &state, &with("iptables"));
+    let agent = with("iptables");
     assert!(
         agent.stderr().contains("tcpwatch: restored 1 blocks"),
         "{}",
         agent.stderr()
     );
-    let saved = ipset_save(&lab, "tcpwatch4");
+    let saved = lab.output(A, "ipset", &["list", "tcpwatch4", "-output", "save"]);
     let re = Regex::new(&format!(r"add tcpwatch4 {scanner} timeout (\d+)")).unwrap();
     let left: u64 = re
         .captures(&saved)
@@ -175,31 +139,20 @@ fn a_restart_restores_an_active_block_with_its_time_left() {
     let finished = agent.stop();
     assert_eq!(finished.status.code(), Some(0), "{}", finished.stderr);
 
-    let agent = start(&lab, &state, &with("nftables"));
-    assert!(
-        agent.stderr().contains("tcpwatch: restored 1 blocks"),
-        "{}",
-        agent.stderr()
-    );
-    let set = nft_set(&lab, "blocked4");
-    let left = timeout_of(&set, scanner).unwrap_or_else(|| panic!("{scanner} not restored: {set}"));
+    let agent = with("nftables");
+    let left = restored_left(&lab, &agent, scanner);
     assert!(
         (1..=28).contains(&left),
-        "restored with {left}s, not the time left: {set}"
+        "restored with {left}s, not the time left"
     );
-    let c_ok = Command::new("ip")
-        .args(["netns", "exec", lab.ns(C), "python3", "-c"])
-        .arg("import socket,sys\nsocket.create_connection((sys.argv[1], 9000), timeout=2).close()")
-        .arg(host.to_string())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(c_ok.success(), "a bystander is blocked");
+    assert!(
+        lab.try_connect(C, host, 9000).is_ok(),
+        "a bystander is blocked"
+    );
 
     // Lifted by hand while running: it must not come back at the next start
     // (the agent drops it from the file at its next firewall recount, 5 s).
-    let removed = lab.run(A, AGENT, &["blocks", "remove", &scanner.to_string()]);
-    assert!(removed.status.success());
+    lab.output(A, AGENT, &["blocks", "remove", &scanner.to_string()]);
     std::thread::sleep(Duration::from_secs(6));
     let finished = agent.stop();
     assert!(
@@ -209,7 +162,7 @@ fn a_restart_restores_an_active_block_with_its_time_left() {
     );
     assert_eq!(finished.status.code(), Some(0));
 
-    let agent = start(&lab, &state, &with("nftables"));
+    let agent = with("nftables");
     assert!(
         !nft_set(&lab, "blocked4").contains("elements"),
         "a lifted block came back: {}",
@@ -230,8 +183,7 @@ fn next(seed: &mut u64) -> u64 {
 #[test]
 fn kill_9_fifty_times_under_churn_never_loses_the_file_or_a_block() {
     let Some(lab) = lab(3) else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
+    let (_dir, state) = state_file();
     let (scanner, host): (IpAddr, IpAddr) = (lab.v4(B).into(), lab.v4(A).into());
     let _server = lab.serve(A, Listen::V4, &PORTS);
     // A server that closes at once and a client looping short connections
@@ -253,15 +205,13 @@ fn kill_9_fifty_times_under_churn_never_loses_the_file_or_a_block() {
             &host.to_string(),
         ],
     );
-    let flags = ["--block", "nftables", "--block-ttl", "10m"];
-    let agent = start(&lab, &state, &flags);
+    let args = blocking(&state, "nftables", "10m");
+    let agent = Agent::start(&lab, A, &args);
     let scan = lab.connect(B, host, &PORTS, None);
-    agent.expect_event(&format!("Blocked {scanner} for 10m via nftables"), EVENT);
+    agent.expect_event(&blocked(scanner, "10m", "nftables"), EVENT);
     drop(scan);
     agent.kill();
 
-    let args = args(&state, &flags);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut seed = u64::from(std::process::id());
     let started = Instant::now();
     let mut ready = 0;
@@ -287,15 +237,9 @@ fn kill_9_fifty_times_under_churn_never_loses_the_file_or_a_block() {
         started.elapsed()
     );
 
-    let agent = start(&lab, &state, &flags);
-    assert!(
-        agent.stderr().contains("tcpwatch: restored 1 blocks"),
-        "{}",
-        agent.stderr()
-    );
-    let set = nft_set(&lab, "blocked4");
-    let left = timeout_of(&set, scanner).unwrap_or_else(|| panic!("block lost: {set}"));
-    assert!(left > 60 && left < 600, "{left}s left: {set}");
+    let agent = Agent::start(&lab, A, &args);
+    let left = restored_left(&lab, &agent, scanner);
+    assert!(left > 60 && left < 600, "{left}s left");
     let finished = agent.stop();
     assert_eq!(finished.status.code(), Some(0), "{}", finished.stderr);
     assert!(
@@ -308,8 +252,7 @@ fn kill_9_fifty_times_under_churn_never_loses_the_file_or_a_block() {
 #[test]
 fn sighup_changes_scan_ports_and_keeps_the_connection_table() {
     let Some(lab) = lab(2) else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
+    let (dir, state) = state_file();
     let config = dir.path().join("tcpwatch.toml");
     std::fs::write(&config, "scan-ports = 10\nscan-window = \"5m\"\n").unwrap();
     let (scanner, host): (IpAddr, IpAddr) = (lab.v4(B).into(), lab.v4(A).into());
@@ -317,14 +260,14 @@ fn sighup_changes_scan_ports_and_keeps_the_connection_table() {
     ports.push(8005);
     let _server = lab.serve(A, Listen::V4, &ports);
     let config_arg = config.display().to_string();
-    let agent = start(&lab, &state, &["--block", "none", "--config", &config_arg]);
+    let agent = Agent::start(&lab, A, &args(&state).set("--config", &config_arg));
 
     let four = lab.connect(B, host, &PORTS, None);
     let mut expected: Vec<String> = four
         .locals
         .iter()
         .zip(PORTS)
-        .map(|(local, port)| new_connection(*local, (host, port).into()))
+        .map(|(local, port)| new_connection(*local, at(host, port)))
         .collect();
     agent.expect_event(&expected[3], EVENT);
 
@@ -332,17 +275,13 @@ fn sighup_changes_scan_ports_and_keeps_the_connection_table() {
     std::fs::write(&config, "scan-ports = \"three\"\n").unwrap();
     agent.signal("HUP");
     let refused = format!("configuration not reloaded, keeping the running one: {config_arg}:1:");
-    assert!(agent.wait_for_stderr(&refused, EVENT), "{}", agent.stderr());
+    agent.expect_stderr(&refused, EVENT);
 
     std::fs::write(&config, "scan-ports = 3\nscan-window = \"5m\"\n").unwrap();
     agent.signal("HUP");
-    assert!(
-        agent.wait_for_stderr("tcpwatch: configuration reloaded", EVENT),
-        "{}",
-        agent.stderr()
-    );
+    agent.expect_stderr("tcpwatch: configuration reloaded", EVENT);
     let fifth = lab.connect(B, host, &[8005], None);
-    expected.push(new_connection(fifth.locals[0], (host, 8005).into()));
+    expected.push(new_connection(fifth.locals[0], at(host, 8005)));
     let scan = port_scan(scanner, host, &ports);
     agent.expect_event(&scan, EVENT);
     expected.push(scan);
@@ -360,8 +299,7 @@ fn sighup_changes_scan_ports_and_keeps_the_connection_table() {
 /// the file and the way out. No privileges needed: blocking is off.
 fn refused(state: &Path) -> String {
     let out = Command::new(AGENT)
-        .args(["run", "--block", "none", "--metrics-addr", "off", "--state"])
-        .arg(state)
+        .args(args(state).argv())
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -374,8 +312,7 @@ fn refused(state: &Path) -> String {
 
 #[test]
 fn a_corrupt_state_file_is_one_line_exit_1_and_left_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
+    let (_dir, state) = state_file();
     let garbage = b"\x00\x01not redb\n".repeat(512);
     std::fs::write(&state, &garbage).unwrap();
     let stderr = refused(&state);

@@ -1,19 +1,17 @@
-//! End-to-end fault tests of the blocking side: the firewall failing or
-//! vanishing under the agent, and the state file's disk filling up. In
-//! each, the agent must keep detecting, say what is wrong once, and recover
-//! by itself when the fault goes away.
+//! Faults of the blocking side: the firewall failing or vanishing under the
+//! agent, and the state file's disk filling up. In each, the agent must
+//! keep detecting, say what is wrong once, and recover by itself when the
+//! fault goes away.
 //!
-//! Faults are local to the test: the agent runs in host A of a [`Lab`] (its
-//! own netfilter state), the `nft` it runs is a wrapper in a temporary
-//! `PATH` directory, and the state file lives on a 2 MiB tmpfs the test
-//! mounts on a temporary directory and unmounts when done.
-//!
-//! Needs root, nft, curl and mount (skips otherwise; fails under `CI=true`).
-//! Run with `cargo test --release --test e2e_faults_block`.
+//! Faults are local to the test: the agent runs in host A (its own
+//! netfilter state), the `nft` it runs is a wrapper in a temporary `PATH`
+//! directory, and the state file lives on a 2 MiB tmpfs the test mounts on
+//! a temporary directory and unmounts when done.
 
-mod common;
-
-use common::*;
+use crate::agent::*;
+use crate::inspect::{lists, sample};
+use crate::lab::*;
+use crate::prereq::missing_prerequisite;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,82 +20,37 @@ use std::time::Duration;
 const EVENT: Duration = Duration::from_secs(5);
 /// The block stage retries every 5 s; twice that, for a loaded machine.
 const RECOVERY: Duration = Duration::from_secs(12);
-const A: usize = 0;
-const B: usize = 1;
-const C: usize = 2;
 const PORTS: [u16; 4] = [8001, 8002, 8003, 8004];
 const REAL_NFT: &str = "/usr/sbin/nft";
+/// Where the agent serves its metrics, inside host A.
+const METRICS: &str = "127.0.0.1:9472";
 const FAILING: &str = "tcpwatch: warning: blocking via nftables fails: ";
 const WORKS_AGAIN: &str = "tcpwatch: blocking via nftables works again";
 
-fn have(program: &str, arg: &str) -> bool {
-    let ok = Command::new(program)
-        .arg(arg)
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        missing_prerequisite(&format!(
-            "cannot run `{program}` (scripts/install-deps.sh installs it)"
-        ));
-    }
-    ok
-}
-
 fn lab(hosts: usize) -> Option<Lab> {
-    if !have(REAL_NFT, "--version") || !have("curl", "--version") {
-        return None;
-    }
-    Lab::new(hosts)
+    Lab::needing(&[REAL_NFT, "curl"], hosts)
 }
 
-fn block_args(extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "run",
-        "--source",
-        "procfs",
-        "--interval",
-        "1s",
-        "--state",
-        "off",
-        "--metrics-addr",
-        "127.0.0.1:9472",
-        "--block",
-        "nftables",
-        "--block-ttl",
-        "5m",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
+/// procfs blocking with nftables for 5 minutes, metrics on.
+fn block_args() -> Args {
+    Args::run()
+        .block("nftables")
+        .block_ttl("5m")
+        .metrics(METRICS)
 }
 
-fn strs(args: &[String]) -> Vec<&str> {
-    args.iter().map(String::as_str).collect()
+/// Whether `ip` is an element of its set in host A (read with the real
+/// nft; the set may be gone).
+fn in_set(lab: &Lab, ip: IpAddr) -> bool {
+    lists(&set_text(lab, ip), ip)
 }
 
-/// `nft list set inet tcpwatch SET` in host A (the real nft); empty when the
-/// set is not there.
-fn nft_set(lab: &Lab, set: &str) -> String {
+/// `nft list set inet tcpwatch blocked4|6` (the set of `ip`'s family) in
+/// host A; empty when the set is not there.
+fn set_text(lab: &Lab, ip: IpAddr) -> String {
+    let set = if ip.is_ipv4() { "blocked4" } else { "blocked6" };
     let out = lab.run(A, REAL_NFT, &["list", "set", "inet", "tcpwatch", set]);
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn set_of(ip: IpAddr) -> &'static str {
-    if ip.is_ipv4() {
-        "blocked4"
-    } else {
-        "blocked6"
-    }
-}
-
-/// Whether `ip` is an element of its set in host A.
-fn in_set(lab: &Lab, ip: IpAddr) -> bool {
-    let ip_text = ip.to_string();
-    nft_set(lab, set_of(ip))
-        .split(|c: char| !(c.is_ascii_hexdigit() || c == '.' || c == ':'))
-        .any(|word| word == ip_text)
 }
 
 /// Whether `line` is a `Blocked IP for ... via nftables` event (a late block
@@ -108,25 +61,14 @@ fn is_blocked(line: &str, ip: IpAddr) -> bool {
     })
 }
 
-fn count_blocked(agent: &Agent, ip: IpAddr) -> usize {
-    agent
-        .stdout_lines()
-        .iter()
-        .filter(|l| is_blocked(l, ip))
-        .count()
-}
-
-fn stderr_count(agent: &Agent, text: &str) -> usize {
-    agent.stderr().lines().filter(|l| l.contains(text)).count()
+fn count_blocked(lines: &[String], ip: IpAddr) -> usize {
+    lines.iter().filter(|l| is_blocked(l, ip)).count()
 }
 
 /// A scan of host A from `scanner` (a host's v4 or v6 address): four held
 /// connections; waits for its scan line.
 fn scan(lab: &Lab, agent: &Agent, from: usize, scanner: IpAddr) -> Client {
-    let target: IpAddr = match scanner {
-        IpAddr::V4(_) => lab.v4(A).into(),
-        IpAddr::V6(_) => lab.v6(A).into(),
-    };
+    let target = lab.addr_like(A, scanner);
     let client = lab.connect(from, target, &PORTS, None);
     agent.expect_event(&port_scan(scanner, target, &PORTS), EVENT);
     client
@@ -144,18 +86,15 @@ fn scan_blocked_at_once(lab: &Lab, agent: &Agent, from: usize, scanner: IpAddr) 
         agent.stdout_lines(),
         agent.stderr()
     );
-    assert!(in_set(lab, scanner), "{}", nft_set(lab, set_of(scanner)));
+    assert!(in_set(lab, scanner), "{}", set_text(lab, scanner));
     client
 }
 
 /// `tcpwatch_block_errors_total{backend="nftables"}` from host A.
 fn block_errors(lab: &Lab) -> f64 {
-    let out = lab.run(A, "curl", &["-sS", "http://127.0.0.1:9472/metrics"]);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix("tcpwatch_block_errors_total{backend=\"nftables\"} "))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no block error counter in\n{text}"))
+    let (_, text) = lab.http_get(A, &format!("http://{METRICS}/metrics"));
+    let series = "tcpwatch_block_errors_total{backend=\"nftables\"}";
+    sample(&text, series).unwrap_or_else(|| panic!("no block error counter in\n{text}"))
 }
 
 /// How the `nft` the agent runs is broken.
@@ -224,18 +163,13 @@ fn nft_binary_fault(fault: Fault) {
     let wrapper = Wrapper::new();
     let _server = lab.serve(A, Listen::Dual, &PORTS);
     let path = wrapper.dir.path().display().to_string();
-    let args = block_args(&[]);
-    let agent = Agent::start_with_env(
-        &lab,
-        A,
-        &[("PATH", &path), ("TCPWATCH_LIBNFTABLES", "0")],
-        &strs(&args),
-    );
-    let (b4, b6, c4, c6): (IpAddr, IpAddr, IpAddr, IpAddr) = (
-        lab.v4(B).into(),
-        lab.v6(B).into(),
-        lab.v4(C).into(),
-        lab.v6(C).into(),
+    let env = [("PATH", path.as_str()), ("TCPWATCH_LIBNFTABLES", "0")];
+    let agent = Agent::start_with_env(&lab, A, &env, &block_args());
+    let (b4, b6, c4, c6) = (
+        lab.addr(B, false),
+        lab.addr(B, true),
+        lab.addr(C, false),
+        lab.addr(C, true),
     );
     let _first = scan_blocked_at_once(&lab, &agent, C, c6);
     assert_eq!(block_errors(&lab), 0.0);
@@ -243,12 +177,13 @@ fn nft_binary_fault(fault: Fault) {
     wrapper.break_it(fault);
     let _scans = [scan(&lab, &agent, B, b4), scan(&lab, &agent, B, b6)];
     std::thread::sleep(SETTLE);
-    assert_eq!(count_blocked(&agent, b4) + count_blocked(&agent, b6), 0);
+    let printed = agent.stdout_lines();
+    assert_eq!(count_blocked(&printed, b4) + count_blocked(&printed, b6), 0);
     assert!(!in_set(&lab, b4) && !in_set(&lab, b6));
     // Past one retry tick: retries fail silently.
     std::thread::sleep(Duration::from_secs(5));
     assert_eq!(
-        stderr_count(&agent, FAILING),
+        agent.stderr_lines(FAILING).len(),
         1,
         "one warning however many failures: {}",
         agent.stderr()
@@ -264,7 +199,7 @@ fn nft_binary_fault(fault: Fault) {
         assert!(
             within(RECOVERY, || in_set(&lab, ip)),
             "pending block of {ip} not applied: {}\nstderr: {}",
-            nft_set(&lab, set_of(ip)),
+            set_text(&lab, ip),
             agent.stderr()
         );
         assert!(
@@ -273,7 +208,7 @@ fn nft_binary_fault(fault: Fault) {
             agent.stdout_lines()
         );
     }
-    assert!(agent.wait_for_stderr(WORKS_AGAIN, EVENT));
+    agent.expect_stderr(WORKS_AGAIN, EVENT);
     let _last = scan_blocked_at_once(&lab, &agent, C, c4);
 
     let finished = agent.stop();
@@ -283,20 +218,15 @@ fn nft_binary_fault(fault: Fault) {
     assert!(said[0].starts_with(FAILING), "{}", said[0]);
     assert_eq!(said[1], WORKS_AGAIN);
     for ip in [b4, b6, c4, c6] {
-        let blocked = finished.stdout.iter().filter(|l| is_blocked(l, ip)).count();
+        let blocked = count_blocked(&finished.stdout, ip);
         assert_eq!(blocked, 1, "{ip}: {:#?}", finished.stdout);
     }
 }
 
-#[test]
-fn a_failing_nft_keeps_blocks_pending_until_it_works_again() {
-    nft_binary_fault(Fault::Fails);
-}
-
-#[test]
-fn a_deleted_nft_binary_keeps_blocks_pending_until_it_is_back() {
-    nft_binary_fault(Fault::Missing);
-}
+test_rows!(nft_binary_fault {
+    a_failing_nft_keeps_blocks_pending_until_it_works_again: Fault::Fails;
+    a_deleted_nft_binary_keeps_blocks_pending_until_it_is_back: Fault::Missing;
+});
 
 /// In-process libnftables (the default): someone deletes the agent's table
 /// while a block is active; within a retry the table is back with that
@@ -305,21 +235,18 @@ fn a_deleted_nft_binary_keeps_blocks_pending_until_it_is_back() {
 fn a_deleted_table_is_recreated_with_its_active_blocks() {
     let Some(lab) = lab(2) else { return };
     let _server = lab.serve(A, Listen::Dual, &PORTS);
-    let args = block_args(&[]);
-    let agent = Agent::start(&lab, A, &strs(&args));
-    let (b4, b6): (IpAddr, IpAddr) = (lab.v4(B).into(), lab.v6(B).into());
+    let agent = Agent::start(&lab, A, &block_args());
+    let (b4, b6) = (lab.addr(B, false), lab.addr(B, true));
     let _first = scan_blocked_at_once(&lab, &agent, B, b4);
 
-    let deleted = lab.run(A, REAL_NFT, &["delete", "table", "inet", "tcpwatch"]);
-    assert!(deleted.status.success());
+    lab.output(A, REAL_NFT, &["delete", "table", "inet", "tcpwatch"]);
     assert!(!in_set(&lab, b4));
     assert!(
         within(RECOVERY, || in_set(&lab, b4)),
         "table not re-created with {b4}; stderr: {}",
         agent.stderr()
     );
-    let rules = lab.run(A, REAL_NFT, &["list", "table", "inet", "tcpwatch"]);
-    let rules = String::from_utf8_lossy(&rules.stdout);
+    let rules = lab.output(A, REAL_NFT, &["list", "table", "inet", "tcpwatch"]);
     assert_eq!(rules.matches("saddr @blocked").count(), 2, "{rules}");
     let err = lab
         .try_connect(B, lab.v4(A).into(), 9)
@@ -336,11 +263,7 @@ fn a_deleted_table_is_recreated_with_its_active_blocks() {
         "{}",
         said[0]
     );
-    assert_eq!(count_blocked_in(&finished.stdout, b4), 1);
-}
-
-fn count_blocked_in(lines: &[String], ip: IpAddr) -> usize {
-    lines.iter().filter(|l| is_blocked(l, ip)).count()
+    assert_eq!(count_blocked(&finished.stdout, b4), 1);
 }
 
 /// A 2 MiB tmpfs mounted on a temporary directory, unmounted on drop.
@@ -406,30 +329,13 @@ impl Drop for SmallDisk {
 /// reports none of them again.
 #[test]
 fn a_full_state_disk_loses_nothing_and_recovers() {
-    if !require_root() {
-        return;
-    }
     let Some(lab) = Lab::new(2) else { return };
     let Some(disk) = SmallDisk::mount() else {
         return;
     };
     let state = disk.path().join("state");
     let state_arg = state.display().to_string();
-    let args = [
-        "run",
-        "--source",
-        "procfs",
-        "--interval",
-        "1s",
-        "--block",
-        "none",
-        "--metrics-addr",
-        "off",
-        "--scan-ports",
-        "20",
-        "--state",
-        &state_arg,
-    ];
+    let args = Args::run().set("--scan-ports", 20).state(&state);
     let ports = [7001, 7002, 7003, 7004, 7005, 7006, 7007, 7008];
     let _server = lab.serve(A, Listen::V4, &ports);
     let host: IpAddr = lab.v4(A).into();
@@ -439,7 +345,7 @@ fn a_full_state_disk_loses_nothing_and_recovers() {
     // Held until the end: still open at the restart.
     let mut connect = |agent: &Agent, port: u16| {
         let client = lab.connect(B, host, &[port], None);
-        let line = new_connection(client.locals[0], (host, port).into());
+        let line = new_connection(client.locals[0], at(host, port));
         agent.expect_event(&line, EVENT);
         clients.push(client);
         line
@@ -450,21 +356,13 @@ fn a_full_state_disk_loses_nothing_and_recovers() {
     for port in [7002, 7003, 7004] {
         expected.push(connect(&agent, port));
     }
-    assert!(
-        agent.wait_for_stderr("cannot write", EVENT),
-        "no warning with the disk full; stderr: {}",
-        agent.stderr()
-    );
+    agent.expect_stderr("cannot write", EVENT);
     expected.push(connect(&agent, 7005));
     std::thread::sleep(SETTLE);
-    assert_eq!(stderr_count(&agent, "warning"), 1, "{}", agent.stderr());
+    assert_eq!(agent.stderr_lines("warning").len(), 1, "{}", agent.stderr());
 
     disk.free();
-    assert!(
-        agent.wait_for_stderr("tcpwatch: state file writable again", EVENT),
-        "no recovery; stderr: {}",
-        agent.stderr()
-    );
+    agent.expect_stderr("tcpwatch: state file writable again", EVENT);
     expected.push(connect(&agent, 7006));
     std::thread::sleep(SETTLE);
     let finished = agent.stop();

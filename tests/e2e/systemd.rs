@@ -20,15 +20,13 @@
 //! CAP_SYS_RESOURCE, so runc cannot apply "all capabilities". CAP_BPF and
 //! CAP_PERFMON cannot be added (Docker 20.10 does not know them), so the
 //! XDP capabilities are absent from the container and from the agent's
-//! bounding set.
-//!
-//! Needs root, docker (dockerd is started if none answers) and debootstrap
-//! when debian:bookworm-slim is missing: skips otherwise, fails under
-//! `CI=true`. Run with `cargo test --release --test e2e_systemd`.
+//! bounding set. The agent's command line is the unit's own. It runs alone.
 
-mod common;
-
-use common::*;
+use crate::agent::*;
+use crate::inspect::status_fields;
+use crate::lab::{parse_local, Turn, HELPER_TIMEOUT};
+use crate::prereq::{missing_prerequisite, require_root};
+use crate::proc::Proc;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Command, Output};
@@ -142,14 +140,7 @@ impl Host {
 
     /// The `Name:` fields of /proc/PID/status, values whitespace-joined.
     fn status(&self, pid: &str) -> HashMap<String, String> {
-        self.must(&["cat", &format!("/proc/{pid}/status")])
-            .lines()
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| {
-                let v = v.split_whitespace().collect::<Vec<_>>().join(" ");
-                (k.to_string(), v)
-            })
-            .collect()
+        status_fields(&self.must(&["cat", &format!("/proc/{pid}/status")]))
     }
 
     fn peer(&self, label: &str, args: &[&str]) -> Proc {
@@ -234,9 +225,8 @@ fn expect_connection(host: &Host) {
     let local = client
         .wait_for_lines(1, HELPER_TIMEOUT)
         .unwrap_or_else(|| panic!("client did not connect: {}", client.stderr()));
-    let local: SocketAddr = local[0].replace(' ', ":").parse().unwrap();
     let acceptor = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), SERVER_PORT);
-    let line = new_connection(local, acceptor);
+    let line = new_connection(parse_local(&local[0]), acceptor);
     let seen = within(EVENT, || {
         host.journal()
             .iter()
@@ -250,6 +240,7 @@ fn unit_runs_under_systemd_as_a_dynamic_user_with_net_admin_only() {
     if !require_root() {
         return;
     }
+    let _alone = Turn::alone();
     let built = run("scripts/image.sh", &[AGENT, IMAGE, "systemd"]);
     if !built.status.success() {
         missing_prerequisite(&format!(

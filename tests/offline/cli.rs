@@ -1,56 +1,23 @@
-//! The command line of the real binary (SPEC §2): help, usage errors, config
-//! file errors, `list`, and clean exits on SIGINT/SIGTERM. No root needed.
+//! The command line of the real binary: help, usage errors, config file
+//! errors, `list`, and clean exits on SIGINT/SIGTERM. No root needed.
 
+use crate::args::{Args, AGENT};
+use crate::{one_line_error as usage_error, tcpwatch, text};
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const AGENT: &str = env!("CARGO_BIN_EXE_tcpwatch");
-
-/// A detecting agent that needs no privileges and touches nothing.
-const QUIET_RUN: &[&str] = &[
-    "run",
-    "--interval",
-    "1s",
-    "--block",
-    "none",
-    "--metrics-addr",
-    "off",
-    "--state",
-    "off",
-];
-
-fn tcpwatch(args: &[&str]) -> Output {
-    Command::new(AGENT)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("cannot run tcpwatch")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Asserts a usage error: exit 2, nothing on stdout, exactly one line on
-/// stderr; returns that line.
-fn usage_error(args: &[&str]) -> String {
-    let out = tcpwatch(args);
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{args:?}: stderr: {stderr}");
-    assert_eq!(text(&out.stdout), "", "{args:?} printed on stdout");
-    assert!(
-        stderr.ends_with('\n'),
-        "{args:?}: stderr not one line: {stderr:?}"
-    );
-    assert_eq!(stderr.lines().count(), 1, "{args:?}: stderr: {stderr:?}");
-    stderr.trim_end().to_string()
+/// `tcpwatch run` with the quiet defaults and `--config path`.
+fn run_with_config(path: &str) -> Vec<String> {
+    Args::run().set("--config", path).argv()
 }
 
 #[test]
 fn help_of_each_subcommand_exits_0() {
-    for args in [&["--help"][..], &["run", "--help"], &["list", "--help"]] {
+    let run_help = Args::run().switch("--help").argv();
+    let run_help: Vec<&str> = run_help.iter().map(String::as_str).collect();
+    for args in [&["--help"][..], &run_help, &["list", "--help"]] {
         let out = tcpwatch(args);
         let stdout = text(&out.stdout);
         assert_eq!(
@@ -62,13 +29,15 @@ fn help_of_each_subcommand_exits_0() {
         assert!(stdout.contains("Usage:"), "{args:?}: {stdout}");
     }
     // Each help is the subcommand's own.
-    assert!(text(&tcpwatch(&["run", "--help"]).stdout).contains("--scan-window"));
+    assert!(text(&tcpwatch(&run_help).stdout).contains("--scan-window"));
     assert!(!text(&tcpwatch(&["list", "--help"]).stdout).contains("--scan-window"));
 }
 
 #[test]
 fn unknown_flag_is_a_one_line_usage_error() {
-    for args in [&["run", "--no-such-flag"][..], &["list", "--no-such-flag"]] {
+    let run = Args::run().switch("--no-such-flag").argv();
+    let run: Vec<&str> = run.iter().map(String::as_str).collect();
+    for args in [&run[..], &["list", "--no-such-flag"]] {
         let line = usage_error(args);
         assert!(line.contains("--no-such-flag"), "{line}");
     }
@@ -76,7 +45,7 @@ fn unknown_flag_is_a_one_line_usage_error() {
 
 #[test]
 fn bad_duration_names_the_flag() {
-    let line = usage_error(&["run", "--interval", "10x"]);
+    let line = usage_error(&Args::run().set("--interval", "10x").argv());
     assert!(line.contains("--interval"), "{line}");
     assert!(line.contains("10x"), "{line}");
 }
@@ -87,10 +56,8 @@ fn config_file_with_unknown_key_names_file_and_line() {
     file.write_all(b"interval = \"1s\"\n\nscan-prots = 5\n")
         .unwrap();
     let path = file.path().to_str().unwrap();
-    let mut args = QUIET_RUN.to_vec();
-    args.extend(["--config", path]);
 
-    let line = usage_error(&args);
+    let line = usage_error(&run_with_config(path));
     assert!(line.contains(&format!("{path}:3")), "{line}");
     assert!(line.contains("scan-prots"), "{line}");
 }
@@ -175,7 +142,7 @@ fn exit_code_within(child: &mut Child, timeout: Duration) -> Option<i32> {
 
 fn exits_0_on(signal: &str) {
     let mut child = Command::new(AGENT)
-        .args(QUIET_RUN)
+        .args(Args::run().argv())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -210,7 +177,7 @@ fn sigterm_exits_0() {
 #[test]
 fn bad_xdp_map_size_is_a_one_line_usage_error() {
     for bad in ["0", "abc", "16777217", "1.5"] {
-        let line = usage_error(&["run", "--xdp-map-size", bad]);
+        let line = usage_error(&Args::run().set("--xdp-map-size", bad).argv());
         assert!(line.contains("--xdp-map-size"), "{line}");
     }
 }
@@ -218,16 +185,14 @@ fn bad_xdp_map_size_is_a_one_line_usage_error() {
 #[test]
 fn bad_block_limit_is_a_one_line_usage_error_naming_flag_or_key() {
     for bad in ["0", "-1", "lots", "1.5"] {
-        let line = usage_error(&["run", "--max-blocks-per-minute", bad]);
+        let line = usage_error(&Args::run().set("--max-blocks-per-minute", bad).argv());
         assert!(line.contains("--max-blocks-per-minute"), "{line}");
         assert!(line.contains("or 'off'"), "{line}");
     }
     let mut file = tempfile::NamedTempFile::new().unwrap();
     file.write_all(b"max-blocks-per-minute = 0\n").unwrap();
     let path = file.path().to_str().unwrap();
-    let mut args = QUIET_RUN.to_vec();
-    args.extend(["--config", path]);
-    let line = usage_error(&args);
+    let line = usage_error(&run_with_config(path));
     assert!(line.contains(path), "{line}");
     assert!(line.contains("max-blocks-per-minute: "), "{line}");
 }

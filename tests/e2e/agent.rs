@@ -1,0 +1,440 @@
+//! The agent under test: its sources, its command line ([`Args`], with the
+//! quiet defaults of `tests/shared/args.rs`), the running process
+//! ([`Agent`]) and the lines it prints.
+
+pub use crate::args::{Args, AGENT};
+use crate::lab::{Lab, A, B};
+use crate::prereq::require_xdp_program;
+use crate::proc::{Finished, Proc};
+use regex::Regex;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// The agent's readiness line on stderr: printed once its source is running
+/// (for polling sources, once the first table has been read).
+pub const READY: &str = "tcpwatch: watching";
+
+/// How long start-up may take before a test gives up.
+pub const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Quiet time after the last expected line that proves nothing else is
+/// printed: two polls at 1 s.
+pub const SETTLE: Duration = Duration::from_millis(2100);
+
+/// `^<local time>: ` in front of every text-format event line.
+const STAMP: &str = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d: ";
+
+// ---------------------------------------------------------------------------
+// Sources and the command line
+
+/// Where the agent gets its connection events (`--source`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Source {
+    Procfs,
+    Netlink,
+    Pcap,
+    Xdp,
+}
+
+impl Source {
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Procfs => "procfs",
+            Source::Netlink => "netlink",
+            Source::Pcap => "pcap",
+            Source::Xdp => "xdp",
+        }
+    }
+
+    /// Sees packets on an interface (`--interface`) rather than reading the
+    /// kernel's socket table every interval.
+    pub fn packets(self) -> bool {
+        matches!(self, Source::Pcap | Source::Xdp)
+    }
+
+    /// Whether this machine can run it; reports what is missing otherwise.
+    pub fn available(self) -> bool {
+        self != Source::Xdp || require_xdp_program()
+    }
+}
+
+impl Args {
+    /// `run` with no flag at all: the agent's own defaults.
+    pub fn bare() -> Args {
+        Args { flags: Vec::new() }
+    }
+
+    /// [`Args::run`] with `source` watching a lab host: a packet source on
+    /// its `eth0`.
+    pub fn watching(source: Source) -> Args {
+        let args = Args::run().source(source);
+        if source.packets() {
+            args.interface("eth0")
+        } else {
+            args
+        }
+    }
+
+    pub fn source(self, source: Source) -> Args {
+        self.set("--source", source.name())
+    }
+
+    pub fn interface(self, name: &str) -> Args {
+        self.set("--interface", name)
+    }
+
+    pub fn interval(self, interval: &str) -> Args {
+        self.set("--interval", interval)
+    }
+
+    /// `--block BACKEND` (`none`, `nftables`, `iptables`, `xdp`).
+    pub fn block(self, backend: &str) -> Args {
+        self.set("--block", backend)
+    }
+
+    pub fn block_ttl(self, ttl: &str) -> Args {
+        self.set("--block-ttl", ttl)
+    }
+
+    /// `--metrics-addr ADDR` (or `off`).
+    pub fn metrics(self, addr: impl ToString) -> Args {
+        self.set("--metrics-addr", addr)
+    }
+
+    /// `--state PATH` (or `off`).
+    pub fn state(self, path: impl AsRef<Path>) -> Args {
+        self.set("--state", path.as_ref().display())
+    }
+
+    pub fn format(self, format: &str) -> Args {
+        self.set("--format", format)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The running agent
+
+/// The agent under test, running in a lab host (or started otherwise and
+/// handed over with [`Agent::of`]).
+pub struct Agent {
+    proc: Proc,
+    /// Ends of stdout lines that are not the test's business (readiness
+    /// probes, the test's own scrapes): left out of what the agent printed
+    /// when it is stopped.
+    ignored: Vec<String>,
+}
+
+impl Agent {
+    /// An agent the test started itself (under setpriv, in another mount
+    /// namespace...); returns without waiting.
+    pub fn of(proc: Proc) -> Agent {
+        Agent {
+            proc,
+            ignored: Vec::new(),
+        }
+    }
+
+    /// Starts the agent in host `index` and returns without waiting (for
+    /// sources that need their own readiness check).
+    pub fn spawn(lab: &Lab, index: usize, args: &Args) -> Agent {
+        Agent::spawn_under(lab, index, &[], args)
+    }
+
+    /// Starts the agent in host `index` and returns once it says it is
+    /// watching ([`READY`] on stderr); panics if it does not.
+    pub fn start(lab: &Lab, index: usize, args: &Args) -> Agent {
+        Agent::spawn(lab, index, args).ready()
+    }
+
+    /// Starts the agent in host `index` under `wrapper`, a command that
+    /// ends by exec'ing the arguments after it (`unshare -m`, `sh -c '...;
+    /// exec "$@"'`, `env VAR=...`), so the agent keeps the process id
+    /// [`Agent::pid`] reports; returns without waiting. For faults local to
+    /// the agent (its own mount namespace, an LD_PRELOAD).
+    pub fn spawn_under(lab: &Lab, index: usize, wrapper: &[&str], args: &Args) -> Agent {
+        let argv = args.argv();
+        let mut all = wrapper.to_vec();
+        all.push(AGENT);
+        all.extend(argv.iter().map(String::as_str));
+        let (program, rest) = all.split_first().expect("a program");
+        Agent::of(lab.spawn(index, program, rest))
+    }
+
+    /// [`Agent::spawn_under`], then waits for the readiness line.
+    pub fn start_under(lab: &Lab, index: usize, wrapper: &[&str], args: &Args) -> Agent {
+        Agent::spawn_under(lab, index, wrapper, args).ready()
+    }
+
+    /// [`Agent::start`] with extra environment variables (a `PATH` of
+    /// wrappers for fault injection, say), set by env(1) inside the
+    /// namespace: a PATH given to `ip netns exec` itself would have to hold
+    /// `ip`. env execs the agent: same pid.
+    pub fn start_with_env(lab: &Lab, index: usize, env: &[(&str, &str)], args: &Args) -> Agent {
+        let set: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut wrapper = vec!["/usr/bin/env"];
+        wrapper.extend(set.iter().map(String::as_str));
+        Agent::start_under(lab, index, &wrapper, args)
+    }
+
+    /// Starts `source` on host A with [`Args::watching`] and returns once it
+    /// sees traffic, by the means that source allows:
+    /// - a polling source has read its first table: [`READY`];
+    /// - xdp has attached its program (its readiness line, within 10 s);
+    /// - pcap has opened its capture, but the capture may not see packets
+    ///   yet: A sends SYNs to a closed port of B (host 1) until the agent
+    ///   prints one. These outbound lines never count towards a scan, and
+    ///   are left out of what [`Agent::stop`] returns.
+    pub fn watching(lab: &Lab, source: Source) -> Agent {
+        let agent = Agent::spawn(lab, A, &Args::watching(source));
+        match source {
+            Source::Procfs | Source::Netlink => agent.ready(),
+            Source::Xdp => {
+                let attached =
+                    agent.wait_for_stderr("watching: xdp on eth0", Duration::from_secs(10));
+                assert!(
+                    attached,
+                    "agent did not attach within 10 s; stderr: {}",
+                    agent.stderr()
+                );
+                agent
+            }
+            Source::Pcap => {
+                // A closed port of B, the discard port.
+                let probe = format!(" -> {}:9", lab.v4(B));
+                for _ in 0..50 {
+                    lab.attempts(A, lab.v4(B).into(), &[9], 0.2);
+                    let seen = |l: &str| event_text(l).is_some_and(|t| t.ends_with(&probe));
+                    if agent.wait_for(seen, Duration::from_millis(200)).is_some() {
+                        return agent.ignoring(probe);
+                    }
+                }
+                panic!(
+                    "the pcap agent never saw A's probe SYN\nstdout: {:#?}\nstderr: {}",
+                    agent.stdout_lines(),
+                    agent.stderr()
+                );
+            }
+        }
+    }
+
+    /// Returns the agent once it has printed [`READY`]; panics if it does
+    /// not within [`START_TIMEOUT`].
+    pub fn ready(mut self) -> Agent {
+        if !self.proc.wait_for_stderr(READY, START_TIMEOUT) {
+            let status = self.proc.try_status();
+            panic!(
+                "agent not ready within {START_TIMEOUT:?} (exit: {status:?}); stderr: {}",
+                self.proc.stderr()
+            );
+        }
+        self
+    }
+
+    /// Leaves the stdout lines ending in `suffix` out of what [`Agent::stop`]
+    /// and [`Agent::kill`] return.
+    pub fn ignoring(mut self, suffix: String) -> Agent {
+        self.ignored.push(suffix);
+        self
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// See [`Proc::wait_for`].
+    pub fn wait_for(&self, accept: impl Fn(&str) -> bool, timeout: Duration) -> Option<String> {
+        self.proc.wait_for(accept, timeout)
+    }
+
+    /// Waits for an event line whose text after the timestamp is exactly
+    /// `event`; panics with everything printed so far if it does not come.
+    pub fn expect_event(&self, event: &str, timeout: Duration) -> String {
+        let found = self.wait_for(|l| event_text(l) == Some(event), timeout);
+        found.unwrap_or_else(|| {
+            panic!(
+                "no line '<time>: {event}' within {timeout:?}\nstdout: {:#?}\nstderr: {}",
+                self.stdout_lines(),
+                self.stderr()
+            )
+        })
+    }
+
+    /// Waits for each of `expected` in turn (`timeout` each), then `quiet`
+    /// more, stops the agent and checks that it printed exactly these
+    /// events and exited 0. Returns the events in printed order.
+    pub fn expect_exactly(
+        self,
+        expected: &[String],
+        timeout: Duration,
+        quiet: Duration,
+    ) -> Vec<String> {
+        for event in expected {
+            self.expect_event(event, timeout);
+        }
+        std::thread::sleep(quiet);
+        assert_exact_events(&self.stop(), expected)
+    }
+
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.proc.stdout_lines()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.proc.stderr()
+    }
+
+    /// The stderr lines containing `text`.
+    pub fn stderr_lines(&self, text: &str) -> Vec<String> {
+        let stderr = self.stderr();
+        let lines = stderr.lines().filter(|l| l.contains(text));
+        lines.map(str::to_string).collect()
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`, `HUP`, `KILL`).
+    pub fn signal(&self, name: &str) {
+        self.proc.signal(name);
+    }
+
+    /// See [`Proc::wait_for_stderr`].
+    pub fn wait_for_stderr(&self, text: &str, timeout: Duration) -> bool {
+        self.proc.wait_for_stderr(text, timeout)
+    }
+
+    /// Waits for stderr to contain `text`; panics with all of stderr if it
+    /// does not within `timeout`.
+    pub fn expect_stderr(&self, text: &str, timeout: Duration) {
+        if !self.wait_for_stderr(text, timeout) {
+            panic!(
+                "no '{text}' on stderr within {timeout:?}; stderr: {}",
+                self.stderr()
+            );
+        }
+    }
+
+    /// SIGKILL (no clean-up at all), then waits for the exit; all output.
+    pub fn kill(self) -> Finished {
+        self.end(Some("KILL"), Duration::from_secs(5))
+    }
+
+    /// SIGTERM, then waits (5 s at most) for the exit; all output.
+    pub fn stop(self) -> Finished {
+        self.stop_within(Duration::from_secs(5))
+    }
+
+    /// SIGTERM, then waits `timeout` at most for the exit; all output.
+    pub fn stop_within(self, timeout: Duration) -> Finished {
+        self.end(Some("TERM"), timeout)
+    }
+
+    /// Waits `timeout` at most for the agent to exit by itself (as it must
+    /// on a fatal error); all output.
+    pub fn exit_within(self, timeout: Duration) -> Finished {
+        self.end(None, timeout)
+    }
+
+    /// Sends `signal`, if any, then waits `timeout` at most for the exit;
+    /// all output but the ignored lines.
+    fn end(self, signal: Option<&str>, timeout: Duration) -> Finished {
+        if let Some(signal) = signal {
+            self.proc.signal(signal);
+        }
+        let mut finished = self.proc.finish(timeout);
+        let ignored = &self.ignored;
+        finished
+            .stdout
+            .retain(|l| !ignored.iter().any(|end| l.ends_with(end.as_str())));
+        finished
+    }
+}
+
+// ---------------------------------------------------------------------------
+// What the agent prints
+
+/// Polls `probe` every 50 ms until it holds (true) or `timeout` passes
+/// (false): for kernel state that changes asynchronously (a set element, a
+/// counter), where there is no event to wait on.
+pub fn within(timeout: Duration, mut probe: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if probe() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The lines of `stderr` other than the readiness line: what the agent had
+/// to say about something going wrong (or being skipped).
+pub fn diagnostics(stderr: &str) -> Vec<&str> {
+    stderr.lines().filter(|l| !l.starts_with(READY)).collect()
+}
+
+/// The text of an event line after its `<local time>: ` prefix, or `None`
+/// when the line does not start with such a timestamp.
+pub fn event_text(line: &str) -> Option<&str> {
+    static STAMP_RE: std::sync::OnceLock<Regex> = std::sync::OnceLock::new();
+    let stamp = STAMP_RE.get_or_init(|| Regex::new(STAMP).unwrap());
+    stamp.find(line).map(|m| &line[m.end()..])
+}
+
+/// The event texts of `lines`, each of which must carry a timestamp.
+pub fn event_texts(lines: &[String]) -> Vec<String> {
+    let text = |l: &String| {
+        let text = event_text(l).unwrap_or_else(|| panic!("stdout line without timestamp: '{l}'"));
+        text.to_string()
+    };
+    lines.iter().map(text).collect()
+}
+
+/// `ip:port`.
+pub fn at(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.into(), port)
+}
+
+/// Text of a new-connection event (SocketAddr prints IPv6 in brackets, the
+/// same canonical form as the agent).
+pub fn new_connection(initiator: SocketAddr, acceptor: SocketAddr) -> String {
+    format!("New connection: {initiator} -> {acceptor}")
+}
+
+/// Text of a port-scan event; `ports` ascending as the agent prints them.
+pub fn port_scan(remote: IpAddr, local: IpAddr, ports: &[u16]) -> String {
+    let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+    format!(
+        "Port scan detected: {remote} -> {local} on ports {}",
+        ports.join(",")
+    )
+}
+
+/// Text of a block event.
+pub fn blocked(ip: IpAddr, ttl: &str, backend: &str) -> String {
+    format!("Blocked {ip} for {ttl} via {backend}")
+}
+
+/// Asserts a clean stop (exit status 0) and that stdout is exactly
+/// `expected` events, each behind a timestamp, in any order, and nothing
+/// else. Returns the event texts in printed order for order checks.
+pub fn assert_exact_events(finished: &Finished, expected: &[String]) -> Vec<String> {
+    assert_eq!(
+        finished.status.code(),
+        Some(0),
+        "agent did not exit 0 on SIGTERM ({}); stderr: {}",
+        finished.status,
+        finished.stderr
+    );
+    let events = event_texts(&finished.stdout);
+    let mut got = events.clone();
+    let mut want = expected.to_vec();
+    got.sort();
+    want.sort();
+    assert_eq!(
+        got, want,
+        "stdout is not exactly the expected events\nstdout: {:#?}\nstderr: {}",
+        finished.stdout, finished.stderr
+    );
+    events
+}

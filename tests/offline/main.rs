@@ -1,0 +1,48 @@
+//! The tests that need neither root nor namespaces, in one test binary: the
+//! command line of the real binary (`cli`), `tcpwatch replay` on files
+//! (`replay`), properties of the procfs parser (`procfs_props`), every input
+//! a fuzzer crashed on (`fuzz_regressions`), the deployment files
+//! (`deploy`) and the module layers of the crate (`layers`). The real-Linux
+//! tests are the `e2e` binary.
+
+#[path = "../shared/args.rs"]
+mod args;
+
+mod cli;
+mod deploy;
+mod fuzz_regressions;
+mod layers;
+mod procfs_props;
+mod replay;
+
+use std::ffi::OsStr;
+use std::fmt::Debug;
+use std::process::{Command, Output, Stdio};
+
+/// `tcpwatch ARGS...` to its end: stdin closed, output captured.
+fn tcpwatch(args: &[impl AsRef<OsStr>]) -> Output {
+    Command::new(args::AGENT)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot run tcpwatch")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Asserts a usage or input error: exit 2, nothing on stdout, exactly one
+/// line on stderr; returns that line.
+fn one_line_error(args: &[impl AsRef<OsStr> + Debug]) -> String {
+    let out = tcpwatch(args);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: stderr: {stderr}");
+    assert_eq!(text(&out.stdout), "", "{args:?} printed on stdout");
+    assert!(
+        stderr.ends_with('\n'),
+        "{args:?}: stderr not one line: {stderr:?}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{args:?}: stderr: {stderr:?}");
+    stderr.trim_end().to_string()
+}
