@@ -32,7 +32,7 @@ ARGS=(run --source xdp --interface eth0 --block none --metrics-addr off --state 
 # --- 1. latency --------------------------------------------------------------
 # The server holds each connection a while so the client closes first: a
 # server closing first lets the client reuse a 4-tuple at once, which the
-# agent's retransmission filter takes for a retransmission (see README/issue).
+# agent's retransmission filter takes for a retransmission (docs/detection.md).
 lab_bg a python3 -c '
 import collections, socket
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
