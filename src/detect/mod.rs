@@ -157,6 +157,10 @@ impl Detector {
                 .collect()
             }
             Observation::Lost { .. } => Vec::new(),
+            Observation::Batch(observations) => observations
+                .iter()
+                .flat_map(|observation| self.process(observation))
+                .collect(),
         }
     }
 

@@ -299,9 +299,7 @@ async fn detect(
                 None => return Ok(()),
             },
         };
-        if let Observation::Lost { count } = observation {
-            metrics.events_lost(detector.source(), count);
-        }
+        count_lost(&observation, &metrics, detector.source());
         let events = detector.process(&observation);
         metrics.set_tracked_sources(detector.tracked_sources());
         for (table, n) in detector.take_evictions() {
@@ -324,6 +322,19 @@ async fn detect(
         if !events.is_empty() && out.send(events).await.is_err() {
             return Ok(());
         }
+    }
+}
+
+/// Counts the events a source says it missed (a batch may say so too).
+fn count_lost(observation: &Observation, metrics: &Metrics, source: &'static str) {
+    match observation {
+        Observation::Lost { count } => metrics.events_lost(source, *count),
+        Observation::Batch(observations) => {
+            for observation in observations {
+                count_lost(observation, metrics, source);
+            }
+        }
+        _ => {}
     }
 }
 

@@ -56,3 +56,4 @@ mod state;
 mod systemd;
 mod xdp;
 mod xdp_block;
+mod xdp_parse;
