@@ -4,12 +4,12 @@
 //! cannot write says so itself and keeps what it could not write.
 
 use std::collections::HashSet;
-use std::net::IpAddr;
+use ipnet::IpNet;
 use std::time::SystemTime;
 
 pub trait Journal: Send + Sync {
-    /// Records that `ips` are blocked until `expires` via `backend`.
-    fn record(&self, ips: &[IpAddr], expires: SystemTime, backend: &'static str);
+    /// Records that `targets` are blocked until `expires` via `backend`.
+    fn record(&self, targets: &[IpNet], expires: SystemTime, backend: &'static str);
     /// Keeps only the recorded blocks in `held` (and drops expired ones).
-    fn keep_only(&self, held: &HashSet<IpAddr>);
+    fn keep_only(&self, held: &HashSet<IpNet>);
 }
