@@ -12,7 +12,7 @@ use super::limit;
 use super::Settings;
 use crate::clock::Clock;
 use crate::diag;
-use crate::event::{Block, Event, EventKind, Origin};
+use crate::event::{show_net, Block, Event, EventKind, Origin};
 use ipnet::IpNet;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -257,7 +257,7 @@ impl Blocker {
                 continue;
             }
             if let Some(reason) = self.allow.check_net(ip) {
-                diag::note(format_args!("not blocking {ip}: {reason}"));
+                diag::note(format_args!("not blocking {}: {reason}", show_net(&ip)));
                 self.skipped.allowlist += 1;
                 continue;
             }
@@ -271,8 +271,9 @@ impl Blocker {
                     self.skipped.rate_limit += 1;
                     if warn {
                         diag::warn(format_args!(
-                            "block limit of {} a minute reached; not blocking {ip} ({} skipped so far)",
+                            "block limit of {} a minute reached; not blocking {} ({} skipped so far)",
                             self.limit.rate(),
+                            show_net(&ip),
                             self.limit.skipped()
                         ));
                     }
