@@ -143,7 +143,10 @@ mod tests {
         assert_eq!(Family::of("fd00::1".parse().unwrap()), Family::V6);
         let net = |s: &str| s.parse::<IpNet>().unwrap();
         assert_eq!(canonical(net("::ffff:10.1.2.3/128")), net("10.1.2.3/32"));
-        assert_eq!(canonical(net("2001:db8:1:2::9/64")), net("2001:db8:1:2::/64"));
+        assert_eq!(
+            canonical(net("2001:db8:1:2::9/64")),
+            net("2001:db8:1:2::/64")
+        );
         assert_eq!(Family::of_net(&net("2001:db8:1:2::/64")), Family::V6);
         assert!(is_host(&net("10.1.2.3/32")) && !is_host(&net("2001:db8::/64")));
     }

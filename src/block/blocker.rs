@@ -198,7 +198,8 @@ impl Blocker {
     /// blocked one by one as they scan).
     fn target_of(&self, scan: &crate::event::PortScan) -> IpNet {
         let source = canonical(scan.source());
-        if source.prefix_len() != source.max_prefix_len() && self.allow.check_net(source).is_some() {
+        if source.prefix_len() != source.max_prefix_len() && self.allow.check_net(source).is_some()
+        {
             return IpNet::from(scan.remote.to_canonical());
         }
         source

@@ -9,8 +9,8 @@ use super::backend::{canonical, whole_seconds, Backend, Family};
 use super::journal::Journal;
 use crate::clock::Clock;
 use crate::{diag, duration, text};
-use std::collections::{HashMap, HashSet};
 use ipnet::IpNet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -3,8 +3,8 @@
 //! file; the pipeline plugs it in). Writing is best effort: a journal that
 //! cannot write says so itself and keeps what it could not write.
 
-use std::collections::HashSet;
 use ipnet::IpNet;
+use std::collections::HashSet;
 use std::time::SystemTime;
 
 pub trait Journal: Send + Sync {

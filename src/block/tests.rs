@@ -10,8 +10,8 @@ use super::journal::Journal;
 use super::limit;
 use crate::clock::{Clock, ManualClock, Stamp};
 use crate::event::{Connection, Direction, Event, EventKind, PortScan};
-use std::collections::{HashMap, HashSet};
 use ipnet::IpNet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -164,10 +164,7 @@ fn scans_of_one_batch_are_blocked_in_one_call_each_right_after_its_scan() {
         ]
     );
     let calls = fake.calls.lock().unwrap().clone();
-    assert_eq!(
-        calls,
-        [vec![ip("192.0.2.1"), ip("2001:db8::7")]]
-    );
+    assert_eq!(calls, [vec![ip("192.0.2.1"), ip("2001:db8::7")]]);
     assert_eq!(b.count().unwrap(), (1, 1));
 }
 

@@ -3,10 +3,10 @@
 //! `xdp`: the maps a running agent pins in /sys/fs/bpf/tcpwatch).
 
 use crate::block::backend::{canonical, Backend};
-use crate::event::show_net;
-use ipnet::IpNet;
 use crate::block::{iptables::Iptables, nft::Nftables, xdp::XdpBlock};
 use crate::diag;
+use crate::event::show_net;
+use ipnet::IpNet;
 use std::io::Write;
 use std::net::IpAddr;
 

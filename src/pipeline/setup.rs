@@ -23,8 +23,8 @@ use crate::state::{Loaded, StateError, StatePath, Store, DEFAULT_STATE};
 use crate::{diag, duration, text};
 use anyhow::Context;
 use futures_util::future::BoxFuture;
-use std::collections::HashSet;
 use ipnet::IpNet;
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -170,7 +170,8 @@ struct StoreJournal(Arc<Store>);
 impl Journal for StoreJournal {
     fn record(&self, targets: &[IpNet], expires: SystemTime, backend: &'static str) {
         let now = SystemTime::now();
-        self.0.report(self.0.put_blocks(targets, expires, backend, now));
+        self.0
+            .report(self.0.put_blocks(targets, expires, backend, now));
     }
 
     fn keep_only(&self, held: &HashSet<IpNet>) {

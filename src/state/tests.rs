@@ -54,7 +54,10 @@ fn block_keys_of_every_version_decode_and_garbage_does_not() {
     let host: IpNet = "192.0.2.7/32".parse().unwrap();
     // An address is stored as it always was: 17 bytes.
     assert_eq!(encode_net(host).len(), 17);
-    assert_eq!(decode_net(&encode_ip("192.0.2.7".parse().unwrap())), Some(host));
+    assert_eq!(
+        decode_net(&encode_ip("192.0.2.7".parse().unwrap())),
+        Some(host)
+    );
     let prefix: IpNet = "2001:db8:1:2::/64".parse().unwrap();
     assert_eq!(decode_net(&encode_net(prefix)), Some(prefix));
     let mut bad = encode_net(prefix);
