@@ -52,8 +52,13 @@ pub struct ScanDetector {
     /// Slab indices of the sources, by the hash of their key.
     index: HashTable<u32>,
     slab: Vec<Source>,
+    /// When each slot's source was last active, beside the slab: what a
+    /// sweep or an eviction reads, in one dense pass.
+    activity: Vec<Activity>,
     /// Slab slots not in use.
     free: Vec<u32>,
+    /// The activity of the sources an eviction weighs (kept to be reused).
+    order: Vec<u64>,
     keys: Keyed,
     /// Bumped on every probe: a total order of activity, so eviction is
     /// deterministic even when many probes share a timestamp.
@@ -72,12 +77,18 @@ struct Source {
     first: IpAddr,
     many: bool,
     reported: bool,
-    /// The last probe, in milliseconds of monotonic time.
-    last: u64,
-    touched: u64,
     /// The ports probed within the longest window; the first two inline
     /// (most sources of a flood probe one).
     ports: SmallVec<[Port; 2]>,
+}
+
+/// When a slot's source was last active; `touched` is 0 for a free slot.
+#[derive(Clone, Copy, Default)]
+struct Activity {
+    /// The last probe, in milliseconds of monotonic time.
+    last: u64,
+    /// Its rank among all probes.
+    touched: u64,
 }
 
 /// A probed port, in one word: when it was last probed (milliseconds of
@@ -173,7 +184,9 @@ impl ScanDetector {
             capacity: capacity.clamp(1, u32::MAX as usize),
             index: HashTable::new(),
             slab: Vec::new(),
+            activity: Vec::new(),
             free: Vec::new(),
+            order: Vec::new(),
             keys: hash::keyed(),
             touches: 0,
             evicted: 0,
@@ -243,8 +256,14 @@ impl ScanDetector {
         };
         self.touches += 1;
         let (longest, most) = (self.longest, self.rules.most_ports());
+        let activity = &mut self.activity[at_slot];
+        let quiet = activity.last.saturating_add(longest) <= now;
+        *activity = Activity {
+            last: now,
+            touched: self.touches,
+        };
         let source = &mut self.slab[at_slot];
-        if source.last.saturating_add(longest) <= now {
+        if quiet {
             // Quiet for the longest window: a new episode.
             source.ports.clear();
             source.reported = false;
@@ -252,8 +271,6 @@ impl ScanDetector {
             source.many = false;
         }
         source.many |= remote != source.first;
-        source.last = now;
-        source.touched = self.touches;
         source
             .ports
             .retain(|p| p.ms().saturating_add(longest) > now);
@@ -330,17 +347,22 @@ impl ScanDetector {
             first,
             many: false,
             reported: false,
-            last: now,
-            touched: 0,
             ports: SmallVec::new(),
+        };
+        // Active now: `probe` sets its rank.
+        let activity = Activity {
+            last: now,
+            touched: u64::MAX,
         };
         let slot = match self.free.pop() {
             Some(slot) => {
                 self.slab[slot as usize] = source;
+                self.activity[slot as usize] = activity;
                 slot
             }
             None => {
                 self.slab.push(source);
+                self.activity.push(activity);
                 (self.slab.len() - 1) as u32
             }
         };
@@ -352,7 +374,8 @@ impl ScanDetector {
 
     /// Frees at least one slot: drops the sources quiet for the longest
     /// window, then, if fewer than an eighth went, evicts the least
-    /// recently active down to seven eighths of the capacity.
+    /// recently active down to seven eighths of the capacity. Two passes
+    /// over the activity array at most, per eighth of the capacity.
     fn make_room(&mut self, now: u64) {
         self.sweep_ms(now);
         let target = self.capacity - (self.capacity / 8).max(1);
@@ -360,32 +383,38 @@ impl ScanDetector {
             return;
         }
         let excess = self.index.len() - target;
-        let slab = &self.slab;
-        let mut touched: Vec<u64> = self
-            .index
-            .iter()
-            .map(|&i| slab[i as usize].touched)
-            .collect();
+        let mut order = std::mem::take(&mut self.order);
+        order.clear();
+        order.extend(
+            self.activity
+                .iter()
+                .map(|a| a.touched)
+                .filter(|&touched| touched != 0),
+        );
         // Touches are unique: the `excess` smallest are exactly those <=
         // the excess-th smallest.
-        let (_, &mut cut, _) = touched.select_nth_unstable(excess - 1);
-        self.remove_where(|s| s.touched <= cut);
+        let (_, &mut cut, _) = order.select_nth_unstable(excess - 1);
+        self.order = order;
+        self.remove_where(|a| a.touched <= cut);
         self.evicted += excess as u64;
     }
 
-    /// Forgets the sources `gone` picks, freeing their slots.
-    fn remove_where(&mut self, mut gone: impl FnMut(&Source) -> bool) {
-        let (slab, free) = (&mut self.slab, &mut self.free);
-        self.index.retain(|&mut i| {
-            let source = &mut slab[i as usize];
-            if !gone(source) {
-                return true;
+    /// Forgets the sources whose activity `gone` picks, freeing their slots.
+    fn remove_where(&mut self, mut gone: impl FnMut(&Activity) -> bool) {
+        for (slot, activity) in self.activity.iter_mut().enumerate() {
+            if activity.touched == 0 || !gone(activity) {
+                continue;
+            }
+            *activity = Activity::default();
+            let source = &mut self.slab[slot];
+            let slot = slot as u32;
+            if let Ok(entry) = self.index.find_entry(source.hash, |&i| i == slot) {
+                entry.remove();
             }
             // Give back a spilled port list at once.
             source.ports = SmallVec::new();
-            free.push(i);
-            false
-        });
+            self.free.push(slot);
+        }
     }
 
     /// Forgets sources that have been quiet for the longest window.
@@ -395,7 +424,7 @@ impl ScanDetector {
 
     fn sweep_ms(&mut self, now: u64) {
         let longest = self.longest;
-        self.remove_where(|s| s.last.saturating_add(longest) <= now);
+        self.remove_where(|a| a.last.saturating_add(longest) <= now);
     }
 
     /// The rules and the IPv6 prefix length in force.
@@ -419,9 +448,9 @@ impl ScanDetector {
         let key = self.source_of(remote);
         self.index
             .iter()
-            .map(|&i| &self.slab[i as usize])
-            .find(|s| s.remote == key && s.local == local)
-            .map(|s| (s.ports.len(), s.reported, s.last))
+            .map(|&i| (&self.slab[i as usize], self.activity[i as usize].last))
+            .find(|(s, _)| s.remote == key && s.local == local)
+            .map(|(s, last)| (s.ports.len(), s.reported, last))
     }
 }
 
