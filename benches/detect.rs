@@ -116,7 +116,7 @@ fn scanning(wall: chrono::DateTime<chrono::Local>, n: u64) -> Observation {
     let scanner = (n / 8) % 65_536;
     let probe = n % 8;
     let at = stamp(wall, n * 200);
-    let remote: IpAddr = if scanner % 2 == 0 {
+    let remote: IpAddr = if scanner.is_multiple_of(2) {
         IpAddr::from((0xc000_0000u32 | scanner as u32).to_be_bytes())
     } else {
         // Its /64, a new address of it for each probe.
