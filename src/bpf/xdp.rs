@@ -84,14 +84,16 @@ pub struct LoadOptions {
 /// one page is the smallest a ring buffer can be).
 const IDLE_RING: u32 = 4096;
 
-/// Ring buffer size when it reports: 8 MiB, about 150,000 records of 56
-/// bytes (a 44-byte record behind its 8-byte header, rounded to 8), so 1.2
-/// s of a 120,000 SYN/s flood while the reader is held up (by the
-/// scheduler, another process on its core). The kernel charges it to the
-/// agent's memory cgroup; the reader maps it, and the pages it has read
-/// count in its RSS. The reader keeps up with such a flood on average
-/// (docs/sources.md): the ring only absorbs its stalls.
-pub const REPORT_RING: u32 = 8 << 20;
+/// Ring buffer size when it reports: 4 MiB, 74,898 records of 56 bytes (a
+/// 44-byte record behind its 8-byte header, rounded to 8), so 0.6 s of a
+/// 120,000 SYN/s flood while the reader is held up. The reader keeps up with
+/// such a flood on average (docs/sources.md); the ring absorbs its stalls:
+/// under a spoofed flood the detector's tables are rebuilt now and then,
+/// which held the pipeline up to 0.5 s on a busy 2-core host, where 1 MiB
+/// lost 15-20 % of a 30,000 SYN/s flood and 4 MiB none. The kernel charges
+/// it to the agent's memory cgroup; the reader maps it, and the pages it
+/// has read count in its RSS (4 MiB more than 1 MiB did, measured).
+pub const REPORT_RING: u32 = 4 << 20;
 
 /// Loads the program with `opts` and attaches it to `interfaces` (none:
 /// every up, non-loopback Ethernet interface), replacing a leftover tcpwatch

@@ -41,7 +41,7 @@ use tokio::io::unix::AsyncFd;
 /// How often the loss counter is read.
 const LOSS_PERIOD: Duration = Duration::from_secs(1);
 /// Records drained from the ring buffer at most before they are handed on.
-pub const BATCH: usize = 4096;
+pub const BATCH: usize = 1024;
 /// A drain at least this long means a flood: wait [`LINGER`] before the next.
 pub const FLOOD: usize = 64;
 /// How long the reader waits after a flood-sized drain.
