@@ -57,3 +57,4 @@ mod systemd;
 mod xdp;
 mod xdp_block;
 mod xdp_parse;
+mod xdp_probes;
