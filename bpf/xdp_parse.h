@@ -59,13 +59,12 @@ struct ipv6_frag_hdr {
 // The report a TCP flags byte makes (TCPW_*), or 0: ordinary traffic.
 static __always_inline __u8 classify(__u8 flags)
 {
-	if ((flags & (F_SYN | F_ACK)) == F_SYN)
+	// ACK first: it is set on every segment of an established connection.
+	if (flags & F_ACK)
+		return (flags & F_NOT_ECN) == (F_SYN | F_ACK) ? TCPW_SYNACK : 0;
+	if (flags & F_SYN)
 		return TCPW_SYN;
-	if ((flags & F_NOT_ECN) == (F_SYN | F_ACK))
-		return TCPW_SYNACK;
-	if (!(flags & (F_SYN | F_ACK | F_RST)))
-		return TCPW_STEALTH;
-	return 0;
+	return flags & F_RST ? 0 : TCPW_STEALTH;
 }
 
 // Fills *ev from the packet as far as it goes: addresses for any IPv4/IPv6
@@ -177,14 +176,20 @@ static __always_inline int parse(struct xdp_md *ctx, struct event *ev)
 	// fragment may stop anywhere after the ports.
 	struct tcphdr *tcp = l4;
 
-	if (l4_len < 4 || l4 + 4 > data_end)
-		return PARSED_IP;
-	if (fragment && l4_len <= TCP_FLAGS_OFFSET) {
+	if (!fragment) {
+		// The common case, a whole segment: straight to the flags.
+		if (l4_len < TCP_MIN_LEN || l4 + TCP_MIN_LEN > data_end)
+			return PARSED_IP;	// not a TCP segment
+		flags = ((__u8 *)l4)[TCP_FLAGS_OFFSET];
+		kind = classify(flags);
+		if (!kind)
+			return PARSED_IP;
+	} else if (l4_len <= TCP_FLAGS_OFFSET) {
+		if (l4_len < 4 || l4 + 4 > data_end)
+			return PARSED_IP;
 		kind = TCPW_FRAGMENT;
 		flags = 0;
 	} else {
-		if (!fragment && l4_len < TCP_MIN_LEN)
-			return PARSED_IP;	// not a TCP segment
 		if (l4 + TCP_FLAGS_OFFSET + 1 > data_end)
 			return PARSED_IP;
 		flags = ((__u8 *)l4)[TCP_FLAGS_OFFSET];

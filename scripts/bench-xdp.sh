@@ -13,7 +13,12 @@
 #      the accounting (lines = reported, lines + lost = received); the
 #      agent's CPU during the flood, in cores (target <= 1), and peak RSS;
 #   3. the same flood for 2 s while the agent is stopped (SIGSTOP): the ring
-#      buffer overflows, and lines + counted losses must still add up.
+#      buffer overflows, and lines + counted losses must still add up;
+#   4. what the programs cost per packet of ordinary traffic (an ACK, a
+#      DNS-like and a QUIC-like datagram; examples/xdp_cost.rs, the kernel's
+#      BPF_PROG_TEST_RUN timing) against the XDP program as it was before it
+#      saw stealth probes, fragments and extension headers (commit b66731a,
+#      compiled here with the flags of build.rs), in the same run.
 # Needs root, hping3, bpftool, python3 and a release build with clang.
 # Usage: scripts/bench-xdp.sh [N_CONNECTIONS]   (default 500)
 set -euo pipefail
@@ -166,3 +171,31 @@ echo "flood: agent CPU $CPU s (user+sys, whole run), peak RSS $HWM"
   "packets A's eth0 received" "$((RX2 - RX1))"
 "$FIGURE" "xdp flood: agent CPU time (5 s + 2 s floods)" "$CPU" s
 "$FIGURE" "xdp flood: peak RSS" "$(awk '{printf "%.1f", $1 / 1024}' <<<"$HWM")" MiB - - "value < 64"
+
+# --- 4. cost per packet of ordinary traffic, against the program before ------
+BEFORE=b66731a
+cargo build --release --locked -q --example xdp_cost
+before_obj=
+if git cat-file -e "$BEFORE^{commit}" 2>/dev/null; then
+  mkdir -p "$WORK/before"
+  git archive "$BEFORE" bpf | tar -x -C "$WORK/before"
+  if clang -O2 -g -target bpf -Wall -Werror -I"/usr/include/$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)" \
+    -c "$WORK/before/bpf/tcpwatch.bpf.c" -o "$WORK/before.o"; then
+    before_obj=$WORK/before.o
+  fi
+fi
+[ -n "$before_obj" ] || echo "warning: the program of $BEFORE could not be built: no anchor"
+target/release/examples/xdp_cost 1000000 ${before_obj:+"$before_obj"} >"$WORK/cost"
+echo "cost per packet (ns; BPF_PROG_TEST_RUN, median of 5 rounds of 1,000,000):"
+column -t -s $'\t' "$WORK/cost" || cat "$WORK/cost"
+while IFS=$'\t' read -r prog frame ns before; do
+  case "$frame" in
+    *"tcp ack"|*"udp 40 B"*|*"quic-like"*)
+      if [ "$prog" = xdp ] && [ "$before" != - ]; then
+        "$FIGURE" "xdp program, ordinary traffic: $frame" "$ns" ns/packet \
+          "the program before probes ($BEFORE)" "$before" "ratio <= 1.15"
+      else
+        "$FIGURE" "$prog program, ordinary traffic: $frame" "$ns" ns/packet
+      fi ;;
+  esac
+done <"$WORK/cost"
