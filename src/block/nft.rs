@@ -10,9 +10,9 @@
 
 use super::backend::{by_whole_seconds, Backend, Entry, Family};
 use super::exec;
+use crate::event::show_net;
 use crate::os::nftables as libnft;
 use anyhow::Context;
-use crate::event::show_net;
 use ipnet::IpNet;
 use std::fmt::Write;
 use std::net::IpAddr;
@@ -327,7 +327,10 @@ mod tests {
         assert_eq!(
             entries,
             [
-                Entry::new("10.0.0.2".parse::<IpAddr>().unwrap().into(), Some(Duration::from_secs(29))),
+                Entry::new(
+                    "10.0.0.2".parse::<IpAddr>().unwrap().into(),
+                    Some(Duration::from_secs(29))
+                ),
                 Entry::new("10.0.0.9".parse::<IpAddr>().unwrap().into(), None),
             ]
         );
