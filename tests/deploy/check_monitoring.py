@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Checks the chart's optional monitoring objects; called by tests/prom_rules.rs.
+"""Checks the chart's optional monitoring objects; called by the offline tests (tests/offline/rules.rs).
 
 - With the defaults, `helm template` renders neither a PrometheusRule nor the
   dashboard ConfigMap (the default rendering is the plain manifest).
