@@ -158,7 +158,7 @@ impl Metrics {
         );
         registry.register(
             "evictions",
-            "Entries dropped from a full table (detector: connections, scan_sources, attempts; block stage: block_records)",
+            "Entries dropped from a full table (detector: connections, scan_sources, attempts; block stage: block_records; status: status_top)",
             evictions.clone(),
         );
         registry.register(
@@ -291,7 +291,10 @@ impl Metrics {
     /// Counts an event as it is printed, so that the counters always equal
     /// the lines on stdout.
     pub fn printed(&self, event: &Event) {
-        self.recent.record(event);
+        let cut = self.recent.record(event);
+        if cut > 0 {
+            self.evicted("status_top", cut);
+        }
         match &event.kind {
             EventKind::NewConnection { conn, .. } => {
                 self.new_connections

@@ -6,7 +6,8 @@
 //! sixty newest buckets are the hour. Each bucket keeps at most
 //! [`MAX_KEYS`] scanners and as many ports (a scan from many forged
 //! sources must not grow the agent); the scans past that are counted in
-//! `others`, so the totals stay right and only the top lists are cut.
+//! `others` (and in `tcpwatch_evictions_total{table="status_top"}`), so
+//! the totals stay right and only the top lists are cut.
 //! Times are the events' monotonic stamps: a wall clock that jumps moves
 //! nothing.
 
@@ -68,8 +69,9 @@ pub struct Recent {
 }
 
 impl Recent {
-    /// Counts one printed event.
-    pub fn record(&self, event: &Event) {
+    /// Counts one printed event; returns the scanners and ports it could
+    /// not keep (the minute's bucket was full), for the evictions metric.
+    pub fn record(&self, event: &Event) -> u64 {
         let minute = event.at.mono.as_secs() / BUCKET.as_secs();
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         if buckets.back().is_none_or(|b| b.minute < minute) {
@@ -84,6 +86,7 @@ impl Recent {
         // An event stamped before the newest bucket (a batch straddling a
         // minute) goes in the newest one: off by a minute at most.
         let bucket = buckets.back_mut().expect("just pushed");
+        let before = bucket.others;
         match &event.kind {
             EventKind::NewConnection { conn, .. } => match conn.direction {
                 Direction::Inbound => bucket.inbound += 1,
@@ -99,6 +102,7 @@ impl Recent {
             EventKind::Blocked(_) => bucket.blocks += 1,
             EventKind::FleetScan(_) | EventKind::Unblocked { .. } => {}
         }
+        bucket.others - before
     }
 
     /// The figures of the hour before `now` (monotonic), with the `top`
@@ -246,10 +250,12 @@ mod tests {
     #[test]
     fn a_bucket_keeps_a_bounded_number_of_scanners() {
         let recent = Recent::default();
+        let mut cut = 0;
         for n in 0..(MAX_KEYS as u32 + 100) {
             let ip = std::net::Ipv4Addr::from(0x0a00_0000 + n).to_string();
-            recent.record(&scan(5, &ip, vec![80]));
+            cut += recent.record(&scan(5, &ip, vec![80]));
         }
+        assert_eq!(cut, 100);
         let s = recent.summary(Duration::from_secs(5), usize::MAX);
         assert_eq!(s.port_scans, MAX_KEYS as u64 + 100, "every scan counted");
         assert_eq!(s.top_scanners.len(), MAX_KEYS);

@@ -70,7 +70,7 @@ pub async fn open(settings: &RunSettings) -> anyhow::Result<Opened> {
     let applies = firewall.as_ref().is_some_and(Firewall::applies);
     let metrics = Metrics::new(source.name(), firewall.as_ref().map(Firewall::name));
     metrics.declare_tables(&crate::detect::EVICTION_TABLES);
-    metrics.declare_tables(&["block_records"]);
+    metrics.declare_tables(&["block_records", "status_top"]);
     let node = crate::os::host::name().unwrap_or_else(|| "localhost".to_string());
     let mut blocker = Blocker::new(
         firewall,
