@@ -452,7 +452,7 @@ impl Blocker {
                 continue;
             }
             if let Some(reason) = self.allow.check_net(ip) {
-                diag::note(format_args!("not blocking {ip}: {reason}"));
+                diag::note(format_args!("not blocking {}: {reason}", show_net(&ip)));
                 self.skipped.allowlist += 1;
                 continue;
             }
@@ -466,8 +466,9 @@ impl Blocker {
                     self.skipped.rate_limit += 1;
                     if warn {
                         diag::warn(format_args!(
-                            "block limit of {} a minute reached; not blocking {ip} ({} skipped so far)",
+                            "block limit of {} a minute reached; not blocking {} ({} skipped so far)",
                             self.limit.rate(),
+                            show_net(&ip),
                             self.limit.skipped()
                         ));
                     }

@@ -188,7 +188,18 @@ fn allowlisted_scanners_are_reported_but_never_blocked() {
         scan("10.0.0.5"),
         scan("::ffff:10.0.0.5"),
     ];
+    let said = crate::diag::capture();
     let out = b.handle(batch);
+    assert_eq!(
+        said.lines(),
+        [
+            "tcpwatch: not blocking 192.0.2.1: --allow 192.0.2.0/24",
+            "tcpwatch: not blocking 127.0.0.1: loopback",
+            "tcpwatch: not blocking 10.0.0.5: an address of this host",
+        ],
+        "the same mapped address is one scanner"
+    );
+    drop(said);
     assert_eq!(
         tags(&out),
         [
