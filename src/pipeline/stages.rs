@@ -628,3 +628,79 @@ async fn xdp_metrics(stats: Stats, metrics: Arc<Metrics>) {
         seen = (v4, v6, evictions);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Stamp;
+    use crate::event::{Connection, Direction, ScanKind};
+    use std::net::{IpAddr, SocketAddr};
+
+    fn stamp() -> Stamp {
+        Stamp {
+            wall: chrono::Local::now(),
+            mono: Duration::ZERO,
+        }
+    }
+
+    fn attempt(from: &str) -> Observation {
+        let initiator: SocketAddr = format!("{from}:40000").parse().unwrap();
+        Observation::Attempt {
+            at: stamp(),
+            conn: Connection {
+                initiator,
+                acceptor: "192.0.2.1:22".parse().unwrap(),
+                direction: Direction::Inbound,
+            },
+            isn: 1,
+        }
+    }
+
+    fn probe(from: &str) -> Observation {
+        Observation::Probe {
+            at: stamp(),
+            remote: from.parse().unwrap(),
+            local: "192.0.2.1:23".parse().unwrap(),
+            kind: ScanKind::Fin,
+        }
+    }
+
+    fn senders(observation: &Observation) -> Vec<IpAddr> {
+        match observation {
+            Observation::Batch(observations) => observations.iter().filter_map(sender).collect(),
+            other => sender(other).into_iter().collect(),
+        }
+    }
+
+    #[test]
+    fn a_blocked_source_is_dropped_alone_and_from_inside_a_batch() {
+        let set = BlockSet::new();
+        let blocked: ipnet::IpNet = "198.51.100.7/32".parse().unwrap();
+        set.insert(blocked);
+        let metrics = Metrics::new("xdp", None);
+
+        assert!(unblocked(attempt("198.51.100.7"), &set, &metrics).is_none());
+        let free = unblocked(probe("203.0.113.5"), &set, &metrics).unwrap();
+        assert_eq!(senders(&free), ["203.0.113.5".parse::<IpAddr>().unwrap()]);
+
+        let batch = Observation::Batch(vec![
+            attempt("203.0.113.5"),
+            probe("198.51.100.7"),
+            Observation::Lost { count: 3 },
+            attempt("198.51.100.7"),
+            probe("203.0.113.6"),
+        ]);
+        let kept = unblocked(batch, &set, &metrics).unwrap();
+        let Observation::Batch(ref rest) = kept else {
+            panic!("{kept:?}")
+        };
+        assert_eq!(rest.len(), 3, "{rest:?}");
+        assert!(matches!(rest[1], Observation::Lost { count: 3 }));
+        assert_eq!(
+            senders(&kept),
+            ["203.0.113.5", "203.0.113.6"].map(|ip| ip.parse::<IpAddr>().unwrap())
+        );
+        // One alone and two in the batch, counted as seen by the block.
+        assert_eq!(set.seen(blocked), 3);
+    }
+}
