@@ -421,7 +421,7 @@ for fam in sorted({f for f, _ in cost}):
     spread = f"per round {min(per_round):.2f} to {max(per_round):.2f}" if per_round else ""
     print(f"ratio xdp/nftables IPv{fam}: {ratio:.2f} ({spread}); target <= 0.5: "
           f"{'ok' if ratio <= 0.5 else 'OVER'}")
-    subprocess.run([figure, f"xdp drop cost, XDP frames (xdpgen {kind}), IPv{fam}: softirq per million",
+    subprocess.run([figure, f"xdp drop cost, XDP frames (xdpgen {kind}), IPv{fam}: softirq per million packets",
                     f"{statistics.median(x):.1f}", "ms", "--block nftables",
                     f"{statistics.median(n):.1f}", "ratio <= 0.5"], check=True)
 load = (f"min {min(loads):.2f}, median {statistics.median(loads):.2f}, max {max(loads):.2f}"
