@@ -13,7 +13,9 @@
 # bare frame; an skb is built only for a frame the program passes.
 #
 # Setup: two throwaway namespaces joined by a veth pair ("rx" runs the real
-# agent, "tx" scans and sends); nothing leaves them. Each round, for each
+# agent, "tx" scans and sends; scripts/lib/lab.sh makes them and removes
+# them, and every process in them, however the run ends); nothing leaves
+# them. Each round, for each
 # backend (interleaved, so drift on a shared host hits both alike):
 #   1. the agent starts in rx: `--source netlink --block B` (a polling
 #      source: no per-packet work of its own in either round). For
@@ -51,11 +53,13 @@
 #     agent's sets carry no counters and the agent's table is not ours to
 #     change; a counter before -300 would add work to the measured path.)
 #
-# Needs root, kernel >= 5.18, clang, cc, libbpf-dev, nft, ethtool,
-# curl, python3. Usage (all optional):
+# Needs root, kernel >= 5.18, clang, libbpf-dev, nft, ethtool,
+# curl, python3 (scripts/install-deps.sh installs them). Usage (all optional):
 #   FRAMES=5000000 ROUNDS=5 KIND=syn FAMILIES="4 6" scripts/bench-xdp-drop.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=lib/lab.sh
+. scripts/lib/lab.sh
 FIGURE=$PWD/scripts/bench-figure
 
 FRAMES=${FRAMES:-5000000}
@@ -65,74 +69,47 @@ FAMILIES=${FAMILIES:-4 6}
 IDLE_SECS=${IDLE_SECS:-2}
 METRICS_PORT=9479
 
-fail() {
-  echo "bench-xdp-drop: $*" >&2
-  exit 1
-}
-[ "$(id -u)" -eq 0 ] || fail "needs root"
-for tool in clang cc nft ethtool curl python3 ip; do
-  command -v "$tool" >/dev/null || fail "needs $tool (apt-get install clang libbpf-dev nftables ethtool curl)"
-done
-[ -f /usr/include/bpf/libbpf.h ] || fail "needs libbpf-dev (apt-get install libbpf-dev)"
-case "$KIND" in udp | syn) ;; *) fail "KIND must be udp or syn" ;; esac
+lab_need root clang nft ethtool curl python3 ip
+[ -f /usr/include/bpf/libbpf.h ] || lab_die "needs libbpf-dev (scripts/install-deps.sh installs it)"
+case "$KIND" in udp | syn) ;; *) lab_die "KIND must be udp or syn" ;; esac
 read -r kmajor kminor _ < <(uname -r | tr '.-' '  ')
 if [ "$kmajor" -lt 5 ] || { [ "$kmajor" -eq 5 ] && [ "$kminor" -lt 18 ]; }; then
-  fail "needs kernel >= 5.18 (BPF_F_TEST_XDP_LIVE_FRAMES); this is $(uname -r)"
+  lab_die "needs kernel >= 5.18 (BPF_F_TEST_XDP_LIVE_FRAMES); this is $(uname -r)"
 fi
 
-target_dir=${CARGO_TARGET_DIR:-$PWD/target}
+target_dir=$(realpath "${CARGO_TARGET_DIR:-target}")
 cargo build --release --locked --bin tcpwatch >/dev/null
 BIN=$target_dir/release/tcpwatch
 
 # The generator and the pass program, built into target/xdpgen.
 gen_dir=$target_dir/xdpgen
 mkdir -p "$gen_dir"
-multiarch=$(cc -dumpmachine)
+multiarch=$(clang -print-multiarch)
 for prog in redirect pass; do
   clang -O2 -g -Wall -target bpf -I"/usr/include/$multiarch" \
     -c "benches/xdpgen/$prog.bpf.c" -o "$gen_dir/$prog.bpf.o"
 done
-cc -O2 -Wall -o "$gen_dir/xdpgen" benches/xdpgen/xdpgen.c -lbpf
+clang -O2 -Wall -Wextra -o "$gen_dir/xdpgen" benches/xdpgen/xdpgen.c -lbpf
 XDPGEN=$gen_dir/xdpgen
 PASS_OBJ=$gen_dir/pass.bpf.o
 
-rx="twxg-rx-$$"
-tx="twxg-tx-$$"
-work=$(mktemp -d)
+# The lab: its clean-up kills the agent, the listeners, the scanner and
+# xdpgen, and deleting rx's namespace takes the veth pair, the XDP programs
+# attached to it and the agent's nftables table with it.
+lab_init
+work=$LAB_WORK
 agent=""
 scanner=""
-load_sampler=""
-cleanup() {
-  [ -n "$load_sampler" ] && kill "$load_sampler" 2>/dev/null
-  [ -n "$agent" ] && kill -TERM "$agent" 2>/dev/null && wait "$agent" 2>/dev/null
-  # Whatever else runs in the namespaces was started here (listeners, scanner,
-  # xdpgen); deleting rx's namespace takes the veth pair, the XDP programs
-  # attached to it and the agent's nftables table with it.
-  for ns in "$rx" "$tx"; do
-    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
-    ip netns del "$ns" 2>/dev/null || true
-  done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
-(while sleep 5; do cut -d' ' -f1 /proc/loadavg; done) >"$work/load" &
-load_sampler=$!
+sample_load() { while sleep 5; do cut -d' ' -f1 /proc/loadavg; done >"$work/load"; }
+lab_spawn sample_load
+load_sampler=$LAB_PID
 
-ip netns add "$rx"
-ip netns add "$tx"
-ip -n "$rx" link add eth0 type veth peer name eth0 netns "$tx"
 RX4=10.252.0.1 TX4=10.252.0.2 RX6=fd00:252::1 TX6=fd00:252::2
-ip -n "$rx" addr add $RX4/24 dev eth0
-ip -n "$tx" addr add $TX4/24 dev eth0
-ip -n "$rx" addr add $RX6/64 dev eth0 nodad
-ip -n "$tx" addr add $TX6/64 dev eth0 nodad
-for ns in "$rx" "$tx"; do
-  ip -n "$ns" link set lo up
-  ip -n "$ns" link set eth0 up
-done
+lab_pair rx tx eth0 10.252.0 fd00:252::
+rx=$(lab_ns rx)
+tx=$(lab_ns tx)
 mac_of() { ip -n "$1" -j link show eth0 | python3 -c 'import json, sys; print(json.load(sys.stdin)[0]["address"])'; }
 RX_MAC=$(mac_of "$rx")
 TX_MAC=$(mac_of "$tx")
@@ -146,7 +123,7 @@ ip -n "$tx" neigh replace $RX6 lladdr "$RX_MAC" dev eth0 nud permanent
 # Listeners on the scanned ports (IPv4 and IPv6) that never accept: the
 # scanner's connections stay in their queues, where the netlink source sees them.
 PORTS=(8001 8002 8003 8004)
-ip netns exec "$rx" python3 -c '
+lab_bg rx python3 -c '
 import socket, sys, time
 socks = []
 for p in map(int, sys.argv[1:]):
@@ -155,11 +132,11 @@ for p in map(int, sys.argv[1:]):
         if family == socket.AF_INET6:
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         s.bind((addr, p)); s.listen(4096); socks.append(s)
-time.sleep(100000)' "${PORTS[@]}" &
-disown
+time.sleep(100000)' "${PORTS[@]}"
+lab_wait_listen rx "${PORTS[3]}"
 
 # Our counter just after the agent's raw-priority chain (see the header).
-ip netns exec "$rx" nft -f - <<EOF
+lab_exec rx nft -f - <<EOF
 table inet xdpgen_probe {
   chain after_raw {
     type filter hook prerouting priority -299; policy accept;
@@ -176,22 +153,22 @@ ethtool_stat() { ip netns exec "$1" ethtool -S eth0 | awk -v k="$2:" '$1 == k {p
 # shellcheck disable=SC2016 # awk programs
 ip_in() {
   if [ "$1" = 4 ]; then
-    ip netns exec "$rx" awk '/^Ip: [0-9]/ {print $4, $5 + $6}' /proc/net/snmp
+    lab_exec rx awk '/^Ip: [0-9]/ {print $4, $5 + $6}' /proc/net/snmp
   else
-    ip netns exec "$rx" awk '$1 == "Ip6InReceives" {r = $2} $1 == "Ip6InHdrErrors" || $1 == "Ip6InAddrErrors" {e += $2} END {print r, e}' /proc/net/snmp6
+    lab_exec rx awk '$1 == "Ip6InReceives" {r = $2} $1 == "Ip6InHdrErrors" || $1 == "Ip6InAddrErrors" {e += $2} END {print r, e}' /proc/net/snmp6
   fi
 }
 after_raw() {
   local match="ip saddr $TX4"
   [ "$1" = 6 ] && match="ip6 saddr $TX6"
-  ip netns exec "$rx" nft list chain inet xdpgen_probe after_raw |
+  lab_exec rx nft list chain inet xdpgen_probe after_raw |
     awk -v m="$match" 'index($0, m) {for (i = 1; i <= NF; i++) if ($i == "packets") print $(i + 1)}'
 }
 # agent_dropped ipv4|ipv6|all: the agent's tcpwatch_xdp_dropped_packets_total.
 agent_dropped() {
   local fam=$1
   [ "$fam" = all ] && fam=""
-  ip netns exec "$rx" curl -sf "http://127.0.0.1:$METRICS_PORT/metrics" |
+  lab_exec rx curl -sf "http://127.0.0.1:$METRICS_PORT/metrics" |
     awk -v f="family=\"$fam" '/^tcpwatch_xdp_dropped_packets_total/ && index($0, f) {n += $2} END {print n + 0}'
 }
 # agent_synced: waits until the agent's metric (copied from the kernel every
@@ -201,7 +178,7 @@ agent_synced() {
     [ "$(agent_dropped all)" -eq $(($(ethtool_stat "$rx" rx_queue_0_xdp_drops) - drops_at_start)) ] && return 0
     sleep 0.1
   done
-  fail "the agent's tcpwatch_xdp_dropped_packets_total does not match rx's XDP drops"
+  lab_die "the agent's tcpwatch_xdp_dropped_packets_total does not match rx's XDP drops"
 }
 # xdp_attached: "MODE PROGRAM" of rx's eth0 (mode 1 = driver).
 xdp_attached() {
@@ -216,20 +193,14 @@ start_agent() {
   local block=$1
   : >"$work/out"
   : >"$work/err"
-  ip netns exec "$rx" "$BIN" run --source netlink --interval 200ms --block "$block" \
+  lab_bg rx "$BIN" run --source netlink --interval 200ms --block "$block" \
     --interface eth0 --block-ttl 1h --state off --metrics-addr "127.0.0.1:$METRICS_PORT" \
-    >"$work/out" 2>"$work/err" &
-  agent=$!
-  for _ in $(seq 100); do
-    grep -q "tcpwatch: watching" "$work/err" && return 0
-    kill -0 "$agent" 2>/dev/null || break
-    sleep 0.1
-  done
-  fail "the agent did not start: $(cat "$work/err")"
+    >"$work/out" 2>"$work/err"
+  agent=$LAB_PID
+  lab_expect "$work/err" "tcpwatch: watching"
 }
 stop_agent() {
-  kill -TERM "$agent"
-  wait "$agent" || true
+  lab_stop "$agent"
   agent=""
 }
 # scan_and_wait: tx connects to the 4 ports of rx over IPv4 and IPv6 and
@@ -237,20 +208,19 @@ stop_agent() {
 # polling source); waits for both blocks. The connections stay idle (no
 # packet crosses the block) until end_scan, after the agent has stopped.
 scan_and_wait() {
-  ip netns exec "$tx" python3 -c '
+  lab_bg tx python3 -c '
 import socket, sys, time
 held = [socket.create_connection((a, int(p))) for a in sys.argv[1:3] for p in sys.argv[3:]]
-time.sleep(100000)' $RX4 $RX6 "${PORTS[@]}" &
-  scanner=$!
-  disown
+time.sleep(100000)' $RX4 $RX6 "${PORTS[@]}"
+  scanner=$LAB_PID
   for _ in $(seq 100); do
     grep -q "Blocked $TX4" "$work/out" && grep -q "Blocked $TX6" "$work/out" && return 0
     sleep 0.1
   done
-  fail "tx was not blocked: $(cat "$work/out" "$work/err")"
+  lab_die "tx was not blocked: $(cat "$work/out" "$work/err")"
 }
 end_scan() {
-  kill "$scanner" 2>/dev/null || true
+  lab_stop "$scanner" KILL
   scanner=""
 }
 
@@ -278,7 +248,7 @@ measure() {
   s0=$(softirq_per_cpu)
   t0=$(now)
   local gen
-  gen=$(ip netns exec "$tx" "$XDPGEN" -i eth0 -n "$FRAMES" -k "$KIND" -s "$src" -d "$dst" \
+  gen=$(lab_exec tx "$XDPGEN" -i eth0 -n "$FRAMES" -k "$KIND" -s "$src" -d "$dst" \
     -M "$RX_MAC" -P 9000)
   # The receive side may finish in ksoftirqd after xdpgen returns.
   for _ in $(seq 50); do
@@ -345,7 +315,7 @@ EOF
   tail -n 1 "$work/rows" | awk -F'\t' '{
     printf "round %s  %-8s IPv%s  %s frames  send %6.3f s  softirq %4d ticks (per CPU %s, idle %s)  %7.1f ms/M  %s  %s\n",
       $1, $2, $3, $4, $5, $6, $8, $7, $9, $10, $11 }'
-  grep -q "FAILED" <(tail -n 1 "$work/rows") && fail "round $round, $block, IPv$fam: frames not dropped by the intended path"
+  grep -q "FAILED" <(tail -n 1 "$work/rows") && lab_die "round $round, $block, IPv$fam: frames not dropped by the intended path"
   return 0
 }
 
@@ -371,7 +341,7 @@ round() {
   attached=$(xdp_attached)
   case "$block:$attached" in
     "xdp:1 tcpwatch" | "nftables:1 xdpgen_pass") ;;
-    *) fail "rx's eth0 XDP (mode, program) is '$attached' for --block $block; want driver mode" ;;
+    *) lab_die "rx's eth0 XDP (mode, program) is '$attached' for --block $block; want driver mode" ;;
   esac
   scan_and_wait
   local rate
@@ -393,8 +363,7 @@ for r in $(seq "$ROUNDS"); do
     round "$r" "$block"
   done
 done
-kill "$load_sampler" 2>/dev/null || true
-load_sampler=""
+lab_stop "$load_sampler"
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 
 python3 - "$work/rows" "$work/load" "$load_start" "$load_end" "$KIND" "$FIGURE" <<'EOF'

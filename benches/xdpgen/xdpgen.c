@@ -42,7 +42,7 @@
 #define BPF_F_TEST_XDP_LIVE_FRAMES (1U << 1)
 #endif
 
-static void die(const char *fmt, ...)
+__attribute__((noreturn, format(printf, 1, 2))) static void die(const char *fmt, ...)
 {
 	va_list ap;
 
@@ -54,7 +54,7 @@ static void die(const char *fmt, ...)
 	exit(1);
 }
 
-static void usage(void)
+__attribute__((noreturn)) static void usage(void)
 {
 	fprintf(stderr,
 		"usage: xdpgen -i IF -n COUNT -s SRC -d DST -M DST_MAC [-k udp|syn]\n"
