@@ -6,11 +6,11 @@
 //! two sockets of this host (both ends visible, e.g. over loopback) is
 //! reported once, not once per end.
 
+use super::hash::{self, Map};
 use crate::event::{Connection, Direction};
 use crate::event::{Socket, TcpState};
 use hashbrown::HashTable;
-use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasher, RandomState};
+use std::collections::HashSet;
 use std::net::{SocketAddr, SocketAddrV4};
 
 /// Polls a connection may be absent from before it is forgotten. The kernel's
@@ -23,7 +23,8 @@ pub const DEFAULT_CAPACITY: usize = 262_144;
 
 pub struct ConnectionTable {
     /// Connection key -> when it was last seen.
-    seen: HashMap<(SocketAddr, SocketAddr), Seen>,
+    /// Keyed by remote endpoints: a keyed hash ([`hash`]).
+    seen: Map<(SocketAddr, SocketAddr), Seen>,
     poll: u64,
     report_existing: bool,
     /// At most this many connections are remembered (see [`Self::observe`]).
@@ -61,7 +62,7 @@ impl ConnectionTable {
     /// [`ConnectionTable::new`] remembering at most `capacity` connections.
     pub fn with_capacity(report_existing: bool, capacity: usize) -> Self {
         ConnectionTable {
-            seen: HashMap::new(),
+            seen: hash::map(),
             poll: 0,
             report_existing,
             capacity: capacity.max(1),
@@ -159,7 +160,7 @@ impl ConnectionTable {
             keep
         });
         self.evicted += excess as u64;
-        super::portscan::compact(&mut self.seen);
+        super::hash::compact(&mut self.seen);
     }
 
     /// Connections forgotten, while possibly still open, because the table
@@ -239,16 +240,16 @@ pub fn distinct_owned(sockets: Vec<Socket>) -> Vec<Row> {
 /// Run on every poll and by `tcpwatch list` over tables of tens of thousands
 /// of rows: one allocation of 4 bytes a slot, sized up front (positions of
 /// kept rows, found by the connection's key). The index's hash is keyed
-/// per process: remote addresses and ports are chosen by whoever connects,
+/// ([`hash`]): remote addresses and ports are chosen by whoever connects,
 /// or spoofs SYNs.
 fn dedup(rows: &mut Vec<Row>) {
     let mut index: HashTable<u32> = HashTable::with_capacity(rows.len());
-    let keys = RandomState::new();
-    let hash = |conn: &Connection| pair_hash(&keys, conn.initiator, conn.acceptor);
+    let keys = hash::keyed();
+    let hash_of = |conn: &Connection| pair_hash(&keys, conn.initiator, conn.acceptor);
     let mut kept = 0;
     for i in 0..rows.len() {
         let row = rows[i];
-        let hashed = hash(&row.conn);
+        let hashed = hash_of(&row.conn);
         match index.find(hashed, |&at| {
             same_endpoints(&rows[at as usize].conn, &row.conn)
         }) {
@@ -256,7 +257,7 @@ fn dedup(rows: &mut Vec<Row>) {
             Some(_) => {}
             None => {
                 let at = u32::try_from(kept).expect("fewer than 2^32 sockets");
-                index.insert_unique(hashed, at, |&at| hash(&rows[at as usize].conn));
+                index.insert_unique(hashed, at, |&at| hash_of(&rows[at as usize].conn));
                 rows[kept] = row;
                 kept += 1;
             }
@@ -285,16 +286,16 @@ fn same_endpoints(a: &Connection, b: &Connection) -> bool {
 /// in one call, cost a fraction of hashing them field by field. Equal pairs
 /// hash equal; unequal pairs that pack alike (differing only in IPv6 flow
 /// labels) are told apart by [`same_endpoints`].
-fn pair_hash(keys: &RandomState, a: SocketAddr, b: SocketAddr) -> u64 {
+fn pair_hash(keys: &hash::Keyed, a: SocketAddr, b: SocketAddr) -> u64 {
     match (a, b) {
         (SocketAddr::V4(a), SocketAddr::V4(b)) => {
             let word = |e: SocketAddrV4| u64::from(e.ip().to_bits()) << 16 | u64::from(e.port());
             let (a, b) = (word(a), word(b));
-            keys.hash_one((a.min(b), a.max(b)))
+            hash::hash_of(keys, &(a.min(b), a.max(b)))
         }
         _ => {
             let (a, b) = (endpoint_words(a), endpoint_words(b));
-            keys.hash_one((a.min(b), a.max(b)))
+            hash::hash_of(keys, &(a.min(b), a.max(b)))
         }
     }
 }
