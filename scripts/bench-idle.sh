@@ -36,7 +36,7 @@ FIGURE=$PWD/scripts/bench-figure
 # shellcheck source=lib/lab.sh
 . scripts/lib/lab.sh
 
-lab_need root python3 ss ip
+lab_need root python3 ss ip strip
 [ -x "$BIN" ] || lab_die "no binary at $BIN (cargo build --release)"
 lab_init
 work=$LAB_WORK
