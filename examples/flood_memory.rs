@@ -46,7 +46,12 @@ fn main() {
             mono: Duration::from_micros(u64::from(n) * 10),
         };
         lines += detector
-            .process(&Observation::Attempt { at, conn, isn: 0 })
+            .process(&Observation::Attempt {
+                at,
+                conn,
+                isn: 0,
+                owner: None,
+            })
             .len();
     }
     let took = started.elapsed();

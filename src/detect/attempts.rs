@@ -3,8 +3,13 @@
 //! attempt and is reported once. A retransmission carries the same initial
 //! sequence number; a new connection that reuses the tuple at once (the
 //! client may, when the server closed first) carries another, and is new.
+//!
+//! An attempt is also told apart by its direction and its network namespace
+//! (when the source knows it): the `tracepoint` source sees the same two
+//! endpoints as one namespace's outbound connection and another's inbound
+//! one, or in two namespaces that use the same addresses.
 
-use crate::event::Connection;
+use crate::event::{Connection, Direction};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -14,13 +19,17 @@ pub const RETRANSMIT_WINDOW: Duration = Duration::from_secs(130);
 /// Spoofed floods create one entry per packet; past this the oldest go.
 pub const CAPACITY: usize = 65_536;
 
+/// An attempt's identity: its endpoints, its direction and its network
+/// namespace (0 when the source does not say).
+type Key = (SocketAddr, SocketAddr, Direction, u64);
+
 pub struct AttemptTable {
     window: Duration,
     capacity: usize,
-    /// (initiator, acceptor) -> when first seen, and its sequence number.
-    seen: HashMap<(SocketAddr, SocketAddr), (Duration, u32)>,
+    /// (initiator, acceptor, ...) -> when first seen, and its sequence number.
+    seen: HashMap<Key, (Duration, u32)>,
     /// Insertion order, for expiry and eviction.
-    order: VecDeque<((SocketAddr, SocketAddr), Duration)>,
+    order: VecDeque<(Key, Duration)>,
     evicted: u64,
 }
 
@@ -38,8 +47,24 @@ impl AttemptTable {
     /// Whether `conn`, observed at `at` (monotonic, non-decreasing), is a new
     /// attempt rather than a retransmission of one seen within the window.
     pub fn is_new(&mut self, at: Duration, conn: &Connection, isn: u32) -> bool {
+        self.is_new_in(at, conn, isn, None)
+    }
+
+    /// [`Self::is_new`] for an attempt seen in network namespace `netns`.
+    pub fn is_new_in(
+        &mut self,
+        at: Duration,
+        conn: &Connection,
+        isn: u32,
+        netns: Option<u64>,
+    ) -> bool {
         self.expire(at);
-        let key = (conn.initiator, conn.acceptor);
+        let key = (
+            conn.initiator,
+            conn.acceptor,
+            conn.direction,
+            netns.unwrap_or(0),
+        );
         if self.seen.get(&key).is_some_and(|&(_, seen)| seen == isn) {
             return false;
         }
@@ -73,7 +98,7 @@ impl AttemptTable {
 
     /// Removes `key` if its entry is the one queued at `first` (a tuple
     /// reused by a new connection is queued again, later).
-    fn forget(&mut self, key: (SocketAddr, SocketAddr), first: Duration) -> bool {
+    fn forget(&mut self, key: Key, first: Duration) -> bool {
         let current = self.seen.get(&key).is_some_and(|&(at, _)| at == first);
         if current {
             self.seen.remove(&key);
@@ -141,6 +166,22 @@ mod tests {
             table.is_new(secs(131), &a, 2000),
             "expired with its own window"
         );
+    }
+
+    #[test]
+    fn the_same_endpoints_in_another_direction_or_namespace_are_another_attempt() {
+        let mut table = AttemptTable::new(RETRANSMIT_WINDOW, CAPACITY);
+        let inbound = syn("10.0.0.7:40000", "10.0.0.5:80");
+        let outbound = Connection {
+            direction: Direction::Outbound,
+            ..inbound
+        };
+        assert!(table.is_new_in(secs(0), &inbound, 7, Some(1)));
+        assert!(table.is_new_in(secs(0), &outbound, 7, Some(2)));
+        assert!(table.is_new_in(secs(0), &inbound, 7, Some(3)));
+        assert!(table.is_new_in(secs(0), &inbound, 7, None));
+        assert!(!table.is_new_in(secs(1), &inbound, 7, Some(3)));
+        assert!(!table.is_new(secs(1), &inbound, 7));
     }
 
     #[test]

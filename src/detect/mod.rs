@@ -119,15 +119,21 @@ impl Detector {
                 let fresh = self.connections.observe(sockets);
                 let mut events = Vec::with_capacity(fresh.len());
                 for conn in fresh {
-                    self.report(*at, conn, &mut events);
+                    self.report(*at, conn, None, &mut events);
                 }
                 self.scans.sweep(at.mono);
                 events
             }
-            Observation::Attempt { at, conn, isn } => {
+            Observation::Attempt {
+                at,
+                conn,
+                isn,
+                owner,
+            } => {
                 let mut events = Vec::new();
-                if self.attempts.is_new(at.mono, conn, *isn) {
-                    self.report(*at, *conn, &mut events);
+                let netns = owner.as_ref().and_then(|o| o.netns);
+                if self.attempts.is_new_in(at.mono, conn, *isn, netns) {
+                    self.report(*at, *conn, owner.clone(), &mut events);
                 }
                 // Real-time sources never pause: forget quiet scanners once a
                 // second, or a spoofed flood would grow the detector forever.
@@ -161,13 +167,19 @@ impl Detector {
     }
 
     /// A new connection's line, then the scan it completes, if any.
-    fn report(&mut self, at: Stamp, conn: crate::event::Connection, events: &mut Vec<Event>) {
+    fn report(
+        &mut self,
+        at: Stamp,
+        conn: crate::event::Connection,
+        owner: Option<std::sync::Arc<crate::event::Owner>>,
+        events: &mut Vec<Event>,
+    ) {
         events.push(Event {
             at,
             kind: EventKind::NewConnection {
                 conn,
                 source: self.source,
-                owner: None,
+                owner,
             },
         });
         if let Some(scan) = self.inbound_attempt(at, &conn) {
@@ -232,6 +244,7 @@ mod clock_jump_tests {
             at: clock.now(),
             conn: inbound(port),
             isn: u32::from(port),
+            owner: None,
         })
     }
 

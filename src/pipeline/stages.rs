@@ -299,8 +299,8 @@ async fn detect(
                 None => return Ok(()),
             },
         };
-        if let Observation::Lost { count } = observation {
-            metrics.events_lost(detector.source(), count);
+        if let Observation::Lost { count, source } = observation {
+            metrics.events_lost(source, count);
         }
         let events = detector.process(&observation);
         metrics.set_tracked_sources(detector.tracked_sources());
