@@ -24,11 +24,7 @@ use std::time::{Duration, Instant};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let arg = |i: usize| -> &str {
-        args.get(i)
-            .map(String::as_str)
-            .unwrap_or_else(|| usage())
-    };
+    let arg = |i: usize| -> &str { args.get(i).map(String::as_str).unwrap_or_else(|| usage()) };
     match arg(0) {
         "loopback" => {
             let (port, seconds, threads) = (num(arg(1)), num(arg(2)), num(arg(3)));
@@ -45,7 +41,9 @@ fn main() {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: storm loopback PORT SECONDS THREADS | serve PORT | connect HOST:PORT RATE SECONDS");
+    eprintln!(
+        "usage: storm loopback PORT SECONDS THREADS | serve PORT | connect HOST:PORT RATE SECONDS"
+    );
     std::process::exit(2)
 }
 

@@ -118,6 +118,9 @@ scripts/bench-figure "detector, 2M spoofed attempts: peak RSS" \
 scripts/bench-figure "detector, 2M spoofed attempts: time per attempt" \
   "$(sed -n 's/.*(\([0-9]*\) ns each).*/\1/p' <<<"$memory")" ns
 
+section "detector per observation: spoofed flood, scan-heavy mix, against a std HashMap (scripts/bench-detect.sh)"
+run scripts/bench-detect.sh
+
 section "nftables blocking: 10,000-address batch, detection-to-kernel latency (scripts/bench-block.sh)"
 run scripts/bench-block.sh
 
@@ -136,6 +139,9 @@ run scripts/bench-xdp.sh
 
 section "XDP vs nftables drop cost, detection to first drop (scripts/bench-xdp-block.sh)"
 run scripts/bench-xdp-block.sh
+
+section "tracepoint source: connect-to-line latency, CPU beside xdp and pcap, a storm across namespaces (scripts/bench-tracepoint.sh)"
+run scripts/bench-tracepoint.sh
 
 section "summary ($out_dir/summary.md)"
 lab_stop "$load_sampler"

@@ -3,7 +3,7 @@
 #   scripts/image.sh [BINARY] [TAG] [FLAVOUR]
 # FLAVOUR `agent` (the default) is the image deploy/Dockerfile describes;
 # `systemd` is tests/systemd/Dockerfile, a Debian booting systemd with the
-# agent installed as deploy/systemd/tcpwatch.service (tests/e2e_systemd.rs);
+# agent installed as deploy/systemd/tcpwatch.service (tests/e2e/systemd.rs);
 # `peer` is tests/docker/peer.Dockerfile, curl and python3 for the tracepoint
 # tests (no binary: give `-` as BINARY).
 # - starts dockerd if no engine answers (Debian's docker.io);

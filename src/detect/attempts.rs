@@ -4,13 +4,20 @@
 //! sequence number; a new connection that reuses the tuple at once (the
 //! client may, when the server closed first) carries another, and is new.
 //!
+//! The attempts are kept in a ring in the order first seen (expiry and
+//! eviction take from its front), found through a hash table of ring
+//! positions that keeps each tuple's hash: an attempt hashes its tuple once
+//! and allocates nothing once the ring has grown to its cap.
+//!
 //! An attempt is also told apart by its direction and its network namespace
 //! (when the source knows it): the `tracepoint` source sees the same two
 //! endpoints as one namespace's outbound connection and another's inbound
 //! one, or in two namespaces that use the same addresses.
 
+use super::hash::{self, bits, Keyed};
 use crate::event::{Connection, Direction};
-use std::collections::{HashMap, VecDeque};
+use hashbrown::HashTable;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -19,18 +26,31 @@ pub const RETRANSMIT_WINDOW: Duration = Duration::from_secs(130);
 /// Spoofed floods create one entry per packet; past this the oldest go.
 pub const CAPACITY: usize = 65_536;
 
-/// An attempt's identity: its endpoints, its direction and its network
-/// namespace (0 when the source does not say).
-type Key = (SocketAddr, SocketAddr, Direction, u64);
-
 pub struct AttemptTable {
     window: Duration,
     capacity: usize,
-    /// (initiator, acceptor, ...) -> when first seen, and its sequence number.
-    seen: HashMap<Key, (Duration, u32)>,
-    /// Insertion order, for expiry and eviction.
-    order: VecDeque<(Key, Duration)>,
+    /// Attempts in the order first seen, the oldest at the front; an entry
+    /// replaced by a new connection on its tuple stays, dead, until it
+    /// reaches the front. Never longer than the capacity.
+    ring: VecDeque<Attempt>,
+    /// The position of `ring[0]` since the table was made.
+    head: u64,
+    /// The positions of the live entries, by the hash of their tuple.
+    index: HashTable<u64>,
+    keys: Keyed,
     evicted: u64,
+}
+
+struct Attempt {
+    hash: u64,
+    initiator: SocketAddr,
+    acceptor: SocketAddr,
+    direction: Direction,
+    /// The network namespace's inode; 0 when the source does not say.
+    netns: u64,
+    first: Duration,
+    isn: u32,
+    live: bool,
 }
 
 impl AttemptTable {
@@ -38,8 +58,10 @@ impl AttemptTable {
         AttemptTable {
             window,
             capacity: capacity.max(1),
-            seen: HashMap::new(),
-            order: VecDeque::new(),
+            ring: VecDeque::new(),
+            head: 0,
+            index: HashTable::new(),
+            keys: hash::keyed(),
             evicted: 0,
         }
     }
@@ -59,59 +81,92 @@ impl AttemptTable {
         netns: Option<u64>,
     ) -> bool {
         self.expire(at);
-        let key = (
-            conn.initiator,
-            conn.acceptor,
-            conn.direction,
-            netns.unwrap_or(0),
+        let (initiator, acceptor, direction) = (conn.initiator, conn.acceptor, conn.direction);
+        let netns = netns.unwrap_or(0);
+        let ports = (u32::from(initiator.port()) << 16) | u32::from(acceptor.port());
+        let hash = hash::hash_of(
+            &self.keys,
+            &(
+                bits(initiator.ip()),
+                bits(acceptor.ip()),
+                ports,
+                direction,
+                netns,
+            ),
         );
-        if self.seen.get(&key).is_some_and(|&(_, seen)| seen == isn) {
-            return false;
+        let (ring, head) = (&mut self.ring, self.head);
+        if let Ok(found) = self.index.find_entry(hash, |&at| {
+            let a = &ring[(at - head) as usize];
+            a.initiator == initiator
+                && a.acceptor == acceptor
+                && a.direction == direction
+                && a.netns == netns
+        }) {
+            let old = &mut ring[(*found.get() - head) as usize];
+            if old.isn == isn {
+                return false;
+            }
+            // A new connection on the tuple: the old entry dies in place.
+            old.live = false;
+            found.remove();
         }
-        if self.seen.len() >= self.capacity {
-            // The oldest eighth in one batch, then one rebuild of the map
-            // (see `portscan::compact`): one at a time, the removals leave
-            // tombstones that make the table double.
+        if self.ring.len() >= self.capacity {
+            // The oldest eighth in one batch: amortised O(1) an attempt.
             let batch = (self.capacity / 8).max(1);
-            let oldest: Vec<_> = self.order.drain(..batch.min(self.order.len())).collect();
-            for (old, first) in oldest {
-                if self.forget(old, first) {
+            for _ in 0..batch {
+                if self.pop_front() {
                     self.evicted += 1;
                 }
             }
-            super::portscan::compact(&mut self.seen);
         }
-        self.seen.insert(key, (at, isn));
-        self.order.push_back((key, at));
+        self.ring.push_back(Attempt {
+            hash,
+            initiator,
+            acceptor,
+            direction,
+            netns,
+            first: at,
+            isn,
+            live: true,
+        });
+        let at = self.head + self.ring.len() as u64 - 1;
+        let (ring, head) = (&self.ring, self.head);
+        self.index
+            .insert_unique(hash, at, |&at| ring[(at - head) as usize].hash);
         true
     }
 
     fn expire(&mut self, now: Duration) {
-        while let Some(&(key, first)) = self.order.front() {
-            if first + self.window > now {
-                break;
-            }
-            self.order.pop_front();
-            self.forget(key, first);
+        while self
+            .ring
+            .front()
+            .is_some_and(|a| a.first + self.window <= now)
+        {
+            self.pop_front();
         }
     }
 
-    /// Removes `key` if its entry is the one queued at `first` (a tuple
-    /// reused by a new connection is queued again, later).
-    fn forget(&mut self, key: Key, first: Duration) -> bool {
-        let current = self.seen.get(&key).is_some_and(|&(at, _)| at == first);
-        if current {
-            self.seen.remove(&key);
+    /// Drops the oldest entry; returns whether it was live.
+    fn pop_front(&mut self) -> bool {
+        let Some(old) = self.ring.pop_front() else {
+            return false;
+        };
+        let at = self.head;
+        self.head += 1;
+        if old.live {
+            if let Ok(found) = self.index.find_entry(old.hash, |&a| a == at) {
+                found.remove();
+            }
         }
-        current
+        old.live
     }
 
     pub fn len(&self) -> usize {
-        self.seen.len()
+        self.index.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.seen.is_empty()
+        self.index.is_empty()
     }
 
     /// Entries dropped because the table was full.

@@ -10,6 +10,7 @@ use record::{generate, Record};
 const SPEC: Record = Record {
     header: "test.h",
     structure: "rec",
+    rust: "RawRecord",
     constants: "REC_",
     out: "rec.rs",
 };
@@ -35,8 +36,8 @@ fn fields_constants_and_offsets() {
         "    pub port: u16,",
         "    pub kind: u8,",
         "    pub pad: [u8; 1],",
-        "pub const RECORD_LEN: usize = 16;",
-        "    (\"seq\", core::mem::offset_of!(RawRecord, seq)),",
+        "    pub const LEN: usize = 16;",
+        "        (\"seq\", core::mem::offset_of!(RawRecord, seq)),",
     ] {
         assert!(rust.lines().any(|l| l == line), "no {line:?} in\n{rust}");
     }
@@ -70,18 +71,29 @@ fn padding_and_unknown_fields_stop_the_build() {
 #[test]
 fn the_repositorys_record_headers_generate() {
     let root = env!("CARGO_MANIFEST_DIR");
-    for (header, structure, constants) in [
-        ("bpf/tcpstate.h", "tcpstate_record", "TCPSTATE_"),
-        ("bpf/tcpwatch.h", "event", "TCPW_"),
+    for (header, structure, rust, constants) in [
+        (
+            "bpf/tcpstate.h",
+            "tcpstate_record",
+            "RawRecord",
+            "TCPSTATE_",
+        ),
+        ("bpf/tcpstate.h", "tcpstate_listener", "ListenerKey", ""),
+        ("bpf/tcpstate.h", "tcpstate_owner", "OwnerValue", ""),
+        ("bpf/tcpwatch.h", "event", "RawRecord", "TCPW_"),
     ] {
         let text = std::fs::read_to_string(format!("{root}/{header}")).unwrap();
         let spec = Record {
             header,
             structure,
+            rust,
             constants,
             out: "x.rs",
         };
         let rust = generate(&spec, &text).unwrap_or_else(|e| panic!("{header}: {e}"));
-        assert!(rust.contains("pub struct RawRecord"), "{header}");
+        assert!(
+            rust.contains(&format!("pub struct {}", spec.rust)),
+            "{header}"
+        );
     }
 }
