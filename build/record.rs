@@ -67,7 +67,7 @@ pub fn generate(record: &Record, header: &str) -> Result<String, String> {
     }
     let mut offset = 0usize;
     for (name, _, size, align) in &fields {
-        if offset % align != 0 {
+        if !offset.is_multiple_of(*align) {
             return Err(format!(
                 "field {name} at offset {offset} is not aligned to {align}: reorder the fields so there is no padding"
             ));
@@ -75,7 +75,7 @@ pub fn generate(record: &Record, header: &str) -> Result<String, String> {
         offset += size;
     }
     let align = fields.iter().map(|f| f.3).max().unwrap_or(1);
-    if offset % align != 0 {
+    if !offset.is_multiple_of(align) {
         return Err(format!(
             "struct {} is {offset} bytes, not a multiple of {align}: add explicit padding at the end",
             record.structure

@@ -141,7 +141,7 @@ section "XDP vs nftables drop cost, detection to first drop (scripts/bench-xdp-b
 run scripts/bench-xdp-block.sh
 
 section "tracepoint source: connect-to-line latency, CPU beside xdp and pcap, a storm across namespaces (scripts/bench-tracepoint.sh)"
-run scripts/bench-tracepoint.sh
+run scripts/bench-tracepoint.sh 200
 
 section "summary ($out_dir/summary.md)"
 lab_stop "$load_sampler"

@@ -92,9 +92,9 @@ impl Value for RingSize {
     }
     fn show(&self) -> String {
         let bytes = self.0;
-        if bytes % (1 << 20) == 0 {
+        if bytes.is_multiple_of(1 << 20) {
             format!("{}M", bytes >> 20)
-        } else if bytes % (1 << 10) == 0 {
+        } else if bytes.is_multiple_of(1 << 10) {
             format!("{}K", bytes >> 10)
         } else {
             bytes.to_string()
