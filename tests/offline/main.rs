@@ -2,13 +2,15 @@
 //! command line of the real binary (`cli`), `tcpwatch replay` on files
 //! (`replay`), properties of the procfs parser (`procfs_props`), every input
 //! a fuzzer crashed on (`fuzz_regressions`), the deployment files
-//! (`deploy`), the module layers of the crate (`layers`), the generator of
-//! the BPF records' Rust side (`bpf_record`) and Kubernetes naming over a
-//! node's directories (`kubelet`). The real-Linux tests are the `e2e`
-//! binary.
+//! (`deploy`), the alerting rules and the dashboard (`rules`), the module
+//! layers of the crate (`layers`), the generator of the BPF records' Rust
+//! side (`bpf_record`) and Kubernetes naming over a node's directories
+//! (`kubelet`). The real-Linux tests are the `e2e` binary.
 
 #[path = "../shared/args.rs"]
 mod args;
+#[path = "../shared/monitoring.rs"]
+mod monitoring;
 
 mod bpf_record;
 mod cli;
@@ -18,6 +20,7 @@ mod kubelet;
 mod layers;
 mod procfs_props;
 mod replay;
+mod rules;
 
 use std::ffi::OsStr;
 use std::fmt::Debug;
