@@ -1,27 +1,64 @@
 //! Compiles the BPF programs with clang into OUT_DIR, where `src/bpf/`
-//! embeds them. Without clang the crate still builds: an empty object is
-//! embedded and the sources that need it say so at run time.
+//! embeds them: the XDP program (`bpf/tcpwatch.bpf.c`) and the tracepoint
+//! program (`bpf/tcpstate.bpf.c`). Without clang the crate still builds:
+//! empty objects are embedded and the sources that need them say so at run
+//! time.
 //!
-//! It also generates, from each record header, the Rust twin of the
-//! programs' ring-buffer record (`build/record.rs`), so a layout is written
-//! down once.
-
-use std::path::{Path, PathBuf};
-use std::process::Command;
+//! It also generates, from the C headers that define them, the Rust twins of
+//! the structs the programs share with userspace (ring-buffer records, map
+//! keys and values; [`record`]): each layout is written down once.
 
 #[path = "build/record.rs"]
 mod record;
 
-/// (source, object, what is lost without it)
-const PROGRAMS: [(&str, &str, &str); 1] = [(
-    "bpf/tcpwatch.bpf.c",
-    "tcpwatch.bpf.o",
-    "`--source xdp` and `--block xdp` will exit 1",
-)];
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
-/// (header, struct, constant prefix, generated file in OUT_DIR)
-const RECORDS: [(&str, &str, &str, &str); 1] =
-    [("bpf/tcpwatch.h", "event", "TCPW_", "xdp_record.rs")];
+/// (source, object, what is lost without it)
+const PROGRAMS: [(&str, &str, &str); 2] = [
+    (
+        "bpf/tcpwatch.bpf.c",
+        "tcpwatch.bpf.o",
+        "`--source xdp` and `--block xdp` will exit 1",
+    ),
+    (
+        "bpf/tcpstate.bpf.c",
+        "tcpstate.bpf.o",
+        "`--source tracepoint` will exit 1",
+    ),
+];
+
+/// The structs generated from their headers.
+const RECORDS: [record::Record; 4] = [
+    record::Record {
+        header: "bpf/tcpwatch.h",
+        structure: "event",
+        rust: "RawRecord",
+        constants: "TCPW_",
+        out: "xdp_record.rs",
+    },
+    record::Record {
+        header: "bpf/tcpstate.h",
+        structure: "tcpstate_record",
+        rust: "RawRecord",
+        constants: "TCPSTATE_",
+        out: "tcpstate_record.rs",
+    },
+    record::Record {
+        header: "bpf/tcpstate.h",
+        structure: "tcpstate_listener",
+        rust: "ListenerKey",
+        constants: "",
+        out: "tcpstate_listener.rs",
+    },
+    record::Record {
+        header: "bpf/tcpstate.h",
+        structure: "tcpstate_owner",
+        rust: "OwnerValue",
+        constants: "",
+        out: "tcpstate_owner.rs",
+    },
+];
 
 fn main() {
     println!("cargo:rerun-if-changed=bpf");
@@ -41,15 +78,13 @@ fn main() {
             Err(Failure::Compile(stderr)) => panic!("clang failed on {source}:\n{stderr}"),
         }
     }
-    for (header, structure, prefix, generated) in RECORDS {
-        let text = std::fs::read_to_string(header).unwrap_or_else(|e| panic!("{header}: {e}"));
-        let spec = record::Spec {
-            name: header,
-            structure,
-            prefix,
-        };
-        let rust = record::generate(&spec, &text).unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(out.join(generated), rust).expect("write a generated record to OUT_DIR");
+    for spec in &RECORDS {
+        let header = std::fs::read_to_string(spec.header)
+            .unwrap_or_else(|e| panic!("read {}: {e}", spec.header));
+        let rust =
+            record::generate(spec, &header).unwrap_or_else(|e| panic!("{}: {e}", spec.header));
+        std::fs::write(out.join(spec.out), rust)
+            .unwrap_or_else(|e| panic!("write {}: {e}", spec.out));
     }
 }
 

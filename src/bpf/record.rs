@@ -13,9 +13,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 mod raw {
     include!(concat!(env!("OUT_DIR"), "/xdp_record.rs"));
 }
-pub use raw::{
-    RawRecord, FIELDS, RECORD_LEN, TCPW_FRAGMENT, TCPW_STEALTH, TCPW_SYN, TCPW_SYNACK, TCPW_UDP,
-};
+pub use raw::{RawRecord, TCPW_FRAGMENT, TCPW_STEALTH, TCPW_SYN, TCPW_SYNACK, TCPW_UDP};
+
+/// The size of a record.
+pub const RECORD_LEN: usize = RawRecord::LEN;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BadEvent {
@@ -53,7 +54,12 @@ impl Report {
     /// The observation this report is, seen at `at`.
     pub fn observation(self, at: Stamp) -> Observation {
         match self {
-            Report::Attempt { conn, isn } => Observation::Attempt { at, conn, isn },
+            Report::Attempt { conn, isn } => Observation::Attempt {
+                at,
+                conn,
+                isn,
+                owner: None,
+            },
             Report::Probe {
                 remote,
                 local,
@@ -114,10 +120,6 @@ pub fn parse_event(bytes: &[u8]) -> Result<Report, BadEvent> {
         _ => return Err(BadEvent::Kind(r.kind)),
     })
 }
-
-#[cfg(test)]
-#[path = "../../build/record.rs"]
-mod generator;
 
 #[cfg(test)]
 mod tests {
@@ -334,88 +336,10 @@ mod tests {
         };
         let members = btf_members(&String::from_utf8_lossy(&dump.stdout), "event")
             .expect("struct event in the program's BTF");
-        let ours: Vec<(String, usize)> = FIELDS.iter().map(|(n, o)| (n.to_string(), *o)).collect();
+        let ours: Vec<(String, usize)> = RawRecord::FIELDS
+            .iter()
+            .map(|(n, o)| (n.to_string(), *o))
+            .collect();
         assert_eq!(members, ours);
-    }
-
-    // The generator (build/record.rs), on headers of its own.
-
-    fn generate(header: &str) -> Result<String, String> {
-        let spec = generator::Spec {
-            name: "test.h",
-            structure: "rec",
-            prefix: "T_",
-        };
-        generator::generate(&spec, header)
-    }
-
-    #[test]
-    fn the_generator_translates_every_accepted_form() {
-        let out = generate(
-            "#ifndef T_H\n#define T_H\n#define T_ONE 1 // one\n#define T_HEX 0x10\n\
-             #define OTHER 7\nstruct other { int x; };\n\
-             struct rec {\n\t__u8 a;\t// note\n\t__u8 b[3];\n\t__be32 c;\n\t__u16 d;\n\
-             \t__be16 e;\n\t__u32 f;\n\t__u64 g;\n\t__be64 h;\n};\n#endif\n",
-        )
-        .unwrap();
-        assert!(out.contains("pub const T_ONE: u64 = 1;\n"), "{out}");
-        assert!(out.contains("pub const T_HEX: u64 = 16;\n"), "{out}");
-        assert!(!out.contains("T_H:") && !out.contains("OTHER"), "{out}");
-        for field in [
-            "pub a: u8,",
-            "pub b: [u8; 3],",
-            "pub c: u32,",
-            "pub d: u16,",
-            "pub e: u16,",
-            "pub f: u32,",
-            "pub g: u64,",
-            "pub h: u64,",
-        ] {
-            assert!(out.contains(field), "{field} in {out}");
-        }
-        assert!(out.contains("pub const RECORD_LEN: usize = 32;"), "{out}");
-        assert!(out.contains("c: u32::from_be_bytes("), "{out}");
-        assert!(out.contains("d: u16::from_ne_bytes("), "{out}");
-        assert!(out.contains("self.h.to_be_bytes()"), "{out}");
-    }
-
-    #[test]
-    fn the_generator_refuses_what_it_cannot_translate() {
-        let refused = |body: &str| generate(&format!("struct rec {{\n{body}\n}};\n")).unwrap_err();
-        for body in [
-            "int a;",
-            "__u16 a[2];",
-            "__u8 a[0];",
-            "__u8 2a;",
-            "__u8 a",
-            "struct x a;",
-            "__u8 a; __u8 b;",
-        ] {
-            assert!(refused(body).contains("unsupported field"), "{body}");
-        }
-        assert!(refused("__u8 a;\n__u8 a;").contains("field named twice"));
-        assert!(generate("struct rec {\n__u8 a;\n")
-            .unwrap_err()
-            .contains("never closed"));
-        assert!(generate("struct rec {\n};\n")
-            .unwrap_err()
-            .contains("no `struct rec {` with fields"));
-        assert!(generate("#define T_X 1 2\nstruct rec {\n__u8 a;\n};")
-            .unwrap_err()
-            .contains("expected #define NAME VALUE"));
-        assert!(generate("#define T_X y\nstruct rec {\n__u8 a;\n};")
-            .unwrap_err()
-            .contains("not an integer"));
-        assert!(generate("struct rec {\n__u8 a;\n__u16 b;\n};")
-            .unwrap_err()
-            .contains("field b at offset 1 is not aligned to 2"));
-        assert!(generate("struct rec {\n__u32 a;\n__u8 b;\n};")
-            .unwrap_err()
-            .contains("5 bytes of fields, not a multiple of 4"));
-        assert!(
-            generate("struct rec {\n__u8 a;\n};\nstruct rec {\n__u8 a;\n};")
-                .unwrap_err()
-                .contains("struct defined twice")
-        );
     }
 }

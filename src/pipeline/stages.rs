@@ -340,7 +340,7 @@ async fn detect(
                 None => return Ok(()),
             },
         };
-        count_lost(&observation, &metrics, detector.source());
+        count_lost(&observation, &metrics);
         // A packet from a blocked source is its block at work: counted as
         // seen by the block, never a connection or a probe.
         let observation = match &blockset {
@@ -376,12 +376,12 @@ async fn detect(
 }
 
 /// Counts the events a source says it missed (a batch may say so too).
-fn count_lost(observation: &Observation, metrics: &Metrics, source: &'static str) {
+fn count_lost(observation: &Observation, metrics: &Metrics) {
     match observation {
-        Observation::Lost { count } => metrics.events_lost(source, *count),
+        Observation::Lost { count, source } => metrics.events_lost(source, *count),
         Observation::Batch(observations) => {
             for observation in observations {
-                count_lost(observation, metrics, source);
+                count_lost(observation, metrics);
             }
         }
         _ => {}
@@ -653,6 +653,7 @@ mod tests {
                 direction: Direction::Inbound,
             },
             isn: 1,
+            owner: None,
         }
     }
 
@@ -686,7 +687,10 @@ mod tests {
         let batch = Observation::Batch(vec![
             attempt("203.0.113.5"),
             probe("198.51.100.7"),
-            Observation::Lost { count: 3 },
+            Observation::Lost {
+                count: 3,
+                source: "xdp",
+            },
             attempt("198.51.100.7"),
             probe("203.0.113.6"),
         ]);
@@ -695,7 +699,7 @@ mod tests {
             panic!("{kept:?}")
         };
         assert_eq!(rest.len(), 3, "{rest:?}");
-        assert!(matches!(rest[1], Observation::Lost { count: 3 }));
+        assert!(matches!(rest[1], Observation::Lost { count: 3, .. }));
         assert_eq!(
             senders(&kept),
             ["203.0.113.5", "203.0.113.6"].map(|ip| ip.parse::<IpAddr>().unwrap())

@@ -154,7 +154,7 @@ impl XdpSource {
                 _ = ticks.tick() => {
                     let total = self.lost_total().wrapping_add(malformed);
                     if let Some(count) = losses.delta(total) {
-                        if out.send(Observation::Lost { count }).await.is_err() {
+                        if out.send(Observation::Lost { count, source: "xdp" }).await.is_err() {
                             return Ok(());
                         }
                     }

@@ -59,6 +59,7 @@ mod sources;
 mod spoof;
 mod state;
 mod systemd;
+mod tracepoint;
 mod xdp;
 mod xdp_block;
 mod xdp_parse;
