@@ -41,7 +41,8 @@ fn compile(object: &Path) -> Result<(), Failure> {
         other => other,
     };
     let output = Command::new(&clang)
-        .args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"])
+        // -mcpu=v3: the atomics of the scan decision (compare-and-swap).
+        .args(["-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror"])
         .arg(format!("-I/usr/include/{multiarch}"))
         .args(["-c", SOURCE, "-o"])
         .arg(object)

@@ -41,7 +41,7 @@ enum Command {
     Run(Box<RunFlags>),
     /// Print the current connections once and exit
     List(ListArgs),
-    /// Inspect or lift active blocks (in the nft table or the ipsets that exist)
+    /// Inspect, add or lift blocks (in the nft table, the ipsets or the XDP maps that exist)
     Blocks(BlocksArgs),
     /// Offline: run the detectors over pcap/pcapng captures or saved
     /// /proc/net/tcp{,6} snapshots and print what the agent would have
@@ -78,9 +78,19 @@ struct BlocksArgs {
 
 #[derive(Subcommand, Debug)]
 enum BlocksAction {
-    /// One line per blocked address with the time it has left (the default)
+    /// One line per blocked address or prefix with the time it has left and
+    /// the packets it dropped (the default)
     List,
-    /// Lift the block of one address (succeeds if it is not blocked)
+    /// Block an address or prefix now (never loopback or this host's own
+    /// addresses)
+    Add {
+        #[arg(value_name = "IP|CIDR", value_parser = commands::blocks::parse_target)]
+        ip: ipnet::IpNet,
+        /// How long the block lasts
+        #[arg(long, value_name = "DURATION", value_parser = duration::parse_positive, default_value = "1h")]
+        ttl: Duration,
+    },
+    /// Lift the block of one address or prefix (succeeds if it is not blocked)
     Remove {
         #[arg(value_name = "IP|CIDR", value_parser = commands::blocks::parse_target)]
         ip: ipnet::IpNet,
@@ -125,6 +135,7 @@ pub fn main() -> i32 {
             use commands::blocks::{run, Action};
             report(run(match args.action {
                 None | Some(BlocksAction::List) => Action::List,
+                Some(BlocksAction::Add { ip, ttl }) => Action::Add(ip, ttl),
                 Some(BlocksAction::Remove { ip }) => Action::Remove(ip),
                 Some(BlocksAction::Flush) => Action::Flush,
             }))

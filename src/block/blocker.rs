@@ -49,11 +49,14 @@ pub struct Blocker {
 
 impl Blocker {
     pub fn new(
-        firewall: Option<Firewall>,
+        mut firewall: Option<Firewall>,
         ttl: Duration,
         allow: Allowlist,
         clock: Arc<dyn Clock>,
     ) -> Self {
+        if let Some(firewall) = firewall.as_mut() {
+            firewall.sync_allow(&allow.entries());
+        }
         Blocker {
             firewall,
             ttl,
@@ -76,6 +79,10 @@ impl Blocker {
     /// Caps new blocks (`--max-blocks-per-minute`); none by default.
     pub fn with_limit(mut self, rate: limit::Rate) -> Self {
         self.limit.set_rate(rate);
+        let ttl = self.ttl;
+        if let Some(firewall) = self.firewall.as_mut() {
+            firewall.retune(ttl, rate.0);
+        }
         self
     }
 
@@ -97,6 +104,10 @@ impl Blocker {
         self.ttl = settings.block_ttl;
         self.allow.set_nets(settings.allow.clone());
         self.limit.set_rate(settings.max_blocks_per_minute);
+        if let Some(firewall) = self.firewall.as_mut() {
+            firewall.retune(settings.block_ttl, settings.max_blocks_per_minute.0);
+            firewall.sync_allow(&self.allow.entries());
+        }
     }
 
     pub fn health(&self) -> Health {
@@ -170,6 +181,9 @@ impl Blocker {
             return events;
         }
         self.allow.refresh();
+        if let Some(firewall) = self.firewall.as_mut() {
+            firewall.sync_allow(&self.allow.entries());
+        }
         let scanners: Vec<IpNet> = events
             .iter()
             .filter_map(|e| match &e.kind {
@@ -252,6 +266,8 @@ impl Blocker {
         let now = self.clock.now().mono;
         let mut seen = HashSet::new();
         let mut chosen = Vec::new();
+        // Not blocked here: a block the kernel decided by itself is lifted.
+        let mut overruled = Vec::new();
         for ip in scanners {
             if !seen.insert(ip) {
                 continue;
@@ -259,6 +275,7 @@ impl Blocker {
             if let Some(reason) = self.allow.check_net(ip) {
                 diag::note(format_args!("not blocking {ip}: {reason}"));
                 self.skipped.allowlist += 1;
+                overruled.push(ip);
                 continue;
             }
             if self.firewall.as_mut().is_some_and(|f| f.holds(ip)) {
@@ -269,6 +286,7 @@ impl Blocker {
                 limit::Verdict::Granted => chosen.push(ip),
                 limit::Verdict::Skipped { warn } => {
                     self.skipped.rate_limit += 1;
+                    overruled.push(ip);
                     if warn {
                         diag::warn(format_args!(
                             "block limit of {} a minute reached; not blocking {ip} ({} skipped so far)",
@@ -278,6 +296,9 @@ impl Blocker {
                     }
                 }
             }
+        }
+        if let Some(firewall) = self.firewall.as_mut() {
+            firewall.overrule(&overruled);
         }
         chosen
     }
@@ -290,6 +311,10 @@ impl Blocker {
         let Some(firewall) = self.firewall.as_mut() else {
             return (Vec::new(), None);
         };
+        // A new address or route reaches a kernel that decides by itself
+        // within a tick.
+        self.allow.refresh();
+        firewall.sync_allow(&self.allow.entries());
         let name = firewall.name();
         let (applied, counted) = firewall.tick(ttl);
         (self.place(Vec::new(), applied, name), counted)

@@ -2,10 +2,12 @@
 //! their maps, and the `unsafe` that registering a ring buffer with the
 //! runtime takes. The XDP program ([`xdp`]) reports connection attempts
 //! through a ring buffer ([`record`] decodes its records) and drops blocked
-//! sources ([`blocklist`]); the `xdp` source and the `xdp` block backend
-//! share one loaded program.
+//! sources ([`blocklist`]), and can decide to block a scanner at its
+//! threshold probe by itself ([`decide`]); the `xdp` source and the `xdp`
+//! block backend share one loaded program.
 
 pub mod blocklist;
+pub mod decide;
 pub mod ifxdp;
 pub mod record;
 pub mod xdp;
