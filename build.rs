@@ -42,7 +42,9 @@ fn compile(object: &Path) -> Result<(), Failure> {
     };
     let output = Command::new(&clang)
         // -mcpu=v3: the atomics of the scan decision (compare-and-swap).
-        .args(["-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror"])
+        .args([
+            "-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror",
+        ])
         .arg(format!("-I/usr/include/{multiarch}"))
         .args(["-c", SOURCE, "-o"])
         .arg(object)

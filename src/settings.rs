@@ -8,7 +8,7 @@
 //! [`crate::setting`]); this module only lists the groups.
 
 use crate::setting::{File, FileError, Flags, Group};
-use crate::{block, detect, metrics, sink, source, state};
+use crate::{block, control, detect, metrics, sink, source, state};
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 
@@ -23,6 +23,7 @@ macro_rules! groups {
         $apply!(sink, sink::Settings);
         $apply!(metrics, metrics::Settings);
         $apply!(state, state::Settings);
+        $apply!(control, control::Settings);
     };
 }
 
@@ -36,6 +37,7 @@ pub struct RunSettings {
     pub sink: sink::Settings,
     pub metrics: metrics::Settings,
     pub state: state::Settings,
+    pub control: control::Settings,
 }
 
 /// The flags of `tcpwatch run`: every group's, and `--config`.
@@ -55,6 +57,8 @@ pub struct RunFlags {
     metrics: Flags<metrics::Settings>,
     #[command(flatten)]
     state: Flags<state::Settings>,
+    #[command(flatten)]
+    control: Flags<control::Settings>,
     /// TOML file with the same keys as the long flags (flags win)
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -159,12 +163,15 @@ mod tests {
         assert_eq!(s.state.state, StatePath::Off);
         assert_eq!(s.sink.format, Format::Json);
         assert!(s.source.report_existing);
-        // Every flag of `run` but --config is a key, and nothing else is.
+        // Every flag of `run` but --config is a key, and nothing else is;
+        // a repeatable flag named in the singular may have its key in the
+        // plural (`--scan-rule`, `scan-rules`).
         let command = <RunFlags as clap::Args>::augment_args(clap::Command::new("run"));
         let mut flags: Vec<&str> = command
             .get_arguments()
             .filter_map(|a| a.get_long())
             .filter(|l| *l != "config")
+            .map(|l| if l == "scan-rule" { "scan-rules" } else { l })
             .collect();
         let mut keys = RunSettings::keys();
         flags.sort_unstable();

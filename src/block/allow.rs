@@ -301,9 +301,16 @@ mod tests {
 
     #[test]
     fn a_prefix_holding_an_address_never_blocked_is_allowed() {
-        let l = with_gateways(&["2001:db8:5::/48"], &["2001:db8:1:2::5"], &["2001:db8:9::1"]);
+        let l = with_gateways(
+            &["2001:db8:5::/48"],
+            &["2001:db8:1:2::5"],
+            &["2001:db8:9::1"],
+        );
         let net = |s: &str| s.parse::<IpNet>().unwrap();
-        assert_eq!(l.check_net(net("2001:db8:1:2::/64")), Some(Allowed::HostAddress));
+        assert_eq!(
+            l.check_net(net("2001:db8:1:2::/64")),
+            Some(Allowed::HostAddress)
+        );
         assert_eq!(l.check_net(net("2001:db8:9::/64")), Some(Allowed::Gateway));
         assert_eq!(
             l.check_net(net("2001:db8:5:1::/64")),
@@ -311,7 +318,10 @@ mod tests {
         );
         assert_eq!(l.check_net(net("::/0")), Some(Allowed::Loopback));
         assert_eq!(l.check_net(net("2001:db8:7:7::/64")), None);
-        assert_eq!(l.check_net(net("2001:db8:1:2::5/128")), Some(Allowed::HostAddress));
+        assert_eq!(
+            l.check_net(net("2001:db8:1:2::5/128")),
+            Some(Allowed::HostAddress)
+        );
         assert_eq!(l.check_net(net("2001:db8:1:2::6/128")), None);
     }
 

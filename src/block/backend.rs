@@ -102,6 +102,12 @@ pub trait Backend: Send {
         }
         Ok(())
     }
+    /// Entries the backend pushed out on its own since it started (a full
+    /// LRU map evicts its least recently used entry): a block gone from a
+    /// listing after an eviction was evicted, not deleted by hand.
+    fn evicted(&self) -> u64 {
+        0
+    }
     /// Re-creates the objects after they could not be read (deleted under
     /// the agent: `nft flush ruleset`, a firewall service restart) with
     /// `entries` in them. `Ok(false)`: this backend cannot lose its objects
@@ -164,7 +170,10 @@ mod tests {
         assert_eq!(Family::of("fd00::1".parse().unwrap()), Family::V6);
         let net = |s: &str| s.parse::<IpNet>().unwrap();
         assert_eq!(canonical(net("::ffff:10.1.2.3/128")), net("10.1.2.3/32"));
-        assert_eq!(canonical(net("2001:db8:1:2::9/64")), net("2001:db8:1:2::/64"));
+        assert_eq!(
+            canonical(net("2001:db8:1:2::9/64")),
+            net("2001:db8:1:2::/64")
+        );
         assert_eq!(Family::of_net(&net("2001:db8:1:2::/64")), Family::V6);
         assert!(is_host(&net("10.1.2.3/32")) && !is_host(&net("2001:db8::/64")));
     }

@@ -8,8 +8,8 @@
 
 use super::backend::{Backend, Entry};
 use crate::clock::Clock;
-use std::collections::HashMap;
 use ipnet::IpNet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 

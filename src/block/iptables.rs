@@ -15,8 +15,8 @@
 
 use super::backend::{by_whole_seconds, canonical, Backend, Entry, Family};
 use super::exec;
-use anyhow::Context;
 use crate::event::show_net;
+use anyhow::Context;
 use ipnet::IpNet;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -295,7 +295,10 @@ mod tests {
         assert_eq!(
             parse_save(saved),
             [
-                Entry::new("10.0.0.2".parse::<IpAddr>().unwrap().into(), Some(Duration::from_secs(39))),
+                Entry::new(
+                    "10.0.0.2".parse::<IpAddr>().unwrap().into(),
+                    Some(Duration::from_secs(39))
+                ),
                 Entry::new("10.0.0.3".parse::<IpAddr>().unwrap().into(), None),
             ]
         );

@@ -115,7 +115,9 @@ fn apply(groups: &[(Duration, Vec<IpNet>)]) -> anyhow::Result<()> {
 /// own check says so; the kernel's says "File exists").
 fn overlaps(e: &anyhow::Error) -> bool {
     let text = format!("{e:#}");
-    text.contains("overlaps") || text.contains("conflicting intervals") || text.contains("File exists")
+    text.contains("overlaps")
+        || text.contains("conflicting intervals")
+        || text.contains("File exists")
 }
 
 /// The elements of both sets.
@@ -184,9 +186,7 @@ pub fn block_batch(groups: &[(Duration, Vec<IpNet>)], held: &[IpNet]) -> String 
         .flat_map(|(_, targets)| targets.iter().map(|t| canonical(*t)))
         .collect();
     let held: Vec<IpNet> = held.iter().map(|h| canonical(*h)).collect();
-    let covered = |t: &IpNet| {
-        all.iter().chain(&held).any(|o| inside(t, o))
-    };
+    let covered = |t: &IpNet| all.iter().chain(&held).any(|o| inside(t, o));
     let mut script = String::new();
     let mut seen = std::collections::HashSet::new();
     // Held elements a new prefix replaces.
@@ -399,8 +399,17 @@ mod tests {
 
     #[test]
     fn a_prefix_replaces_the_blocks_inside_it() {
-        let held = nets(&["2001:db8:1:2::5", "2001:db8:1:2::6", "2001:db8:9::1", "10.0.0.1"]);
-        let script = block_script(&nets(&["2001:db8:1:2::/64"]), Duration::from_secs(60), &held);
+        let held = nets(&[
+            "2001:db8:1:2::5",
+            "2001:db8:1:2::6",
+            "2001:db8:9::1",
+            "10.0.0.1",
+        ]);
+        let script = block_script(
+            &nets(&["2001:db8:1:2::/64"]),
+            Duration::from_secs(60),
+            &held,
+        );
         assert_eq!(
             script,
             "add element inet tcpwatch blocked6 { 2001:db8:1:2::5, 2001:db8:1:2::6 }\n\
@@ -420,8 +429,14 @@ mod tests {
         // Inside a prefix of the same batch, in another group too.
         let script = block_batch(
             &[
-                (Duration::from_secs(5), nets(&["2001:db8:1:2::5", "10.0.0.1"])),
-                (Duration::from_secs(9), nets(&["2001:db8:1:2::/64", "2001:db8:1:2::/64"])),
+                (
+                    Duration::from_secs(5),
+                    nets(&["2001:db8:1:2::5", "10.0.0.1"]),
+                ),
+                (
+                    Duration::from_secs(9),
+                    nets(&["2001:db8:1:2::/64", "2001:db8:1:2::/64"]),
+                ),
             ],
             &[],
         );

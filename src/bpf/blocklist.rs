@@ -103,7 +103,13 @@ impl Maps {
             bpf.take_map(name)
                 .with_context(|| format!("the BPF object has no map '{name}'"))
         };
-        let maps = [take(MAP4)?, take(MAP6)?, take(NETS4)?, take(NETS6)?, take(DROPPED)?];
+        let maps = [
+            take(MAP4)?,
+            take(MAP6)?,
+            take(NETS4)?,
+            take(NETS6)?,
+            take(DROPPED)?,
+        ];
         let mut maps = Maps::from_maps(maps)?;
         maps.decide = Some(Decide::take(bpf)?);
         Ok(maps)
@@ -240,8 +246,14 @@ impl Maps {
     /// Deletes `target`'s block; fine if it is not there.
     pub fn delete(&mut self, target: IpNet) -> anyhow::Result<()> {
         let result = match key(target) {
-            Key::Addr4(k) => self.v4.remove(&k).map(|()| self.len4 = self.len4.saturating_sub(1)),
-            Key::Addr6(k) => self.v6.remove(&k).map(|()| self.len6 = self.len6.saturating_sub(1)),
+            Key::Addr4(k) => self
+                .v4
+                .remove(&k)
+                .map(|()| self.len4 = self.len4.saturating_sub(1)),
+            Key::Addr6(k) => self
+                .v6
+                .remove(&k)
+                .map(|()| self.len6 = self.len6.saturating_sub(1)),
             Key::Net4(k) => self.nets4.remove(&k),
             Key::Net6(k) => self.nets6.remove(&k),
         };
@@ -454,7 +466,10 @@ mod tests {
     #[test]
     fn addresses_key_the_hashes_in_network_order_mapped_v6_as_v4() {
         assert!(matches!(key(net("10.1.2.3")), Key::Addr4([10, 1, 2, 3])));
-        assert!(matches!(key(net("::ffff:10.1.2.3")), Key::Addr4([10, 1, 2, 3])));
+        assert!(matches!(
+            key(net("::ffff:10.1.2.3")),
+            Key::Addr4([10, 1, 2, 3])
+        ));
         match key(net("fd00::1")) {
             Key::Addr6(k) => assert_eq!((k[0], k[15]), (0xfd, 1)),
             _ => panic!("an IPv6 address goes to blocked6"),
@@ -466,7 +481,10 @@ mod tests {
         match key(net("2001:db8:1:2::9/64")) {
             Key::Net6(k) => {
                 assert_eq!(k.prefix_len(), 64);
-                assert_eq!(Ipv6Addr::from(k.data()), "2001:db8:1:2::".parse::<Ipv6Addr>().unwrap());
+                assert_eq!(
+                    Ipv6Addr::from(k.data()),
+                    "2001:db8:1:2::".parse::<Ipv6Addr>().unwrap()
+                );
             }
             _ => panic!("a prefix goes to blocked_nets6"),
         }

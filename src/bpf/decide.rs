@@ -213,17 +213,21 @@ impl Decide {
         for net in self.allowed.keys() {
             if !wanted.contains_key(net) {
                 let removed = match net {
-                    IpNet::V4(n) => self
-                        .allow4
-                        .remove(&NetKey::new(u32::from(n.prefix_len()), n.network().octets())),
-                    IpNet::V6(n) => self
-                        .allow6
-                        .remove(&NetKey::new(u32::from(n.prefix_len()), n.network().octets())),
+                    IpNet::V4(n) => self.allow4.remove(&NetKey::new(
+                        u32::from(n.prefix_len()),
+                        n.network().octets(),
+                    )),
+                    IpNet::V6(n) => self.allow6.remove(&NetKey::new(
+                        u32::from(n.prefix_len()),
+                        n.network().octets(),
+                    )),
                 };
                 match removed {
                     Ok(()) => {}
                     Err(e) if not_found(&e) => {}
-                    Err(e) => return Err(anyhow::anyhow!("cannot update the kernel allowlist: {e}")),
+                    Err(e) => {
+                        return Err(anyhow::anyhow!("cannot update the kernel allowlist: {e}"))
+                    }
                 }
             }
         }
@@ -295,7 +299,10 @@ mod tests {
         assert_eq!(c.window, 60_000_000_000);
         assert_eq!(c.ttl, 3_600_000_000_000);
         assert_eq!((c.ports, c.cap, c.prefix6), (3, 60, 64));
-        assert_eq!(c.mask6, [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            c.mask6,
+            [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
     }
 
     #[test]
@@ -329,7 +336,12 @@ mod tests {
             wide.unsupported().unwrap(),
             "--scan-ports 16 (the kernel decides up to 15)"
         );
-        assert!(Rule { ports: 15, ..rule() }.unsupported().is_none());
+        assert!(Rule {
+            ports: 15,
+            ..rule()
+        }
+        .unsupported()
+        .is_none());
         assert_eq!(config(Some(&Rule { ports: 0, ..rule() })).ports, 0);
     }
 

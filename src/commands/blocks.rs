@@ -1,29 +1,110 @@
 //! `tcpwatch blocks [list|add IP|CIDR [--ttl D]|remove IP|CIDR|flush]`:
-//! inspect, add or lift the blocks of a running (or crashed) agent, in
-//! whichever backend's objects exist (for `xdp`: the maps a running agent
-//! pins in /sys/fs/bpf/tcpwatch). This is the direct path, used when no
-//! agent answers: it changes the kernel's objects only, not an agent's
-//! state file.
+//! inspect, add or lift blocks.
+//!
+//! Through the running agent when one answers on its control socket: its
+//! backend, its state file and its record of each block (reason, origin,
+//! packets dropped) stay one story, and what it does is printed on its
+//! stdout like its own decisions. With no agent, directly in whichever
+//! backend's objects exist (for `xdp`: the maps an agent pins in
+//! /sys/fs/bpf/tcpwatch), and in the state file, so that a lifted block
+//! does not come back at the next start and an added one does.
 
+use super::status::{block_line, no_agent};
 use crate::block::allow::Allowlist;
-use crate::block::backend::{canonical, Backend, Entry};
+use crate::block::backend::{canonical, Backend};
 use crate::block::{iptables::Iptables, nft::Nftables, xdp::XdpBlock};
+use crate::control::client::ask;
+use crate::control::{Request, Response};
 use crate::event::show_net;
+use crate::state::Store;
 use crate::{diag, duration};
 use ipnet::IpNet;
 use std::io::Write;
 use std::net::IpAddr;
-use std::time::Duration;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     List,
-    Add(IpNet, Duration),
+    Add {
+        target: IpNet,
+        ttl: Option<Duration>,
+    },
     Remove(IpNet),
     Flush,
 }
 
-const NOTHING: &str = "neither the nft table inet tcpwatch, the ipsets tcpwatch4/tcpwatch6 nor the XDP maps pinned in /sys/fs/bpf/tcpwatch exist";
+/// The TTL of a block added without an agent and without `--ttl`: the
+/// agent's default `--block-ttl`.
+const DEFAULT_TTL: Duration = Duration::from_secs(3600);
+
+/// Where the command finds the agent and its state file.
+pub struct Places<'a> {
+    pub control: &'a Path,
+    pub state: &'a Path,
+}
+
+pub fn run(action: Action, places: &Places) -> anyhow::Result<()> {
+    let request = match action {
+        Action::List => Request::List,
+        Action::Add { target, ttl } => Request::Add {
+            target: show_net(&target),
+            ttl_ms: ttl.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        },
+        Action::Remove(target) => Request::Remove {
+            target: show_net(&target),
+        },
+        Action::Flush => Request::Flush,
+    };
+    match ask(places.control, &request)? {
+        Some(answer) => through_agent(answer),
+        None => direct(action, places),
+    }
+}
+
+/// Prints what the agent did.
+fn through_agent(answer: Response) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match answer {
+        Response::Blocks { blocks } => {
+            for block in &blocks {
+                writeln!(out, "{}", block_line(block))?;
+            }
+        }
+        Response::Added {
+            target,
+            ttl_ms,
+            backend,
+        } => writeln!(
+            out,
+            "Blocked {target} for {} via {backend}",
+            duration::format(Duration::from_millis(ttl_ms))
+        )?,
+        Response::Removed {
+            target,
+            backend,
+            was_blocked,
+        } => match (was_blocked, backend) {
+            (true, Some(backend)) => writeln!(out, "Unblocked {target} via {backend}")?,
+            _ => writeln!(out, "{target} is not blocked")?,
+        },
+        Response::Flushed { targets, backend } => writeln!(
+            out,
+            "Flushed {} {} via {}",
+            targets.len(),
+            if targets.len() == 1 {
+                "block"
+            } else {
+                "blocks"
+            },
+            backend.as_deref().unwrap_or("none")
+        )?,
+        Response::Refused { message } => anyhow::bail!("{message}"),
+        Response::Status(_) => anyhow::bail!("unexpected answer from the agent"),
+    }
+    Ok(())
+}
 
 /// The backends whose objects exist on this host.
 fn present() -> Vec<Box<dyn Backend>> {
@@ -37,21 +118,48 @@ fn present() -> Vec<Box<dyn Backend>> {
         .collect()
 }
 
-pub fn run(action: Action) -> anyhow::Result<()> {
-    if let Action::Add(target, _) = action {
-        // Before anything is looked at: loopback and this host's own
-        // addresses (and gateways) are never blocked.
-        refuse_never_blocked(target, &Allowlist::of_host(Vec::new()))?;
+/// Opens the state file for a change, if it exists and no process holds
+/// it. An agent that runs without its control socket holds it: said once.
+fn state_file(path: &Path) -> Option<Store> {
+    if !path.exists() {
+        return None;
     }
-    let backends = present();
-    if backends.is_empty() {
-        if let Action::Add(..) = action {
-            anyhow::bail!("nothing to add the block to: {NOTHING} (start the agent first)");
+    match Store::open(path) {
+        Ok(store) => Some(store),
+        Err(e) => {
+            diag::warn(format_args!(
+                "{e}; an agent running without its control socket keeps its blocks as it knows them (use --control)"
+            ));
+            None
         }
-        diag::note(format_args!("no blocks: {NOTHING}"));
+    }
+}
+
+/// Without an agent: the objects that exist, and the state file.
+fn direct(action: Action, places: &Places) -> anyhow::Result<()> {
+    let backends = present();
+    let mut out = std::io::stdout().lock();
+    if let Action::Add { target, ttl } = action {
+        return add_direct(
+            target,
+            ttl.unwrap_or(DEFAULT_TTL),
+            backends,
+            places,
+            &mut out,
+        );
+    }
+    if let Action::Remove(target) = action {
+        let target = canonical(target);
+        if let Some(store) = state_file(places.state) {
+            store.forget_block(target)?;
+        }
+    }
+    if backends.is_empty() {
+        diag::note(
+            "no blocks: neither the nft table inet tcpwatch, the ipsets tcpwatch4/tcpwatch6 nor the XDP maps pinned in /sys/fs/bpf/tcpwatch exist",
+        );
         return Ok(());
     }
-    let mut out = std::io::stdout().lock();
     for mut backend in backends {
         let name = backend.name();
         match action {
@@ -59,75 +167,84 @@ pub fn run(action: Action) -> anyhow::Result<()> {
                 let mut entries = backend.list()?;
                 entries.sort_by_key(|e| e.target);
                 for entry in entries {
-                    writeln!(out, "{}", list_line(&entry, name))?;
+                    let left = match entry.remaining {
+                        Some(d) => format!("expires in {}s", d.as_secs()),
+                        None => "never expires".to_string(),
+                    };
+                    let dropped = entry
+                        .packets
+                        .map(|n| format!("; {n} packets dropped"))
+                        .unwrap_or_default();
+                    writeln!(
+                        out,
+                        "{} {left} via {name}{dropped}",
+                        show_net(&entry.target)
+                    )?;
                 }
-            }
-            Action::Add(target, ttl) => {
-                let target = canonical(target);
-                backend.block(&[target], ttl)?;
-                writeln!(
-                    out,
-                    "Blocked {} for {} via {name}",
-                    show_net(&target),
-                    duration::format(ttl)
-                )?;
             }
             Action::Remove(target) => {
                 let target = canonical(target);
                 backend.unblock(target)?;
                 writeln!(out, "Unblocked {} via {name}", show_net(&target))?;
-                still_covered(backend.as_mut(), target);
             }
             Action::Flush => {
                 backend.flush()?;
                 writeln!(out, "Flushed all blocks via {name}")?;
             }
+            Action::Add { .. } => unreachable!("handled above"),
         }
     }
     Ok(())
 }
 
-/// `blocks add` of an address or prefix holding loopback, an address of
-/// this host or one of its gateways: an error of one line.
-pub fn refuse_never_blocked(target: IpNet, allow: &Allowlist) -> anyhow::Result<()> {
-    match allow.check_net(canonical(target)) {
-        Some(reason) => anyhow::bail!("not blocking {}: {reason}", show_net(&canonical(target))),
-        None => Ok(()),
+/// A block added without an agent: never loopback, the host's addresses
+/// or its gateways (the `--allow` entries are the agent's, which is not
+/// there to say); applied in the objects that exist and recorded in the
+/// state file, so the next start applies it for the time it has left.
+fn add_direct(
+    target: IpNet,
+    ttl: Duration,
+    backends: Vec<Box<dyn Backend>>,
+    places: &Places,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let target = canonical(target);
+    let shown = show_net(&target);
+    let allow = Allowlist::of_host(Vec::new());
+    if let Some(reason) = allow.check_net(target) {
+        anyhow::bail!("not blocking {shown}: it is never blocked ({reason})");
     }
-}
-
-/// One line of `blocks list`: the target, its time left, the backend, and
-/// the packets its block dropped when the backend counts them.
-pub fn list_line(entry: &Entry, backend: &str) -> String {
-    let left = match entry.remaining {
-        Some(d) => format!("expires in {}s", d.as_secs()),
-        None => "never expires".to_string(),
-    };
-    let mut line = format!("{} {left} via {backend}", show_net(&entry.target));
-    if let Some(packets) = entry.packets {
-        let unit = if packets == 1 { "packet" } else { "packets" };
-        line.push_str(&format!(", {packets} {unit} dropped"));
+    let store = state_file(places.state);
+    if backends.is_empty() && store.is_none() {
+        anyhow::bail!(
+            "{}, no firewall objects and no state file at {}: nothing to add {shown} to",
+            no_agent(places.control),
+            places.state.display()
+        );
     }
-    line
-}
-
-/// After `remove`: says so when a blocked prefix still holds the target.
-fn still_covered(backend: &mut dyn Backend, target: IpNet) {
-    let Ok(entries) = backend.list() else { return };
-    if let Some(outer) = entries
-        .iter()
-        .find(|e| e.target != target && e.target.contains(&target))
-    {
-        diag::note(format_args!(
-            "{} is still blocked by {} via {}",
-            show_net(&target),
-            show_net(&outer.target),
+    if let Some(store) = &store {
+        let now = SystemTime::now();
+        store.put_blocks(&[target], now + ttl, "manual", now)?;
+    }
+    for mut backend in backends {
+        backend.block(&[target], ttl)?;
+        writeln!(
+            out,
+            "Blocked {shown} for {} via {}",
+            duration::format(ttl),
             backend.name()
+        )?;
+    }
+    if store.is_some() {
+        diag::note(format_args!(
+            "no agent running: {shown} recorded in {}; the agent applies it when it starts",
+            places.state.display()
         ));
     }
+    Ok(())
 }
 
-/// `blocks add` and `remove` take an address or a prefix
+/// `blocks add` and `blocks remove` take an address or a prefix
 /// (`2001:db8:1:2::/64`).
 pub fn parse_target(text: &str) -> Result<IpNet, String> {
     text.parse::<IpNet>()
@@ -138,64 +255,4 @@ pub fn parse_target(text: &str) -> Result<IpNet, String> {
                 crate::text::printable(text)
             )
         })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn net(s: &str) -> IpNet {
-        parse_target(s).unwrap()
-    }
-
-    #[test]
-    fn list_lines_show_time_left_and_drops() {
-        let entry = Entry {
-            target: net("2001:db8:1:2::/64"),
-            remaining: Some(Duration::from_millis(3_599_400)),
-            packets: Some(97),
-        };
-        assert_eq!(
-            list_line(&entry, "nftables"),
-            "2001:db8:1:2::/64 expires in 3599s via nftables, 97 packets dropped"
-        );
-        let one = Entry {
-            packets: Some(1),
-            ..entry.clone()
-        };
-        assert!(list_line(&one, "xdp").ends_with("via xdp, 1 packet dropped"));
-        let bare = Entry::new(net("192.0.2.7"), None);
-        assert_eq!(list_line(&bare, "iptables"), "192.0.2.7 never expires via iptables");
-    }
-
-    #[test]
-    fn add_refuses_loopback_and_the_hosts_addresses() {
-        let allow = Allowlist::new(
-            Vec::new(),
-            Box::new(|| Ok(vec!["10.0.0.5".parse().unwrap(), "fd00:1::5".parse().unwrap()])),
-            Box::new(|| Ok(vec!["10.0.0.1".parse().unwrap()])),
-        );
-        let err = |s: &str| refuse_never_blocked(net(s), &allow).unwrap_err().to_string();
-        assert_eq!(err("127.0.0.1"), "not blocking 127.0.0.1: loopback");
-        assert_eq!(err("::1"), "not blocking ::1: loopback");
-        assert_eq!(err("10.0.0.5"), "not blocking 10.0.0.5: an address of this host");
-        assert_eq!(err("::ffff:10.0.0.5"), "not blocking 10.0.0.5: an address of this host");
-        assert_eq!(
-            err("fd00:1::77/64"),
-            "not blocking fd00:1::/64: an address of this host"
-        );
-        assert_eq!(err("10.0.0.1"), "not blocking 10.0.0.1: a gateway of this host");
-        refuse_never_blocked(net("198.51.100.7"), &allow).unwrap();
-        refuse_never_blocked(net("fd00:2::/64"), &allow).unwrap();
-    }
-
-    #[test]
-    fn targets_are_addresses_or_prefixes() {
-        assert_eq!(net("10.1.2.3"), "10.1.2.3/32".parse::<IpNet>().unwrap());
-        assert_eq!(net("2001:db8::/64").prefix_len(), 64);
-        assert_eq!(
-            parse_target("10.0.0.300").unwrap_err(),
-            "'10.0.0.300' is not an IP address or CIDR prefix"
-        );
-    }
 }
