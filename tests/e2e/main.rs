@@ -51,6 +51,7 @@ mod metrics;
 mod netlink;
 mod operators;
 mod pcap;
+mod prefix_block;
 mod privilege;
 mod prometheus;
 mod realtime_block;
