@@ -140,6 +140,9 @@ run scripts/bench-xdp.sh
 section "XDP vs nftables drop cost, detection to first drop (scripts/bench-xdp-block.sh)"
 run scripts/bench-xdp-block.sh
 
+section "probes answered after the threshold probe, xdp (in-kernel decision) vs nftables (scripts/bench-answered.sh)"
+run scripts/bench-answered.sh
+
 section "summary ($out_dir/summary.md)"
 lab_stop "$load_sampler"
 scripts/bench-summary "$BENCH_FIGURES" "$load_log" "$started" "$load_at_start" |

@@ -196,9 +196,8 @@ fn kernel_rule(settings: &RunSettings) -> Rule {
         window: settings.scan.scan_window,
         ttl: settings.block.block_ttl,
         cap: settings.block.max_blocks_per_minute.0,
-        // The detector counts IPv6 sources per address until it counts
-        // them per `--ipv6-prefix`; the kernel must count as it does.
-        ipv6_prefix: 128,
+        // The kernel counts IPv6 sources as the detector does.
+        ipv6_prefix: settings.scan.ipv6_prefix.0,
     }
 }
 

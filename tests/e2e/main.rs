@@ -62,3 +62,4 @@ mod state;
 mod systemd;
 mod xdp;
 mod xdp_block;
+mod xdp_decide;
