@@ -136,6 +136,12 @@ pub trait Backend: Send {
     fn retune(&mut self, _ttl: Duration, _cap: Option<u32>) -> anyhow::Result<()> {
         Ok(())
     }
+    /// A new scan rule (more than `ports` distinct ports within `window`,
+    /// IPv6 sources per `/ipv6_prefix`) for the kernel's own decisions: the
+    /// detector's, reloaded.
+    fn rescan(&mut self, _ports: usize, _window: Duration, _ipv6_prefix: u8) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// Groups blocks by their time left rounded up to whole seconds (at least

@@ -204,6 +204,14 @@ impl Blocker {
         }
     }
 
+    /// The detector's rule, reloaded (SIGHUP), for a kernel that decides
+    /// scans by itself.
+    pub fn rescan(&mut self, ports: usize, window: Duration, ipv6_prefix: u8) {
+        if let Some(firewall) = self.firewall.as_mut() {
+            firewall.rescan(ports, window, ipv6_prefix);
+        }
+    }
+
     pub fn health(&self) -> Health {
         self.firewall
             .as_ref()

@@ -665,6 +665,12 @@ impl Firewall {
         self.kernel_sync(done);
     }
 
+    /// Tells a kernel that decides by itself the detector's rule.
+    pub fn rescan(&mut self, ports: usize, window: Duration, ipv6_prefix: u8) {
+        let done = self.backend.rescan(ports, window, ipv6_prefix);
+        self.kernel_sync(done);
+    }
+
     fn kernel_sync(&mut self, done: anyhow::Result<()>) {
         let name = self.backend.name();
         match done {

@@ -142,6 +142,9 @@ pub struct XdpBlock {
     pinned: bool,
     /// The rule of the program's scan decision (with a shared program).
     rule: Option<Rule>,
+    /// The networks never blocked besides loopback, as last told (applied
+    /// at install when told before).
+    allow: Vec<IpNet>,
 }
 
 impl XdpBlock {
@@ -158,6 +161,7 @@ impl XdpBlock {
             stats: Stats::default(),
             pinned: false,
             rule: None,
+            allow: Vec::new(),
         }
     }
 
@@ -181,6 +185,7 @@ impl XdpBlock {
             stats: Stats::default(),
             pinned: false,
             rule: None,
+            allow: Vec::new(),
         }
     }
 
@@ -262,7 +267,9 @@ impl Backend for XdpBlock {
                 )),
                 None => {
                     decide.set_rule(Some(rule))?;
-                    decide.sync_allow(&decide::loopback())?;
+                    let mut all = decide::loopback().to_vec();
+                    all.extend_from_slice(&self.allow);
+                    decide.sync_allow(&all)?;
                 }
             }
         }
@@ -328,6 +335,7 @@ impl Backend for XdpBlock {
     }
 
     fn sync_allow(&mut self, nets: &[IpNet]) -> anyhow::Result<()> {
+        self.allow = nets.to_vec();
         if self.rule.is_none() {
             return Ok(());
         }
@@ -351,6 +359,41 @@ impl Backend for XdpBlock {
         self.with_maps(|maps| match maps.decide() {
             Some(decide) if decide.rule().is_some() => decide.set_rule(Some(rule)),
             _ => Ok(()),
+        })
+    }
+
+    fn rescan(&mut self, ports: usize, window: Duration, ipv6_prefix: u8) -> anyhow::Result<()> {
+        let Some(rule) = self.rule.as_mut() else {
+            return Ok(());
+        };
+        if (rule.ports, rule.window, rule.ipv6_prefix) == (ports, window, ipv6_prefix) {
+            return Ok(());
+        }
+        rule.ports = ports;
+        rule.window = window;
+        rule.ipv6_prefix = ipv6_prefix;
+        let rule = *rule;
+        let mut allow = decide::loopback().to_vec();
+        allow.extend_from_slice(&self.allow);
+        self.with_maps(|maps| {
+            let Some(decide) = maps.decide() else {
+                return Ok(());
+            };
+            let was = decide.rule().is_some();
+            // An unsupported rule turns the decision off.
+            decide.set_rule(Some(rule))?;
+            match (was, rule.unsupported()) {
+                (true, Some(why)) => diag::note(format_args!(
+                    "xdp: every block is decided in userspace: {why}"
+                )),
+                (false, None) => diag::note("xdp: the program decides scans again"),
+                _ => {}
+            }
+            if decide.rule().is_some() {
+                // Per the new prefix, and at once when it is back on.
+                decide.sync_allow(&allow)?;
+            }
+            Ok(())
         })
     }
 
