@@ -20,6 +20,7 @@
 //!   can open them.
 
 use super::decide::Decide;
+use super::not_found;
 use crate::diag;
 use crate::os;
 use anyhow::{bail, Context};
@@ -339,11 +340,6 @@ fn capacity_of(map: &HashMap<MapData, [u8; 4], Block>) -> u32 {
         .info()
         .map(|i| i.max_entries())
         .unwrap_or(0)
-}
-
-pub(super) fn not_found(e: &aya::maps::MapError) -> bool {
-    matches!(e, aya::maps::MapError::KeyNotFound)
-        || matches!(e, aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOENT))
 }
 
 /// Where a target lives: an address map or a trie, and its key.

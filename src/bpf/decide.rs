@@ -10,7 +10,7 @@
 //! the same rule as userspace's detector, so the two agree; the builders of
 //! its configuration and allowlist entries are pure functions, tested here.
 
-use super::blocklist::not_found;
+use super::not_found;
 use anyhow::Context;
 use aya::maps::lpm_trie::{Key as NetKey, LpmTrie};
 use aya::maps::{Array, MapData, PerCpuArray};

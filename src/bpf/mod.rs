@@ -37,6 +37,12 @@ pub fn ring_buffer(map: Map) -> anyhow::Result<AsyncFd<RingBuf<MapData>>> {
         .map_err(|e| anyhow::anyhow!("ring buffer poll: {e}"))
 }
 
+/// Whether a map operation failed because the key is not there.
+pub(crate) fn not_found(e: &aya::maps::MapError) -> bool {
+    matches!(e, aya::maps::MapError::KeyNotFound)
+        || matches!(e, aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOENT))
+}
+
 /// The sum over the CPUs of slot `index` of a per-CPU counter array (0 when
 /// it cannot be read).
 pub fn per_cpu_sum(map: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
