@@ -196,7 +196,9 @@ fn case(backend: &str, source: Source) {
         .source(source)
         .interface("eth0")
         .block(backend)
-        .block_ttl("1h");
+        .block_ttl("1h")
+        // The harness counts per address (the lab's hosts share a /64).
+        .set("--ipv6-prefix", "64");
     let agent = Agent::start(&lab, A, &args);
     let host: IpAddr = lab.v6(A).into();
     let net = scanner_net(&lab);
