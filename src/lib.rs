@@ -15,6 +15,7 @@ pub mod config;
 pub mod detect;
 pub mod duration;
 pub mod event;
+pub mod fleet;
 pub mod list;
 pub mod metrics;
 pub mod pipeline;
