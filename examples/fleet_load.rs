@@ -8,15 +8,24 @@
 //!
 //! ```text
 //! cargo run --release --example fleet_load -- [--nodes 1000] [--rate 50]
-//!     [--seconds 30] [--clients 20000] [--url redis://127.0.0.1:6379]
+//!     [--seconds 30] [--model new|sticky|shared] [--clients N]
+//!     [--scan-pairs 10] [--url redis://127.0.0.1:6379]
 //! ```
 //!
 //! Without `--url` it starts its own `redis-server` on a free loopback port.
-//! Traffic model: each connection comes from one of `--clients` addresses
-//! shared by the whole fleet (uniformly drawn), to port 443 (70%), 80 (25%)
-//! or 22 (5%) of the node's own address; every 10 s one scanner sweeps 3
-//! ports on 20 nodes. `--clients 0` makes every connection come from a new
-//! address (the worst case: nothing to aggregate).
+//! Traffic models (`--model`), each connection to port 443 (70%), 80 (25%)
+//! or 22 (5%) of the node's own address:
+//!
+//! - `new` (default): every connection from an address never seen before:
+//!   the worst case, nothing to aggregate or skip;
+//! - `sticky`: each node's visitors come back: 90% from the node's own pool
+//!   of `--clients` addresses (default 2000), 10% new;
+//! - `shared`: from a pool of `--clients` addresses shared by the whole
+//!   fleet, drawn uniformly (every client visits many nodes: with a low
+//!   `--scan-pairs` such clients are fleet scans, see docs/fleet.md).
+//!
+//! Every 10 s one scanner sweeps 3 ports on 20 nodes (60 pairs); with the
+//! default `--scan-pairs 10` each sweep is one fleet scan.
 
 #[path = "../tests/redis_server/mod.rs"]
 mod redis_server;
@@ -27,11 +36,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tcpwatch::fleet::{parse_url, Attempt, Fleet, FleetEvent, FleetSettings};
 
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Model {
+    New,
+    Sticky,
+    Shared,
+}
+
 struct Args {
     nodes: usize,
     rate: usize,
     seconds: u64,
+    model: Model,
     clients: u32,
+    scan_pairs: usize,
     url: Option<String>,
 }
 
@@ -40,7 +58,9 @@ fn args() -> Args {
         nodes: 1000,
         rate: 50,
         seconds: 30,
-        clients: 20_000,
+        model: Model::New,
+        clients: 2000,
+        scan_pairs: 10,
         url: None,
     };
     let mut it = std::env::args().skip(1);
@@ -51,6 +71,15 @@ fn args() -> Args {
             "--rate" => a.rate = value().parse().expect("--rate N"),
             "--seconds" => a.seconds = value().parse().expect("--seconds N"),
             "--clients" => a.clients = value().parse().expect("--clients N"),
+            "--scan-pairs" => a.scan_pairs = value().parse().expect("--scan-pairs N"),
+            "--model" => {
+                a.model = match value().as_str() {
+                    "new" => Model::New,
+                    "sticky" => Model::Sticky,
+                    "shared" => Model::Shared,
+                    other => panic!("--model new|sticky|shared, not {other}"),
+                }
+            }
             "--url" => a.url = Some(value()),
             other => panic!("unknown argument {other}"),
         }
@@ -101,6 +130,8 @@ struct RedisStats {
     cpu: f64,
     evalsha: u64,
     used_memory: u64,
+    /// Calls per command (`INFO commandstats`), scripts' inner calls included.
+    calls: std::collections::BTreeMap<String, u64>,
 }
 
 async fn redis_stats(conn: &mut redis::aio::MultiplexedConnection) -> RedisStats {
@@ -115,7 +146,20 @@ async fn redis_stats(conn: &mut redis::aio::MultiplexedConnection) -> RedisStats
         .find_map(|kv| kv.strip_prefix("calls="))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
+    let calls = info
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let n = rest
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("calls="))?
+                .parse()
+                .ok()?;
+            Some((name.to_string(), n))
+        })
+        .collect();
     RedisStats {
+        calls,
         commands: field("total_commands_processed").parse().unwrap_or(0),
         cpu: field("used_cpu_sys").parse::<f64>().unwrap_or(0.0)
             + field("used_cpu_user").parse::<f64>().unwrap_or(0.0),
@@ -145,31 +189,28 @@ async fn main() {
         .expect("connect to Redis");
 
     eprintln!(
-        "fleet_load: {} nodes x {} connections/s for {} s against {url} (clients: {})",
-        a.nodes,
-        a.rate,
-        a.seconds,
-        if a.clients == 0 {
-            "all new".to_string()
-        } else {
-            a.clients.to_string()
-        }
+        "fleet_load: {} nodes x {} connections/s for {} s against {url} (model {:?}, clients {})",
+        a.nodes, a.rate, a.seconds, a.model, a.clients
     );
     let scans = Arc::new(AtomicU64::new(0));
+    let quiet = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut handles = Vec::new();
     let start_all = Instant::now();
     for i in 0..a.nodes {
         let mut s = FleetSettings::new(vec![parse_url(&url).unwrap()], &format!("load-{i}"));
-        s.scan_pairs = 10;
+        s.scan_pairs = a.scan_pairs;
         let (handle, mut events) = Fleet::start(s, 256).expect("start");
         let scans = scans.clone();
+        let quiet = quiet.clone();
         tokio::spawn(async move {
             while let Some(e) = events.recv().await {
                 match e {
                     FleetEvent::FleetScan { .. } => {
                         scans.fetch_add(1, Ordering::Relaxed);
                     }
-                    FleetEvent::Down { reason } => eprintln!("node down: {reason}"),
+                    FleetEvent::Down { reason } if !quiet.load(Ordering::Relaxed) => {
+                        eprintln!("node down: {reason}")
+                    }
                     _ => {}
                 }
             }
@@ -197,7 +238,7 @@ async fn main() {
     for (i, h) in handles.iter().enumerate() {
         let h = h.clone();
         let generated = generated.clone();
-        let (rate, clients) = (a.rate, a.clients);
+        let (rate, clients, model) = (a.rate, a.clients.max(1), a.model);
         generators.push(tokio::spawn(async move {
             let host = IpAddr::V4(Ipv4Addr::new(10, (i >> 16) as u8, (i >> 8) as u8, i as u8));
             let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1).wrapping_mul(0x2545_f491));
@@ -206,6 +247,7 @@ async fn main() {
             tokio::time::sleep(Duration::from_micros((i as u64 * 100_000) / nodes as u64)).await;
             let per_tick = rate.div_ceil(10);
             let mut fresh: u32 = (i as u32) << 12;
+            let clients = clients;
             let mut batch = Vec::with_capacity(per_tick + 3);
             let mut n: u64 = 0;
             while Instant::now() < stop {
@@ -214,11 +256,18 @@ async fn main() {
                 batch.clear();
                 for _ in 0..per_tick {
                     let r = rng.next();
-                    let source = if clients == 0 {
+                    let new =
+                        model == Model::New || (model == Model::Sticky && r.is_multiple_of(10));
+                    let source = if new {
+                        // 100.64.0.0/10, never twice.
                         fresh = fresh.wrapping_add(1);
-                        Ipv4Addr::from(0x6400_0000u32 | (fresh & 0x00ff_ffff))
+                        Ipv4Addr::from(0x6440_0000u32 | (fresh & 0x003f_ffff))
+                    } else if model == Model::Sticky {
+                        // 172.16.0.0/12, the node's own pool.
+                        let pool = (i as u32 * clients + (r >> 8) as u32 % clients) & 0x000f_ffff;
+                        Ipv4Addr::from(0xac10_0000u32 | pool)
                     } else {
-                        Ipv4Addr::from(0xc633_0000u32 + (r % clients as u64) as u32)
+                        Ipv4Addr::from(0xc633_0000u32 + ((r >> 8) % clients as u64) as u32)
                     };
                     let port = match (r >> 32) % 100 {
                         0..=69 => 443,
@@ -232,7 +281,7 @@ async fn main() {
                     });
                 }
                 // A scanner sweeping 3 ports on 20 nodes every 10 s.
-                if n % 100 == 0 && i % (nodes / 20).max(1) == 0 {
+                if n.is_multiple_of(100) && i.is_multiple_of((nodes / 20).max(1)) {
                     let scanner = IpAddr::V4(Ipv4Addr::new(203, 0, 113, (n / 100) as u8));
                     for port in [21, 23, 3389] {
                         batch.push(Attempt {
@@ -283,11 +332,29 @@ async fn main() {
     let sources = (o1 - o0) as f64 / elapsed;
     let gen_cpu = (c1 - c0).as_secs_f64() / elapsed;
     println!(
-        "fleet_load: nodes {} rate {}/s/node clients {}",
-        a.nodes, a.rate, a.clients
+        "fleet_load: nodes {} rate {}/s/node model {:?} clients {} scan-pairs {}",
+        a.nodes, a.rate, a.model, a.clients, a.scan_pairs
     );
     println!("fleet_load: attempts {attempts:.0}/s, sources published {sources:.0}/s (aggregated per node per second)");
-    println!("fleet_load: Redis {ops:.0} ops/s, of which {calls:.0} script calls/s; Redis CPU {:.1}% of one core; memory {:.1} MiB", cpu * 100.0, s1.used_memory as f64 / 1048576.0);
+    println!("fleet_load: Redis {ops:.0} commands/s processed, {calls:.0} script calls/s (EVALSHA); Redis CPU {:.1}% of one core; memory {:.1} MiB", cpu * 100.0, s1.used_memory as f64 / 1048576.0);
+    let mut by_command: Vec<(String, f64)> = s1
+        .calls
+        .iter()
+        .map(|(k, v)| {
+            let before = s0.calls.get(k).copied().unwrap_or(0);
+            (k.clone(), (v - before) as f64 / elapsed)
+        })
+        .filter(|(_, r)| *r >= 1.0)
+        .collect();
+    by_command.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let list: Vec<String> = by_command
+        .iter()
+        .map(|(k, r)| format!("{k} {r:.0}"))
+        .collect();
+    println!(
+        "fleet_load: Redis calls/s by command (inside scripts included): {}",
+        list.join(", ")
+    );
     println!(
         "fleet_load: generator+agents CPU {:.1}% (of 2 cores: 200%)",
         gen_cpu * 100.0
@@ -303,6 +370,8 @@ async fn main() {
             capacity, a.rate
         );
     }
+    quiet.store(true, Ordering::Relaxed);
     drop(handles);
+    tokio::time::sleep(Duration::from_millis(500)).await;
     drop(own_server);
 }

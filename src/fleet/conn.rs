@@ -46,10 +46,10 @@ impl ConnectionLike for Conn {
 }
 
 enum Clients {
-    Single(Client),
+    Single(Box<Client>),
     Cluster {
-        commands: ClusterClient,
-        reader: ClusterClient,
+        commands: Box<ClusterClient>,
+        reader: Box<ClusterClient>,
     },
 }
 
@@ -109,8 +109,8 @@ impl Connector {
                 b.build()
             };
             Clients::Cluster {
-                commands: build(timeout).map_err(fail)?,
-                reader: build(read_timeout).map_err(fail)?,
+                commands: Box::new(build(timeout).map_err(fail)?),
+                reader: Box::new(build(read_timeout).map_err(fail)?),
             }
         } else {
             let info = infos[0].clone();
@@ -118,7 +118,7 @@ impl Connector {
                 Some(c) => Client::build_with_tls(info, c.clone()),
                 None => Client::open(info),
             };
-            Clients::Single(client.map_err(fail)?)
+            Clients::Single(Box::new(client.map_err(fail)?))
         };
         Ok(Connector {
             clients,

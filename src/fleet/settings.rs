@@ -72,6 +72,9 @@ pub struct FleetLimits {
     pub pairs_per_source: usize,
     /// Members kept per source's window in Redis.
     pub pairs_per_window: usize,
+    /// (source, host, port) triples remembered as sent recently (a pair
+    /// sent less than a quarter window ago is not sent again).
+    pub recent_pairs: usize,
     /// Bans this node remembers (its own and the fleet's).
     pub bans: usize,
     /// Length of the change log in Redis (approximate trim); a node that
@@ -90,6 +93,7 @@ impl Default for FleetLimits {
             sources_per_flush: 4096,
             pairs_per_source: 64,
             pairs_per_window: 1024,
+            recent_pairs: 65_536,
             bans: 100_000,
             log_len: 10_000,
             max_ttl: Duration::from_secs(30 * 24 * 3600),

@@ -172,6 +172,8 @@ pub(super) struct Task {
     ever_up: bool,
     /// Events held back while connecting.
     held: Option<Vec<FleetEvent>>,
+    /// (source, pair) -> when this node last sent it; bounded.
+    recent: HashMap<(IpNet, SocketAddr), Instant>,
 }
 
 impl Task {
@@ -208,6 +210,7 @@ impl Task {
             down_reported: false,
             ever_up: false,
             held: None,
+            recent: HashMap::new(),
         })
     }
 
@@ -391,6 +394,33 @@ impl Task {
             return Ok(());
         };
         let conn = session.conn.clone();
+        // A pair this node sent less than a quarter window ago is not sent
+        // again: its score in Redis is at most that old, so it stays in the
+        // window at least three quarters of a window after its last touch.
+        // Repeat visitors cost Redis nothing; a scan, all new pairs, is sent
+        // whole.
+        let now = Instant::now();
+        let fresh = self.settings.scan_window / 4;
+        if self.recent.len() >= self.settings.limits.recent_pairs {
+            self.recent.retain(|_, t| now.duration_since(*t) < fresh);
+        }
+        let sources: Vec<(IpNet, Vec<SocketAddr>)> = sources
+            .into_iter()
+            .filter_map(|(source, pairs)| {
+                let pairs: Vec<SocketAddr> = pairs
+                    .into_iter()
+                    .filter(|p| {
+                        self.recent
+                            .get(&(source, *p))
+                            .is_none_or(|t| now.duration_since(*t) >= fresh)
+                    })
+                    .collect();
+                (!pairs.is_empty()).then_some((source, pairs))
+            })
+            .collect();
+        if sources.is_empty() {
+            return Ok(());
+        }
         let window_ms = self.settings.scan_window.as_millis().max(1) as u64;
         let limit = self.settings.scan_pairs;
         let cap = self
@@ -470,6 +500,13 @@ impl Task {
         self.counters
             .out_observe
             .fetch_add(sources.len() as u64, Ordering::Relaxed);
+        for (source, pairs) in &sources {
+            for p in pairs {
+                if self.recent.len() < self.settings.limits.recent_pairs {
+                    self.recent.insert((*source, *p), now);
+                }
+            }
+        }
         for (start, reply) in replies {
             let in_call = if self.connector.is_cluster() {
                 1
@@ -616,6 +653,8 @@ impl Task {
             Ok(()) => {
                 self.backoff = MIN_BACKOFF;
                 self.down_reported = false;
+                // Redis may have lost the windows meanwhile.
+                self.recent.clear();
                 self.counters.up.store(true, Ordering::Relaxed);
                 if self.ever_up {
                     self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
