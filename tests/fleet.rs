@@ -279,8 +279,9 @@ async fn detect_fleet_scan(urls: &[String], tune: &dyn Fn(&mut FleetSettings)) {
         .sum();
     assert_eq!(in_scan, 1);
 
-    // Spread over more than a window (1.5 s here): never more than 2 pairs
-    // in the window, no scan.
+    // Spread over more than a window (1.5 s here, sweeps 3 s apart so a
+    // loaded machine's late flush cannot bring two together): never more
+    // than 2 pairs in the window, no scan.
     let mut slow: Vec<Node> = ["slow-a", "slow-b", "slow-c"]
         .iter()
         .map(|n| {
@@ -297,7 +298,7 @@ async fn detect_fleet_scan(urls: &[String], tune: &dyn Fn(&mut FleetSettings)) {
         slow[i]
             .handle
             .observe_attempts(&attempts("192.0.2.98", hosts[i], &[22, 80]));
-        tokio::time::sleep(Duration::from_millis(2000)).await;
+        tokio::time::sleep(Duration::from_millis(3000)).await;
     }
     for n in slow.iter_mut() {
         let events = n.drain(Duration::from_millis(300)).await;
@@ -655,6 +656,49 @@ async fn redis_restarted_empty_gets_the_bans_again() {
             .any(|e| matches!(e, FleetEvent::RemoteUnblock { .. })),
         "{events:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushall_while_connected_is_noticed_within_the_epoch_check() {
+    if !available() {
+        return;
+    }
+    let r = Redis::start();
+    let mut a = start(settings(&[r.url()], "node-a"));
+    a.up().await;
+    let x = net("192.0.2.6");
+    let expires = in_an_hour();
+    a.handle.publish_block(x, expires, "").unwrap();
+    let key = "tcpwatch:{bans}:ban:192.0.2.6";
+    let deadline = Instant::now() + WAIT;
+    while r.cli(&["EXISTS", key]) != "1" {
+        assert!(Instant::now() < deadline, "ban not published");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The connection stays; the data goes.
+    assert_eq!(r.cli(&["FLUSHALL"]), "OK");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while r.cli(&["EXISTS", key]) != "1" {
+        assert!(Instant::now() < deadline, "ban not published again after FLUSHALL");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let at: u64 = r.cli(&["PEXPIRETIME", key]).parse().unwrap();
+    assert_eq!(at, unix_ms(expires).unwrap());
+    assert_eq!(a.handle.counters().republished.load(Ordering::Relaxed), 1);
+    // Never down meanwhile.
+    let events = a.drain(Duration::from_millis(200)).await;
+    assert!(downs(&events).is_empty(), "{events:?}");
+
+    // Dropping the handle stops the task: the event channel ends.
+    let Node {
+        handle, mut events, ..
+    } = a;
+    drop(handle);
+    let end = tokio::time::timeout(WAIT, async {
+        while events.recv().await.is_some() {}
+    })
+    .await;
+    assert!(end.is_ok(), "the task did not stop");
 }
 
 // ---------------------------------------------------------------------------
