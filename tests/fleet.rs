@@ -679,7 +679,10 @@ async fn flushall_while_connected_is_noticed_within_the_epoch_check() {
     assert_eq!(r.cli(&["FLUSHALL"]), "OK");
     let deadline = Instant::now() + Duration::from_secs(20);
     while r.cli(&["EXISTS", key]) != "1" {
-        assert!(Instant::now() < deadline, "ban not published again after FLUSHALL");
+        assert!(
+            Instant::now() < deadline,
+            "ban not published again after FLUSHALL"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let at: u64 = r.cli(&["PEXPIRETIME", key]).parse().unwrap();
@@ -694,10 +697,7 @@ async fn flushall_while_connected_is_noticed_within_the_epoch_check() {
         handle, mut events, ..
     } = a;
     drop(handle);
-    let end = tokio::time::timeout(WAIT, async {
-        while events.recv().await.is_some() {}
-    })
-    .await;
+    let end = tokio::time::timeout(WAIT, async { while events.recv().await.is_some() {} }).await;
     assert!(end.is_ok(), "the task did not stop");
 }
 
