@@ -2,10 +2,17 @@
 //! scanners to block (not allowlisted, within the cap, or already blocked
 //! and only refreshed), records them in the journal, has the [`Firewall`]
 //! apply them in one call, and puts a `Blocked` event right after each
-//! scan whose remote was blocked.
+//! scan whose remote was blocked. The scans are this host's port scans and
+//! the fleet scans it reported.
+//!
+//! It also applies the blocks other nodes of a fleet decided
+//! ([`Blocker::apply_remote`]: through the same allowlist and cap, until
+//! the same instant) and lifts blocks ([`Blocker::lift`]). Their `Blocked`
+//! events name the node that decided them (`Origin::Fleet`), also when the
+//! firewall applies them late.
 
 use super::allow::Allowlist;
-use super::backend::canonical;
+use super::backend::{canonical, whole_seconds};
 use super::firewall::{Counted, Firewall, Health};
 use super::journal::Journal;
 use super::limit;
@@ -45,6 +52,19 @@ pub struct Blocker {
     skipped: Skipped,
     /// This node's name: the origin of the blocks it decides.
     node: Arc<str>,
+    /// The blocks applied (or pending) for another node of the fleet, by
+    /// target: the node that decided each. Bounded by the firewall's blocks.
+    fleet: HashMap<IpNet, Arc<str>>,
+}
+
+/// A block another node of the fleet decided, to apply here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    pub target: IpNet,
+    /// When it ends, the same instant on every node.
+    pub expires: SystemTime,
+    /// The node that decided it.
+    pub origin: String,
 }
 
 impl Blocker {
@@ -63,6 +83,7 @@ impl Blocker {
             limit: limit::Limit::new(limit::Rate(None)),
             skipped: Skipped::default(),
             node: "localhost".into(),
+            fleet: HashMap::new(),
         }
     }
 
@@ -163,23 +184,18 @@ impl Blocker {
         let Some(backend_name) = self.backend_name() else {
             return events;
         };
-        if !events
-            .iter()
-            .any(|e| matches!(e.kind, EventKind::PortScan(_)))
-        {
+        if !events.iter().any(is_scan) {
             return events;
         }
         self.allow.refresh();
-        let scanners: Vec<IpNet> = events
-            .iter()
-            .filter_map(|e| match &e.kind {
-                EventKind::PortScan(scan) => Some(self.target_of(scan)),
-                _ => None,
-            })
-            .collect();
+        let scanners: Vec<IpNet> = events.iter().filter_map(|e| self.target(e)).collect();
         let chosen = self.choose(scanners);
         if chosen.is_empty() {
             return events;
+        }
+        // Decided here now, whoever decided it before.
+        for target in &chosen {
+            self.fleet.remove(target);
         }
         let ttl = self.ttl;
         let firewall = self
@@ -191,6 +207,18 @@ impl Blocker {
         }
         let applied = firewall.apply(chosen, ttl);
         self.place(events, applied, backend_name)
+    }
+
+    /// What a scan event blocks: see [`Blocker::target_of`]; a fleet scan's
+    /// source, unless it is a prefix holding an address never to be blocked
+    /// (its addresses are not known here: nothing is blocked, and the
+    /// allowlist check says why).
+    fn target(&self, event: &Event) -> Option<IpNet> {
+        match &event.kind {
+            EventKind::PortScan(scan) => Some(self.target_of(scan)),
+            EventKind::FleetScan(scan) => Some(canonical(scan.source)),
+            _ => None,
+        }
     }
 
     /// What a scan blocks: its prefix, unless the prefix holds an address
@@ -215,23 +243,23 @@ impl Blocker {
         backend: &'static str,
     ) -> Vec<Event> {
         let at = self.clock.now();
-        let blocked = |ip, ttl| Event {
+        let blocked = |ip: IpNet, ttl| Event {
             at,
             kind: EventKind::Blocked(Block {
                 target: ip,
                 ttl,
                 backend,
                 repeat: 1,
-                origin: Origin::Here(self.node.clone()),
+                origin: match self.fleet.get(&ip) {
+                    Some(node) => Origin::Fleet(node.clone()),
+                    None => Origin::Here(self.node.clone()),
+                },
             }),
         };
         let mut left: HashMap<IpNet, Duration> = applied.iter().copied().collect();
         let mut out = Vec::with_capacity(events.len() + left.len());
         for event in events {
-            let scanner = match &event.kind {
-                EventKind::PortScan(scan) => left.remove_entry(&self.target_of(scan)),
-                _ => None,
-            };
+            let scanner = self.target(&event).and_then(|t| left.remove_entry(&t));
             out.push(event);
             if let Some((ip, ttl)) = scanner {
                 out.push(blocked(ip, ttl));
@@ -284,6 +312,120 @@ impl Blocker {
         chosen
     }
 
+    /// Applies blocks other nodes of the fleet decided, each until the
+    /// instant it ends (the time left, in whole seconds rounded up), in one
+    /// backend call, and returns their `Blocked` events (`Origin::Fleet`).
+    /// Each goes through this host's allowlist and cap like its own
+    /// decisions; one this host already holds at least as long is left as
+    /// it is (no event: nothing is applied twice). Nothing with blocking
+    /// off.
+    pub fn apply_remote(&mut self, blocks: Vec<Remote>) -> Vec<Event> {
+        let Some(backend_name) = self.backend_name() else {
+            return Vec::new();
+        };
+        self.allow.refresh();
+        let now = SystemTime::now();
+        let mono = self.clock.now().mono;
+        let mut seen = HashSet::new();
+        let mut apply = Vec::new();
+        let mut origins = Vec::new();
+        for remote in blocks {
+            let target = canonical(remote.target);
+            let Ok(left) = remote.expires.duration_since(now) else {
+                continue;
+            };
+            if left.is_zero() || !seen.insert(target) {
+                continue;
+            }
+            let ttl = whole_seconds(left);
+            if let Some(reason) = self.allow.check_net(target) {
+                diag::note(format_args!(
+                    "not blocking {} from the fleet ({}): {reason}",
+                    show_net(&target),
+                    remote.origin
+                ));
+                self.skipped.allowlist += 1;
+                continue;
+            }
+            let firewall = self
+                .firewall
+                .as_mut()
+                .expect("a backend name means a firewall");
+            match firewall.remaining(target) {
+                Some(held) if held + Duration::from_secs(1) >= ttl => continue,
+                Some(_) => {}
+                None => {
+                    if let limit::Verdict::Skipped { warn } = self.limit.take(mono) {
+                        self.skipped.rate_limit += 1;
+                        if warn {
+                            diag::warn(format_args!(
+                                "block limit of {} a minute reached; not blocking {} from the fleet ({} skipped so far)",
+                                self.limit.rate(),
+                                show_net(&target),
+                                self.limit.skipped()
+                            ));
+                        }
+                        continue;
+                    }
+                }
+            }
+            apply.push((target, ttl, remote.expires));
+            origins.push((target, Arc::<str>::from(remote.origin)));
+        }
+        if apply.is_empty() {
+            return Vec::new();
+        }
+        if self.fleet.len() + origins.len() > super::firewall::MAX_PENDING * 4 {
+            // Forget origins of blocks long gone (bounded by what a firewall
+            // holds; a firewall listing prunes nothing here).
+            let firewall = self.firewall.as_mut().expect("checked above");
+            self.fleet.retain(|t, _| firewall.remaining(*t).is_some());
+        }
+        self.fleet.extend(origins);
+        let firewall = self.firewall.as_mut().expect("checked above");
+        if let (Some(journal), true) = (&self.journal, firewall.applies()) {
+            for (target, _, expires) in &apply {
+                journal.record(&[*target], *expires, backend_name);
+            }
+        }
+        let applied = firewall.apply_each(apply.into_iter().map(|(t, ttl, _)| (t, ttl)).collect());
+        self.place(Vec::new(), applied, backend_name)
+    }
+
+    /// Lifts the block of `target` (the fleet lifted it, or an operator):
+    /// its `Unblocked` event, or `None` when this host held no such block or
+    /// blocking is off. A firewall that fails to lift it is said once; the
+    /// block then ends with its TTL.
+    pub fn lift(&mut self, target: IpNet) -> Option<Event> {
+        let target = canonical(target);
+        let firewall = self.firewall.as_mut()?;
+        let backend = firewall.name();
+        let lifted = firewall.lift(target).unwrap_or(false);
+        self.fleet.remove(&target);
+        if !lifted {
+            return None;
+        }
+        if let Some(journal) = &self.journal {
+            journal.forget(target);
+        }
+        Some(Event {
+            at: self.clock.now(),
+            kind: EventKind::Unblocked { target, backend },
+        })
+    }
+
+    /// Whether `target` is blocked here now (applied, not expired).
+    pub fn holds(&mut self, target: IpNet) -> bool {
+        let target = canonical(target);
+        self.firewall.as_mut().is_some_and(|f| f.holds(target))
+    }
+
+    /// Whether blocks reach the kernel (blocking on, not a dry run): only
+    /// then are this host's decisions worth telling the fleet.
+    pub fn applies(&self) -> bool {
+        self.firewall.as_ref().is_some_and(Firewall::applies)
+    }
+
     /// The periodic check: see [`Firewall::tick`]. Returns the `Blocked`
     /// events of the blocks applied now and the addresses held, (IPv4,
     /// IPv6), when they could be read.
@@ -318,4 +460,9 @@ impl Blocker {
     pub(super) fn firewall_mut(&mut self) -> Option<&mut Firewall> {
         self.firewall.as_mut()
     }
+}
+
+/// A port scan or a fleet scan: an event the block stage decides on.
+pub fn is_scan(event: &Event) -> bool {
+    matches!(event.kind, EventKind::PortScan(_) | EventKind::FleetScan(_))
 }

@@ -65,7 +65,10 @@ impl Backend for Fake {
         self.gone.store(false, Ordering::Relaxed);
         Ok(true)
     }
-    fn unblock(&mut self, _: IpNet) -> anyhow::Result<()> {
+    fn unblock(&mut self, ip: IpNet) -> anyhow::Result<()> {
+        self.log.lock().unwrap().push(format!("unblock {ip}"));
+        self.check()?;
+        self.held.lock().unwrap().remove(&ip);
         Ok(())
     }
     fn list(&mut self) -> anyhow::Result<Vec<Entry>> {

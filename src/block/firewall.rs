@@ -160,6 +160,59 @@ impl Firewall {
         }
     }
 
+    /// Applies blocks each for its own time (decided elsewhere, with the
+    /// time they have left) in one backend call, or queues them behind the
+    /// pending ones while the firewall fails; returns what was applied.
+    pub fn apply_each(&mut self, entries: Vec<(IpNet, Duration)>) -> Vec<(IpNet, Duration)> {
+        let now = self.clock.now().mono;
+        if self.fault.failing() || !self.pending.is_empty() {
+            for (ip, ttl) in entries {
+                self.queue(ip, now + ttl);
+            }
+            return self.retry();
+        }
+        match self.backend.restore(&entries) {
+            Ok(()) => {
+                self.active
+                    .extend(entries.iter().map(|(ip, ttl)| (*ip, now + *ttl)));
+                entries
+            }
+            Err(e) => {
+                self.failed(&e);
+                for (ip, ttl) in entries {
+                    self.queue(ip, now + ttl);
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    /// The time `target`'s block has left, when it is applied.
+    pub fn remaining(&mut self, target: IpNet) -> Option<Duration> {
+        let now = self.clock.now().mono;
+        self.active
+            .get(&target)
+            .filter(|end| **end > now)
+            .map(|end| *end - now)
+    }
+
+    /// Lifts `target`'s block, applied or pending: `Ok(true)` when there was
+    /// one. A failure is said once, like a failed block, and the block then
+    /// ends with its TTL.
+    pub fn lift(&mut self, target: IpNet) -> anyhow::Result<bool> {
+        let now = self.clock.now().mono;
+        let pending = self.pending.remove(&target).is_some();
+        let active = self.active.remove(&target).is_some_and(|end| end > now);
+        if !active {
+            return Ok(pending);
+        }
+        if let Err(e) = self.backend.unblock(target) {
+            self.failed(&e);
+            return Err(e);
+        }
+        Ok(true)
+    }
+
     fn queue(&mut self, ip: IpNet, end: Duration) {
         if self.pending.len() >= self.max_pending && !self.pending.contains_key(&ip) {
             self.health.dropped += 1;

@@ -12,4 +12,7 @@ pub trait Journal: Send + Sync {
     fn record(&self, targets: &[IpNet], expires: SystemTime, backend: &'static str);
     /// Keeps only the recorded blocks in `held` (and drops expired ones).
     fn keep_only(&self, held: &HashSet<IpNet>);
+    /// Drops the block of `target` (lifted while running). By default the
+    /// next listing's [`Journal::keep_only`] drops it.
+    fn forget(&self, _target: IpNet) {}
 }

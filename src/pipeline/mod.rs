@@ -7,6 +7,10 @@
 //! - [`stages`]: the stage tasks, each taking its parts as values (a
 //!   source, a detector, a blocker, a writer, a clock), so the pipeline is
 //!   tested in-process with fakes ([`Parts`], [`Running`]);
+//! - [`fleet_link`]: the fleet beside the stages (`--fleet`): the attempts
+//!   it is told, the one place this node's block decisions go through to it
+//!   ([`fleet_link::Outbox`]), and what the block task does with what it
+//!   says;
 //! - [`reload`]: SIGHUP re-reads `--config`; [`shutdown`]: the signals.
 //!
 //! With a state file (`--state`), the connections accounted for and the
@@ -17,6 +21,7 @@
 //! re-reads `--config` (the settings declared `live`) without losing any of
 //! this.
 
+pub mod fleet_link;
 pub mod reload;
 pub mod setup;
 pub mod shutdown;

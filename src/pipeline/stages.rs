@@ -4,12 +4,14 @@
 //! through every stage and is printed, and the block stage removes the
 //! firewall objects once its input is closed.
 
-use crate::block::blocker::Blocker;
+use super::fleet_link::{self, Link, Outbox};
+use crate::block::blocker::{is_scan, Blocker};
 use crate::block::xdp::Stats;
 use crate::clock::Clock;
 use crate::detect::connections::pair;
 use crate::detect::Detector;
 use crate::event::{Event, EventKind, Observation};
+use crate::fleet::{FleetEvent, FleetHandle};
 use crate::metrics::Metrics;
 use crate::settings::RunSettings;
 use crate::sink::LineSink;
@@ -64,6 +66,8 @@ pub struct Parts {
     pub xdp_stats: Option<Stats>,
     /// How often the block stage re-reads the firewall and retries.
     pub block_tick: Duration,
+    /// The fleet stage (`--fleet`), started.
+    pub fleet: Option<Link>,
 }
 
 /// The running stages.
@@ -73,6 +77,10 @@ pub struct Running {
     block: JoinHandle<anyhow::Result<()>>,
     sink: JoinHandle<anyhow::Result<()>>,
     xdp_metrics: Option<JoinHandle<()>>,
+    fleet_metrics: Option<JoinHandle<()>>,
+    /// The fleet task: it ends once detect and block have dropped their
+    /// handles and it has published what it holds.
+    fleet: Option<JoinHandle<()>>,
     reload: watch::Sender<RunSettings>,
 }
 
@@ -89,7 +97,19 @@ pub fn start(parts: Parts) -> Running {
         settings,
         xdp_stats,
         block_tick,
+        fleet,
     } = parts;
+    let (fleet_handle, fleet_events, fleet_task) = match fleet {
+        Some(Link {
+            handle,
+            events,
+            task,
+        }) => (Some(handle), Some(events), Some(task)),
+        None => (None, None, None),
+    };
+    let fleet_metrics = fleet_handle
+        .as_ref()
+        .map(|handle| tokio::spawn(fleet_link::copy_metrics(handle.counters(), metrics.clone())));
     let (observations, observed) = mpsc::channel(OBSERVATIONS);
     let (detected, to_block) = mpsc::channel(BATCHES);
     let (decided, to_print) = mpsc::channel(BATCHES);
@@ -97,8 +117,13 @@ pub fn start(parts: Parts) -> Running {
     let sink = tokio::spawn(print(sink, to_print, metrics.clone(), store.clone()));
     let block = tokio::spawn(block(
         blocker,
-        to_block,
-        decided,
+        BlockIo {
+            input: to_block,
+            out: decided,
+            fleet: fleet_events,
+            outbox: Outbox::new(fleet_handle.clone()),
+            clock: clock.clone(),
+        },
         metrics.clone(),
         reloaded.clone(),
         block_tick,
@@ -110,6 +135,7 @@ pub fn start(parts: Parts) -> Running {
         metrics.clone(),
         store,
         reloaded,
+        fleet_handle,
     ));
     let xdp_metrics = xdp_stats.map(|stats| tokio::spawn(xdp_metrics(stats, metrics.clone())));
     let source = match source {
@@ -128,6 +154,8 @@ pub fn start(parts: Parts) -> Running {
         block,
         sink,
         xdp_metrics,
+        fleet_metrics,
+        fleet: fleet_task,
         reload,
     }
 }
@@ -184,6 +212,19 @@ impl Running {
         // everything they sent.
         let _ = self.detect.await;
         let blocked = flatten(self.block.await);
+        // Detect and block have dropped their fleet handles: the fleet task
+        // publishes what it still holds, then ends.
+        if let Some(task) = self.fleet {
+            if tokio::time::timeout(fleet_link::SHUTDOWN_WAIT, task)
+                .await
+                .is_err()
+            {
+                diag::warn("fleet: decisions not yet in Redis at shutdown are lost");
+            }
+        }
+        if let Some(task) = &self.fleet_metrics {
+            task.abort();
+        }
         let printed = if sink_done {
             Ok(())
         } else {
@@ -284,6 +325,7 @@ async fn detect(
     metrics: Arc<Metrics>,
     store: Option<Arc<Store>>,
     mut reloaded: watch::Receiver<RunSettings>,
+    fleet: Option<FleetHandle>,
 ) -> anyhow::Result<()> {
     let mut stored_once = false;
     loop {
@@ -291,7 +333,16 @@ async fn detect(
             // A reload is applied before the next observation.
             biased;
             Ok(()) = reloaded.changed() => {
-                detector.reconfigure(&reloaded.borrow_and_update().scan);
+                let settings = reloaded.borrow_and_update();
+                detector.reconfigure(&settings.scan);
+                if let Some(fleet) = &fleet {
+                    let (pairs, window) = settings
+                        .fleet
+                        .rule(settings.scan.scan_ports, settings.scan.scan_window);
+                    if let Err(e) = fleet.set_rule(pairs, window) {
+                        diag::warn(format_args!("{e}"));
+                    }
+                }
                 continue;
             }
             observation = input.recv() => match observation {
@@ -303,6 +354,10 @@ async fn detect(
             metrics.events_lost(detector.source(), count);
         }
         let events = detector.process(&observation);
+        if let Some(fleet) = &fleet {
+            // Aggregated by the fleet stage, sent once a flush; never waits.
+            fleet.observe_attempts(&fleet_link::attempts(&observation, &events));
+        }
         metrics.set_tracked_sources(detector.tracked_sources());
         for (table, n) in detector.take_evictions() {
             metrics.evicted(table, n);
@@ -327,19 +382,37 @@ async fn detect(
     }
 }
 
+/// The block task's channels: scans in, events out, what the fleet says,
+/// and where this node's decisions go.
+struct BlockIo {
+    input: mpsc::Receiver<Vec<Event>>,
+    out: mpsc::Sender<Vec<Event>>,
+    fleet: Option<mpsc::Receiver<FleetEvent>>,
+    outbox: Outbox,
+    clock: Arc<dyn Clock>,
+}
+
 /// Blocks the scanners of each batch (one backend call for all of them),
 /// keeps the blocked-address gauges current, retries and repairs every
-/// `tick`, and removes the firewall objects when its input closes. Firewall
-/// calls (tens of ms through a tool) run where they may block
-/// ([`off_thread`]).
+/// `tick`, applies what the fleet says (`--fleet`), and removes the
+/// firewall objects when its input closes. Firewall calls (tens of ms
+/// through a tool) run where they may block ([`off_thread`]). Every
+/// decision of this node goes through [`Outbox::publish`] on its way out.
 async fn block(
     mut blocker: Blocker,
-    mut input: mpsc::Receiver<Vec<Event>>,
-    out: mpsc::Sender<Vec<Event>>,
+    io: BlockIo,
     metrics: Arc<Metrics>,
     mut reloaded: watch::Receiver<RunSettings>,
     tick: Duration,
 ) -> anyhow::Result<()> {
+    let BlockIo {
+        mut input,
+        out,
+        mut fleet,
+        outbox,
+        clock,
+    } = io;
+    let node = reloaded.borrow().fleet.node();
     let mut ticks = tokio::time::interval(tick);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let report = |blocker: &mut Blocker| {
@@ -347,6 +420,16 @@ async fn block(
         metrics.blocks_skipped(skipped.allowlist, skipped.rate_limit);
         let health = blocker.health();
         metrics.set_block_health(health.errors, health.dropped, health.pending);
+    };
+    let recount = |blocker: &mut Blocker, events: &[Event]| {
+        let blocked = events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::Blocked(_) | EventKind::Unblocked { .. }));
+        if blocked {
+            if let Ok((v4, v6)) = blocker.count() {
+                metrics.set_blocked_ips(v4, v6);
+            }
+        }
     };
     loop {
         let events = tokio::select! {
@@ -370,15 +453,36 @@ async fn block(
                     metrics.set_blocked_ips(v4, v6);
                 }
                 report(&mut blocker);
+                outbox.publish(&late, blocker.applies());
                 late
+            }
+            Some(first) = recv_fleet(&mut fleet) => {
+                let mut batch = vec![first];
+                if let Some(fleet) = &mut fleet {
+                    while let Ok(more) = fleet.try_recv() {
+                        batch.push(more);
+                    }
+                }
+                let handled = off_thread(|| {
+                    let handled = fleet_link::on_events(&mut blocker, batch, &clock, &node);
+                    recount(&mut blocker, &handled.fleet);
+                    recount(&mut blocker, &handled.decided);
+                    handled
+                });
+                report(&mut blocker);
+                outbox.publish(&handled.decided, blocker.applies());
+                let mut events = handled.fleet;
+                events.extend(handled.decided);
+                if events.is_empty() {
+                    continue;
+                }
+                events
             }
         };
         // Only scans need a decision. The rest pass straight through: a
         // thread hop per batch would queue a scan behind every attempt
         // before it, and a SYN scan sends hundreds of probes a millisecond.
-        let has_scan = events
-            .iter()
-            .any(|e| matches!(e.kind, EventKind::PortScan(_)));
+        let has_scan = events.iter().any(is_scan);
         let events = if has_scan && blocker.is_active() {
             let (events, counted) = off_thread(|| {
                 let events = blocker.handle(events);
@@ -392,6 +496,7 @@ async fn block(
                 metrics.set_blocked_ips(v4, v6);
             }
             report(&mut blocker);
+            outbox.publish(&events, blocker.applies());
             events
         } else {
             events
@@ -402,6 +507,20 @@ async fn block(
     }
     off_thread(|| blocker.shutdown());
     Ok(())
+}
+
+/// The next fleet event, or never without a fleet (or once it ended).
+async fn recv_fleet(fleet: &mut Option<mpsc::Receiver<FleetEvent>>) -> Option<FleetEvent> {
+    match fleet {
+        Some(events) => match events.recv().await {
+            Some(event) => Some(event),
+            None => {
+                *fleet = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
+    }
 }
 
 /// Runs a firewall call where it may block: the runtime moves this

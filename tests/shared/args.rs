@@ -6,7 +6,8 @@
 pub const AGENT: &str = env!("CARGO_BIN_EXE_tcpwatch");
 
 /// The arguments of `tcpwatch run`: each flag once, in the order it was
-/// first set, its value replaced when set again; `None` for a switch.
+/// first set, its value replaced when set again (a repeatable one added
+/// with [`Args::add`]); `None` for a switch.
 #[derive(Clone, Debug)]
 pub struct Args {
     pub(crate) flags: Vec<(String, Option<String>)>,
@@ -39,6 +40,13 @@ impl Args {
             Some(entry) => entry.1 = value,
             None => self.flags.push((flag.to_string(), value)),
         }
+        self
+    }
+
+    /// Adds `flag VALUE` once more, for a repeatable flag (`--fleet`,
+    /// `--allow`).
+    pub fn add(mut self, flag: &str, value: impl ToString) -> Args {
+        self.flags.push((flag.to_string(), Some(value.to_string())));
         self
     }
 
