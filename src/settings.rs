@@ -8,7 +8,7 @@
 //! [`crate::setting`]); this module only lists the groups.
 
 use crate::setting::{File, FileError, Flags, Group};
-use crate::{block, detect, fleet, metrics, sink, source, state};
+use crate::{block, control, detect, fleet, metrics, sink, source, state};
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 
@@ -24,6 +24,7 @@ macro_rules! groups {
         $apply!(metrics, metrics::Settings);
         $apply!(state, state::Settings);
         $apply!(fleet, fleet::Settings);
+        $apply!(control, control::Settings);
     };
 }
 
@@ -38,6 +39,7 @@ pub struct RunSettings {
     pub metrics: metrics::Settings,
     pub state: state::Settings,
     pub fleet: fleet::Settings,
+    pub control: control::Settings,
 }
 
 /// The flags of `tcpwatch run`: every group's, and `--config`.
@@ -59,6 +61,8 @@ pub struct RunFlags {
     state: Flags<state::Settings>,
     #[command(flatten)]
     fleet: Flags<fleet::Settings>,
+    #[command(flatten)]
+    control: Flags<control::Settings>,
     /// TOML file with the same keys as the long flags (flags win)
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -163,12 +167,15 @@ mod tests {
         assert_eq!(s.state.state, StatePath::Off);
         assert_eq!(s.sink.format, Format::Json);
         assert!(s.source.report_existing);
-        // Every flag of `run` but --config is a key, and nothing else is.
+        // Every flag of `run` but --config is a key, and nothing else is;
+        // a repeatable flag named in the singular may have its key in the
+        // plural (`--scan-rule`, `scan-rules`).
         let command = <RunFlags as clap::Args>::augment_args(clap::Command::new("run"));
         let mut flags: Vec<&str> = command
             .get_arguments()
             .filter_map(|a| a.get_long())
             .filter(|l| *l != "config")
+            .map(|l| if l == "scan-rule" { "scan-rules" } else { l })
             .collect();
         let mut keys = RunSettings::keys();
         flags.sort_unstable();

@@ -3,10 +3,20 @@
 //! [`Running::stop`] drains them: the source stops, what is in flight goes
 //! through every stage and is printed, and the block stage removes the
 //! firewall objects once its input is closed.
+//!
+//! Every block decided or lifted — for a scan, late after a firewall fault,
+//! or by the operator through the control socket — leaves the block stage
+//! as a `Blocked` or `Unblocked` event on its output channel, in the order
+//! it happened: that one stream is where a stage that shares blocks (the
+//! fleet) takes them from. The block stage also shares the blocks in force
+//! ([`crate::blockset::BlockSet`]) with the detect task, which drops what
+//! a packet source saw from a blocked source before it becomes a connection.
 
+use super::control::{self, BlockCommand};
 use super::fleet_link::{self, Link, Outbox};
 use crate::block::blocker::{is_scan, Blocker};
 use crate::block::xdp::Stats;
+use crate::blockset::BlockSet;
 use crate::clock::Clock;
 use crate::detect::connections::pair;
 use crate::detect::Detector;
@@ -82,6 +92,10 @@ pub struct Running {
     /// handles and it has published what it holds.
     fleet: Option<JoinHandle<()>>,
     reload: watch::Sender<RunSettings>,
+    /// The block stage's requests (the control socket's).
+    commands: mpsc::Sender<BlockCommand>,
+    metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
 }
 
 /// Spawns the stages, joined by bounded channels.
@@ -113,20 +127,26 @@ pub fn start(parts: Parts) -> Running {
     let (observations, observed) = mpsc::channel(OBSERVATIONS);
     let (detected, to_block) = mpsc::channel(BATCHES);
     let (decided, to_print) = mpsc::channel(BATCHES);
+    let (commands, to_run) = mpsc::channel(control::COMMANDS);
     let (reload, reloaded) = watch::channel(settings);
+    let blockset = blocker.blockset();
     let sink = tokio::spawn(print(sink, to_print, metrics.clone(), store.clone()));
     let block = tokio::spawn(block(
         blocker,
-        BlockIo {
-            input: to_block,
-            out: decided,
+        Inputs {
+            events: to_block,
+            commands: to_run,
+            reloaded: reloaded.clone(),
             fleet: fleet_events,
+        },
+        Outputs {
+            out: decided,
             outbox: Outbox::new(fleet_handle.clone()),
             clock: clock.clone(),
         },
         metrics.clone(),
-        reloaded.clone(),
         block_tick,
+        xdp_stats.is_some(),
     ));
     let detect = tokio::spawn(detect(
         detector,
@@ -135,15 +155,22 @@ pub fn start(parts: Parts) -> Running {
         metrics.clone(),
         store,
         reloaded,
-        fleet_handle,
+        Beside {
+            blockset,
+            fleet: fleet_handle,
+        },
     ));
     let xdp_metrics = xdp_stats.map(|stats| tokio::spawn(xdp_metrics(stats, metrics.clone())));
     let source = match source {
-        Source::Table(table, every) => {
-            tokio::spawn(poll(table, every, clock, observations, metrics))
-        }
+        Source::Table(table, every) => tokio::spawn(poll(
+            table,
+            every,
+            clock.clone(),
+            observations,
+            metrics.clone(),
+        )),
         Source::Stream(stream) => tokio::spawn(stream.run(SourceContext {
-            clock,
+            clock: clock.clone(),
             out: observations,
             health: metrics.source_health(),
         })),
@@ -157,6 +184,9 @@ pub fn start(parts: Parts) -> Running {
         fleet_metrics,
         fleet: fleet_task,
         reload,
+        commands,
+        metrics,
+        clock,
     }
 }
 
@@ -165,6 +195,18 @@ impl Running {
     /// it before their next input.
     pub fn reload_sender(&self) -> watch::Sender<RunSettings> {
         self.reload.clone()
+    }
+
+    /// What answers the control socket: the running stages.
+    pub fn control(&self, node: String, dry_run: bool) -> Arc<control::Agent> {
+        Arc::new(control::Agent {
+            commands: self.commands.clone(),
+            metrics: self.metrics.clone(),
+            clock: self.clock.clone(),
+            node,
+            dry_run,
+            started: Instant::now(),
+        })
     }
 
     /// Runs until `stop` resolves (a signal), the source or the sink ends,
@@ -314,6 +356,13 @@ async fn poll(
     }
 }
 
+/// What the detect task shares with the stages beside it: the blocks in
+/// force (read), the fleet (told every inbound attempt).
+struct Beside {
+    blockset: Option<Arc<BlockSet>>,
+    fleet: Option<FleetHandle>,
+}
+
 /// Turns each observation into one batch of events, so that the scans one
 /// poll finds reach the block stage together. With a state file, each
 /// poll's silent and forgotten connections are stored in one transaction
@@ -325,8 +374,9 @@ async fn detect(
     metrics: Arc<Metrics>,
     store: Option<Arc<Store>>,
     mut reloaded: watch::Receiver<RunSettings>,
-    fleet: Option<FleetHandle>,
+    beside: Beside,
 ) -> anyhow::Result<()> {
+    let Beside { blockset, fleet } = beside;
     let mut stored_once = false;
     loop {
         let observation = tokio::select! {
@@ -352,6 +402,14 @@ async fn detect(
         };
         if let Observation::Lost { count } = observation {
             metrics.events_lost(detector.source(), count);
+        }
+        // A packet from a blocked source is its block at work: counted as
+        // seen by the block, never a connection or a probe.
+        if let (Some(set), Some(remote)) = (&blockset, sender(&observation)) {
+            if set.hit(remote) {
+                metrics.blocked_seen(1);
+                continue;
+            }
         }
         let events = detector.process(&observation);
         if let Some(fleet) = &fleet {
@@ -382,14 +440,54 @@ async fn detect(
     }
 }
 
-/// The block task's channels: scans in, events out, what the fleet says,
-/// and where this node's decisions go.
-struct BlockIo {
-    input: mpsc::Receiver<Vec<Event>>,
-    out: mpsc::Sender<Vec<Event>>,
+/// Who sent what a real-time source saw: the remote of an attempt (an
+/// inbound SYN, or the answer to an outbound one), the sender of a probe.
+fn sender(observation: &Observation) -> Option<std::net::IpAddr> {
+    match observation {
+        Observation::Attempt { conn, .. } => Some(conn.remote().ip()),
+        Observation::Probe { remote, .. } => Some(*remote),
+        Observation::Snapshot { .. } | Observation::Lost { .. } => None,
+    }
+}
+
+/// What the block stage reads: batches of events, the operator's
+/// requests, reloaded settings.
+struct Inputs {
+    events: mpsc::Receiver<Vec<Event>>,
+    commands: mpsc::Receiver<BlockCommand>,
+    reloaded: watch::Receiver<RunSettings>,
+    /// What the fleet says (`--fleet`).
     fleet: Option<mpsc::Receiver<FleetEvent>>,
+}
+
+/// Where the block stage's events go: down the pipeline, and this node's
+/// decisions to the fleet.
+struct Outputs {
+    out: mpsc::Sender<Vec<Event>>,
     outbox: Outbox,
     clock: Arc<dyn Clock>,
+}
+
+/// Copies the block stage's figures into the metrics.
+fn report(blocker: &mut Blocker, metrics: &Metrics, xdp: bool, records_evicted: &mut u64) {
+    let skipped = blocker.take_skipped();
+    metrics.blocks_skipped(skipped.allowlist, skipped.rate_limit);
+    let health = blocker.health();
+    metrics.set_block_health(health.errors, health.dropped, health.pending);
+    metrics.set_block_drift(health.drift_missing, health.drift_unknown);
+    // XDP counts its drops itself, per family (`xdp_metrics`).
+    if !xdp {
+        metrics.set_dropped_packets(health.dropped_packets);
+    }
+    let suppressed = blocker.take_suppressed();
+    if suppressed > 0 {
+        metrics.blocked_seen(suppressed);
+    }
+    let evicted = blocker.records_evicted();
+    if evicted > *records_evicted {
+        metrics.evicted("block_records", evicted - *records_evicted);
+        *records_evicted = evicted;
+    }
 }
 
 /// Blocks the scanners of each batch (one backend call for all of them),
@@ -400,27 +498,23 @@ struct BlockIo {
 /// decision of this node goes through [`Outbox::publish`] on its way out.
 async fn block(
     mut blocker: Blocker,
-    io: BlockIo,
+    inputs: Inputs,
+    outputs: Outputs,
     metrics: Arc<Metrics>,
-    mut reloaded: watch::Receiver<RunSettings>,
     tick: Duration,
+    xdp: bool,
 ) -> anyhow::Result<()> {
-    let BlockIo {
-        mut input,
-        out,
+    let Inputs {
+        events: mut input,
+        mut commands,
+        mut reloaded,
         mut fleet,
-        outbox,
-        clock,
-    } = io;
+    } = inputs;
+    let Outputs { out, outbox, clock } = outputs;
     let node = reloaded.borrow().fleet.node();
     let mut ticks = tokio::time::interval(tick);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let report = |blocker: &mut Blocker| {
-        let skipped = blocker.take_skipped();
-        metrics.blocks_skipped(skipped.allowlist, skipped.rate_limit);
-        let health = blocker.health();
-        metrics.set_block_health(health.errors, health.dropped, health.pending);
-    };
+    let mut records_evicted = 0;
     let recount = |blocker: &mut Blocker, events: &[Event]| {
         let blocked = events
             .iter()
@@ -447,12 +541,34 @@ async fn block(
                 }
                 None => break,
             },
+            Some(command) = commands.recv() => {
+                // The operator's blocks and lifts are the fleet's too; a
+                // flush lifts this node's blocks only.
+                let shared = !matches!(command, BlockCommand::Flush { .. });
+                let (events, reply, counted) = off_thread(|| {
+                    let (events, reply) = command.run(&mut blocker);
+                    let counted = if events.is_empty() { None } else { blocker.count().ok() };
+                    (events, reply, counted)
+                });
+                if let Some((v4, v6)) = counted {
+                    metrics.set_blocked_ips(v4, v6);
+                }
+                report(&mut blocker, &metrics, xdp, &mut records_evicted);
+                if shared {
+                    outbox.publish(&events, blocker.applies());
+                }
+                if !events.is_empty() && out.send(events).await.is_err() {
+                    break;
+                }
+                reply();
+                continue;
+            }
             _ = ticks.tick(), if blocker.is_active() => {
                 let (late, counted) = off_thread(|| blocker.tick());
                 if let Some((v4, v6)) = counted {
                     metrics.set_blocked_ips(v4, v6);
                 }
-                report(&mut blocker);
+                report(&mut blocker, &metrics, xdp, &mut records_evicted);
                 outbox.publish(&late, blocker.applies());
                 late
             }
@@ -469,7 +585,7 @@ async fn block(
                     recount(&mut blocker, &handled.decided);
                     handled
                 });
-                report(&mut blocker);
+                report(&mut blocker, &metrics, xdp, &mut records_evicted);
                 outbox.publish(&handled.decided, blocker.applies());
                 let mut events = handled.fleet;
                 events.extend(handled.decided);
@@ -495,10 +611,15 @@ async fn block(
             if let Some((v4, v6)) = counted {
                 metrics.set_blocked_ips(v4, v6);
             }
-            report(&mut blocker);
+            report(&mut blocker, &metrics, xdp, &mut records_evicted);
             outbox.publish(&events, blocker.applies());
             events
         } else {
+            let events = blocker.pass(events);
+            let suppressed = blocker.take_suppressed();
+            if suppressed > 0 {
+                metrics.blocked_seen(suppressed);
+            }
             events
         };
         if !events.is_empty() && out.send(events).await.is_err() {
@@ -597,11 +718,9 @@ async fn xdp_metrics(stats: Stats, metrics: Arc<Metrics>) {
             continue;
         };
         let evictions = stats.evictions();
-        metrics.xdp_dropped(
-            v4.wrapping_sub(seen.0),
-            v6.wrapping_sub(seen.1),
-            evictions.wrapping_sub(seen.2),
-        );
+        let (new4, new6) = (v4.wrapping_sub(seen.0), v6.wrapping_sub(seen.1));
+        metrics.xdp_dropped(new4, new6, evictions.wrapping_sub(seen.2));
+        metrics.add_dropped_packets(new4.wrapping_add(new6));
         seen = (v4, v6, evictions);
     }
 }

@@ -40,6 +40,7 @@ fn every_fixture_directory_is_a_target_checked_here() {
     let known = [
         "block_list",
         "config_toml",
+        "control",
         "duration",
         "fleet_decode",
         "netlink_dump",
@@ -160,5 +161,17 @@ fn fleet_replies() {
         // Panics (naming no file) if a decoder breaks its contract; say which.
         let result = std::panic::catch_unwind(|| tcpwatch::fleet::wire::exercise(&bytes));
         assert!(result.is_ok(), "{}: fleet decoder panicked", path.display());
+    }
+}
+
+#[test]
+fn control_messages() {
+    for (path, bytes) in fixtures("control") {
+        if let Err(e) = tcpwatch::control::parse_request(&bytes) {
+            assert_one_line(&e, &path);
+        }
+        if let Err(e) = tcpwatch::control::parse_response(&bytes) {
+            assert_one_line(&e, &path);
+        }
     }
 }

@@ -15,8 +15,9 @@ pub struct Args {
 
 impl Args {
     /// `run` with the quiet test defaults: procfs read every second, no
-    /// blocking, no metrics server, no state file. It needs no privilege and
-    /// changes nothing on the host.
+    /// blocking, no metrics server, no state file, no control socket (the
+    /// default path is one for the whole host: a test that wants one names
+    /// its own). It needs no privilege and changes nothing on the host.
     pub fn run() -> Args {
         let quiet = [
             ("--source", "procfs"),
@@ -24,6 +25,7 @@ impl Args {
             ("--block", "none"),
             ("--metrics-addr", "off"),
             ("--state", "off"),
+            ("--control", "off"),
         ];
         let flags = quiet
             .iter()
