@@ -589,10 +589,12 @@ async fn block(
                 outbox.publish(&handled.decided, blocker.applies());
                 let mut events = handled.fleet;
                 events.extend(handled.decided);
-                if events.is_empty() {
-                    continue;
+                // Decided already (a fleet scan and its block): straight on,
+                // not through the scans' path, which would block it again.
+                if !events.is_empty() && out.send(events).await.is_err() {
+                    break;
                 }
-                events
+                continue;
             }
         };
         // Only scans need a decision. The rest pass straight through: a

@@ -38,6 +38,7 @@ fn require_tool(tool: &str) -> bool {
         "ip" => &["-V"],
         "ipset" => &["version"],
         "setcap" => &["-h"],
+        "openssl" => &["version"],
         _ => &["--version"],
     };
     let ran = Command::new(tool)
