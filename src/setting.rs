@@ -520,11 +520,10 @@ impl Value for String {
     }
 }
 
-/// A file's path: not empty.
 impl Value for std::path::PathBuf {
     fn parse(text: &str) -> Result<Self, String> {
         if text.is_empty() {
-            return Err("empty path".to_string());
+            return Err("an empty path".to_string());
         }
         Ok(std::path::PathBuf::from(text))
     }

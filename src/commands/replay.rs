@@ -314,7 +314,12 @@ impl<W: Write> Replay<'_, W> {
                 direction: Direction::Inbound,
             };
             let isn = syn.isn;
-            let events = detector.process(&Observation::Attempt { at, conn, isn });
+            let events = detector.process(&Observation::Attempt {
+                at,
+                conn,
+                isn,
+                owner: None,
+            });
             for event in &events {
                 writeln!(self.out, "{}", self.options.format.line(event))?;
                 self.lines += 1;

@@ -278,7 +278,10 @@ mod tests {
             port,
         };
         assert_eq!(got, [want(22), want(80)]);
-        let lost = Observation::Lost { count: 1 };
+        let lost = Observation::Lost {
+            count: 1,
+            source: "pcap",
+        };
         assert!(attempts(&lost, &events[1..]).is_empty());
     }
 

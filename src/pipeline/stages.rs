@@ -400,8 +400,8 @@ async fn detect(
                 None => return Ok(()),
             },
         };
-        if let Observation::Lost { count } = observation {
-            metrics.events_lost(detector.source(), count);
+        if let Observation::Lost { count, source } = observation {
+            metrics.events_lost(source, count);
         }
         // A packet from a blocked source is its block at work: counted as
         // seen by the block, never a connection or a probe.

@@ -400,7 +400,7 @@ async fn pump(
             },
             _ = ticks.tick() => {
                 let stat = stream.capture_mut().stats()?;
-                drops.lost_since_last(stat).map(|count| Observation::Lost { count })
+                drops.lost_since_last(stat).map(|count| Observation::Lost { count, source: "pcap" })
             }
         };
         if let Some(observation) = observation {
@@ -415,7 +415,12 @@ fn attempt(syn: Syn, clock: &dyn Clock, local: &Local) -> Option<Observation> {
     let at = clock.now();
     let local = local.borrow();
     let isn = syn.isn;
-    classify(syn, |ip| local.contains(&ip)).map(|conn| Observation::Attempt { at, conn, isn })
+    classify(syn, |ip| local.contains(&ip)).map(|conn| Observation::Attempt {
+        at,
+        conn,
+        isn,
+        owner: None,
+    })
 }
 
 /// pcap's drop counters are totals since the capture opened, 32 bits wide;

@@ -63,5 +63,6 @@ mod sources;
 mod spoof;
 mod state;
 mod systemd;
+mod tracepoint;
 mod xdp;
 mod xdp_block;

@@ -49,8 +49,8 @@ impl Args {
         self
     }
 
-    /// Adds `flag VALUE` once more, for a repeatable flag (`--fleet`,
-    /// `--allow`).
+    /// Adds `flag` with `value` beside any value it has (a repeatable flag:
+    /// `--allow`, `--netns`).
     pub fn add(mut self, flag: &str, value: impl ToString) -> Args {
         self.flags.push((flag.to_string(), Some(value.to_string())));
         self
