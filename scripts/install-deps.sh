@@ -11,6 +11,7 @@ packages=(
   ncat nmap masscan hping3 tcpdump wireshark-common curl python3 prometheus faketime
   libpcap-dev clang llvm libbpf-dev bpftool
   docker.io debootstrap util-linux libcap2-bin
+  redis-server redis-tools openssl
 )
 
 missing=()

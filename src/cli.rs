@@ -129,6 +129,22 @@ struct ListArgs {
     sink: Flags<sink::Settings>,
 }
 
+/// A usage error's line with the password of any URL it quotes hidden
+/// (clap quotes the value it refused: `--fleet redis://u:secret@...`).
+fn without_passwords(line: &str) -> String {
+    line.split('\'')
+        .enumerate()
+        .map(|(i, part)| {
+            if i % 2 == 1 && part.contains("://") {
+                crate::fleet::settings::redact(part)
+            } else {
+                part.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("'")
+}
+
 /// Parses the command line, runs the subcommand and returns the exit code.
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
@@ -144,7 +160,7 @@ pub fn main() -> i32 {
                 .lines()
                 .find(|l| !l.trim().is_empty())
                 .unwrap_or("bad usage");
-            diag::note(first);
+            diag::note(without_passwords(first));
             return EXIT_USAGE;
         }
     };

@@ -5,8 +5,10 @@
 //! kernel's view of TCP into [`event::Observation`]s, [`detect`] turns those
 //! into [`event::Event`]s (new connections, port scans), [`block`] blocks
 //! the scanners, and [`sink`] writes the events out while [`metrics`] counts
-//! them and [`state`] keeps what must survive a restart. [`pipeline`] wires
-//! the stages with bounded channels; [`cli`] parses the command line.
+//! them and [`state`] keeps what must survive a restart; [`fleet`] shares
+//! the blocks with the other nodes of a fleet and detects scans spread over
+//! them. [`pipeline`] wires the stages with bounded channels; [`cli`] parses
+//! the command line.
 //!
 //! # Layers
 //!
@@ -22,7 +24,7 @@
 //! | 2 | [`setting`] | the kit each stage declares its settings with |
 //! | 3 | [`os`] | every system call and `unsafe` block outside the BPF loader |
 //! | 4 | [`bpf`] | the BPF programs, loaded, and their maps |
-//! | 5 | [`source`], [`detect`], [`block`], [`sink`], [`metrics`], [`state`], [`control`] | the stages, and the operator's control socket |
+//! | 5 | [`source`], [`detect`], [`block`], [`sink`], [`metrics`], [`state`], [`fleet`], [`control`] | the stages, and the operator's control socket |
 //! | 6 | [`settings`] | the stages' settings together: defaults, file, flags |
 //! | 7 | [`privilege`] | the capabilities the settings need |
 //! | 8 | [`pipeline`] | the stages wired together |
@@ -43,6 +45,7 @@ pub mod detect;
 pub mod diag;
 pub mod duration;
 pub mod event;
+pub mod fleet;
 pub mod health;
 pub mod metrics;
 #[allow(unsafe_code)]
@@ -76,6 +79,7 @@ pub const LAYERS: &[(&str, u8)] = &[
     ("sink", 5),
     ("metrics", 5),
     ("state", 5),
+    ("fleet", 5),
     ("control", 5),
     ("settings", 6),
     ("privilege", 7),

@@ -159,6 +159,23 @@ impl<T: Value> Field for Vec<T> {
     }
 }
 
+/// An optional setting: unset by default (its help says what stands in
+/// for it), set by its flag or key like `T`.
+impl<T: Value> Field for Option<T> {
+    fn arg(arg: Arg) -> Arg {
+        <T as Field>::arg(arg)
+    }
+    fn from_matches(matches: &ArgMatches, id: &str) -> Option<Self> {
+        <T as Field>::from_matches(matches, id).map(Some)
+    }
+    fn from_toml(value: &toml::Value) -> Result<Self, FileError> {
+        parse_as(value).map(Some)
+    }
+    fn shown(&self) -> Option<String> {
+        self.as_ref().map(T::show)
+    }
+}
+
 impl Field for bool {
     fn arg(arg: Arg) -> Arg {
         arg.action(ArgAction::SetTrue)

@@ -10,9 +10,16 @@
 //! Connections from a source already blocked are not reported: they are
 //! the block at work (a packet source sees them before the firewall drops
 //! them), counted as seen by their block instead.
+//!
+//! The scans are this host's port scans and the fleet scans it reported.
+//! It also applies the blocks other nodes of a fleet decided
+//! ([`Blocker::apply_remote`]: through the same allowlist and cap, until
+//! the same instant) and lifts blocks the fleet lifted ([`Blocker::lift`]).
+//! Their `Blocked` events name the node that decided them
+//! (`Origin::Fleet`), also when the firewall applies them late.
 
 use super::allow::Allowlist;
-use super::backend::canonical;
+use super::backend::{canonical, whole_seconds};
 use super::firewall::{Counted, Firewall, Health};
 use super::journal::Journal;
 use super::limit;
@@ -90,7 +97,23 @@ pub struct Blocker {
     records: Records,
     /// Connections of blocked sources not reported since the last call.
     suppressed: u64,
+    /// The blocks applied (or pending) for another node of the fleet, by
+    /// target: the node that decided each. Bounded by the firewall's blocks.
+    fleet: HashMap<IpNet, Arc<str>>,
 }
+
+/// A block another node of the fleet decided, to apply here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    pub target: IpNet,
+    /// When it ends, the same instant on every node.
+    pub expires: SystemTime,
+    /// The node that decided it.
+    pub origin: String,
+}
+
+/// The reason recorded for a block another node decided.
+pub const FROM_FLEET: &str = "decided by the fleet";
 
 impl Blocker {
     /// A blocker giving every block `ttl` (no escalation until
@@ -116,6 +139,7 @@ impl Blocker {
             node: "localhost".into(),
             records: Records::new(),
             suppressed: 0,
+            fleet: HashMap::new(),
         }
     }
 
@@ -284,10 +308,7 @@ impl Blocker {
         let Some(backend_name) = self.backend_name() else {
             return events;
         };
-        if !events
-            .iter()
-            .any(|e| matches!(e.kind, EventKind::PortScan(_)))
-        {
+        if !events.iter().any(is_scan) {
             return self.pass(events);
         }
         self.allow.refresh();
@@ -297,20 +318,23 @@ impl Blocker {
         let mut reasons: HashMap<IpNet, String> = HashMap::new();
         let scanners: Vec<IpNet> = events
             .iter()
-            .filter_map(|e| match &e.kind {
-                EventKind::PortScan(scan) => {
-                    let target = self.target_of(scan);
-                    reasons
-                        .entry(target)
-                        .or_insert_with(|| record::scan_reason(scan));
-                    Some(target)
-                }
-                _ => None,
+            .filter_map(|e| {
+                let target = self.target(e)?;
+                reasons.entry(target).or_insert_with(|| match &e.kind {
+                    EventKind::PortScan(scan) => record::scan_reason(scan),
+                    EventKind::FleetScan(scan) => fleet_scan_reason(scan),
+                    _ => String::new(),
+                });
+                Some(target)
             })
             .collect();
         let chosen = self.choose(scanners);
         if chosen.is_empty() {
             return self.pass(events);
+        }
+        // Decided here now, whoever decided it before.
+        for target in &chosen {
+            self.fleet.remove(target);
         }
         let wall = SystemTime::now();
         let rule = self.escalation();
@@ -404,6 +428,18 @@ impl Blocker {
         out
     }
 
+    /// What a scan event blocks: see [`Blocker::target_of`]; a fleet scan's
+    /// source, unless it is a prefix holding an address never to be blocked
+    /// (its addresses are not known here: nothing is blocked, and the
+    /// allowlist check says why).
+    fn target(&self, event: &Event) -> Option<IpNet> {
+        match &event.kind {
+            EventKind::PortScan(scan) => Some(self.target_of(scan)),
+            EventKind::FleetScan(scan) => Some(canonical(scan.source)),
+            _ => None,
+        }
+    }
+
     /// What a scan blocks: its prefix, unless the prefix holds an address
     /// never to be blocked — then only the scanning address (the others are
     /// blocked one by one as they scan).
@@ -427,7 +463,10 @@ impl Blocker {
                 ttl,
                 backend,
                 repeat,
-                origin: Origin::Here(self.node.clone()),
+                origin: match self.fleet.get(&target) {
+                    Some(node) => Origin::Fleet(node.clone()),
+                    None => Origin::Here(self.node.clone()),
+                },
             }),
         }
     }
@@ -444,10 +483,7 @@ impl Blocker {
         let mut left: HashMap<IpNet, Duration> = applied.iter().copied().collect();
         let mut out = Vec::with_capacity(events.len() + left.len());
         for event in events {
-            let scanner = match &event.kind {
-                EventKind::PortScan(scan) => left.remove_entry(&self.target_of(scan)),
-                _ => None,
-            };
+            let scanner = self.target(&event).and_then(|t| left.remove_entry(&t));
             out.push(event);
             if let Some((ip, ttl)) = scanner {
                 out.push(self.blocked_event(ip, ttl, backend));
@@ -559,6 +595,7 @@ impl Blocker {
         if let (Some(journal), true) = (&self.journal, applies) {
             journal.note(&[(target, record)]);
         }
+        self.fleet.remove(&target);
         let mut event = self.blocked_event(target, ttl, backend);
         if let EventKind::Blocked(block) = &mut event.kind {
             block.repeat = 1;
@@ -575,7 +612,11 @@ impl Blocker {
             return Ok(None);
         };
         let backend = firewall.name();
-        match firewall.unblock(target) {
+        let unblocked = firewall.unblock(target);
+        if unblocked.is_ok() {
+            self.fleet.remove(&target);
+        }
+        match unblocked {
             Ok(true) => Ok(Some(Event {
                 at: self.clock.now(),
                 kind: EventKind::Unblocked { target, backend },
@@ -601,6 +642,7 @@ impl Blocker {
                 crate::text::chain(&e)
             ))
         })?;
+        self.fleet.clear();
         let at = self.clock.now();
         Ok(lifted
             .into_iter()
@@ -643,6 +685,130 @@ impl Blocker {
             .as_ref()
             .map(Firewall::pending)
             .unwrap_or_default()
+    }
+
+    /// Applies blocks other nodes of the fleet decided, each until the
+    /// instant it ends (the time left, in whole seconds rounded up), and
+    /// returns their `Blocked` events (`Origin::Fleet`). Each goes through
+    /// this host's allowlist and cap like its own decisions; one this host
+    /// already holds at least as long is left as it is (no event: nothing
+    /// is applied twice). Nothing with blocking off.
+    pub fn apply_remote(&mut self, blocks: Vec<Remote>) -> Vec<Event> {
+        let Some(backend_name) = self.backend_name() else {
+            return Vec::new();
+        };
+        self.allow.refresh();
+        let now = SystemTime::now();
+        let mono = self.clock.now().mono;
+        let mut seen = HashSet::new();
+        let mut apply = Vec::new();
+        let mut origins = Vec::new();
+        for remote in blocks {
+            let target = canonical(remote.target);
+            let Ok(left) = remote.expires.duration_since(now) else {
+                continue;
+            };
+            if left.is_zero() || !seen.insert(target) {
+                continue;
+            }
+            let ttl = whole_seconds(left);
+            if let Some(reason) = self.allow.check_net(target) {
+                diag::note(format_args!(
+                    "not blocking {} from the fleet ({}): {reason}",
+                    show_net(&target),
+                    remote.origin
+                ));
+                self.skipped.allowlist += 1;
+                continue;
+            }
+            let firewall = self
+                .firewall
+                .as_mut()
+                .expect("a backend name means a firewall");
+            match firewall.remaining(target) {
+                Some(held) if held + Duration::from_secs(1) >= ttl => continue,
+                Some(_) => {}
+                None if firewall.is_pending(target) => {}
+                None => {
+                    if let limit::Verdict::Skipped { warn } = self.limit.take(mono) {
+                        self.skipped.rate_limit += 1;
+                        if warn {
+                            diag::warn(format_args!(
+                                "block limit of {} a minute reached; not blocking {} from the fleet ({} skipped so far)",
+                                self.limit.rate(),
+                                show_net(&target),
+                                self.limit.skipped()
+                            ));
+                        }
+                        continue;
+                    }
+                }
+            }
+            apply.push((target, ttl, remote.expires));
+            origins.push((target, Arc::<str>::from(remote.origin)));
+        }
+        if apply.is_empty() {
+            return Vec::new();
+        }
+        if self.fleet.len() + origins.len() > super::firewall::MAX_PENDING * 4 {
+            // Forget origins of blocks long gone (bounded by what a firewall
+            // holds; a firewall listing prunes nothing here).
+            let firewall = self.firewall.as_mut().expect("checked above");
+            self.fleet
+                .retain(|t, _| firewall.remaining(*t).is_some() || firewall.is_pending(*t));
+        }
+        let memory = self.escalation().memory();
+        let mut noted = Vec::with_capacity(origins.len());
+        for ((target, ttl, _), (_, origin)) in apply.iter().zip(&origins) {
+            let record = self.records.blocked(
+                *target,
+                now,
+                *ttl,
+                None,
+                FROM_FLEET.to_string(),
+                origin,
+                memory,
+            );
+            noted.push((*target, record));
+        }
+        self.fleet.extend(origins);
+        let firewall = self.firewall.as_mut().expect("checked above");
+        if let (Some(journal), true) = (&self.journal, firewall.applies()) {
+            for (target, _, expires) in &apply {
+                journal.record(&[*target], *expires, backend_name);
+            }
+            journal.note(&noted);
+        }
+        let applied = firewall.apply_each(apply.into_iter().map(|(t, ttl, _)| (t, ttl)).collect());
+        self.place(Vec::new(), applied, backend_name)
+    }
+
+    /// Lifts the block of `target` because the fleet lifted it: its
+    /// `Unblocked` event, or `None` when this host held no such block or
+    /// blocking is off. A firewall that fails to lift it is said; the block
+    /// then ends with its TTL.
+    pub fn lift(&mut self, target: IpNet) -> Option<Event> {
+        let target = canonical(target);
+        self.fleet.remove(&target);
+        match self.remove(target) {
+            Ok(event) => event,
+            Err(refused) => {
+                diag::warn(format_args!("fleet unblock: {refused}"));
+                None
+            }
+        }
+    }
+
+    /// Whether `target` is blocked here now (applied, not expired).
+    pub fn holds(&mut self, target: IpNet) -> bool {
+        let target = canonical(target);
+        self.firewall.as_mut().is_some_and(|f| f.holds(target))
+    }
+
+    /// Whether blocks reach the kernel (blocking on, not a dry run): only
+    /// then are this host's decisions worth telling the fleet.
+    pub fn applies(&self) -> bool {
+        self.firewall.as_ref().is_some_and(Firewall::applies)
     }
 
     /// The periodic check: see [`Firewall::tick`]. Returns the `Blocked`
@@ -721,4 +887,19 @@ impl Blocker {
     pub(super) fn firewall_mut(&mut self) -> Option<&mut Firewall> {
         self.firewall.as_mut()
     }
+}
+
+/// A port scan or a fleet scan: an event the block stage decides on.
+pub fn is_scan(event: &Event) -> bool {
+    matches!(event.kind, EventKind::PortScan(_) | EventKind::FleetScan(_))
+}
+
+/// The reason of a block for a fleet scan.
+fn fleet_scan_reason(scan: &crate::event::FleetScan) -> String {
+    let ports: Vec<String> = scan.ports.iter().take(16).map(u16::to_string).collect();
+    format!(
+        "fleet scan of {} hosts on ports {}",
+        scan.hosts,
+        ports.join(",")
+    )
 }

@@ -381,6 +381,15 @@ impl Firewall {
         }
     }
 
+    /// The time `target`'s block has left, when it is applied.
+    pub fn remaining(&mut self, target: IpNet) -> Option<Duration> {
+        let now = self.clock.now().mono;
+        self.active
+            .get(&target)
+            .filter(|end| **end > now)
+            .map(|end| end.saturating_sub(now))
+    }
+
     fn queue(&mut self, ip: IpNet, end: Duration) {
         if self.pending.len() >= self.max_pending && !self.pending.contains_key(&ip) {
             self.health.dropped += 1;

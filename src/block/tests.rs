@@ -874,3 +874,156 @@ fn each_blocks_drops_are_its_backends_count_or_what_the_agent_saw() {
     b.count().unwrap();
     assert_eq!(b.health().dropped_packets, 160);
 }
+
+// ---------------------------------------------------------------------------
+// Blocks of the fleet
+
+/// An address or a prefix.
+fn net(s: &str) -> IpNet {
+    if s.contains('/') {
+        s.parse().unwrap()
+    } else {
+        ip(s)
+    }
+}
+
+fn remote(target: &str, secs: u64, origin: &str) -> super::blocker::Remote {
+    super::blocker::Remote {
+        target: net(target),
+        expires: SystemTime::now() + Duration::from_secs(secs) - Duration::from_millis(300),
+        origin: origin.to_string(),
+    }
+}
+
+/// `B ip ttl origin` for the blocks, `U ip` for the lifts.
+fn origins(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| match &e.kind {
+            EventKind::Blocked(b) => format!(
+                "B {} {} {}",
+                crate::event::show_net(&b.target),
+                crate::duration::format(b.ttl),
+                match &b.origin {
+                    crate::event::Origin::Here(n) => format!("here:{n}"),
+                    crate::event::Origin::Fleet(n) => format!("fleet:{n}"),
+                }
+            ),
+            EventKind::Unblocked { target, backend } => {
+                format!("U {} {backend}", crate::event::show_net(target))
+            }
+            _ => tags(std::slice::from_ref(e)).remove(0),
+        })
+        .collect()
+}
+
+#[test]
+fn fleet_blocks_are_applied_until_their_instant_through_the_allowlist() {
+    let fake = Fake::default();
+    let journal = FakeJournal::default();
+    let mut b = blocker(Mode::Apply(Box::new(fake.clone())), &["198.51.100.0/24"])
+        .with_node("node-a")
+        .with_journal(Arc::new(journal.clone()));
+    let said = crate::diag::capture();
+    let out = b.apply_remote(vec![
+        remote("192.0.2.56", 3600, "node-b"),
+        remote("2001:db8:1:2::/64", 90, "node-c"),
+        remote("198.51.100.7", 3600, "node-b"),
+        remote("10.0.0.5", 3600, "node-b"),
+        remote("10.0.0.1", 3600, "node-b"),
+        remote("127.0.0.1", 3600, "node-b"),
+    ]);
+    assert_eq!(
+        said.lines(),
+        [
+            "tcpwatch: not blocking 198.51.100.7 from the fleet (node-b): --allow 198.51.100.0/24",
+            "tcpwatch: not blocking 10.0.0.5 from the fleet (node-b): an address of this host",
+            "tcpwatch: not blocking 10.0.0.1 from the fleet (node-b): a gateway of this host",
+            "tcpwatch: not blocking 127.0.0.1 from the fleet (node-b): loopback",
+        ]
+    );
+    drop(said);
+    // The time left, rounded up to whole seconds: the TTL the node decided.
+    assert_eq!(
+        origins(&out),
+        [
+            "B 192.0.2.56 1h fleet:node-b",
+            "B 2001:db8:1:2::/64 90s fleet:node-c"
+        ]
+    );
+    assert_eq!(b.take_skipped().allowlist, 4);
+    assert_eq!(journal.ips(), [ip("192.0.2.56"), net("2001:db8:1:2::/64")]);
+    // The same ban again (another node's catch-up, a republish): nothing.
+    assert!(b
+        .apply_remote(vec![remote("192.0.2.56", 3600, "node-b")])
+        .is_empty());
+    // Lifted by the fleet: lifted here, once.
+    let lifted = b.lift(ip("192.0.2.56")).unwrap();
+    assert_eq!(origins(&[lifted]), ["U 192.0.2.56 fake"]);
+    assert!(b.lift(ip("192.0.2.56")).is_none(), "nothing left to lift");
+    assert!(fake.log().contains(&"unblock 192.0.2.56/32".to_string()));
+    assert!(!fake.held.lock().unwrap().contains(&ip("192.0.2.56")));
+    // Decided here later: this node's block, not the fleet's.
+    let out = b.handle(vec![scan("2001:db8:1:2::9")]);
+    assert_eq!(
+        origins(&out)[1..],
+        ["B 2001:db8:1:2::9 30s here:node-a"],
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_fleet_block_applied_late_still_names_its_node() {
+    let fake = Fake::default();
+    let mut b = blocker(Mode::Apply(Box::new(fake.clone())), &[]);
+    fake.failing.store(true, Ordering::Relaxed);
+    let out = b.apply_remote(vec![remote("192.0.2.56", 600, "node-b")]);
+    assert!(out.is_empty(), "not applied while the firewall fails");
+    fake.failing.store(false, Ordering::Relaxed);
+    let (late, _) = b.tick();
+    assert_eq!(origins(&late), ["B 192.0.2.56 10m fleet:node-b"]);
+}
+
+#[test]
+fn fleet_blocks_take_from_the_cap_and_nothing_without_blocking() {
+    let fake = Fake::default();
+    let mut b = blocker(Mode::Apply(Box::new(fake.clone())), &[]).with_limit(limit::Rate(Some(1)));
+    let said = crate::diag::capture();
+    let out = b.apply_remote(vec![
+        remote("192.0.2.1", 600, "node-b"),
+        remote("192.0.2.2", 600, "node-b"),
+    ]);
+    assert_eq!(origins(&out), ["B 192.0.2.1 10m fleet:node-b"]);
+    assert!(said.lines()[0]
+        .contains("block limit of 1 a minute reached; not blocking 192.0.2.2 from the fleet"));
+    drop(said);
+    let mut off = blocker(Mode::Off, &[]);
+    assert!(off
+        .apply_remote(vec![remote("192.0.2.1", 600, "node-b")])
+        .is_empty());
+    assert!(off.lift(ip("192.0.2.1")).is_none());
+}
+
+#[test]
+fn a_fleet_scan_is_blocked_like_a_port_scan_right_after_it() {
+    let fake = Fake::default();
+    let mut b = blocker(Mode::Apply(Box::new(fake.clone())), &["2001:db8:1:2::/64"]);
+    let fleet_scan = |source: &str| Event {
+        at: stamp(),
+        kind: EventKind::FleetScan(crate::event::FleetScan {
+            source: net(source),
+            hosts: 3,
+            ports: vec![22, 80],
+        }),
+    };
+    let out = b.handle(vec![
+        fleet_scan("192.0.2.99"),
+        fleet_scan("2001:db8:1::/48"),
+    ]);
+    assert_eq!(
+        tags(&out),
+        ["F 192.0.2.99/32", "B 192.0.2.99 fake", "F 2001:db8:1::/48"],
+        "a prefix holding an allowed address is not blocked"
+    );
+    assert!(b.holds(ip("192.0.2.99")));
+}

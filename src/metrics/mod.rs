@@ -60,6 +60,22 @@ use std::sync::Arc;
 
 /// One label, `name="value"`; values are static strings from closed sets.
 type Label = [(&'static str, &'static str); 1];
+/// Two labels.
+type Labels2 = [(&'static str, &'static str); 2];
+
+/// The fleet stage's state and totals (`--fleet`), copied in by the
+/// pipeline: the counters move up to these totals.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FleetSample {
+    /// Connected to Redis and following the fleet.
+    pub up: bool,
+    /// Messages by (direction, kind).
+    pub messages: Vec<(&'static str, &'static str, u64)>,
+    /// Drops by reason.
+    pub dropped: Vec<(&'static str, u64)>,
+    /// Things read from Redis that failed validation.
+    pub malformed: u64,
+}
 type HistogramFamily = Family<Label, Histogram, fn() -> Histogram>;
 
 pub const OPENMETRICS_CONTENT_TYPE: &str =
@@ -83,6 +99,10 @@ pub struct Metrics {
     block_errors: Family<Label, Counter>,
     blocks_dropped: Family<Label, Counter>,
     blocks_pending: Gauge,
+    fleet_up: Gauge,
+    fleet_messages: Family<Labels2, Counter>,
+    fleet_dropped: Family<Label, Counter>,
+    fleet_malformed: Counter,
     block_drift: Family<[(&'static str, &'static str); 2], Counter>,
     dropped_packets: Family<Label, Counter>,
     blocked_seen: Family<Label, Counter>,
@@ -106,6 +126,20 @@ impl Metrics {
     /// (`source`, `backend`, both families) start at zero so that a
     /// dashboard sees the series before the first event.
     pub fn new(source: &'static str, backend: Option<&'static str>) -> Arc<Metrics> {
+        Metrics::build(source, backend, false)
+    }
+
+    /// [`Metrics::new`], with the fleet's metrics when `fleet` (`--fleet`):
+    /// an agent outside a fleet has no `tcpwatch_fleet_up` to alert on.
+    pub fn with_fleet(
+        source: &'static str,
+        backend: Option<&'static str>,
+        fleet: bool,
+    ) -> Arc<Metrics> {
+        Metrics::build(source, backend, fleet)
+    }
+
+    fn build(source: &'static str, backend: Option<&'static str>, fleet: bool) -> Arc<Metrics> {
         let mut registry = Registry::with_prefix("tcpwatch");
         let new_connections = Family::<Label, Counter>::default();
         let port_scans = Counter::default();
@@ -210,6 +244,38 @@ impl Metrics {
             let _ = blocks_dropped.get_or_create(&[("backend", backend)]);
         }
 
+        let fleet_up = Gauge::default();
+        let fleet_messages = Family::<Labels2, Counter>::default();
+        let fleet_dropped = Family::<Label, Counter>::default();
+        let fleet_malformed = Counter::default();
+        if fleet {
+            registry.register(
+                "fleet_up",
+                "1 while connected to the fleet's Redis and following it",
+                fleet_up.clone(),
+            );
+            registry.register(
+                "fleet_messages",
+                "Fleet messages, by direction (out: written to Redis, in: read) and kind (block, unblock, observe, scan)",
+                fleet_messages.clone(),
+            );
+            registry.register(
+                "fleet_dropped",
+                "What the fleet stage dropped, by reason: queue (decisions while its queue was full), pending (decisions while Redis was down, over the cap), attempts (not sent: over the per-flush caps or Redis down), events (not delivered)",
+                fleet_dropped.clone(),
+            );
+            registry.register(
+                "fleet_malformed",
+                "Entries and replies read from Redis that failed validation and were ignored",
+                fleet_malformed.clone(),
+            );
+            for (direction, kind) in FLEET_MESSAGES {
+                let _ = fleet_messages.get_or_create(&[("direction", direction), ("kind", kind)]);
+            }
+            for reason in FLEET_DROPS {
+                let _ = fleet_dropped.get_or_create(&[("reason", reason)]);
+            }
+        }
         let block_drift = Family::<[(&'static str, &'static str); 2], Counter>::default();
         let dropped_packets = Family::<Label, Counter>::default();
         let blocked_seen = Family::<Label, Counter>::default();
@@ -277,6 +343,10 @@ impl Metrics {
             block_errors,
             blocks_dropped,
             blocks_pending,
+            fleet_up,
+            fleet_messages,
+            fleet_dropped,
+            fleet_malformed,
             block_drift,
             dropped_packets,
             blocked_seen,
@@ -388,6 +458,23 @@ impl Metrics {
         self.blocks_pending.set(clamp(pending));
     }
 
+    /// Copies the fleet stage's state and totals.
+    pub fn set_fleet(&self, sample: FleetSample) {
+        self.fleet_up.set(i64::from(sample.up));
+        for (direction, kind, total) in sample.messages {
+            let counter = self
+                .fleet_messages
+                .get_or_create(&[("direction", direction), ("kind", kind)]);
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+        for (reason, total) in sample.dropped {
+            let counter = self.fleet_dropped.get_or_create(&[("reason", reason)]);
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+        self.fleet_malformed
+            .inc_by(sample.malformed.saturating_sub(self.fleet_malformed.get()));
+    }
+
     /// Raises the drift counters to the block stage's totals: blocks the
     /// firewall lost (applied again) and elements it did not make (adopted).
     pub fn set_block_drift(&self, missing: u64, unknown: u64) {
@@ -479,6 +566,19 @@ impl Metrics {
         out
     }
 }
+
+/// The (direction, kind) series of `tcpwatch_fleet_messages_total`.
+pub const FLEET_MESSAGES: [(&str, &str); 6] = [
+    ("out", "block"),
+    ("out", "unblock"),
+    ("out", "observe"),
+    ("in", "block"),
+    ("in", "unblock"),
+    ("in", "scan"),
+];
+
+/// The reasons of `tcpwatch_fleet_dropped_total`.
+pub const FLEET_DROPS: [&str; 4] = ["queue", "pending", "attempts", "events"];
 
 fn clamp(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -674,6 +774,41 @@ mod tests {
         assert!(!text.contains("# EOF"));
         assert!(!text.contains("_created"));
         assert!(!text.contains("# UNIT"));
+    }
+
+    #[test]
+    fn fleet_metrics_only_in_a_fleet_and_moving_up_to_the_totals() {
+        assert!(!sample().prometheus_text().contains("fleet"));
+        let m = Metrics::with_fleet("pcap", Some("nftables"), true);
+        let text = m.prometheus_text();
+        for line in [
+            "tcpwatch_fleet_up 0",
+            "tcpwatch_fleet_messages_total{direction=\"out\",kind=\"block\"} 0",
+            "tcpwatch_fleet_messages_total{direction=\"in\",kind=\"scan\"} 0",
+            "tcpwatch_fleet_dropped_total{reason=\"queue\"} 0",
+            "tcpwatch_fleet_malformed_total 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        let sample = |n| FleetSample {
+            up: true,
+            messages: vec![("out", "block", n), ("in", "block", 2 * n)],
+            dropped: vec![("attempts", n)],
+            malformed: n,
+        };
+        m.set_fleet(sample(3));
+        m.set_fleet(sample(5));
+        let text = m.prometheus_text();
+        for line in [
+            "tcpwatch_fleet_up 1",
+            "tcpwatch_fleet_messages_total{direction=\"out\",kind=\"block\"} 5",
+            "tcpwatch_fleet_messages_total{direction=\"in\",kind=\"block\"} 10",
+            "tcpwatch_fleet_dropped_total{reason=\"attempts\"} 5",
+            "tcpwatch_fleet_malformed_total 5",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        check_text_format(&text).unwrap();
     }
 
     #[test]

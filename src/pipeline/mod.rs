@@ -7,6 +7,10 @@
 //! - [`stages`]: the stage tasks, each taking its parts as values (a
 //!   source, a detector, a blocker, a writer, a clock), so the pipeline is
 //!   tested in-process with fakes ([`Parts`], [`Running`]);
+//! - [`fleet_link`]: the fleet beside the stages (`--fleet`): the attempts
+//!   it is told, the one place this node's block decisions go through to it
+//!   ([`fleet_link::Outbox`]), and what the block task does with what it
+//!   says;
 //! - [`reload`]: SIGHUP re-reads `--config`; [`shutdown`]: the signals;
 //! - [`control`]: the control socket's requests, answered by the stages.
 //!
@@ -19,6 +23,7 @@
 //! this.
 
 pub mod control;
+pub mod fleet_link;
 pub mod reload;
 pub mod setup;
 pub mod shutdown;

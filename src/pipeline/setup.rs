@@ -4,6 +4,7 @@
 //! not touch the firewall. Then the firewall, then what the state file
 //! holds is put back.
 
+use super::fleet_link::{Link, EVENTS};
 use super::stages::{Parts, Source};
 use crate::block::allow::Allowlist;
 use crate::block::backend::Backend;
@@ -72,14 +73,19 @@ pub async fn open(settings: &RunSettings) -> anyhow::Result<Opened> {
     .await
     .context("block set-up failed")?;
     let applies = firewall.as_ref().is_some_and(Firewall::applies);
-    let metrics = Metrics::new(source.name(), firewall.as_ref().map(Firewall::name));
+    let metrics = Metrics::with_fleet(
+        source.name(),
+        firewall.as_ref().map(Firewall::name),
+        settings.fleet.enabled(),
+    );
     if settings.source.source == SourceKind::TracepointXdp {
         // The XDP program's losses are counted under its own name.
         metrics.events_lost("xdp", 0);
     }
     metrics.declare_tables(&crate::detect::EVICTION_TABLES);
     metrics.declare_tables(&["block_records", "status_top"]);
-    let node = crate::os::host::name().unwrap_or_else(|| "localhost".to_string());
+    // `--node-name`, else the host name: the origin of this node's blocks.
+    let node = settings.fleet.node();
     let mut blocker = Blocker::new(
         firewall,
         ttl,
@@ -109,6 +115,9 @@ pub async fn open(settings: &RunSettings) -> anyhow::Result<Opened> {
             restore_connections(&mut detector, loaded);
         }
     }
+    // Last: the blocks the fleet holds are applied as soon as the block
+    // stage runs.
+    let fleet = open_fleet(settings)?;
     let server = listener.map(|listener| {
         Box::pin(serve_metrics(listener, metrics.clone())) as BoxFuture<'static, _>
     });
@@ -124,11 +133,40 @@ pub async fn open(settings: &RunSettings) -> anyhow::Result<Opened> {
             settings: settings.clone(),
             xdp_stats: xdp_stats.filter(|_| applies),
             block_tick: crate::block::firewall::RETRY_EVERY,
+            fleet,
         },
         server,
         control,
         node,
     })
+}
+
+/// IPv6 sources are counted per address by the scan detector: the fleet
+/// counts them the same way.
+const FLEET_IPV6_PREFIX: u8 = 128;
+
+/// Starts the fleet stage (`--fleet`). Redis being down is no error (the
+/// stage says so and retries); an unreadable password or CA file is.
+fn open_fleet(settings: &RunSettings) -> anyhow::Result<Option<Link>> {
+    let scan = &settings.scan;
+    let Some(fleet) = settings
+        .fleet
+        .fleet(scan.scan_ports, scan.scan_window, FLEET_IPV6_PREFIX)
+    else {
+        return Ok(None);
+    };
+    if fleet.urls.iter().any(|u| u.password.is_some()) {
+        diag::warn(
+            "fleet: the Redis password in --fleet is visible to every local user; use --fleet-password-file or $TCPWATCH_FLEET_PASSWORD",
+        );
+    }
+    let (handle, events, task) =
+        crate::fleet::Fleet::spawn(fleet, EVENTS).map_err(|e| anyhow::anyhow!(e))?;
+    Ok(Some(Link {
+        handle,
+        events,
+        task,
+    }))
 }
 
 /// A source, opened. An `xdp` source is kept apart until the `xdp` backend

@@ -13,13 +13,15 @@
 //! a packet source saw from a blocked source before it becomes a connection.
 
 use super::control::{self, BlockCommand};
-use crate::block::blocker::Blocker;
+use super::fleet_link::{self, Link, Outbox};
+use crate::block::blocker::{is_scan, Blocker};
 use crate::block::xdp::Stats;
 use crate::blockset::BlockSet;
 use crate::clock::Clock;
 use crate::detect::connections::pair;
 use crate::detect::Detector;
 use crate::event::{Event, EventKind, Observation};
+use crate::fleet::{FleetEvent, FleetHandle};
 use crate::metrics::Metrics;
 use crate::settings::RunSettings;
 use crate::sink::LineSink;
@@ -74,6 +76,8 @@ pub struct Parts {
     pub xdp_stats: Option<Stats>,
     /// How often the block stage re-reads the firewall and retries.
     pub block_tick: Duration,
+    /// The fleet stage (`--fleet`), started.
+    pub fleet: Option<Link>,
 }
 
 /// The running stages.
@@ -83,6 +87,10 @@ pub struct Running {
     block: JoinHandle<anyhow::Result<()>>,
     sink: JoinHandle<anyhow::Result<()>>,
     xdp_metrics: Option<JoinHandle<()>>,
+    fleet_metrics: Option<JoinHandle<()>>,
+    /// The fleet task: it ends once detect and block have dropped their
+    /// handles and it has published what it holds.
+    fleet: Option<JoinHandle<()>>,
     reload: watch::Sender<RunSettings>,
     /// The block stage's requests (the control socket's).
     commands: mpsc::Sender<BlockCommand>,
@@ -103,7 +111,19 @@ pub fn start(parts: Parts) -> Running {
         settings,
         xdp_stats,
         block_tick,
+        fleet,
     } = parts;
+    let (fleet_handle, fleet_events, fleet_task) = match fleet {
+        Some(Link {
+            handle,
+            events,
+            task,
+        }) => (Some(handle), Some(events), Some(task)),
+        None => (None, None, None),
+    };
+    let fleet_metrics = fleet_handle
+        .as_ref()
+        .map(|handle| tokio::spawn(fleet_link::copy_metrics(handle.counters(), metrics.clone())));
     let (observations, observed) = mpsc::channel(OBSERVATIONS);
     let (detected, to_block) = mpsc::channel(BATCHES);
     let (decided, to_print) = mpsc::channel(BATCHES);
@@ -117,8 +137,13 @@ pub fn start(parts: Parts) -> Running {
             events: to_block,
             commands: to_run,
             reloaded: reloaded.clone(),
+            fleet: fleet_events,
         },
-        decided,
+        Outputs {
+            out: decided,
+            outbox: Outbox::new(fleet_handle.clone()),
+            clock: clock.clone(),
+        },
         metrics.clone(),
         block_tick,
         xdp_stats.is_some(),
@@ -130,7 +155,10 @@ pub fn start(parts: Parts) -> Running {
         metrics.clone(),
         store,
         reloaded,
-        blockset,
+        Beside {
+            blockset,
+            fleet: fleet_handle,
+        },
     ));
     let xdp_metrics = xdp_stats.map(|stats| tokio::spawn(xdp_metrics(stats, metrics.clone())));
     let source = match source {
@@ -153,6 +181,8 @@ pub fn start(parts: Parts) -> Running {
         block,
         sink,
         xdp_metrics,
+        fleet_metrics,
+        fleet: fleet_task,
         reload,
         commands,
         metrics,
@@ -224,6 +254,19 @@ impl Running {
         // everything they sent.
         let _ = self.detect.await;
         let blocked = flatten(self.block.await);
+        // Detect and block have dropped their fleet handles: the fleet task
+        // publishes what it still holds, then ends.
+        if let Some(task) = self.fleet {
+            if tokio::time::timeout(fleet_link::SHUTDOWN_WAIT, task)
+                .await
+                .is_err()
+            {
+                diag::warn("fleet: decisions not yet in Redis at shutdown are lost");
+            }
+        }
+        if let Some(task) = &self.fleet_metrics {
+            task.abort();
+        }
         let printed = if sink_done {
             Ok(())
         } else {
@@ -313,6 +356,13 @@ async fn poll(
     }
 }
 
+/// What the detect task shares with the stages beside it: the blocks in
+/// force (read), the fleet (told every inbound attempt).
+struct Beside {
+    blockset: Option<Arc<BlockSet>>,
+    fleet: Option<FleetHandle>,
+}
+
 /// Turns each observation into one batch of events, so that the scans one
 /// poll finds reach the block stage together. With a state file, each
 /// poll's silent and forgotten connections are stored in one transaction
@@ -324,15 +374,25 @@ async fn detect(
     metrics: Arc<Metrics>,
     store: Option<Arc<Store>>,
     mut reloaded: watch::Receiver<RunSettings>,
-    blockset: Option<Arc<BlockSet>>,
+    beside: Beside,
 ) -> anyhow::Result<()> {
+    let Beside { blockset, fleet } = beside;
     let mut stored_once = false;
     loop {
         let observation = tokio::select! {
             // A reload is applied before the next observation.
             biased;
             Ok(()) = reloaded.changed() => {
-                detector.reconfigure(&reloaded.borrow_and_update().scan);
+                let settings = reloaded.borrow_and_update();
+                detector.reconfigure(&settings.scan);
+                if let Some(fleet) = &fleet {
+                    let (pairs, window) = settings
+                        .fleet
+                        .rule(settings.scan.scan_ports, settings.scan.scan_window);
+                    if let Err(e) = fleet.set_rule(pairs, window) {
+                        diag::warn(format_args!("{e}"));
+                    }
+                }
                 continue;
             }
             observation = input.recv() => match observation {
@@ -351,6 +411,10 @@ async fn detect(
             None => observation,
         };
         let events = detector.process(&observation);
+        if let Some(fleet) = &fleet {
+            // Aggregated by the fleet stage, sent once a flush; never waits.
+            fleet.observe_attempts(&fleet_link::attempts(&observation, &events));
+        }
         metrics.set_tracked_sources(detector.tracked_sources());
         for (table, n) in detector.take_evictions() {
             metrics.evicted(table, n);
@@ -426,6 +490,16 @@ struct Inputs {
     events: mpsc::Receiver<Vec<Event>>,
     commands: mpsc::Receiver<BlockCommand>,
     reloaded: watch::Receiver<RunSettings>,
+    /// What the fleet says (`--fleet`).
+    fleet: Option<mpsc::Receiver<FleetEvent>>,
+}
+
+/// Where the block stage's events go: down the pipeline, and this node's
+/// decisions to the fleet.
+struct Outputs {
+    out: mpsc::Sender<Vec<Event>>,
+    outbox: Outbox,
+    clock: Arc<dyn Clock>,
 }
 
 /// Copies the block stage's figures into the metrics.
@@ -452,13 +526,14 @@ fn report(blocker: &mut Blocker, metrics: &Metrics, xdp: bool, records_evicted: 
 
 /// Blocks the scanners of each batch (one backend call for all of them),
 /// keeps the blocked-address gauges current, retries and repairs every
-/// `tick`, and removes the firewall objects when its input closes. Firewall
-/// calls (tens of ms through a tool) run where they may block
-/// ([`off_thread`]).
+/// `tick`, applies what the fleet says (`--fleet`), and removes the
+/// firewall objects when its input closes. Firewall calls (tens of ms
+/// through a tool) run where they may block ([`off_thread`]). Every
+/// decision of this node goes through [`Outbox::publish`] on its way out.
 async fn block(
     mut blocker: Blocker,
     inputs: Inputs,
-    out: mpsc::Sender<Vec<Event>>,
+    outputs: Outputs,
     metrics: Arc<Metrics>,
     tick: Duration,
     xdp: bool,
@@ -467,10 +542,23 @@ async fn block(
         events: mut input,
         mut commands,
         mut reloaded,
+        mut fleet,
     } = inputs;
+    let Outputs { out, outbox, clock } = outputs;
+    let node = reloaded.borrow().fleet.node();
     let mut ticks = tokio::time::interval(tick);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut records_evicted = 0;
+    let recount = |blocker: &mut Blocker, events: &[Event]| {
+        let blocked = events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::Blocked(_) | EventKind::Unblocked { .. }));
+        if blocked {
+            if let Ok((v4, v6)) = blocker.count() {
+                metrics.set_blocked_ips(v4, v6);
+            }
+        }
+    };
     loop {
         let events = tokio::select! {
             Ok(()) = reloaded.changed() => {
@@ -491,6 +579,9 @@ async fn block(
                 None => break,
             },
             Some(command) = commands.recv() => {
+                // The operator's blocks and lifts are the fleet's too; a
+                // flush lifts this node's blocks only.
+                let shared = !matches!(command, BlockCommand::Flush { .. });
                 let (events, reply, counted) = off_thread(|| {
                     let (events, reply) = command.run(&mut blocker);
                     let counted = if events.is_empty() { None } else { blocker.count().ok() };
@@ -500,6 +591,9 @@ async fn block(
                     metrics.set_blocked_ips(v4, v6);
                 }
                 report(&mut blocker, &metrics, xdp, &mut records_evicted);
+                if shared {
+                    outbox.publish(&events, blocker.applies());
+                }
                 if !events.is_empty() && out.send(events).await.is_err() {
                     break;
                 }
@@ -512,15 +606,38 @@ async fn block(
                     metrics.set_blocked_ips(v4, v6);
                 }
                 report(&mut blocker, &metrics, xdp, &mut records_evicted);
+                outbox.publish(&late, blocker.applies());
                 late
+            }
+            Some(first) = recv_fleet(&mut fleet) => {
+                let mut batch = vec![first];
+                if let Some(fleet) = &mut fleet {
+                    while let Ok(more) = fleet.try_recv() {
+                        batch.push(more);
+                    }
+                }
+                let handled = off_thread(|| {
+                    let handled = fleet_link::on_events(&mut blocker, batch, &clock, &node);
+                    recount(&mut blocker, &handled.fleet);
+                    recount(&mut blocker, &handled.decided);
+                    handled
+                });
+                report(&mut blocker, &metrics, xdp, &mut records_evicted);
+                outbox.publish(&handled.decided, blocker.applies());
+                let mut events = handled.fleet;
+                events.extend(handled.decided);
+                // Decided already (a fleet scan and its block): straight on,
+                // not through the scans' path, which would block it again.
+                if !events.is_empty() && out.send(events).await.is_err() {
+                    break;
+                }
+                continue;
             }
         };
         // Only scans need a decision. The rest pass straight through: a
         // thread hop per batch would queue a scan behind every attempt
         // before it, and a SYN scan sends hundreds of probes a millisecond.
-        let has_scan = events
-            .iter()
-            .any(|e| matches!(e.kind, EventKind::PortScan(_)));
+        let has_scan = events.iter().any(is_scan);
         let events = if has_scan && blocker.is_active() {
             let (events, counted) = off_thread(|| {
                 let events = blocker.handle(events);
@@ -534,6 +651,7 @@ async fn block(
                 metrics.set_blocked_ips(v4, v6);
             }
             report(&mut blocker, &metrics, xdp, &mut records_evicted);
+            outbox.publish(&events, blocker.applies());
             events
         } else {
             let events = blocker.pass(events);
@@ -549,6 +667,20 @@ async fn block(
     }
     off_thread(|| blocker.shutdown());
     Ok(())
+}
+
+/// The next fleet event, or never without a fleet (or once it ended).
+async fn recv_fleet(fleet: &mut Option<mpsc::Receiver<FleetEvent>>) -> Option<FleetEvent> {
+    match fleet {
+        Some(events) => match events.recv().await {
+            Some(event) => Some(event),
+            None => {
+                *fleet = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
+    }
 }
 
 /// Runs a firewall call where it may block: the runtime moves this

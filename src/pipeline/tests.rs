@@ -180,6 +180,7 @@ fn parts(source: Source, settings: RunSettings) -> (Parts, Rig) {
         settings,
         xdp_stats: None,
         block_tick: Duration::from_millis(20),
+        fleet: None,
     };
     let rig = Rig {
         out,

@@ -117,6 +117,15 @@ impl Args {
         self.set("--format", format)
     }
 
+    /// `--fleet URL` once more (several: a Redis Cluster's seeds).
+    pub fn fleet(self, url: &str) -> Args {
+        self.add("--fleet", url)
+    }
+
+    pub fn node_name(self, name: &str) -> Args {
+        self.set("--node-name", name)
+    }
+
     /// `--block-ttl-max DURATION`: a repeat offender's TTL doubles up to it.
     pub fn block_ttl_max(self, ttl: &str) -> Args {
         self.set("--block-ttl-max", ttl)
@@ -268,23 +277,34 @@ impl Agent {
                 );
                 agent
             }
-            Source::Pcap => {
-                // A closed port of B, the discard port.
-                let probe = format!(" -> {}:9", lab.v4(B));
-                for _ in 0..50 {
-                    lab.attempts(A, lab.v4(B).into(), &[9], 0.2);
-                    let seen = |l: &str| event_text(l).is_some_and(|t| t.ends_with(&probe));
-                    if agent.wait_for(seen, Duration::from_millis(200)).is_some() {
-                        return agent.ignoring(probe);
-                    }
-                }
-                panic!(
-                    "the pcap agent never saw A's probe SYN\nstdout: {:#?}\nstderr: {}",
-                    agent.stdout_lines(),
-                    agent.stderr()
-                );
+            Source::Pcap => agent.seeing(lab, A, B),
+        }
+    }
+
+    /// Starts a `pcap` agent with `args` in host `index` and returns once
+    /// it sees traffic: `index` sends SYNs to a closed port of host `peer`
+    /// until the agent prints one (see [`Agent::watching`]).
+    pub fn start_pcap(lab: &Lab, index: usize, peer: usize, args: &Args) -> Agent {
+        Agent::spawn(lab, index, args).seeing(lab, index, peer)
+    }
+
+    /// Returns the pcap agent of host `index` once it prints an outbound
+    /// SYN of `index` to the discard port (closed) of `peer`; those lines
+    /// are left out of what [`Agent::stop`] returns.
+    fn seeing(self, lab: &Lab, index: usize, peer: usize) -> Agent {
+        let probe = format!(" -> {}:9", lab.v4(peer));
+        for _ in 0..50 {
+            lab.attempts(index, lab.v4(peer).into(), &[9], 0.2);
+            let seen = |l: &str| event_text(l).is_some_and(|t| t.ends_with(&probe));
+            if self.wait_for(seen, Duration::from_millis(200)).is_some() {
+                return self.ignoring(probe);
             }
         }
+        panic!(
+            "the pcap agent never saw its probe SYN\nstdout: {:#?}\nstderr: {}",
+            self.stdout_lines(),
+            self.stderr()
+        );
     }
 
     /// Returns the agent once it has printed [`READY`]; panics if it does

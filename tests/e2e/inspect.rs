@@ -7,7 +7,12 @@ use std::net::IpAddr;
 
 /// `nft list set inet tcpwatch SET` in host A, which must succeed.
 pub fn nft_set(lab: &Lab, set: &str) -> String {
-    lab.output(A, "nft", &["list", "set", "inet", "tcpwatch", set])
+    nft_set_in(lab, A, set)
+}
+
+/// `nft list set inet tcpwatch SET` in host `index`, which must succeed.
+pub fn nft_set_in(lab: &Lab, index: usize, set: &str) -> String {
+    lab.output(index, "nft", &["list", "set", "inet", "tcpwatch", set])
 }
 
 /// Whether a firewall listing `text` holds `ip` as an element (a whole

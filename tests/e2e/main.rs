@@ -6,7 +6,8 @@
 //! The harness: [`prereq`] (what a test needs from the machine), [`proc`]
 //! (processes with captured output), [`lab`] (the namespaces and their
 //! traffic), [`agent`] (the agent, its command line and its lines),
-//! [`inspect`] (firewall sets, metrics, process status). Then one module per
+//! [`inspect`] (firewall sets, metrics, process status), [`redis`] (real
+//! `redis-server`s and Redis Clusters). Then one module per
 //! suite; `sources` is the table of what every source must print.
 //!
 //! Needs root and the tools of scripts/install-deps.sh: a test whose
@@ -40,12 +41,15 @@ mod inspect;
 mod lab;
 mod prereq;
 mod proc;
+mod redis;
 
 mod block;
 mod container;
 mod core;
 mod faults_block;
 mod faults_source;
+mod fleet;
+mod fleet_redis;
 mod memory;
 mod metrics;
 mod netlink;

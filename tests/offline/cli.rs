@@ -51,6 +51,28 @@ fn bad_duration_names_the_flag() {
 }
 
 #[test]
+fn bad_fleet_settings_are_one_line_errors_without_the_password() {
+    let line = usage_error(&Args::run().add("--fleet", "http://redis:6379").argv());
+    assert!(
+        line.contains("--fleet") && line.contains("redis://"),
+        "{line}"
+    );
+    let bad = Args::run()
+        .add("--fleet", "redis://10.0.0.9:6379")
+        .add("--fleet", "redis://u:hunter2@10.0.0.9:99999");
+    let line = usage_error(&bad.argv());
+    assert!(line.contains("port"), "{line}");
+    assert!(!line.contains("hunter2"), "{line}");
+    let line = usage_error(&Args::run().set("--node-name", "node b").argv());
+    assert!(
+        line.contains("--node-name") && line.contains("node b"),
+        "{line}"
+    );
+    let line = usage_error(&Args::run().set("--fleet-scan-pairs", "many").argv());
+    assert!(line.contains("--fleet-scan-pairs"), "{line}");
+}
+
+#[test]
 fn config_file_with_unknown_key_names_file_and_line() {
     let mut file = tempfile::NamedTempFile::new().unwrap();
     file.write_all(b"interval = \"1s\"\n\nscan-prots = 5\n")

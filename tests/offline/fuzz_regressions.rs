@@ -42,6 +42,7 @@ fn every_fixture_directory_is_a_target_checked_here() {
         "config_toml",
         "control",
         "duration",
+        "fleet_decode",
         "netlink_dump",
         "pcap_packet",
         "procfs_parse",
@@ -161,6 +162,15 @@ fn state_files() {
             assert_one_line(&e.to_string(), &path);
         }
         std::fs::remove_file(&file).unwrap();
+    }
+}
+
+#[test]
+fn fleet_replies() {
+    for (path, bytes) in fixtures("fleet_decode") {
+        // Panics (naming no file) if a decoder breaks its contract; say which.
+        let result = std::panic::catch_unwind(|| tcpwatch::fleet::wire::exercise(&bytes));
+        assert!(result.is_ok(), "{}: fleet decoder panicked", path.display());
     }
 }
 

@@ -6,7 +6,8 @@
 pub const AGENT: &str = env!("CARGO_BIN_EXE_tcpwatch");
 
 /// The arguments of `tcpwatch run`: each flag once, in the order it was
-/// first set, its value replaced when set again; `None` for a switch.
+/// first set, its value replaced when set again (a repeatable one added
+/// with [`Args::add`]); `None` for a switch.
 #[derive(Clone, Debug)]
 pub struct Args {
     pub(crate) flags: Vec<(String, Option<String>)>,
