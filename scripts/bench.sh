@@ -152,6 +152,9 @@ run scripts/bench-tracepoint.sh 200
 section "probes answered after the threshold probe, xdp (in-kernel decision) vs nftables (scripts/bench-answered.sh)"
 run scripts/bench-answered.sh
 
+section "fleet mode: propagation between three agents, one Redis under 1,000 nodes, the agent's CPU with the fleet on and off (scripts/bench-fleet.sh)"
+run scripts/bench-fleet.sh
+
 section "summary ($out_dir/summary.md)"
 lab_stop "$load_sampler"
 scripts/bench-summary "$BENCH_FIGURES" "$load_log" "$started" "$load_at_start" |
