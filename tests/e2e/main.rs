@@ -47,6 +47,7 @@ mod memory;
 mod metrics;
 mod netlink;
 mod pcap;
+mod pcap_probes;
 mod privilege;
 mod realtime_block;
 mod replay;
