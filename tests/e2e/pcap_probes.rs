@@ -5,7 +5,8 @@
 //! traffic (HTTP, DNS-like and QUIC-like UDP flows) that must stay silent.
 //!
 //! The agent runs on host A; B scans; C makes ordinary traffic at the same
-//! time.
+//! time. nmap does not fragment IPv6 (`-f -6` is refused); the IPv6
+//! fragmented SYN is `probe.py`'s `split`.
 
 use crate::agent::*;
 use crate::lab::*;
@@ -125,7 +126,6 @@ test_rows!(nmap_probe {
     udp_scan_v4_is_one_udp_scan_line: "-sU", false, Some("UDP scan");
     udp_scan_v6_is_one_udp_scan_line: "-sU", true, Some("UDP scan");
     fragmented_syn_scan_v4_is_a_syn_scan: "-f -sS", false, None;
-    fragmented_syn_scan_v6_is_a_syn_scan: "-f -sS", true, None;
 });
 
 /// `nmap SCAN` from B against A's ports 20-30 while C sends A a DNS-like
@@ -354,6 +354,7 @@ fn syns_behind_ipv6_extension_headers_are_seen() {
 
 /// Needs the detector to count IPv6 sources per /64 (`--ipv6-prefix`).
 #[test]
+#[ignore = "needs the detect stage to count IPv6 sources per --ipv6-prefix (branch detect)"]
 fn a_scanner_rotating_addresses_in_its_64_is_one_scan_of_the_prefix() {
     let Some(lab) = Lab::new(2) else { return };
     let agent = Agent::watching(&lab, Source::Pcap);

@@ -207,6 +207,10 @@ fn replay_of_snapshots_reproduces_the_live_agents_lines() {
     drop(clients);
 }
 
+/// The kernel hands NFLOG messages over in batches, at the latest after
+/// 1 s (nfnetlink_log's flush timeout): a capture stopped sooner misses them.
+const NFLOG_FLUSH: Duration = Duration::from_millis(1500);
+
 /// `tcpdump ARGS... -w FILE` in host `index`, once it listens.
 fn record(lab: &Lab, index: usize, file: &Path, args: &[&str]) -> crate::proc::Proc {
     let mut all = args.to_vec();
@@ -224,6 +228,11 @@ fn stop_recording(tcpdump: crate::proc::Proc) {
     tcpdump.signal("INT");
     let done = tcpdump.finish(Duration::from_secs(5));
     assert!(done.stderr.contains("packets captured"), "{}", done.stderr);
+    assert!(
+        !done.stderr.contains("\n0 packets captured"),
+        "{}",
+        done.stderr
+    );
 }
 
 /// The event texts of `replay FILE`, sorted: captures of the same packets
@@ -312,7 +321,7 @@ fn replay_of_every_capture_format_prints_what_the_plain_capture_does() {
         all.extend(args);
         lab.output(B, "nmap", &all);
     }
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(NFLOG_FLUSH);
     for tcpdump in captures {
         stop_recording(tcpdump);
     }
@@ -401,7 +410,7 @@ fn replay_of_a_merged_pcapng_reads_every_interface() {
             &["-n", "-Pn", "-T4", "-p", "20-30", kind, target],
         );
     }
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(NFLOG_FLUSH);
     for tcpdump in captures {
         stop_recording(tcpdump);
     }
