@@ -30,6 +30,7 @@ cargo build --release --locked -q --example pcap_filter --example pcap_filter_co
 NEW=$(target/release/examples/pcap_filter)
 OLD=$(target/release/examples/pcap_filter --syn-only)
 SNAPLEN=$(target/release/examples/pcap_filter --snaplen)
+BUFFER_KIB=$(target/release/examples/pcap_filter --buffer-kib)
 
 # "FRAME NEW_NS OLD_NS" per kind of ordinary frame.
 INTERP=$(target/release/examples/pcap_filter_cost)
@@ -56,7 +57,7 @@ busy() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
 round() {
   local kind=$1 filter=$2 dump="" before after sent
   if [ "$filter" != none ]; then
-    lab_bg a tcpdump -i eth0 -p -n -s "$SNAPLEN" -B 4096 --immediate-mode -w /dev/null \
+    lab_bg a tcpdump -i eth0 -p -n -s "$SNAPLEN" -B "$BUFFER_KIB" --immediate-mode -w /dev/null \
       "$filter" 2>"$WORK/tcpdump"
     dump=$LAB_PID
     lab_expect "$WORK/tcpdump" "listening on"

@@ -23,10 +23,16 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-/// Observations in flight from the source: few, so a slow detector slows
-/// the source (a polling source waits; a real-time one counts what the
-/// kernel drops) instead of queueing without bound.
+/// Observations in flight from a polling source: few, so a slow detector
+/// slows the source (it waits) instead of queueing whole tables.
 const OBSERVATIONS: usize = 8;
+/// Observations in flight from a real-time source: one ring's worth of a
+/// burst, so the source hands a burst on without waiting on the detector
+/// for each attempt; past it the source waits, and the kernel's buffer
+/// fills and counts what it drops. Bounded: an observation is small.
+const STREAM_OBSERVATIONS: usize = 1024;
+/// Observations the detect stage takes from its input at once.
+const DETECT_AT_ONCE: usize = 256;
 /// Batches of events in flight between the later stages.
 const BATCHES: usize = 64;
 
@@ -90,7 +96,11 @@ pub fn start(parts: Parts) -> Running {
         xdp_stats,
         block_tick,
     } = parts;
-    let (observations, observed) = mpsc::channel(OBSERVATIONS);
+    let capacity = match source {
+        Source::Table(..) => OBSERVATIONS,
+        Source::Stream(_) => STREAM_OBSERVATIONS,
+    };
+    let (observations, observed) = mpsc::channel(capacity);
     let (detected, to_block) = mpsc::channel(BATCHES);
     let (decided, to_print) = mpsc::channel(BATCHES);
     let (reload, reloaded) = watch::channel(settings);
@@ -302,7 +312,20 @@ async fn detect(
         if let Observation::Lost { count } = observation {
             metrics.events_lost(detector.source(), count);
         }
-        let events = detector.process(&observation);
+        let mut events = detector.process(&observation);
+        // A real-time source's observations already waiting join this
+        // batch: one hand-off to the next stage for the lot, not one per
+        // attempt (a flood brings thousands). A snapshot stays alone: its
+        // scans are a batch of their own, and it is stored below.
+        if !matches!(observation, Observation::Snapshot { .. }) {
+            for _ in 1..DETECT_AT_ONCE {
+                let Ok(more) = input.try_recv() else { break };
+                if let Observation::Lost { count } = more {
+                    metrics.events_lost(detector.source(), count);
+                }
+                events.extend(detector.process(&more));
+            }
+        }
         metrics.set_tracked_sources(detector.tracked_sources());
         for (table, n) in detector.take_evictions() {
             metrics.evicted(table, n);

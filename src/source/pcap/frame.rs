@@ -695,29 +695,32 @@ mod tests {
 
     #[test]
     fn snaplen_holds_the_longest_headers_read() {
+        let snaplen = super::super::SNAPLEN as usize;
+        let cut = |frame: &[u8]| frame[..frame.len().min(snaplen)].to_vec();
+        let two_tags = |packet: &[u8]| {
+            let mut frame = vlan(1, packet);
+            frame.splice(12..12, [0x88, 0xa8, 0, 2]);
+            frame
+        };
         // Two VLAN tags and a 60-byte IPv4 header.
         let packet = ipv4_full(A, B, 6, 10, 1, 0, &tcp(5, 6, SYN, 0));
-        let mut frame = vlan(1, &packet);
-        frame.splice(12..12, [0x88, 0xa8, 0, 2]);
-        assert!(frame.len() <= super::super::SNAPLEN as usize);
-        assert!(parse(Link::Ethernet, &frame).is_some());
-        // An ICMP error quoting a 60-byte IPv4 header, behind two tags.
+        assert!(parse(Link::Ethernet, &cut(&two_tags(&packet))).is_some());
+        // ICMP errors quoting a 60-byte IPv4 header, or IPv6, behind a tag.
         let probe = ipv4_full(A, B, 17, 10, 3, 0, &udp(1, 2, &[0; 100]));
-        let mut frame = vlan(1, &icmp4_unreachable(B, A, &probe));
-        frame.splice(12..12, [0x88, 0xa8, 0, 2]);
-        let cut = &frame[..frame.len().min(super::super::SNAPLEN as usize)];
-        assert!(parse(Link::Ethernet, cut).is_some());
-        // A SYN behind MAX_EXTENSIONS extension headers, behind two tags.
+        let frame = vlan(1, &icmp4_unreachable(B, A, &probe));
+        assert!(parse(Link::Ethernet, &cut(&frame)).is_some());
+        let probe = ipv6_next("fd00::7", "fd00::5", 17, &udp(1, 2, &[0; 1000]));
+        let frame = vlan(1, &icmp6_unreachable("fd00::5", "fd00::7", &probe));
+        assert!(parse(Link::Ethernet, &cut(&frame)).is_some());
+        // A SYN behind MAX_EXTENSIONS extension headers of 8 bytes.
         let mut payload = tcp(1, 2, SYN, 0);
         let mut next = 6;
         for _ in 0..MAX_EXTENSIONS {
             payload = ipv6_extension(next, &payload);
             next = 60;
         }
-        let mut frame = vlan(1, &ipv6_next("fd00::7", "fd00::5", next, &payload));
-        frame.splice(12..12, [0x88, 0xa8, 0, 2]);
-        let cut = &frame[..frame.len().min(super::super::SNAPLEN as usize)];
-        assert!(parse(Link::Ethernet, cut).is_some());
+        let frame = ethernet_ip(&ipv6_next("fd00::7", "fd00::5", next, &payload));
+        assert!(parse(Link::Ethernet, &cut(&frame)).is_some());
     }
 
     #[test]
