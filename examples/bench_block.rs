@@ -34,8 +34,8 @@ fn main() -> anyhow::Result<()> {
     };
     println!("agent path: {path}; anchor: the same script through `nft -f -`");
 
-    let many: Vec<IpAddr> = (0..10_000u32)
-        .map(|n| IpAddr::V4(Ipv4Addr::from(0x0a40_0000 + n)))
+    let many: Vec<ipnet::IpNet> = (0..10_000u32)
+        .map(|n| IpAddr::V4(Ipv4Addr::from(0x0a40_0000 + n)).into())
         .collect();
     let started = Instant::now();
     nft.block(&many, ttl)?;
@@ -91,7 +91,7 @@ fn main() -> anyhow::Result<()> {
     let mut anchors = Vec::new();
     for n in 0..20u32 {
         let ip = IpAddr::V4(Ipv4Addr::from(0x0a60_0000 + n));
-        anchors.push(nft_binary(&block_script(&[ip], ttl))?);
+        anchors.push(nft_binary(&block_script(&[ip.into()], ttl))?);
     }
     anchors.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;

@@ -33,6 +33,7 @@ fn main() {
     let wall = chrono::Local::now();
     let started = Instant::now();
     let mut lines = 0usize;
+    let mut events = Vec::new();
     for n in 0..attempts {
         // A cheap scramble of n: distinct addresses, no pattern in the hash.
         let source = n.wrapping_mul(2_654_435_761).to_be_bytes();
@@ -45,9 +46,10 @@ fn main() {
             wall,
             mono: Duration::from_micros(u64::from(n) * 10),
         };
-        lines += detector
-            .process(&Observation::Attempt { at, conn, isn: 0 })
-            .len();
+        // As a batching caller does: one buffer, reused.
+        events.clear();
+        detector.process_into(&Observation::Attempt { at, conn, isn: 0 }, &mut events);
+        lines += events.len();
     }
     let took = started.elapsed();
     let evicted = detector.take_evictions();

@@ -118,6 +118,9 @@ scripts/bench-figure "detector, 2M spoofed attempts: peak RSS" \
 scripts/bench-figure "detector, 2M spoofed attempts: time per attempt" \
   "$(sed -n 's/.*(\([0-9]*\) ns each).*/\1/p' <<<"$memory")" ns
 
+section "detector per observation: spoofed flood, scan-heavy mix, against a std HashMap (scripts/bench-detect.sh)"
+run scripts/bench-detect.sh
+
 section "nftables blocking: 10,000-address batch, detection-to-kernel latency (scripts/bench-block.sh)"
 run scripts/bench-block.sh
 

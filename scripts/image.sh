@@ -3,7 +3,7 @@
 #   scripts/image.sh [BINARY] [TAG] [FLAVOUR]
 # FLAVOUR `agent` (the default) is the image deploy/Dockerfile describes;
 # `systemd` is tests/systemd/Dockerfile, a Debian booting systemd with the
-# agent installed as deploy/systemd/tcpwatch.service (tests/e2e_systemd.rs).
+# agent installed as deploy/systemd/tcpwatch.service (tests/e2e/systemd.rs).
 # - starts dockerd if no engine answers (Debian's docker.io);
 # - creates debian:bookworm-slim with debootstrap when it is not present;
 # - runs the same `docker build -f deploy/Dockerfile` a registry user runs,

@@ -82,8 +82,8 @@ enum BlocksAction {
     List,
     /// Lift the block of one address (succeeds if it is not blocked)
     Remove {
-        #[arg(value_name = "IP", value_parser = commands::blocks::parse_ip)]
-        ip: std::net::IpAddr,
+        #[arg(value_name = "IP|CIDR", value_parser = commands::blocks::parse_target)]
+        ip: ipnet::IpNet,
     },
     /// Lift every block, keeping the table/sets for the running agent
     Flush,

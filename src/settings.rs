@@ -159,12 +159,15 @@ mod tests {
         assert_eq!(s.state.state, StatePath::Off);
         assert_eq!(s.sink.format, Format::Json);
         assert!(s.source.report_existing);
-        // Every flag of `run` but --config is a key, and nothing else is.
+        // Every flag of `run` but --config is a key, and nothing else is;
+        // a repeatable flag named in the singular may have its key in the
+        // plural (`--scan-rule`, `scan-rules`).
         let command = <RunFlags as clap::Args>::augment_args(clap::Command::new("run"));
         let mut flags: Vec<&str> = command
             .get_arguments()
             .filter_map(|a| a.get_long())
             .filter(|l| *l != "config")
+            .map(|l| if l == "scan-rule" { "scan-rules" } else { l })
             .collect();
         let mut keys = RunSettings::keys();
         flags.sort_unstable();

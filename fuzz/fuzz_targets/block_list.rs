@@ -51,10 +51,10 @@ fn nft_json(entries: &[Entry]) -> String {
         .map(|e| match e.remaining {
             Some(left) => format!(
                 r#"{{"elem": {{"val": "{}", "timeout": 3600, "expires": {}}}}}"#,
-                e.ip,
+                tcpwatch::event::show_net(&e.target),
                 left.as_secs()
             ),
-            None => format!(r#""{}""#, e.ip),
+            None => format!(r#""{}""#, tcpwatch::event::show_net(&e.target)),
         })
         .collect();
     format!(
@@ -70,10 +70,10 @@ fn ipset_save(entries: &[Entry]) -> String {
         match e.remaining {
             Some(left) => out.push_str(&format!(
                 "add tcpwatch4 {} timeout {}\n",
-                e.ip,
+                tcpwatch::event::show_net(&e.target),
                 left.as_secs()
             )),
-            None => out.push_str(&format!("add tcpwatch4 {}\n", e.ip)),
+            None => out.push_str(&format!("add tcpwatch4 {}\n", tcpwatch::event::show_net(&e.target))),
         }
     }
     out

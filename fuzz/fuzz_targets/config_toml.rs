@@ -9,11 +9,15 @@
 //!   the file set;
 //! - a file that applies sets exactly what it says: each duration is
 //!   `duration::parse_positive` of its text, numbers and lists are taken
-//!   as they are, unset keys keep their defaults.
+//!   as they are, unset keys keep their defaults;
+//! - every scan rule of `scan-rules` is 1 to 65,535 ports over a positive
+//!   window and reads back as itself from the form `--help` shows; the
+//!   IPv6 prefix length is 32 to 128.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use tcpwatch::block::xdp::MAX_MAP_SIZE;
+use tcpwatch::detect::rules::{parse_rule, show_rule, MAX_RULE_PORTS};
 use tcpwatch::duration;
 use tcpwatch::settings::RunSettings;
 
@@ -106,6 +110,17 @@ fn check_applied(file: &toml::Table, s: &RunSettings) {
         d.source.report_existing,
     );
     assert!(s.limits.max_connections.0 >= 1 && s.limits.max_scan_sources.0 >= 1);
+    assert_eq!(s.scan.scan_rules.len(), list("scan-rules").unwrap_or(0));
+    for rule in &s.scan.scan_rules {
+        assert!((1..=MAX_RULE_PORTS).contains(&rule.ports) && !rule.window.is_zero());
+        assert_eq!(parse_rule(&show_rule(rule)), Ok(*rule));
+    }
+    number(
+        "ipv6-prefix",
+        u64::from(s.scan.ipv6_prefix.0),
+        u64::from(d.scan.ipv6_prefix.0),
+    );
+    assert!((32..=128).contains(&s.scan.ipv6_prefix.0));
     number(
         "max-connections",
         s.limits.max_connections.0 as u64,

@@ -150,6 +150,42 @@ impl Allowlist {
     }
 }
 
+impl Allowlist {
+    /// `Some(reason)` when `net` holds an address never to be blocked: for
+    /// an address, as [`Allowlist::check`]; for a prefix, when loopback, an
+    /// address of the host, a gateway or an `--allow` network lies in it
+    /// (or it lies in an `--allow` network). A prefix is never blocked whole
+    /// over such an address.
+    pub fn check_net(&self, net: IpNet) -> Option<Allowed> {
+        if net.prefix_len() == net.max_prefix_len() {
+            return self.check(net.addr());
+        }
+        let net = net.trunc();
+        let loopback: IpNet = match net {
+            IpNet::V4(_) => "127.0.0.0/8".parse().expect("a CIDR"),
+            IpNet::V6(_) => "::1/128".parse().expect("a CIDR"),
+        };
+        if overlaps(&net, &loopback) || net.contains(&net.addr()) && net.addr().is_unspecified() {
+            return Some(Allowed::Loopback);
+        }
+        if self.host.addrs.iter().any(|a| net.contains(a)) {
+            return Some(Allowed::HostAddress);
+        }
+        if self.gateways.addrs.iter().any(|a| net.contains(a)) {
+            return Some(Allowed::Gateway);
+        }
+        self.nets
+            .iter()
+            .find(|listed| overlaps(&net, listed))
+            .map(|listed| Allowed::Listed(*listed))
+    }
+}
+
+/// Whether two networks share an address (one holds the other).
+fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
 /// `::ffff:10.0.0.0/104` is the IPv4 network `10.0.0.0/8`.
 fn unmapped_net(net: &IpNet) -> Option<IpNet> {
     let IpNet::V6(v6) = net else { return None };
@@ -244,6 +280,32 @@ mod tests {
         assert_eq!(l.check(ip("192.0.2.77")), net("::ffff:192.0.2.0/120"));
         assert_eq!(l.check(ip("10.2.0.1")), None);
         assert_eq!(l.check(ip("192.0.3.1")), None);
+    }
+
+    #[test]
+    fn a_prefix_holding_an_address_never_blocked_is_allowed() {
+        let l = with_gateways(
+            &["2001:db8:5::/48"],
+            &["2001:db8:1:2::5"],
+            &["2001:db8:9::1"],
+        );
+        let net = |s: &str| s.parse::<IpNet>().unwrap();
+        assert_eq!(
+            l.check_net(net("2001:db8:1:2::/64")),
+            Some(Allowed::HostAddress)
+        );
+        assert_eq!(l.check_net(net("2001:db8:9::/64")), Some(Allowed::Gateway));
+        assert_eq!(
+            l.check_net(net("2001:db8:5:1::/64")),
+            Some(Allowed::Listed(net("2001:db8:5::/48")))
+        );
+        assert_eq!(l.check_net(net("::/0")), Some(Allowed::Loopback));
+        assert_eq!(l.check_net(net("2001:db8:7:7::/64")), None);
+        assert_eq!(
+            l.check_net(net("2001:db8:1:2::5/128")),
+            Some(Allowed::HostAddress)
+        );
+        assert_eq!(l.check_net(net("2001:db8:1:2::6/128")), None);
     }
 
     #[test]

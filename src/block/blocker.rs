@@ -5,15 +5,16 @@
 //! scan whose remote was blocked.
 
 use super::allow::Allowlist;
+use super::backend::canonical;
 use super::firewall::{Counted, Firewall, Health};
 use super::journal::Journal;
 use super::limit;
 use super::Settings;
 use crate::clock::Clock;
 use crate::diag;
-use crate::event::{Block, Event, EventKind};
+use crate::event::{show_net, Block, Event, EventKind, Origin};
+use ipnet::IpNet;
 use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -118,12 +119,12 @@ impl Blocker {
     /// with the time they have left, in one backend call; allowlisted ones
     /// are dropped from the journal. No event is made: these blocks were
     /// reported when they were decided.
-    pub fn restore(&mut self, blocks: Vec<(IpAddr, SystemTime)>) -> anyhow::Result<Restored> {
+    pub fn restore(&mut self, blocks: Vec<(IpNet, SystemTime)>) -> anyhow::Result<Restored> {
         let now = SystemTime::now();
         // Expiries are wall time (they must survive a reboot): a clock set
         // back while the agent was down would lengthen them, so no block
         // comes back longer than `--block-ttl`.
-        let live: Vec<(IpAddr, Duration)> = blocks
+        let live: Vec<(IpNet, Duration)> = blocks
             .iter()
             .filter_map(|(ip, expires)| Some((*ip, expires.duration_since(now).ok()?)))
             .filter(|(_, left)| !left.is_zero())
@@ -138,10 +139,10 @@ impl Blocker {
         self.allow.refresh();
         let (_allowed, apply): (Vec<_>, Vec<_>) = live
             .into_iter()
-            .partition(|(ip, _)| self.allow.check(*ip).is_some());
+            .partition(|(target, _)| self.allow.check_net(*target).is_some());
         if let Some(journal) = &self.journal {
             // Drops the allowlisted and the expired ones.
-            let keep: HashSet<IpAddr> = apply.iter().map(|(ip, _)| *ip).collect();
+            let keep: HashSet<IpNet> = apply.iter().map(|(target, _)| *target).collect();
             journal.keep_only(&keep);
         }
         if !apply.is_empty() {
@@ -162,17 +163,20 @@ impl Blocker {
         let Some(backend_name) = self.backend_name() else {
             return events;
         };
-        let scanners: Vec<IpAddr> = events
+        if !events
             .iter()
-            .filter_map(|e| match &e.kind {
-                EventKind::PortScan(scan) => Some(scan.remote.to_canonical()),
-                _ => None,
-            })
-            .collect();
-        if scanners.is_empty() {
+            .any(|e| matches!(e.kind, EventKind::PortScan(_)))
+        {
             return events;
         }
         self.allow.refresh();
+        let scanners: Vec<IpNet> = events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::PortScan(scan) => Some(self.target_of(scan)),
+                _ => None,
+            })
+            .collect();
         let chosen = self.choose(scanners);
         if chosen.is_empty() {
             return events;
@@ -189,25 +193,43 @@ impl Blocker {
         self.place(events, applied, backend_name)
     }
 
+    /// What a scan blocks: its prefix, unless the prefix holds an address
+    /// never to be blocked — then only the scanning address (the others are
+    /// blocked one by one as they scan).
+    fn target_of(&self, scan: &crate::event::PortScan) -> IpNet {
+        let source = canonical(scan.source());
+        if source.prefix_len() != source.max_prefix_len() && self.allow.check_net(source).is_some()
+        {
+            return IpNet::from(scan.remote.to_canonical());
+        }
+        source
+    }
+
     /// Puts a `Blocked` event right after the scan of each applied address
     /// in `events`, and those of addresses without a scan here (pending
     /// ones, applied late) at the end.
     fn place(
         &self,
         events: Vec<Event>,
-        applied: Vec<(IpAddr, Duration)>,
+        applied: Vec<(IpNet, Duration)>,
         backend: &'static str,
     ) -> Vec<Event> {
         let at = self.clock.now();
         let blocked = |ip, ttl| Event {
             at,
-            kind: EventKind::Blocked(Block::here(ip, ttl, backend, &self.node)),
+            kind: EventKind::Blocked(Block {
+                target: ip,
+                ttl,
+                backend,
+                repeat: 1,
+                origin: Origin::Here(self.node.clone()),
+            }),
         };
-        let mut left: HashMap<IpAddr, Duration> = applied.iter().copied().collect();
+        let mut left: HashMap<IpNet, Duration> = applied.iter().copied().collect();
         let mut out = Vec::with_capacity(events.len() + left.len());
         for event in events {
             let scanner = match &event.kind {
-                EventKind::PortScan(scan) => left.remove_entry(&scan.remote.to_canonical()),
+                EventKind::PortScan(scan) => left.remove_entry(&self.target_of(scan)),
                 _ => None,
             };
             out.push(event);
@@ -227,7 +249,7 @@ impl Blocker {
     /// The distinct scanners to block, in order: those not allowlisted,
     /// already blocked (a refresh) or within the cap's budget. The others
     /// are counted and said on stderr (over the cap, once a minute at most).
-    fn choose(&mut self, scanners: Vec<IpAddr>) -> Vec<IpAddr> {
+    fn choose(&mut self, scanners: Vec<IpNet>) -> Vec<IpNet> {
         let now = self.clock.now().mono;
         let mut seen = HashSet::new();
         let mut chosen = Vec::new();
@@ -235,8 +257,8 @@ impl Blocker {
             if !seen.insert(ip) {
                 continue;
             }
-            if let Some(reason) = self.allow.check(ip) {
-                diag::note(format_args!("not blocking {ip}: {reason}"));
+            if let Some(reason) = self.allow.check_net(ip) {
+                diag::note(format_args!("not blocking {}: {reason}", show_net(&ip)));
                 self.skipped.allowlist += 1;
                 continue;
             }
@@ -250,8 +272,9 @@ impl Blocker {
                     self.skipped.rate_limit += 1;
                     if warn {
                         diag::warn(format_args!(
-                            "block limit of {} a minute reached; not blocking {ip} ({} skipped so far)",
+                            "block limit of {} a minute reached; not blocking {} ({} skipped so far)",
                             self.limit.rate(),
+                            show_net(&ip),
                             self.limit.skipped()
                         ));
                     }

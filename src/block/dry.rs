@@ -8,8 +8,8 @@
 
 use super::backend::{Backend, Entry};
 use crate::clock::Clock;
+use ipnet::IpNet;
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ pub struct DryRun {
     name: &'static str,
     clock: Arc<dyn Clock>,
     /// Address -> when its block would end (monotonic clock).
-    held: HashMap<IpAddr, Duration>,
+    held: HashMap<IpNet, Duration>,
 }
 
 impl DryRun {
@@ -38,13 +38,13 @@ impl Backend for DryRun {
     fn install(&mut self, _ttl: Duration) -> anyhow::Result<()> {
         Ok(())
     }
-    fn block(&mut self, ips: &[IpAddr], ttl: Duration) -> anyhow::Result<()> {
+    fn block(&mut self, targets: &[IpNet], ttl: Duration) -> anyhow::Result<()> {
         let end = self.clock.now().mono + ttl;
-        self.held.extend(ips.iter().map(|ip| (*ip, end)));
+        self.held.extend(targets.iter().map(|t| (*t, end)));
         Ok(())
     }
-    fn unblock(&mut self, ip: IpAddr) -> anyhow::Result<()> {
-        self.held.remove(&ip);
+    fn unblock(&mut self, target: IpNet) -> anyhow::Result<()> {
+        self.held.remove(&target);
         Ok(())
     }
     fn list(&mut self) -> anyhow::Result<Vec<Entry>> {
@@ -53,10 +53,7 @@ impl Backend for DryRun {
         Ok(self
             .held
             .iter()
-            .map(|(ip, end)| Entry {
-                ip: *ip,
-                remaining: Some(*end - now),
-            })
+            .map(|(target, end)| Entry::new(*target, Some(*end - now)))
             .collect())
     }
     fn flush(&mut self) -> anyhow::Result<()> {

@@ -2,21 +2,21 @@
 //! pipeline: it records every call and fails when told to.
 
 use super::backend::{Backend, Entry};
-use std::net::IpAddr;
+use ipnet::IpNet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-type Blocks = Vec<(IpAddr, Duration)>;
+type Blocks = Vec<(IpNet, Duration)>;
 
 /// Records every call; fails `block` when told to. `gone`: its objects
 /// were deleted (listing fails until a repair).
 #[derive(Clone, Default)]
 pub struct Fake {
     /// The addresses of each `block` call.
-    pub calls: Arc<Mutex<Vec<Vec<IpAddr>>>>,
+    pub calls: Arc<Mutex<Vec<Vec<IpNet>>>>,
     pub ttls: Arc<Mutex<Vec<Duration>>>,
-    pub held: Arc<Mutex<std::collections::BTreeSet<IpAddr>>>,
+    pub held: Arc<Mutex<std::collections::BTreeSet<IpNet>>>,
     pub repairs: Arc<Mutex<Vec<Blocks>>>,
     /// Every call that changes something, in order: `install`, `block
     /// [..]`, `remove`.
@@ -50,7 +50,7 @@ impl Backend for Fake {
         self.log.lock().unwrap().push("install".into());
         Ok(())
     }
-    fn block(&mut self, ips: &[IpAddr], ttl: Duration) -> anyhow::Result<()> {
+    fn block(&mut self, ips: &[IpNet], ttl: Duration) -> anyhow::Result<()> {
         self.log.lock().unwrap().push(format!("block {ips:?}"));
         self.calls.lock().unwrap().push(ips.to_vec());
         self.ttls.lock().unwrap().push(ttl);
@@ -58,14 +58,14 @@ impl Backend for Fake {
         self.held.lock().unwrap().extend(ips);
         Ok(())
     }
-    fn repair(&mut self, _: Duration, entries: &[(IpAddr, Duration)]) -> anyhow::Result<bool> {
+    fn repair(&mut self, _: Duration, entries: &[(IpNet, Duration)]) -> anyhow::Result<bool> {
         self.check()?;
         self.repairs.lock().unwrap().push(entries.to_vec());
         *self.held.lock().unwrap() = entries.iter().map(|(ip, _)| *ip).collect();
         self.gone.store(false, Ordering::Relaxed);
         Ok(true)
     }
-    fn unblock(&mut self, _: IpAddr) -> anyhow::Result<()> {
+    fn unblock(&mut self, _: IpNet) -> anyhow::Result<()> {
         Ok(())
     }
     fn list(&mut self) -> anyhow::Result<Vec<Entry>> {
@@ -78,10 +78,7 @@ impl Backend for Fake {
             .lock()
             .unwrap()
             .iter()
-            .map(|ip| Entry {
-                ip: *ip,
-                remaining: Some(Duration::from_secs(30)),
-            })
+            .map(|ip| Entry::new(*ip, Some(Duration::from_secs(30))))
             .collect())
     }
     fn flush(&mut self) -> anyhow::Result<()> {

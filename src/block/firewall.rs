@@ -5,12 +5,12 @@
 //! applied or their TTL has ended, the deleted objects are re-created with
 //! every block they held, and the recovery is said once.
 
-use super::backend::{whole_seconds, Backend, Family};
+use super::backend::{canonical, whole_seconds, Backend, Family};
 use super::journal::Journal;
 use crate::clock::Clock;
 use crate::{diag, duration, text};
+use ipnet::IpNet;
 use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,12 +38,12 @@ pub type Counted = (usize, usize);
 pub struct Firewall {
     backend: Box<dyn Backend>,
     clock: Arc<dyn Clock>,
-    /// Not yet applied: address -> when its TTL ends (monotonic clock).
-    pending: HashMap<IpAddr, Duration>,
+    /// Not yet applied: target -> when its TTL ends (monotonic clock).
+    pending: HashMap<IpNet, Duration>,
     /// Applied, as of the last listing and the blocks since: what a repair
     /// re-applies, and what re-blocking refreshes without taking from the
     /// cap's budget. Bounded by what the firewall holds.
-    active: HashMap<IpAddr, Duration>,
+    active: HashMap<IpNet, Duration>,
     fault: diag::Fault,
     health: Health,
     pub(super) max_pending: usize,
@@ -113,15 +113,15 @@ impl Firewall {
         self.fault.failing()
     }
 
-    /// Whether `ip` is blocked now (applied and not expired).
-    pub fn holds(&mut self, ip: IpAddr) -> bool {
+    /// Whether `target` is blocked now (applied and not expired).
+    pub fn holds(&mut self, target: IpNet) -> bool {
         let now = self.clock.now().mono;
         self.active.retain(|_, expires| *expires > now);
-        self.active.contains_key(&ip)
+        self.active.contains_key(&target)
     }
 
     /// Re-applies blocks with the time each has left, in one backend call.
-    pub fn restore(&mut self, entries: &[(IpAddr, Duration)]) -> anyhow::Result<()> {
+    pub fn restore(&mut self, entries: &[(IpNet, Duration)]) -> anyhow::Result<()> {
         if let Err(e) = self.backend.restore(entries) {
             self.reconcile = false;
             return Err(e);
@@ -130,14 +130,14 @@ impl Firewall {
         self.active.extend(
             entries
                 .iter()
-                .map(|(ip, left)| (ip.to_canonical(), now + *left)),
+                .map(|(target, left)| (canonical(*target), now + *left)),
         );
         Ok(())
     }
 
     /// Applies new blocks for `ttl`, or queues them behind the pending ones
     /// while the firewall fails; returns what was applied, with its TTL.
-    pub fn apply(&mut self, chosen: Vec<IpAddr>, ttl: Duration) -> Vec<(IpAddr, Duration)> {
+    pub fn apply(&mut self, chosen: Vec<IpNet>, ttl: Duration) -> Vec<(IpNet, Duration)> {
         let end = self.clock.now().mono + ttl;
         if self.fault.failing() || !self.pending.is_empty() {
             for ip in chosen {
@@ -160,7 +160,7 @@ impl Firewall {
         }
     }
 
-    fn queue(&mut self, ip: IpAddr, end: Duration) {
+    fn queue(&mut self, ip: IpNet, end: Duration) {
         if self.pending.len() >= self.max_pending && !self.pending.contains_key(&ip) {
             self.health.dropped += 1;
             return;
@@ -178,7 +178,7 @@ impl Firewall {
     /// Applies the pending blocks that have time left, each with the time it
     /// has left (whole seconds, rounded up), in one backend call; returns
     /// what was applied.
-    fn retry(&mut self) -> Vec<(IpAddr, Duration)> {
+    fn retry(&mut self) -> Vec<(IpNet, Duration)> {
         let now = self.clock.now().mono;
         self.expire_pending(now);
         if self.pending.is_empty() {
@@ -198,7 +198,7 @@ impl Firewall {
         }
     }
 
-    fn pending_entries(&self, now: Duration) -> Vec<(IpAddr, Duration)> {
+    fn pending_entries(&self, now: Duration) -> Vec<(IpNet, Duration)> {
         self.pending
             .iter()
             .map(|(ip, end)| (*ip, whole_seconds(end.saturating_sub(now))))
@@ -228,7 +228,7 @@ impl Firewall {
     /// re-creates its objects if they were deleted, retries the pending
     /// blocks. Returns the blocks applied now and the addresses held, when
     /// they could be read.
-    pub fn tick(&mut self, ttl: Duration) -> (Vec<(IpAddr, Duration)>, Option<Counted>) {
+    pub fn tick(&mut self, ttl: Duration) -> (Vec<(IpNet, Duration)>, Option<Counted>) {
         let applied = match self.count() {
             Ok(counted) => {
                 let applied = self.retry();
@@ -251,7 +251,7 @@ impl Firewall {
 
     /// The firewall could not be read: re-creates its objects with every
     /// active and pending block, in one call.
-    fn repair(&mut self, unreadable: anyhow::Error, ttl: Duration) -> Vec<(IpAddr, Duration)> {
+    fn repair(&mut self, unreadable: anyhow::Error, ttl: Duration) -> Vec<(IpNet, Duration)> {
         let now = self.clock.now().mono;
         self.active.retain(|_, end| *end > now);
         self.expire_pending(now);
@@ -300,7 +300,7 @@ impl Firewall {
         self.active = entries
             .iter()
             .filter_map(|e| {
-                let ip = e.ip.to_canonical();
+                let ip = canonical(e.target);
                 let end = match e.remaining {
                     Some(left) => now + left,
                     None => *known.get(&ip)?,
@@ -315,16 +315,16 @@ impl Firewall {
             // The firewall is the truth while running: a block lifted with
             // `tcpwatch blocks remove` must not come back at the next start.
             // Pending blocks are not in it yet, and stay.
-            let held: HashSet<IpAddr> = entries
+            let held: HashSet<IpNet> = entries
                 .iter()
-                .map(|e| e.ip.to_canonical())
+                .map(|e| canonical(e.target))
                 .chain(self.pending.keys().copied())
                 .collect();
             journal.keep_only(&held);
         }
         let v4 = entries
             .iter()
-            .filter(|e| Family::of(e.ip) == Family::V4)
+            .filter(|e| Family::of_net(&e.target) == Family::V4)
             .count();
         Ok((v4, entries.len() - v4))
     }

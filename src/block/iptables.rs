@@ -10,7 +10,9 @@
 
 use super::backend::{by_whole_seconds, Backend, Entry, Family};
 use super::exec;
+use crate::event::show_net;
 use anyhow::Context;
+use ipnet::IpNet;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -57,7 +59,7 @@ impl Backend for Iptables {
         Ok(())
     }
 
-    fn block(&mut self, ips: &[IpAddr], ttl: Duration) -> anyhow::Result<()> {
+    fn block(&mut self, ips: &[IpNet], ttl: Duration) -> anyhow::Result<()> {
         exec::run(
             "ipset",
             &["-exist", "restore"],
@@ -66,7 +68,7 @@ impl Backend for Iptables {
         .map(|_| ())
     }
 
-    fn restore(&mut self, entries: &[(IpAddr, Duration)]) -> anyhow::Result<()> {
+    fn restore(&mut self, entries: &[(IpNet, Duration)]) -> anyhow::Result<()> {
         let script: String = by_whole_seconds(entries)
             .iter()
             .map(|(ttl, ips)| block_script(ips, *ttl))
@@ -74,10 +76,10 @@ impl Backend for Iptables {
         exec::run("ipset", &["-exist", "restore"], Some(&script)).map(|_| ())
     }
 
-    fn unblock(&mut self, ip: IpAddr) -> anyhow::Result<()> {
+    fn unblock(&mut self, target: IpNet) -> anyhow::Result<()> {
         exec::run(
             "ipset",
-            &["-exist", "del", set_of(ip), &ip.to_string()],
+            &["-exist", "del", set_of(&target), &show_net(&target)],
             None,
         )
         .map(|_| ())
@@ -122,7 +124,7 @@ impl Backend for Iptables {
         Ok(())
     }
 
-    fn repair(&mut self, ttl: Duration, entries: &[(IpAddr, Duration)]) -> anyhow::Result<bool> {
+    fn repair(&mut self, ttl: Duration, entries: &[(IpNet, Duration)]) -> anyhow::Result<bool> {
         // Not one transaction (ipset and iptables are separate tools): the
         // blocks are missing for the few ms between the two calls.
         self.install(ttl)?;
@@ -144,8 +146,8 @@ fn set_exists(set: &str) -> anyhow::Result<bool> {
     Ok(names.lines().any(|l| l.trim() == set))
 }
 
-fn set_of(ip: IpAddr) -> &'static str {
-    match Family::of(ip) {
+fn set_of(target: &IpNet) -> &'static str {
+    match Family::of_net(target) {
         Family::V4 => SET4,
         Family::V6 => SET6,
     }
@@ -162,10 +164,11 @@ pub fn chain_script(set: &str) -> String {
 /// One `ipset -exist restore` batch: `-exist` makes re-adding an address
 /// succeed and reset its timeout. ipset counts whole seconds; a sub-second
 /// remainder rounds up so a block never ends early.
-pub fn block_script(ips: &[IpAddr], ttl: Duration) -> String {
+pub fn block_script(targets: &[IpNet], ttl: Duration) -> String {
     let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
-    ips.iter()
-        .map(|ip| format!("add {} {ip} timeout {secs}\n", set_of(*ip)))
+    targets
+        .iter()
+        .map(|t| format!("add {} {} timeout {secs}\n", set_of(t), show_net(t)))
         .collect()
 }
 
@@ -179,7 +182,7 @@ pub fn parse_save(text: &str) -> Vec<Entry> {
             if words.next() != Some("add") {
                 return None;
             }
-            let ip = words.nth(1)?.parse().ok()?;
+            let ip: IpAddr = words.nth(1)?.parse().ok()?;
             let mut remaining = None;
             while let Some(word) = words.next() {
                 if word == "timeout" {
@@ -190,7 +193,7 @@ pub fn parse_save(text: &str) -> Vec<Entry> {
                         .map(Duration::from_secs);
                 }
             }
-            Some(Entry { ip, remaining })
+            Some(Entry::new(IpNet::from(ip), remaining))
         })
         .collect()
 }
@@ -201,7 +204,10 @@ mod tests {
 
     #[test]
     fn one_restore_batch_for_both_families() {
-        let ips: Vec<IpAddr> = vec!["192.0.2.1".parse().unwrap(), "2001:db8::7".parse().unwrap()];
+        let ips: Vec<IpNet> = vec![
+            "192.0.2.1/32".parse().unwrap(),
+            "2001:db8::7/128".parse().unwrap(),
+        ];
         assert_eq!(
             block_script(&ips, Duration::from_millis(1500)),
             "add tcpwatch4 192.0.2.1 timeout 2\nadd tcpwatch6 2001:db8::7 timeout 2\n"
@@ -232,14 +238,11 @@ mod tests {
         assert_eq!(
             parse_save(saved),
             [
-                Entry {
-                    ip: "10.0.0.2".parse().unwrap(),
-                    remaining: Some(Duration::from_secs(39))
-                },
-                Entry {
-                    ip: "10.0.0.3".parse().unwrap(),
-                    remaining: None
-                },
+                Entry::new(
+                    "10.0.0.2".parse::<IpAddr>().unwrap().into(),
+                    Some(Duration::from_secs(39))
+                ),
+                Entry::new("10.0.0.3".parse::<IpAddr>().unwrap().into(), None),
             ]
         );
     }

@@ -10,8 +10,10 @@
 
 use super::backend::{by_whole_seconds, Backend, Entry, Family};
 use super::exec;
+use crate::event::show_net;
 use crate::os::nftables as libnft;
 use anyhow::Context;
+use ipnet::IpNet;
 use std::fmt::Write;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -34,12 +36,12 @@ impl Backend for Nftables {
         nft(&install_script()).context("cannot create table inet tcpwatch")
     }
 
-    fn block(&mut self, ips: &[IpAddr], ttl: Duration) -> anyhow::Result<()> {
-        nft(&block_script(ips, ttl))
+    fn block(&mut self, targets: &[IpNet], ttl: Duration) -> anyhow::Result<()> {
+        nft(&block_script(targets, ttl))
     }
 
-    fn unblock(&mut self, ip: IpAddr) -> anyhow::Result<()> {
-        nft(&unblock_script(ip))
+    fn unblock(&mut self, target: IpNet) -> anyhow::Result<()> {
+        nft(&unblock_script(target))
     }
 
     fn list(&mut self) -> anyhow::Result<Vec<Entry>> {
@@ -64,7 +66,7 @@ impl Backend for Nftables {
         nft_output(&format!("list table {TABLE}"), false).is_ok()
     }
 
-    fn restore(&mut self, entries: &[(IpAddr, Duration)]) -> anyhow::Result<()> {
+    fn restore(&mut self, entries: &[(IpNet, Duration)]) -> anyhow::Result<()> {
         // One script, so the kernel applies every restored block in one
         // transaction.
         let script: String = by_whole_seconds(entries)
@@ -74,7 +76,7 @@ impl Backend for Nftables {
         nft(&script)
     }
 
-    fn repair(&mut self, _ttl: Duration, entries: &[(IpAddr, Duration)]) -> anyhow::Result<bool> {
+    fn repair(&mut self, _ttl: Duration, entries: &[(IpNet, Duration)]) -> anyhow::Result<bool> {
         // One transaction: the table is never there without its blocks, and
         // a table that was still there (read failed for another reason) is
         // replaced by the same content.
@@ -130,14 +132,14 @@ pub fn remove_script() -> String {
 
 /// Blocks every address for `ttl` in one transaction. `add; delete; add`
 /// makes it idempotent and resets the timeout of an address already there.
-pub fn block_script(ips: &[IpAddr], ttl: Duration) -> String {
+pub fn block_script(targets: &[IpNet], ttl: Duration) -> String {
     let timeout = nft_time(ttl);
     let mut script = String::new();
     for (set, family) in [(SET4, Family::V4), (SET6, Family::V6)] {
-        let ips: Vec<IpAddr> = ips
+        let ips: Vec<IpNet> = targets
             .iter()
             .copied()
-            .filter(|ip| Family::of(*ip) == family)
+            .filter(|t| Family::of_net(t) == family)
             .collect();
         for chunk in ips.chunks(CHUNK) {
             let plain = join(chunk, "");
@@ -155,16 +157,20 @@ pub fn block_script(ips: &[IpAddr], ttl: Duration) -> String {
 }
 
 /// Lifts a block whether or not it is there.
-pub fn unblock_script(ip: IpAddr) -> String {
-    let set = match Family::of(ip) {
+pub fn unblock_script(target: IpNet) -> String {
+    let set = match Family::of_net(&target) {
         Family::V4 => SET4,
         Family::V6 => SET6,
     };
+    let ip = show_net(&target);
     format!("add element {TABLE} {set} {{ {ip} }}\ndelete element {TABLE} {set} {{ {ip} }}\n")
 }
 
-fn join(ips: &[IpAddr], suffix: &str) -> String {
-    let items: Vec<String> = ips.iter().map(|ip| format!("{ip}{suffix}")).collect();
+fn join(targets: &[IpNet], suffix: &str) -> String {
+    let items: Vec<String> = targets
+        .iter()
+        .map(|t| format!("{}{suffix}", show_net(t)))
+        .collect();
     items.join(", ")
 }
 
@@ -229,10 +235,10 @@ pub fn parse_list(json: &str) -> anyhow::Result<Vec<Entry>> {
             let Some(ip) = val.as_str().and_then(|s| s.parse::<IpAddr>().ok()) else {
                 continue;
             };
-            entries.push(Entry {
-                ip,
-                remaining: expires.map(Duration::from_secs),
-            });
+            entries.push(Entry::new(
+                IpNet::from(ip),
+                expires.map(Duration::from_secs),
+            ));
         }
     }
     Ok(entries)
@@ -242,8 +248,10 @@ pub fn parse_list(json: &str) -> anyhow::Result<Vec<Entry>> {
 mod tests {
     use super::*;
 
-    fn ips(list: &[&str]) -> Vec<IpAddr> {
-        list.iter().map(|s| s.parse().unwrap()).collect()
+    fn ips(list: &[&str]) -> Vec<IpNet> {
+        list.iter()
+            .map(|s| IpNet::from(s.parse::<IpAddr>().unwrap()))
+            .collect()
     }
 
     #[test]
@@ -274,8 +282,8 @@ mod tests {
 
     #[test]
     fn large_batches_are_chunked_in_one_script() {
-        let many: Vec<IpAddr> = (0..2500u32)
-            .map(|n| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n)))
+        let many: Vec<IpNet> = (0..2500u32)
+            .map(|n| IpNet::from(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n))))
             .collect();
         let script = block_script(&many, Duration::from_secs(30));
         assert_eq!(script.lines().count(), 9, "3 chunks x add/delete/add");
@@ -303,7 +311,7 @@ mod tests {
     #[test]
     fn unblock_and_remove_succeed_on_absent_objects() {
         assert_eq!(
-            unblock_script("2001:db8::7".parse().unwrap()),
+            unblock_script("2001:db8::7/128".parse().unwrap()),
             "add element inet tcpwatch blocked6 { 2001:db8::7 }\ndelete element inet tcpwatch blocked6 { 2001:db8::7 }\n"
         );
         assert_eq!(
@@ -319,14 +327,11 @@ mod tests {
         assert_eq!(
             entries,
             [
-                Entry {
-                    ip: "10.0.0.2".parse().unwrap(),
-                    remaining: Some(Duration::from_secs(29))
-                },
-                Entry {
-                    ip: "10.0.0.9".parse().unwrap(),
-                    remaining: None
-                },
+                Entry::new(
+                    "10.0.0.2".parse::<IpAddr>().unwrap().into(),
+                    Some(Duration::from_secs(29))
+                ),
+                Entry::new("10.0.0.9".parse::<IpAddr>().unwrap().into(), None),
             ]
         );
         let empty = r#"{"nftables": [{"metainfo": {}}, {"set": {"name": "blocked6", "type": "ipv6_addr"}}]}"#;

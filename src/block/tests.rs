@@ -10,6 +10,7 @@ use super::journal::Journal;
 use super::limit;
 use crate::clock::{Clock, ManualClock, Stamp};
 use crate::event::{Connection, Direction, Event, EventKind, PortScan};
+use ipnet::IpNet;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
@@ -25,14 +26,14 @@ enum Mode {
 
 /// The journal as a map, as the state file would hold it.
 #[derive(Clone, Default)]
-struct FakeJournal(Arc<Mutex<HashMap<IpAddr, SystemTime>>>);
+struct FakeJournal(Arc<Mutex<HashMap<IpNet, SystemTime>>>);
 
 impl Journal for FakeJournal {
-    fn record(&self, ips: &[IpAddr], expires: SystemTime, _backend: &'static str) {
+    fn record(&self, ips: &[IpNet], expires: SystemTime, _backend: &'static str) {
         let mut held = self.0.lock().unwrap();
         held.extend(ips.iter().map(|ip| (*ip, expires)));
     }
-    fn keep_only(&self, keep: &HashSet<IpAddr>) {
+    fn keep_only(&self, keep: &HashSet<IpNet>) {
         let now = SystemTime::now();
         let mut held = self.0.lock().unwrap();
         held.retain(|ip, expires| *expires > now && keep.contains(ip));
@@ -40,8 +41,8 @@ impl Journal for FakeJournal {
 }
 
 impl FakeJournal {
-    fn ips(&self) -> Vec<IpAddr> {
-        let mut ips: Vec<IpAddr> = self.0.lock().unwrap().keys().copied().collect();
+    fn ips(&self) -> Vec<IpNet> {
+        let mut ips: Vec<IpNet> = self.0.lock().unwrap().keys().copied().collect();
         ips.sort();
         ips
     }
@@ -163,13 +164,7 @@ fn scans_of_one_batch_are_blocked_in_one_call_each_right_after_its_scan() {
         ]
     );
     let calls = fake.calls.lock().unwrap().clone();
-    assert_eq!(
-        calls,
-        [vec![
-            "192.0.2.1".parse::<IpAddr>().unwrap(),
-            "2001:db8::7".parse().unwrap()
-        ]]
-    );
+    assert_eq!(calls, [vec![ip("192.0.2.1"), ip("2001:db8::7")]]);
     assert_eq!(b.count().unwrap(), (1, 1));
 }
 
@@ -183,7 +178,18 @@ fn allowlisted_scanners_are_reported_but_never_blocked() {
         scan("10.0.0.5"),
         scan("::ffff:10.0.0.5"),
     ];
+    let said = crate::diag::capture();
     let out = b.handle(batch);
+    assert_eq!(
+        said.lines(),
+        [
+            "tcpwatch: not blocking 192.0.2.1: --allow 192.0.2.0/24",
+            "tcpwatch: not blocking 127.0.0.1: loopback",
+            "tcpwatch: not blocking 10.0.0.5: an address of this host",
+        ],
+        "the same mapped address is one scanner"
+    );
+    drop(said);
     assert_eq!(
         tags(&out),
         [
@@ -221,7 +227,7 @@ fn a_failed_block_is_not_reported_as_blocked() {
 fn restore_applies_live_blocks_only_and_records_new_ones_first() {
     let journal = FakeJournal::default();
     let now = SystemTime::now();
-    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let ip = |s: &str| IpNet::from(s.parse::<IpAddr>().unwrap());
     let hour = Duration::from_secs(3600);
     journal.record(&[ip("198.51.100.1")], now + hour, "iptables");
     journal.record(&[ip("192.0.2.7")], now + hour, "nftables");
@@ -231,7 +237,7 @@ fn restore_applies_live_blocks_only_and_records_new_ones_first() {
         "nftables",
     );
     std::thread::sleep(Duration::from_millis(5));
-    let stored = || -> Vec<(IpAddr, SystemTime)> {
+    let stored = || -> Vec<(IpNet, SystemTime)> {
         journal
             .0
             .lock()
@@ -427,8 +433,8 @@ fn dry_run_reports_without_a_backend_and_off_passes_through() {
     );
 }
 
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
+fn ip(s: &str) -> IpNet {
+    IpNet::from(s.parse::<IpAddr>().unwrap())
 }
 
 #[test]

@@ -33,6 +33,7 @@ use crate::os::process::boot_ns;
 use crate::setting::Value;
 use crate::text::printable;
 use anyhow::bail;
+use ipnet::IpNet;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,6 +68,14 @@ impl Value for MapSize {
     fn show(&self) -> String {
         self.0.to_string()
     }
+}
+
+/// The one address of a target: the blocklist holds addresses.
+fn host(target: &IpNet) -> anyhow::Result<IpAddr> {
+    if !super::backend::is_host(target) {
+        bail!("the XDP blocklist holds addresses, not prefixes like {target}");
+    }
+    Ok(target.addr())
 }
 
 /// What the metrics task reads while the agent runs.
@@ -209,12 +218,12 @@ impl Backend for XdpBlock {
         Ok(())
     }
 
-    fn block(&mut self, ips: &[IpAddr], ttl: Duration) -> anyhow::Result<()> {
+    fn block(&mut self, targets: &[IpNet], ttl: Duration) -> anyhow::Result<()> {
         let evictions = self.stats.evictions.clone();
         self.with_maps(|maps| {
             let until = expiry(boot_ns(), ttl);
-            for &ip in ips {
-                if maps.insert(ip, until)? {
+            for target in targets {
+                if maps.insert(host(target)?, until)? {
                     evictions.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -222,7 +231,8 @@ impl Backend for XdpBlock {
         })
     }
 
-    fn unblock(&mut self, ip: IpAddr) -> anyhow::Result<()> {
+    fn unblock(&mut self, target: IpNet) -> anyhow::Result<()> {
+        let ip = host(&target)?;
         self.with_maps(|maps| maps.delete(ip))
     }
 
@@ -233,10 +243,7 @@ impl Backend for XdpBlock {
             Ok(v4
                 .into_iter()
                 .chain(v6)
-                .map(|(ip, until)| Entry {
-                    ip,
-                    remaining: Some(remaining(now, until)),
-                })
+                .map(|(ip, until)| Entry::new(IpNet::from(ip), Some(remaining(now, until))))
                 .collect())
         })
     }

@@ -2,16 +2,18 @@
 //! a running (or crashed) agent, in whichever backend's objects exist (for
 //! `xdp`: the maps a running agent pins in /sys/fs/bpf/tcpwatch).
 
-use crate::block::backend::Backend;
+use crate::block::backend::{canonical, Backend};
 use crate::block::{iptables::Iptables, nft::Nftables, xdp::XdpBlock};
 use crate::diag;
+use crate::event::show_net;
+use ipnet::IpNet;
 use std::io::Write;
 use std::net::IpAddr;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     List,
-    Remove(IpAddr),
+    Remove(IpNet),
     Flush,
 }
 
@@ -41,18 +43,19 @@ pub fn run(action: Action) -> anyhow::Result<()> {
         match action {
             Action::List => {
                 let mut entries = backend.list()?;
-                entries.sort_by_key(|e| e.ip);
+                entries.sort_by_key(|e| e.target);
                 for entry in entries {
                     let left = match entry.remaining {
                         Some(d) => format!("expires in {}s", d.as_secs()),
                         None => "never expires".to_string(),
                     };
-                    writeln!(out, "{} {left} via {name}", entry.ip)?;
+                    writeln!(out, "{} {left} via {name}", show_net(&entry.target))?;
                 }
             }
-            Action::Remove(ip) => {
-                backend.unblock(ip.to_canonical())?;
-                writeln!(out, "Unblocked {} via {name}", ip.to_canonical())?;
+            Action::Remove(target) => {
+                let target = canonical(target);
+                backend.unblock(target)?;
+                writeln!(out, "Unblocked {} via {name}", show_net(&target))?;
             }
             Action::Flush => {
                 backend.flush()?;
@@ -63,8 +66,14 @@ pub fn run(action: Action) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `blocks remove` takes one address (not a network: a block is one address).
-pub fn parse_ip(text: &str) -> Result<IpAddr, String> {
-    text.parse()
-        .map_err(|_| format!("'{text}' is not an IP address"))
+/// `blocks remove` takes an address or a prefix (`2001:db8:1:2::/64`).
+pub fn parse_target(text: &str) -> Result<IpNet, String> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| {
+            format!(
+                "'{}' is not an IP address or CIDR prefix",
+                crate::text::printable(text)
+            )
+        })
 }

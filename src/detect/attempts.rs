@@ -3,9 +3,16 @@
 //! attempt and is reported once. A retransmission carries the same initial
 //! sequence number; a new connection that reuses the tuple at once (the
 //! client may, when the server closed first) carries another, and is new.
+//!
+//! The attempts are kept in a ring in the order first seen (expiry and
+//! eviction take from its front), found through a hash table of ring
+//! positions that keeps each tuple's hash: an attempt hashes its tuple once
+//! and allocates nothing once the ring has grown to its cap.
 
+use super::hash::{self, bits, Keyed};
 use crate::event::Connection;
-use std::collections::{HashMap, VecDeque};
+use hashbrown::HashTable;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -17,11 +24,25 @@ pub const CAPACITY: usize = 65_536;
 pub struct AttemptTable {
     window: Duration,
     capacity: usize,
-    /// (initiator, acceptor) -> when first seen, and its sequence number.
-    seen: HashMap<(SocketAddr, SocketAddr), (Duration, u32)>,
-    /// Insertion order, for expiry and eviction.
-    order: VecDeque<((SocketAddr, SocketAddr), Duration)>,
+    /// Attempts in the order first seen, the oldest at the front; an entry
+    /// replaced by a new connection on its tuple stays, dead, until it
+    /// reaches the front. Never longer than the capacity.
+    ring: VecDeque<Attempt>,
+    /// The position of `ring[0]` since the table was made.
+    head: u64,
+    /// The positions of the live entries, by the hash of their tuple.
+    index: HashTable<u64>,
+    keys: Keyed,
     evicted: u64,
+}
+
+struct Attempt {
+    hash: u64,
+    initiator: SocketAddr,
+    acceptor: SocketAddr,
+    first: Duration,
+    isn: u32,
+    live: bool,
 }
 
 impl AttemptTable {
@@ -29,8 +50,10 @@ impl AttemptTable {
         AttemptTable {
             window,
             capacity: capacity.max(1),
-            seen: HashMap::new(),
-            order: VecDeque::new(),
+            ring: VecDeque::new(),
+            head: 0,
+            index: HashTable::new(),
+            keys: hash::keyed(),
             evicted: 0,
         }
     }
@@ -39,54 +62,80 @@ impl AttemptTable {
     /// attempt rather than a retransmission of one seen within the window.
     pub fn is_new(&mut self, at: Duration, conn: &Connection, isn: u32) -> bool {
         self.expire(at);
-        let key = (conn.initiator, conn.acceptor);
-        if self.seen.get(&key).is_some_and(|&(_, seen)| seen == isn) {
-            return false;
+        let (initiator, acceptor) = (conn.initiator, conn.acceptor);
+        let ports = (u32::from(initiator.port()) << 16) | u32::from(acceptor.port());
+        let hash = hash::hash_of(
+            &self.keys,
+            &(bits(initiator.ip()), bits(acceptor.ip()), ports),
+        );
+        let (ring, head) = (&mut self.ring, self.head);
+        if let Ok(found) = self.index.find_entry(hash, |&at| {
+            let a = &ring[(at - head) as usize];
+            a.initiator == initiator && a.acceptor == acceptor
+        }) {
+            let old = &mut ring[(*found.get() - head) as usize];
+            if old.isn == isn {
+                return false;
+            }
+            // A new connection on the tuple: the old entry dies in place.
+            old.live = false;
+            found.remove();
         }
-        if self.seen.len() >= self.capacity {
-            // The oldest eighth in one batch, then one rebuild of the map
-            // (see `portscan::compact`): one at a time, the removals leave
-            // tombstones that make the table double.
+        if self.ring.len() >= self.capacity {
+            // The oldest eighth in one batch: amortised O(1) an attempt.
             let batch = (self.capacity / 8).max(1);
-            let oldest: Vec<_> = self.order.drain(..batch.min(self.order.len())).collect();
-            for (old, first) in oldest {
-                if self.forget(old, first) {
+            for _ in 0..batch {
+                if self.pop_front() {
                     self.evicted += 1;
                 }
             }
-            super::portscan::compact(&mut self.seen);
         }
-        self.seen.insert(key, (at, isn));
-        self.order.push_back((key, at));
+        self.ring.push_back(Attempt {
+            hash,
+            initiator,
+            acceptor,
+            first: at,
+            isn,
+            live: true,
+        });
+        let at = self.head + self.ring.len() as u64 - 1;
+        let (ring, head) = (&self.ring, self.head);
+        self.index
+            .insert_unique(hash, at, |&at| ring[(at - head) as usize].hash);
         true
     }
 
     fn expire(&mut self, now: Duration) {
-        while let Some(&(key, first)) = self.order.front() {
-            if first + self.window > now {
-                break;
-            }
-            self.order.pop_front();
-            self.forget(key, first);
+        while self
+            .ring
+            .front()
+            .is_some_and(|a| a.first + self.window <= now)
+        {
+            self.pop_front();
         }
     }
 
-    /// Removes `key` if its entry is the one queued at `first` (a tuple
-    /// reused by a new connection is queued again, later).
-    fn forget(&mut self, key: (SocketAddr, SocketAddr), first: Duration) -> bool {
-        let current = self.seen.get(&key).is_some_and(|&(at, _)| at == first);
-        if current {
-            self.seen.remove(&key);
+    /// Drops the oldest entry; returns whether it was live.
+    fn pop_front(&mut self) -> bool {
+        let Some(old) = self.ring.pop_front() else {
+            return false;
+        };
+        let at = self.head;
+        self.head += 1;
+        if old.live {
+            if let Ok(found) = self.index.find_entry(old.hash, |&a| a == at) {
+                found.remove();
+            }
         }
-        current
+        old.live
     }
 
     pub fn len(&self) -> usize {
-        self.seen.len()
+        self.index.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.seen.is_empty()
+        self.index.is_empty()
     }
 
     /// Entries dropped because the table was full.

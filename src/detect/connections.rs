@@ -6,10 +6,11 @@
 //! two sockets of this host (both ends visible, e.g. over loopback) is
 //! reported once, not once per end.
 
+use super::hash::{self, Map};
 use crate::event::{Connection, Direction};
 use crate::event::{Socket, TcpState};
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 
 /// Polls a connection may be absent from before it is forgotten. The kernel's
@@ -22,7 +23,8 @@ pub const DEFAULT_CAPACITY: usize = 262_144;
 
 pub struct ConnectionTable {
     /// Connection key -> when it was last seen.
-    seen: HashMap<(SocketAddr, SocketAddr), Seen>,
+    /// Keyed by remote endpoints: a keyed hash ([`hash`]).
+    seen: Map<(SocketAddr, SocketAddr), Seen>,
     poll: u64,
     report_existing: bool,
     /// At most this many connections are remembered (see [`Self::observe`]).
@@ -60,7 +62,7 @@ impl ConnectionTable {
     /// [`ConnectionTable::new`] remembering at most `capacity` connections.
     pub fn with_capacity(report_existing: bool, capacity: usize) -> Self {
         ConnectionTable {
-            seen: HashMap::new(),
+            seen: hash::map(),
             poll: 0,
             report_existing,
             capacity: capacity.max(1),
@@ -158,7 +160,7 @@ impl ConnectionTable {
             keep
         });
         self.evicted += excess as u64;
-        super::portscan::compact(&mut self.seen);
+        super::hash::compact(&mut self.seen);
     }
 
     /// Connections forgotten, while possibly still open, because the table
@@ -198,7 +200,7 @@ pub fn pair(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
 pub fn distinct(sockets: &[Socket]) -> Vec<(Connection, Socket)> {
     let listeners = Listeners::of(sockets);
     let mut out: Vec<(Connection, Socket)> = Vec::new();
-    let mut index: HashMap<(SocketAddr, SocketAddr), usize> = HashMap::new();
+    let mut index: Map<(SocketAddr, SocketAddr), usize> = hash::map();
     for socket in sockets.iter().filter(|s| is_connection(s)) {
         let conn = classify(socket, &listeners);
         match index.entry(pair(socket.local, socket.remote)) {

@@ -1,26 +1,31 @@
 //! Detectors: turn observations into events.
 //!
 //! [`connections::ConnectionTable`] finds the new connections in successive
-//! socket tables; [`portscan::ScanDetector`] watches inbound attempts for
-//! port scans.
+//! socket tables; [`attempts::AttemptTable`] folds retransmitted SYNs;
+//! [`portscan::ScanDetector`] watches inbound attempts and probes for port
+//! scans under the [`rules::Rules`] in force. Their tables are keyed by
+//! addresses a remote host chooses, with a keyed hash ([`hash`]).
 
 pub mod attempts;
 pub mod connections;
+pub mod hash;
 pub mod portscan;
+pub mod rules;
 
 use crate::clock::Stamp;
 use crate::event::Observation;
-use crate::event::{Direction, Event, EventKind, PortScan};
+use crate::event::{Connection, Direction, Event, EventKind, PortScan, Rule};
 use crate::setting::Capacity;
 use attempts::AttemptTable;
 use connections::ConnectionTable;
 use portscan::ScanDetector;
+use rules::{PrefixLen, Rules};
 use std::time::Duration;
 
-/// The detect stage: new connections first, then the scans they complete.
 /// How often real-time observations sweep the scan detector.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
+/// The detect stage: new connections first, then the scans they complete.
 pub struct Detector {
     last_sweep: Duration,
     connections: ConnectionTable,
@@ -32,12 +37,27 @@ pub struct Detector {
 }
 
 crate::settings! {
-    /// The scan rule: what counts as a port scan.
+    /// The scan rules: what counts as a port scan, and what as one source.
     pub struct ScanSettings {
         /// Alert when one remote IP touches MORE than N distinct local ports
         scan_ports: usize = 3 => "scan-ports", "N", live;
         /// Sliding window of the scan detector
         scan_window: Duration = Duration::from_secs(60) => "scan-window", "DURATION", live;
+        /// An extra rule checked like the main one: more than N ports within DURATION, e.g. 10/1h for slow scans (repeatable)
+        scan_rules: Vec<Rule> = Vec::new() => "scan-rule", "N/DURATION", live, key "scan-rules";
+        /// IPv6 sources are counted (and blocked) per prefix of this length, 32 to 128 (128 = per address)
+        ipv6_prefix: PrefixLen = PrefixLen(portscan::DEFAULT_IPV6_PREFIX) => "ipv6-prefix", "LEN", live;
+    }
+}
+
+impl ScanSettings {
+    /// The main rule, then the extra ones.
+    pub fn rules(&self) -> Rules {
+        let main = Rule {
+            ports: self.scan_ports,
+            window: self.scan_window,
+        };
+        Rules::new(main, &self.scan_rules)
     }
 }
 
@@ -47,7 +67,7 @@ crate::settings! {
     pub struct Limits {
         /// Connections remembered at most; past that the least recently seen are forgotten
         max_connections: Capacity = Capacity(connections::DEFAULT_CAPACITY) => "max-connections", "N", restart;
-        /// (remote, local) address pairs the scan detector tracks at most; past that the least recently active are evicted
+        /// Sources (a remote address or IPv6 prefix, and a local address) the scan detector tracks at most; past that the least recently active are evicted
         max_scan_sources: Capacity = Capacity(portscan::DEFAULT_CAPACITY) => "max-scan-sources", "N", restart;
     }
 }
@@ -68,9 +88,9 @@ impl Detector {
             last_sweep: Duration::ZERO,
             connections: ConnectionTable::with_capacity(report_existing, limits.max_connections.0),
             attempts: AttemptTable::new(attempts::RETRANSMIT_WINDOW, attempts::CAPACITY),
-            scans: ScanDetector::with_capacity(
-                scan.scan_ports,
-                scan.scan_window,
+            scans: ScanDetector::with_rules(
+                scan.rules(),
+                scan.ipv6_prefix.0,
                 limits.max_scan_sources.0,
             ),
             source,
@@ -102,9 +122,10 @@ impl Detector {
         &mut self.connections
     }
 
-    /// New scan settings (SIGHUP); connections and windows are kept.
+    /// New scan settings (SIGHUP): rules and prefix length; connections and
+    /// windows are kept.
     pub fn reconfigure(&mut self, scan: &ScanSettings) {
-        self.scans.reconfigure(scan.scan_ports, scan.scan_window);
+        self.scans.reconfigure(scan.rules(), scan.ipv6_prefix.0);
     }
 
     /// The source's name, for events and metric labels.
@@ -114,28 +135,28 @@ impl Detector {
 
     /// The events an observation gives, in the order they are to be printed.
     pub fn process(&mut self, observation: &Observation) -> Vec<Event> {
+        let mut events = Vec::new();
+        self.process_into(observation, &mut events);
+        events
+    }
+
+    /// [`Detector::process`], appending to `events`: a caller that reuses
+    /// its buffer makes the detector allocate nothing for an attempt.
+    pub fn process_into(&mut self, observation: &Observation, events: &mut Vec<Event>) {
         match observation {
             Observation::Snapshot { at, sockets } => {
                 let fresh = self.connections.observe(sockets);
-                let mut events = Vec::with_capacity(fresh.len());
+                events.reserve(fresh.len());
                 for conn in fresh {
-                    self.report(*at, conn, &mut events);
+                    self.report(*at, conn, events);
                 }
                 self.scans.sweep(at.mono);
-                events
             }
             Observation::Attempt { at, conn, isn } => {
-                let mut events = Vec::new();
                 if self.attempts.is_new(at.mono, conn, *isn) {
-                    self.report(*at, *conn, &mut events);
+                    self.report(*at, *conn, events);
                 }
-                // Real-time sources never pause: forget quiet scanners once a
-                // second, or a spoofed flood would grow the detector forever.
-                if at.mono >= self.last_sweep + SWEEP_EVERY {
-                    self.scans.sweep(at.mono);
-                    self.last_sweep = at.mono;
-                }
-                events
+                self.tick(at.mono);
             }
             Observation::Probe {
                 at,
@@ -145,23 +166,28 @@ impl Detector {
             } => {
                 let scan = self
                     .scans
-                    .observe(at.mono, *remote, local.ip(), local.port());
-                scan.map(|scan| Event {
+                    .probe(at.mono, *remote, local.ip(), local.port(), *kind);
+                events.extend(scan.map(|scan| Event {
                     at: *at,
-                    kind: EventKind::PortScan(PortScan {
-                        kind: *kind,
-                        ..scan
-                    }),
-                })
-                .into_iter()
-                .collect()
+                    kind: EventKind::PortScan(scan),
+                }));
+                self.tick(at.mono);
             }
-            Observation::Lost { .. } => Vec::new(),
+            Observation::Lost { .. } => {}
+        }
+    }
+
+    /// Real-time sources never pause: forget quiet sources once a second,
+    /// or a spoofed flood would keep the detector full for nothing.
+    fn tick(&mut self, now: Duration) {
+        if now >= self.last_sweep + SWEEP_EVERY {
+            self.scans.sweep(now);
+            self.last_sweep = now;
         }
     }
 
     /// A new connection's line, then the scan it completes, if any.
-    fn report(&mut self, at: Stamp, conn: crate::event::Connection, events: &mut Vec<Event>) {
+    fn report(&mut self, at: Stamp, conn: Connection, events: &mut Vec<Event>) {
         events.push(Event {
             at,
             kind: EventKind::NewConnection {
@@ -178,16 +204,12 @@ impl Detector {
         }
     }
 
-    /// (remote, local) pairs the scan detector is tracking.
+    /// Sources the scan detector is tracking.
     pub fn tracked_sources(&self) -> usize {
         self.scans.tracked()
     }
 
-    fn inbound_attempt(
-        &mut self,
-        at: Stamp,
-        conn: &crate::event::Connection,
-    ) -> Option<crate::event::PortScan> {
+    fn inbound_attempt(&mut self, at: Stamp, conn: &Connection) -> Option<PortScan> {
         if conn.direction != Direction::Inbound {
             return None;
         }
@@ -336,5 +358,219 @@ mod clock_jump_tests {
         assert!(poll(vec![listener, conn]).is_empty());
         clock.jump_wall(HOUR * 3);
         assert!(poll(vec![listener, conn]).is_empty());
+    }
+}
+
+/// Probes that are not SYNs, and the scan settings as the flags and the
+/// config file give them.
+#[cfg(test)]
+mod probe_tests {
+    use super::*;
+    use crate::clock::{Clock, ManualClock};
+    use crate::event::ScanKind;
+    use crate::setting::{File, Flags, Group};
+    use std::net::SocketAddr;
+
+    fn clock() -> ManualClock {
+        ManualClock::new(chrono::Local::now())
+    }
+
+    fn probe(
+        d: &mut Detector,
+        clock: &ManualClock,
+        from: &str,
+        port: u16,
+        kind: ScanKind,
+    ) -> Vec<Event> {
+        d.process(&Observation::Probe {
+            at: clock.now(),
+            remote: from.parse().unwrap(),
+            local: SocketAddr::new("10.0.0.5".parse().unwrap(), port),
+            kind,
+        })
+    }
+
+    fn attempt(d: &mut Detector, clock: &ManualClock, from: &str, port: u16) -> Vec<Event> {
+        d.process(&Observation::Attempt {
+            at: clock.now(),
+            conn: Connection {
+                initiator: SocketAddr::new(from.parse().unwrap(), 40_000),
+                acceptor: SocketAddr::new("10.0.0.5".parse().unwrap(), port),
+                direction: Direction::Inbound,
+            },
+            isn: u32::from(port),
+        })
+    }
+
+    fn detector(scan: &ScanSettings) -> Detector {
+        Detector::new("pcap", false, scan, &Limits::default())
+    }
+
+    #[test]
+    fn probes_print_no_line_and_make_a_scan_of_their_kind() {
+        for kind in [ScanKind::Fin, ScanKind::Null, ScanKind::Xmas, ScanKind::Udp] {
+            let clock = clock();
+            let mut d = detector(&ScanSettings::default());
+            let mut events = Vec::new();
+            for port in [21, 22, 23, 25] {
+                events.extend(probe(&mut d, &clock, "192.0.2.56", port, kind));
+            }
+            assert_eq!(events.len(), 1, "{kind:?}: only the scan");
+            let EventKind::PortScan(scan) = &events[0].kind else {
+                panic!("{events:?}");
+            };
+            assert_eq!(
+                (scan.kind, scan.ports.clone()),
+                (kind, vec![21, 22, 23, 25])
+            );
+        }
+    }
+
+    #[test]
+    fn a_syn_scan_line_is_unchanged_and_probes_join_attempts() {
+        let clock = clock();
+        let mut d = detector(&ScanSettings::default());
+        let mut events = attempt(&mut d, &clock, "192.0.2.56", 443);
+        assert_eq!(events.len(), 1, "a SYN prints its line");
+        for port in [21, 22] {
+            events.extend(probe(&mut d, &clock, "192.0.2.56", port, ScanKind::Fin));
+        }
+        events.extend(attempt(&mut d, &clock, "192.0.2.56", 80));
+        let scans: Vec<&PortScan> = events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::PortScan(scan) => Some(scan),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(scans.len(), 1);
+        // Two SYNs, two FINs: a tie goes to the FINs.
+        assert_eq!(
+            (scans[0].kind, scans[0].ports.clone()),
+            (ScanKind::Fin, vec![21, 22, 80, 443])
+        );
+        assert_eq!(events.len(), 3, "two connection lines and the scan");
+    }
+
+    #[test]
+    fn the_settings_make_the_rules_and_a_reload_applies_them() {
+        let clock = clock();
+        let mut scan = ScanSettings::default();
+        let mut d = detector(&scan);
+        let slow = |d: &mut Detector, clock: &ManualClock, base: u16| {
+            let mut events = Vec::new();
+            for n in 0..5 {
+                events.extend(probe(d, clock, "192.0.2.9", base + n, ScanKind::Syn));
+                clock.advance(Duration::from_secs(45));
+            }
+            events
+        };
+        assert!(slow(&mut d, &clock, 20).is_empty());
+        clock.advance(Duration::from_secs(3600));
+        scan.scan_rules = vec![rules::parse_rule("4/5m").unwrap()];
+        d.reconfigure(&scan);
+        let events = slow(&mut d, &clock, 20);
+        assert_eq!(events.len(), 1);
+        let EventKind::PortScan(found) = &events[0].kind else {
+            panic!("{events:?}");
+        };
+        assert_eq!(found.rule.to_string(), "4/300s");
+        // --ipv6-prefix reloaded: a rotating /64 is one source from then on.
+        scan.ipv6_prefix = PrefixLen(128);
+        d.reconfigure(&scan);
+        let rotate = |d: &mut Detector, clock: &ManualClock| {
+            let mut events = Vec::new();
+            for n in 0..20u16 {
+                let from = format!("2001:db8:7:7::{:x}", n + 1);
+                events.extend(probe(d, clock, &from, 1000 + n, ScanKind::Syn));
+            }
+            events
+        };
+        assert!(rotate(&mut d, &clock).is_empty());
+        scan.ipv6_prefix = PrefixLen(64);
+        d.reconfigure(&scan);
+        clock.advance(Duration::from_secs(1));
+        let events = rotate(&mut d, &clock);
+        assert_eq!(events.len(), 1);
+        let EventKind::PortScan(found) = &events[0].kind else {
+            panic!("{events:?}");
+        };
+        assert_eq!(found.source().to_string(), "2001:db8:7:7::/64");
+        assert_eq!(found.ports, [1000, 1001, 1002, 1003]);
+    }
+
+    #[derive(clap::Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        scan: Flags<ScanSettings>,
+    }
+
+    #[test]
+    fn scan_rules_and_the_prefix_come_from_flags_and_the_file() {
+        use clap::Parser;
+        let defaults = ScanSettings::default();
+        assert_eq!(
+            (defaults.scan_rules.len(), defaults.ipv6_prefix),
+            (0, PrefixLen(64))
+        );
+        let cli = Cli::try_parse_from([
+            "t",
+            "--scan-rule",
+            "10/1h",
+            "--scan-rule",
+            "4/5m",
+            "--ipv6-prefix",
+            "128",
+        ])
+        .unwrap();
+        let s = cli.scan.resolve();
+        let shown: Vec<String> = s.scan_rules.iter().map(rules::show_rule).collect();
+        assert_eq!(shown, ["10/1h", "4/5m"]);
+        assert_eq!(s.ipv6_prefix, PrefixLen(128));
+        let err = Cli::try_parse_from(["t", "--scan-rule", "10/soon"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--scan-rule") && err.contains("'10/soon'"),
+            "{err}"
+        );
+        let err = Cli::try_parse_from(["t", "--ipv6-prefix", "16"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("is not a prefix length from 32 to 128"),
+            "{err}"
+        );
+
+        let file = |text: &str| -> Result<ScanSettings, String> {
+            let mut file = File::parse(text, ScanSettings::KEYS).map_err(|e| e.to_string())?;
+            let mut s = ScanSettings::default();
+            s.apply_file(&mut file).map_err(|e| e.to_string())?;
+            Ok(s)
+        };
+        let s = file("scan-rules = [\"10/1h\", \"4/5m\"]\nipv6-prefix = 56\n").unwrap();
+        assert_eq!(s.scan_rules.len(), 2);
+        assert_eq!(s.ipv6_prefix, PrefixLen(56));
+        assert_eq!(s.rules().iter().count(), 3, "the main rule and two");
+        assert_eq!(
+            file("scan-rules = [\"10/1h\", \"0/1h\"]\n").unwrap_err(),
+            "scan-rules: '0/1h': the number of ports must be at least 1"
+        );
+        assert_eq!(
+            file("scan-rules = \"10/1h\"\n").unwrap_err(),
+            "1: invalid type: string \"10/1h\", expected a list"
+        );
+        assert_eq!(
+            file("ipv6-prefix = 129\n").unwrap_err(),
+            "ipv6-prefix: '129' is not a prefix length from 32 to 128"
+        );
+        assert_eq!(
+            file("ipv6-prefix = \"64\"\n").unwrap_err(),
+            "1: invalid type: string \"64\", expected a whole number"
+        );
+        // Both are applied by a reload.
+        let mut running = ScanSettings::default();
+        assert!(running.reload(&s).is_empty());
+        assert_eq!(running, s);
     }
 }

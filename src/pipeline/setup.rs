@@ -23,8 +23,8 @@ use crate::state::{Loaded, StateError, StatePath, Store, DEFAULT_STATE};
 use crate::{diag, duration, text};
 use anyhow::Context;
 use futures_util::future::BoxFuture;
+use ipnet::IpNet;
 use std::collections::HashSet;
-use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -168,12 +168,13 @@ fn backend(
 struct StoreJournal(Arc<Store>);
 
 impl Journal for StoreJournal {
-    fn record(&self, ips: &[IpAddr], expires: SystemTime, backend: &'static str) {
+    fn record(&self, targets: &[IpNet], expires: SystemTime, backend: &'static str) {
         let now = SystemTime::now();
-        self.0.report(self.0.put_blocks(ips, expires, backend, now));
+        self.0
+            .report(self.0.put_blocks(targets, expires, backend, now));
     }
 
-    fn keep_only(&self, held: &HashSet<IpAddr>) {
+    fn keep_only(&self, held: &HashSet<IpNet>) {
         let kept = self
             .0
             .retain_blocks(SystemTime::now(), |ip| held.contains(&ip));
@@ -268,7 +269,7 @@ async fn restore_blocks(
     if stored.is_empty() {
         return Ok(blocker);
     }
-    let stored: Vec<(IpAddr, SystemTime)> = stored.iter().map(|b| (b.ip, b.expires)).collect();
+    let stored: Vec<(IpNet, SystemTime)> = stored.iter().map(|b| (b.target, b.expires)).collect();
     let restore = tokio::task::spawn_blocking(move || {
         match blocker.restore(stored) {
             Ok(done) if done.kept > 0 => diag::note(format_args!(

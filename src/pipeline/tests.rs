@@ -230,7 +230,7 @@ async fn what_is_in_flight_is_printed_and_the_firewall_removed_last() {
     assert_eq!(rig.out.lines(), want);
     assert_eq!(
         rig.firewall.log(),
-        ["install", "block [192.0.2.56]", "remove"],
+        ["install", "block [192.0.2.56/32]", "remove"],
         "blocked before the objects were removed, removed once"
     );
     let text = rig.metrics.prometheus_text();

@@ -22,6 +22,7 @@
 //! once and the recovery once ([`Store::report`]).
 
 use crate::setting::Value;
+use ipnet::IpNet;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use std::collections::HashSet;
@@ -85,7 +86,8 @@ pub type ConnKey = (SocketAddr, SocketAddr);
 /// A block as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredBlock {
-    pub ip: IpAddr,
+    /// An address (a /32 or /128) or a prefix.
+    pub target: IpNet,
     pub expires: SystemTime,
     pub backend: String,
 }
@@ -352,7 +354,7 @@ impl Store {
     pub fn blocks(&self) -> Result<Vec<StoredBlock>, StateError> {
         self.rows(BLOCKS, "block", |key, (expires, backend)| {
             Some(StoredBlock {
-                ip: decode_ip(key)?,
+                target: decode_net(key)?,
                 expires: UNIX_EPOCH + Duration::from_millis(expires),
                 backend: backend.to_string(),
             })
@@ -391,11 +393,11 @@ impl Store {
         Ok(out)
     }
 
-    /// Records blocks of `ips` until `expires` and drops the blocks expired
-    /// by `now`, in one durable transaction.
+    /// Records blocks of `targets` until `expires` and drops the blocks
+    /// expired by `now`, in one durable transaction.
     pub fn put_blocks(
         &self,
-        ips: &[IpAddr],
+        targets: &[IpNet],
         expires: SystemTime,
         backend: &str,
         now: SystemTime,
@@ -406,9 +408,9 @@ impl Store {
             table
                 .retain(|_, (expiry, _)| expiry > now)
                 .map_err(|e| self.io(e))?;
-            for ip in ips {
+            for target in targets {
                 table
-                    .insert(encode_ip(*ip).as_slice(), (millis(expires), backend))
+                    .insert(encode_net(*target).as_slice(), (millis(expires), backend))
                     .map_err(|e| self.io(e))?;
             }
             Ok(())
@@ -420,7 +422,7 @@ impl Store {
     pub fn retain_blocks(
         &self,
         now: SystemTime,
-        mut keep: impl FnMut(IpAddr) -> bool,
+        mut keep: impl FnMut(IpNet) -> bool,
     ) -> Result<usize, StateError> {
         self.write(|write| {
             let mut dropped = 0;
@@ -430,7 +432,7 @@ impl Store {
                 .retain(|key, (expiry, _)| {
                     // An undecodable key cannot be restored: keep it so the
                     // next start reports the file instead of hiding it.
-                    let kept = expiry > now && decode_ip(key).is_none_or(&mut keep);
+                    let kept = expiry > now && decode_net(key).is_none_or(&mut keep);
                     dropped += usize::from(!kept);
                     kept
                 })
@@ -582,6 +584,27 @@ fn decode_ip(bytes: &[u8]) -> Option<IpAddr> {
             body[0], body[1], body[2], body[3],
         ))),
         6 => Some(IpAddr::V6(Ipv6Addr::from(body))),
+        _ => None,
+    }
+}
+
+/// A block's key: an address as [`encode_ip`] writes it (17 bytes, what
+/// every version wrote), a prefix with its length after it (18 bytes).
+fn encode_net(net: IpNet) -> Vec<u8> {
+    let mut out = encode_ip(net.addr()).to_vec();
+    if net.prefix_len() != net.max_prefix_len() {
+        out.push(net.prefix_len());
+    }
+    out
+}
+
+fn decode_net(bytes: &[u8]) -> Option<IpNet> {
+    let addr = decode_ip(bytes.get(..17)?)?;
+    match bytes.len() {
+        17 => Some(IpNet::from(addr)),
+        18 => IpNet::new(addr, bytes[17])
+            .ok()
+            .filter(|net| net.trunc() == *net),
         _ => None,
     }
 }

@@ -21,7 +21,11 @@ fn connections_and_blocks_survive_a_reopen() {
         assert!(store.created());
         assert!(!store.primed().unwrap());
         store.update_connections(&[v4, v6], &[], now).unwrap();
-        let ips: Vec<IpAddr> = vec!["192.0.2.1".parse().unwrap(), "2001:db8::9".parse().unwrap()];
+        let ips: Vec<IpNet> = vec![
+            "192.0.2.1/32".parse().unwrap(),
+            "2001:db8::9/128".parse().unwrap(),
+            "2001:db8:1:2::/64".parse().unwrap(),
+        ];
         let expires = now + Duration::from_secs(30);
         store.put_blocks(&ips, expires, "nftables", now).unwrap();
     }
@@ -30,13 +34,39 @@ fn connections_and_blocks_survive_a_reopen() {
     assert!(store.primed().unwrap());
     assert_eq!(sorted(store.connections().unwrap()), sorted(vec![v4, v6]));
     let blocks = store.blocks().unwrap();
-    assert_eq!(blocks.len(), 2);
+    assert_eq!(blocks.len(), 3);
     assert!(blocks.iter().all(|b| b.backend == "nftables"));
     let expiry = millis(now + Duration::from_secs(30));
     assert!(blocks.iter().all(|b| millis(b.expires) == expiry));
     assert!(blocks
         .iter()
-        .any(|b| b.ip == "2001:db8::9".parse::<IpAddr>().unwrap()));
+        .any(|b| b.target == "2001:db8::9/128".parse::<IpNet>().unwrap()));
+    assert!(
+        blocks
+            .iter()
+            .any(|b| b.target == "2001:db8:1:2::/64".parse::<IpNet>().unwrap()),
+        "a prefix comes back as the prefix"
+    );
+}
+
+#[test]
+fn block_keys_of_every_version_decode_and_garbage_does_not() {
+    let host: IpNet = "192.0.2.7/32".parse().unwrap();
+    // An address is stored as it always was: 17 bytes.
+    assert_eq!(encode_net(host).len(), 17);
+    assert_eq!(
+        decode_net(&encode_ip("192.0.2.7".parse().unwrap())),
+        Some(host)
+    );
+    let prefix: IpNet = "2001:db8:1:2::/64".parse().unwrap();
+    assert_eq!(decode_net(&encode_net(prefix)), Some(prefix));
+    let mut bad = encode_net(prefix);
+    bad[17] = 129;
+    assert_eq!(decode_net(&bad), None, "a prefix longer than the family");
+    let mut host_bits = encode_ip("2001:db8:1:2::9".parse().unwrap()).to_vec();
+    host_bits.push(64);
+    assert_eq!(decode_net(&host_bits), None, "host bits under a prefix");
+    assert_eq!(decode_net(&[6; 19]), None);
 }
 
 #[test]
@@ -51,8 +81,8 @@ fn closed_connections_and_expired_blocks_are_forgotten() {
     store.update_connections(&[], &keys[..990], now).unwrap();
     assert_eq!(sorted(store.connections().unwrap()), keys[990..].to_vec());
 
-    let old: IpAddr = "192.0.2.1".parse().unwrap();
-    let young: IpAddr = "192.0.2.2".parse().unwrap();
+    let old: IpNet = "192.0.2.1/32".parse().unwrap();
+    let young: IpNet = "192.0.2.2/32".parse().unwrap();
     store
         .put_blocks(&[old], now + Duration::from_secs(1), "nftables", now)
         .unwrap();
@@ -60,7 +90,7 @@ fn closed_connections_and_expired_blocks_are_forgotten() {
     store
         .put_blocks(&[young], later + Duration::from_secs(60), "nftables", later)
         .unwrap();
-    let left: Vec<IpAddr> = store.blocks().unwrap().iter().map(|b| b.ip).collect();
+    let left: Vec<IpNet> = store.blocks().unwrap().iter().map(|b| b.target).collect();
     assert_eq!(left, [young], "the expired block was not dropped");
     assert_eq!(store.retain_blocks(later, |ip| ip != young).unwrap(), 1);
     assert!(store.blocks().unwrap().is_empty());
@@ -216,7 +246,9 @@ fn damage_anywhere_is_refused_or_harmless_never_a_panic() {
     let keys: Vec<ConnKey> = (0..3000u16)
         .map(|p| key("10.0.0.5:80", &format!("10.0.0.7:{}", 10000 + p)))
         .collect();
-    let ips: Vec<IpAddr> = (0..200u8).map(|i| IpAddr::from([192, 0, 2, i])).collect();
+    let ips: Vec<IpNet> = (0..200u8)
+        .map(|i| IpNet::from(IpAddr::from([192, 0, 2, i])))
+        .collect();
     {
         let store = Store::open(&good).unwrap();
         store.update_connections(&keys, &[], now).unwrap();
@@ -302,7 +334,7 @@ fn a_write_after_a_failed_one_reopens_the_file_and_keeps_everything() {
     assert_eq!(sorted(store.connections().unwrap()), sorted(vec![a, b]));
     store
         .put_blocks(
-            &["192.0.2.1".parse().unwrap()],
+            &["192.0.2.1/32".parse().unwrap()],
             now + Duration::from_secs(9),
             "nftables",
             now,
