@@ -272,7 +272,17 @@ fn ordinary_traffic_prints_its_connections_and_nothing_else() {
         return;
     };
     let _servers = servers(&lab);
-    let http = lab.spawn(A, "python3", &["-m", "http.server", "8000", "--bind", "::"]);
+    let http = lab.spawn(
+        A,
+        "python3",
+        &["-u", "-m", "http.server", "8000", "--bind", "::"],
+    );
+    if http
+        .wait_for(|l| l.starts_with("Serving HTTP"), HELPER_TIMEOUT)
+        .is_none()
+    {
+        panic!("http.server not ready: {}", http.stderr());
+    }
     let agent = Agent::watching(&lab, Source::Pcap);
     // DNS-like (small request and answer, 1,500 a second) and QUIC-like
     // (1,200-byte datagrams, 2,000 a second) flows over both families,
@@ -352,9 +362,7 @@ fn syns_behind_ipv6_extension_headers_are_seen() {
     );
 }
 
-/// Needs the detector to count IPv6 sources per /64 (`--ipv6-prefix`).
 #[test]
-#[ignore = "needs the detect stage to count IPv6 sources per --ipv6-prefix (branch detect)"]
 fn a_scanner_rotating_addresses_in_its_64_is_one_scan_of_the_prefix() {
     let Some(lab) = Lab::new(2) else { return };
     let agent = Agent::watching(&lab, Source::Pcap);

@@ -36,20 +36,7 @@ fn events(stdout: &str) -> Vec<String> {
 
 /// Records host A's eth0 while B runs `nmap -sS` on A's ports 20-30.
 fn record_syn_scan(lab: &Lab, pcap: &Path) {
-    let file = pcap.to_str().unwrap();
-    // Immediate mode: without it packets wait in the kernel's ring for up to
-    // a second, and a SIGINT before then loses them. -U: each packet is
-    // written to the file at once.
-    let tcpdump = lab.spawn(
-        A,
-        "tcpdump",
-        &["-i", "eth0", "-n", "--immediate-mode", "-U", "-w", file],
-    );
-    assert!(
-        tcpdump.wait_for_stderr("listening on", HELPER_TIMEOUT),
-        "tcpdump did not start: {}",
-        tcpdump.stderr()
-    );
+    let tcpdump = record(lab, A, pcap, &["-i", "eth0"]);
     let target = lab.v4(A).to_string();
     lab.output(
         B,
@@ -57,9 +44,7 @@ fn record_syn_scan(lab: &Lab, pcap: &Path) {
         &["-n", "-Pn", "-T4", "-sS", "-p", "20-30", &target],
     );
     std::thread::sleep(Duration::from_millis(300));
-    tcpdump.signal("INT");
-    let done = tcpdump.finish(Duration::from_secs(5));
-    assert!(done.stderr.contains("packets captured"), "{}", done.stderr);
+    stop_recording(tcpdump);
 }
 
 #[test]
@@ -212,8 +197,22 @@ fn replay_of_snapshots_reproduces_the_live_agents_lines() {
 const NFLOG_FLUSH: Duration = Duration::from_millis(1500);
 
 /// `tcpdump ARGS... -w FILE` in host `index`, once it listens.
+///
+/// Immediate mode: without it packets wait in the kernel's ring for up to a
+/// second, and a SIGINT before then loses them; -U writes each packet to
+/// the file at once. Immediate mode makes libpcap use a ring of one slot
+/// per snapshot length: with the default 262,144 bytes and 2 MiB, eight
+/// frames, and the back-to-back fragments of `nmap -f` overflow it. A
+/// 1,500-byte snapshot (every packet of these tests whole) in 8 MiB holds
+/// thousands; [`stop_recording`] checks that the kernel dropped none. NFLOG
+/// has no ring: libpcap reads each batch of the kernel's messages into a
+/// buffer of the snapshot length, and a short one cuts the batch (tcpdump
+/// shows `[|nflog]`): it keeps the default.
 fn record(lab: &Lab, index: usize, file: &Path, args: &[&str]) -> crate::proc::Proc {
     let mut all = args.to_vec();
+    if !args.iter().any(|a| a.starts_with("nflog")) {
+        all.extend(["-s", "1500", "-B", "8192"]);
+    }
     all.extend(["-n", "--immediate-mode", "-U", "-w", file.to_str().unwrap()]);
     let tcpdump = lab.spawn(index, "tcpdump", &all);
     assert!(
@@ -231,6 +230,11 @@ fn stop_recording(tcpdump: crate::proc::Proc) {
     assert!(
         !done.stderr.contains("\n0 packets captured"),
         "{}",
+        done.stderr
+    );
+    assert!(
+        done.stderr.contains("\n0 packets dropped by kernel"),
+        "the capture is incomplete: {}",
         done.stderr
     );
 }
