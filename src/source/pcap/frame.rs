@@ -10,6 +10,14 @@
 use crate::event::ScanKind;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+/// The bytes of a frame the kernel copies. Enough for Ethernet + one VLAN
+/// tag + the longest IPv4 header + the first 14 bytes of TCP; an ICMP or
+/// ICMPv6 error + the header it quotes (an IPv4 one of up to 60 bytes, or
+/// IPv6) + 8 bytes of UDP; and a SYN behind 8 extension headers of 8
+/// bytes. In immediate mode libpcap's ring has frames of a fixed size that
+/// follows the snaplen, so a longer one would hold fewer frames of a flood.
+pub const SNAPLEN: i32 = 144;
+
 /// IPv6 extension headers walked at most before giving up on a packet.
 pub const MAX_EXTENSIONS: usize = 8;
 
@@ -469,7 +477,7 @@ fn icmp6(from: IpAddr, icmp: &[u8]) -> Option<Seen> {
 #[cfg(test)]
 mod tests {
     use super::super::craft::*;
-    use super::{parse, FragmentKey, Link, ScanKind, Seen, MAX_EXTENSIONS};
+    use super::*;
 
     const A: [u8; 4] = [10, 0, 0, 7];
     const B: [u8; 4] = [10, 0, 0, 5];
@@ -695,7 +703,7 @@ mod tests {
 
     #[test]
     fn snaplen_holds_the_longest_headers_read() {
-        let snaplen = super::super::SNAPLEN as usize;
+        let snaplen = SNAPLEN as usize;
         let cut = |frame: &[u8]| frame[..frame.len().min(snaplen)].to_vec();
         let two_tags = |packet: &[u8]| {
             let mut frame = vlan(1, packet);

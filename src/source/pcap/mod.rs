@@ -33,14 +33,6 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-/// The bytes of a frame the kernel copies. Enough for Ethernet + one VLAN
-/// tag + the longest IPv4 header + the first 14 bytes of TCP; an ICMP or
-/// ICMPv6 error + the header it quotes (an IPv4 one of up to 60 bytes, or
-/// IPv6) + 8 bytes of UDP; and a SYN behind 8 extension headers of 8
-/// bytes. In immediate mode libpcap's ring has frames of a fixed size that
-/// follows the snaplen, so a longer one would hold fewer frames of a flood.
-pub const SNAPLEN: i32 = 144;
-
 /// The kernel's ring for the capture: a burst of SYNs (a fast scan, a
 /// flood) queues here while the agent catches up. About 36,000 frames at
 /// this snaplen: a quarter of a second of a 130,000 SYN/s flood.
@@ -55,7 +47,7 @@ const FRAGMENTS_EVERY: Duration = Duration::from_millis(250);
 /// How often the host's addresses are re-read (they change: DHCP, SLAAC).
 const ADDRESSES_EVERY: Duration = Duration::from_secs(5);
 
-pub use frame::{parse, Link, Seen};
+pub use frame::{parse, Link, Seen, SNAPLEN};
 
 /// The filter compiled on a capture of `link`.
 pub fn filter_for(link: Link) -> String {
