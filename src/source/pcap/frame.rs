@@ -477,7 +477,9 @@ fn icmp6(from: IpAddr, icmp: &[u8]) -> Option<Seen> {
 #[cfg(test)]
 mod tests {
     use super::super::craft::*;
-    use super::*;
+    // By its full path: the tests module is this file to the layer check.
+    use crate::event::ScanKind;
+    use crate::source::pcap::frame::{parse, FragmentKey, Link, Seen, MAX_EXTENSIONS, SNAPLEN};
 
     const A: [u8; 4] = [10, 0, 0, 7];
     const B: [u8; 4] = [10, 0, 0, 5];
