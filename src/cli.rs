@@ -41,8 +41,10 @@ enum Command {
     Run(Box<RunFlags>),
     /// Print the current connections once and exit
     List(ListArgs),
-    /// Inspect or lift active blocks (in the nft table or the ipsets that exist)
+    /// Inspect, add or lift blocks: through the running agent, or without one in the firewall objects and the state file
     Blocks(BlocksArgs),
+    /// Ask the running agent: its source's health, the last hour's scans and blocks, top scanners and ports, blocks in force
+    Status(StatusArgs),
     /// Offline: run the detectors over pcap/pcapng captures or saved
     /// /proc/net/tcp{,6} snapshots and print what the agent would have
     Replay(Box<ReplayArgs>),
@@ -70,23 +72,52 @@ struct ReplayArgs {
     limits: Flags<Limits>,
 }
 
+/// Where `status` and `blocks` find the running agent.
+#[derive(Args, Debug)]
+struct ControlArgs {
+    /// The running agent's control socket (its --control)
+    #[arg(long, value_name = "PATH", default_value = crate::control::DEFAULT_SOCKET, global = true)]
+    control: PathBuf,
+}
+
 #[derive(Args, Debug)]
 struct BlocksArgs {
     #[command(subcommand)]
     action: Option<BlocksAction>,
+    #[command(flatten)]
+    control: ControlArgs,
+    /// Without a running agent: the state file to keep in step (its --state)
+    #[arg(long, value_name = "PATH", default_value = crate::state::DEFAULT_STATE, global = true)]
+    state: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
 enum BlocksAction {
-    /// One line per blocked address with the time it has left (the default)
+    /// One line per block: time left, backend, packets dropped, reason, origin (the default)
     List,
-    /// Lift the block of one address (succeeds if it is not blocked)
+    /// Block an address or a prefix (never an allowlisted one)
+    Add {
+        #[arg(value_name = "IP|CIDR", value_parser = commands::blocks::parse_target)]
+        ip: ipnet::IpNet,
+        /// How long [default: the agent's --block-ttl]
+        #[arg(long, value_name = "DURATION", value_parser = duration::parse_positive)]
+        ttl: Option<Duration>,
+    },
+    /// Lift the block of an address or a prefix (succeeds if it is not blocked)
     Remove {
         #[arg(value_name = "IP|CIDR", value_parser = commands::blocks::parse_target)]
         ip: ipnet::IpNet,
     },
     /// Lift every block, keeping the table/sets for the running agent
     Flush,
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    #[command(flatten)]
+    sink: Flags<sink::Settings>,
+    #[command(flatten)]
+    control: ControlArgs,
 }
 
 #[derive(Args, Debug)]
@@ -122,13 +153,23 @@ pub fn main() -> i32 {
         Command::List(args) => report(commands::list::run(args.source, args.sink.resolve().format)),
         Command::Replay(args) => replay(*args),
         Command::Blocks(args) => {
-            use commands::blocks::{run, Action};
-            report(run(match args.action {
+            use commands::blocks::{run, Action, Places};
+            let action = match args.action {
                 None | Some(BlocksAction::List) => Action::List,
+                Some(BlocksAction::Add { ip, ttl }) => Action::Add { target: ip, ttl },
                 Some(BlocksAction::Remove { ip }) => Action::Remove(ip),
                 Some(BlocksAction::Flush) => Action::Flush,
-            }))
+            };
+            let places = Places {
+                control: &args.control.control,
+                state: &args.state,
+            };
+            report(run(action, &places))
         }
+        Command::Status(args) => report(commands::status::run(
+            &args.control.control,
+            args.sink.resolve().format,
+        )),
     }
 }
 

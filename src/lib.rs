@@ -17,12 +17,12 @@
 //!
 //! | layer | modules | what they hold |
 //! |---|---|---|
-//! | 0 | [`text`], [`clock`], [`health`] | text helpers, time, the source's health flags |
+//! | 0 | [`text`], [`clock`], [`health`], [`blockset`] | text helpers, time, the source's health flags, the blocks in force |
 //! | 1 | [`duration`], [`event`], [`diag`] | DURATION values, what flows through the pipeline, every stderr line |
 //! | 2 | [`setting`] | the kit each stage declares its settings with |
 //! | 3 | [`os`] | every system call and `unsafe` block outside the BPF loader |
 //! | 4 | [`bpf`] | the BPF programs, loaded, and their maps |
-//! | 5 | [`source`], [`detect`], [`block`], [`sink`], [`metrics`], [`state`] | the stages |
+//! | 5 | [`source`], [`detect`], [`block`], [`sink`], [`metrics`], [`state`], [`control`] | the stages, and the operator's control socket |
 //! | 6 | [`settings`] | the stages' settings together: defaults, file, flags |
 //! | 7 | [`privilege`] | the capabilities the settings need |
 //! | 8 | [`pipeline`] | the stages wired together |
@@ -32,11 +32,13 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod block;
+pub mod blockset;
 #[allow(unsafe_code)]
 pub mod bpf;
 pub mod cli;
 pub mod clock;
 pub mod commands;
+pub mod control;
 pub mod detect;
 pub mod diag;
 pub mod duration;
@@ -61,6 +63,7 @@ pub const LAYERS: &[(&str, u8)] = &[
     ("text", 0),
     ("clock", 0),
     ("health", 0),
+    ("blockset", 0),
     ("duration", 1),
     ("event", 1),
     ("diag", 1),
@@ -73,6 +76,7 @@ pub const LAYERS: &[(&str, u8)] = &[
     ("sink", 5),
     ("metrics", 5),
     ("state", 5),
+    ("control", 5),
     ("settings", 6),
     ("privilege", 7),
     ("pipeline", 8),

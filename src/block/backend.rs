@@ -102,6 +102,12 @@ pub trait Backend: Send {
         }
         Ok(())
     }
+    /// Entries the backend pushed out on its own since it started (a full
+    /// LRU map evicts its least recently used entry): a block gone from a
+    /// listing after an eviction was evicted, not deleted by hand.
+    fn evicted(&self) -> u64 {
+        0
+    }
     /// Re-creates the objects after they could not be read (deleted under
     /// the agent: `nft flush ruleset`, a firewall service restart) with
     /// `entries` in them. `Ok(false)`: this backend cannot lose its objects

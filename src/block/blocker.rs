@@ -1,15 +1,24 @@
 //! [`Blocker`]: the decision. For each batch of events it picks the
 //! scanners to block (not allowlisted, within the cap, or already blocked
-//! and only refreshed), records them in the journal, has the [`Firewall`]
-//! apply them in one call, and puts a `Blocked` event right after each
-//! scan whose remote was blocked.
+//! and only refreshed), gives each its TTL (twice the last for a repeat
+//! offender, [`super::record`]), records them in the journal, has the
+//! [`Firewall`] apply them, and puts a `Blocked` event right after each
+//! scan whose remote was blocked. It takes the operator's blocks and lifts
+//! ([`Blocker::add`], [`Blocker::remove`]) the same way, so every block
+//! decided or lifted leaves this stage as a `Blocked` or `Unblocked` event.
+//!
+//! Connections from a source already blocked are not reported: they are
+//! the block at work (a packet source sees them before the firewall drops
+//! them), counted as seen by their block instead.
 
 use super::allow::Allowlist;
 use super::backend::canonical;
 use super::firewall::{Counted, Firewall, Health};
 use super::journal::Journal;
 use super::limit;
+use super::record::{self, Escalation, Record, Records};
 use super::Settings;
+use crate::blockset::BlockSet;
 use crate::clock::Clock;
 use crate::diag;
 use crate::event::{show_net, Block, Event, EventKind, Origin};
@@ -33,11 +42,44 @@ pub struct Restored {
     pub kept: usize,
 }
 
+/// A block in force as `tcpwatch blocks list` and `tcpwatch status` show
+/// it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BlockView {
+    /// An address or a prefix, as the lines print it.
+    pub target: String,
+    pub backend: String,
+    /// Seconds left; `None` for a block without a timeout.
+    pub expires_in_seconds: Option<u64>,
+    /// The TTL it was given, when the agent knows it.
+    pub ttl_seconds: Option<u64>,
+    /// Its place in a row of blocks for scans (1: a first block).
+    pub repeat: u32,
+    /// Why: `port scan 3/60s on ports 80,81,82,83`, `manual`, ...
+    pub reason: String,
+    /// The node that decided it.
+    pub origin: String,
+    /// Packets it dropped since it was applied.
+    pub packets_dropped: u64,
+}
+
+/// Why the operator's block was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused(pub String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 pub struct Blocker {
     /// `None`: blocking is off (`--block none`, or a backend that could not
     /// start); scans are reported only.
     firewall: Option<Firewall>,
     ttl: Duration,
+    /// `--block-ttl-max`: a repeat offender's TTL doubles up to this.
+    ttl_max: Duration,
     allow: Allowlist,
     clock: Arc<dyn Clock>,
     journal: Option<Arc<dyn Journal>>,
@@ -45,9 +87,14 @@ pub struct Blocker {
     skipped: Skipped,
     /// This node's name: the origin of the blocks it decides.
     node: Arc<str>,
+    records: Records,
+    /// Connections of blocked sources not reported since the last call.
+    suppressed: u64,
 }
 
 impl Blocker {
+    /// A blocker giving every block `ttl` (no escalation until
+    /// [`Blocker::with_ttl_max`]).
     pub fn new(
         firewall: Option<Firewall>,
         ttl: Duration,
@@ -57,12 +104,15 @@ impl Blocker {
         Blocker {
             firewall,
             ttl,
+            ttl_max: ttl,
             allow,
             clock,
             journal: None,
             limit: limit::Limit::new(limit::Rate(None)),
             skipped: Skipped::default(),
             node: "localhost".into(),
+            records: Records::new(),
+            suppressed: 0,
         }
     }
 
@@ -79,12 +129,45 @@ impl Blocker {
         self
     }
 
+    /// A repeat offender's TTL doubles up to `max` (`--block-ttl-max`).
+    pub fn with_ttl_max(mut self, max: Duration) -> Self {
+        self.ttl_max = max;
+        self
+    }
+
+    /// The blocks in force, for the stages before this one; `None` when
+    /// nothing is blocked for real (blocking off, or a dry run).
+    pub fn blockset(&self) -> Option<Arc<BlockSet>> {
+        self.firewall
+            .as_ref()
+            .filter(|f| f.applies())
+            .map(|f| f.blockset().clone())
+    }
+
     /// Records every block in `journal` before it is applied, and keeps the
-    /// journal to what the firewall holds.
+    /// journal to what the agent holds.
     pub fn with_journal(mut self, journal: Arc<dyn Journal>) -> Self {
         self.firewall = self.firewall.map(|f| f.with_journal(journal.clone()));
         self.journal = Some(journal);
         self
+    }
+
+    /// The records the state file kept (the lapsed ones are dropped).
+    pub fn with_records(mut self, records: Vec<(IpNet, Record)>) -> Self {
+        let now = SystemTime::now();
+        for (target, record) in records {
+            if record.lapses > now {
+                self.records.put(canonical(target), record);
+            }
+        }
+        self
+    }
+
+    fn escalation(&self) -> Escalation {
+        Escalation {
+            base: self.ttl,
+            max: self.ttl_max,
+        }
     }
 
     /// The scanners skipped since the last call.
@@ -92,9 +175,20 @@ impl Blocker {
         std::mem::take(&mut self.skipped)
     }
 
-    /// New TTL, `--allow` entries and cap (SIGHUP); active blocks are kept.
+    /// Connections of blocked sources left unreported since the last call.
+    pub fn take_suppressed(&mut self) -> u64 {
+        std::mem::take(&mut self.suppressed)
+    }
+
+    /// Records evicted from the full table since start.
+    pub fn records_evicted(&self) -> u64 {
+        self.records.evicted()
+    }
+
+    /// New TTLs, `--allow` entries and cap (SIGHUP); active blocks are kept.
     pub fn reconfigure(&mut self, settings: &Settings) {
         self.ttl = settings.block_ttl;
+        self.ttl_max = settings.block_ttl_max;
         self.allow.set_nets(settings.allow.clone());
         self.limit.set_rate(settings.max_blocks_per_minute);
     }
@@ -123,12 +217,20 @@ impl Blocker {
         let now = SystemTime::now();
         // Expiries are wall time (they must survive a reboot): a clock set
         // back while the agent was down would lengthen them, so no block
-        // comes back longer than `--block-ttl`.
+        // comes back longer than it was given (its record's TTL), or than
+        // the longest TTL this agent gives.
+        let cap = self.escalation().cap();
         let live: Vec<(IpNet, Duration)> = blocks
             .iter()
             .filter_map(|(ip, expires)| Some((*ip, expires.duration_since(now).ok()?)))
             .filter(|(_, left)| !left.is_zero())
-            .map(|(ip, left)| (ip, left.min(self.ttl)))
+            .map(|(ip, left)| {
+                let given = self
+                    .records
+                    .get(&canonical(ip))
+                    .map_or(cap, |r| r.ttl.max(Duration::from_secs(1)));
+                (ip, left.min(given))
+            })
             .collect();
         let Some(firewall) = self.firewall.as_mut().filter(|f| f.applies()) else {
             return Ok(Restored {
@@ -154,11 +256,11 @@ impl Blocker {
         })
     }
 
-    /// Blocks the scanners of one batch of events in one backend call and
-    /// returns the events with a `Blocked` right after each scan whose
-    /// remote was blocked. Every input event is returned, in order. While
-    /// the firewall fails, new blocks join the pending ones and all are
-    /// retried in that one call.
+    /// Blocks the scanners of one batch of events and returns the events
+    /// with a `Blocked` right after each scan whose remote was blocked.
+    /// Every input event is returned, in order, but the connections of
+    /// sources already blocked. While the firewall fails, new blocks join
+    /// the pending ones and all are retried in one call.
     pub fn handle(&mut self, events: Vec<Event>) -> Vec<Event> {
         let Some(backend_name) = self.backend_name() else {
             return events;
@@ -167,30 +269,117 @@ impl Blocker {
             .iter()
             .any(|e| matches!(e.kind, EventKind::PortScan(_)))
         {
-            return events;
+            return self.pass(events);
         }
         self.allow.refresh();
+        let mut reasons: HashMap<IpNet, String> = HashMap::new();
         let scanners: Vec<IpNet> = events
             .iter()
             .filter_map(|e| match &e.kind {
-                EventKind::PortScan(scan) => Some(self.target_of(scan)),
+                EventKind::PortScan(scan) => {
+                    let target = self.target_of(scan);
+                    reasons
+                        .entry(target)
+                        .or_insert_with(|| record::scan_reason(scan));
+                    Some(target)
+                }
                 _ => None,
             })
             .collect();
         let chosen = self.choose(scanners);
         if chosen.is_empty() {
-            return events;
+            return self.pass(events);
         }
-        let ttl = self.ttl;
+        let wall = SystemTime::now();
+        let rule = self.escalation();
         let firewall = self
             .firewall
             .as_mut()
             .expect("a backend name means a firewall");
-        if let (Some(journal), true) = (&self.journal, firewall.applies()) {
-            journal.record(&chosen, SystemTime::now() + ttl, backend_name);
+        // A block in force or pending is refreshed as it was; a new one
+        // escalates from its record.
+        let mut plan = Vec::with_capacity(chosen.len());
+        let mut fresh = HashSet::new();
+        for target in chosen {
+            let held = firewall.holds(target) || firewall.is_pending(target);
+            let (ttl, repeat) = match self.records.get(&target) {
+                Some(r) if held && r.repeat > 0 => (r.scan_ttl, r.repeat),
+                _ => self.records.escalate(&target, wall, rule),
+            };
+            if !held {
+                fresh.insert(target);
+            }
+            plan.push((target, ttl, repeat));
         }
-        let applied = firewall.apply(chosen, ttl);
-        self.place(events, applied, backend_name)
+        let applies = firewall.applies();
+        if let (Some(journal), true) = (&self.journal, applies) {
+            for (target, ttl, _) in &plan {
+                journal.record(&[*target], wall + *ttl, backend_name);
+            }
+        }
+        let mut noted = Vec::with_capacity(plan.len());
+        for (target, ttl, repeat) in &plan {
+            let reason = reasons.remove(target).unwrap_or_default();
+            let record = self.records.blocked(
+                *target,
+                wall,
+                *ttl,
+                Some(*repeat),
+                reason,
+                &self.node,
+                rule.memory(),
+            );
+            noted.push((*target, record));
+        }
+        if let (Some(journal), true) = (&self.journal, applies) {
+            journal.note(&noted);
+        }
+        let applied = firewall.apply_each(plan.iter().map(|(t, ttl, _)| (*t, *ttl)).collect());
+        let placed = self.place(events, applied, backend_name);
+        self.suppress(placed, fresh)
+    }
+
+    /// A batch without scans: every event but the connections of sources
+    /// already blocked.
+    pub fn pass(&mut self, events: Vec<Event>) -> Vec<Event> {
+        self.suppress(events, HashSet::new())
+    }
+
+    /// Leaves out the connections from sources blocked before them: every
+    /// block in force, but those in `fresh` (applied in this batch) until
+    /// their `Blocked` event. Each is counted as seen by its block.
+    fn suppress(&mut self, events: Vec<Event>, mut fresh: HashSet<IpNet>) -> Vec<Event> {
+        let Some(set) = self
+            .firewall
+            .as_ref()
+            .filter(|f| f.applies())
+            .map(|f| f.blockset().clone())
+        else {
+            return events;
+        };
+        if set.is_empty() {
+            return events;
+        }
+        let mut out = Vec::with_capacity(events.len());
+        for event in events {
+            match &event.kind {
+                EventKind::Blocked(block) => {
+                    fresh.remove(&block.target);
+                }
+                EventKind::NewConnection { conn, .. } => {
+                    let remote = conn.remote().ip();
+                    if let Some(target) = set.lookup(remote) {
+                        if !fresh.contains(&target) && set.hit(remote) {
+                            self.suppressed += 1;
+                            continue;
+                        }
+                    }
+                }
+                _ => {}
+            }
+            out.push(event);
+        }
+        out
     }
 
     /// What a scan blocks: its prefix, unless the prefix holds an address
@@ -205,6 +394,22 @@ impl Blocker {
         source
     }
 
+    /// The `Blocked` event of `target`'s block for `ttl`, with its place in
+    /// a row of scan blocks.
+    fn blocked_event(&self, target: IpNet, ttl: Duration, backend: &'static str) -> Event {
+        let repeat = self.records.get(&target).map_or(1, |r| r.repeat.max(1));
+        Event {
+            at: self.clock.now(),
+            kind: EventKind::Blocked(Block {
+                target,
+                ttl,
+                backend,
+                repeat,
+                origin: Origin::Here(self.node.clone()),
+            }),
+        }
+    }
+
     /// Puts a `Blocked` event right after the scan of each applied address
     /// in `events`, and those of addresses without a scan here (pending
     /// ones, applied late) at the end.
@@ -214,17 +419,6 @@ impl Blocker {
         applied: Vec<(IpNet, Duration)>,
         backend: &'static str,
     ) -> Vec<Event> {
-        let at = self.clock.now();
-        let blocked = |ip, ttl| Event {
-            at,
-            kind: EventKind::Blocked(Block {
-                target: ip,
-                ttl,
-                backend,
-                repeat: 1,
-                origin: Origin::Here(self.node.clone()),
-            }),
-        };
         let mut left: HashMap<IpNet, Duration> = applied.iter().copied().collect();
         let mut out = Vec::with_capacity(events.len() + left.len());
         for event in events {
@@ -234,13 +428,13 @@ impl Blocker {
             };
             out.push(event);
             if let Some((ip, ttl)) = scanner {
-                out.push(blocked(ip, ttl));
+                out.push(self.blocked_event(ip, ttl, backend));
             }
         }
         // In the order applied, not the map's.
         for (ip, _) in applied {
             if let Some(ttl) = left.remove(&ip) {
-                out.push(blocked(ip, ttl));
+                out.push(self.blocked_event(ip, ttl, backend));
             }
         }
         out
@@ -284,6 +478,144 @@ impl Blocker {
         chosen
     }
 
+    /// The operator's block of `target` for `ttl` (default `--block-ttl`):
+    /// checked against the allowlist, applied now (not queued: the operator
+    /// hears at once if the firewall refuses), journaled and recorded as
+    /// `manual`. Returns its `Blocked` event. Not counted against the cap.
+    pub fn add(&mut self, target: IpNet, ttl: Option<Duration>) -> Result<Event, Refused> {
+        let target = canonical(target);
+        let shown = show_net(&target);
+        let Some(backend) = self.backend_name() else {
+            return Err(Refused(format!(
+                "not blocking {shown}: blocking is off in the running agent"
+            )));
+        };
+        self.allow.refresh();
+        if let Some(reason) = self.allow.check_net(target) {
+            let why = if super::backend::is_host(&target) {
+                format!("it is never blocked ({reason})")
+            } else {
+                format!("it holds an address never to be blocked ({reason})")
+            };
+            return Err(Refused(format!("not blocking {shown}: {why}")));
+        }
+        let ttl = ttl.unwrap_or(self.ttl);
+        if ttl.is_zero() {
+            return Err(Refused(format!("not blocking {shown}: a TTL of zero")));
+        }
+        let wall = SystemTime::now();
+        let firewall = self.firewall.as_mut().expect("a backend name");
+        let applies = firewall.applies();
+        if let (Some(journal), true) = (&self.journal, applies) {
+            journal.record(&[target], wall + ttl, backend);
+        }
+        if let Err(e) = firewall.block_now(target, ttl) {
+            if let (Some(journal), true) = (&self.journal, applies) {
+                journal.forget(target);
+            }
+            return Err(Refused(format!(
+                "cannot block {shown} via {backend}: {}",
+                crate::text::chain(&e)
+            )));
+        }
+        let record = self.records.blocked(
+            target,
+            wall,
+            ttl,
+            None,
+            record::MANUAL.to_string(),
+            &self.node,
+            self.escalation().memory(),
+        );
+        if let (Some(journal), true) = (&self.journal, applies) {
+            journal.note(&[(target, record)]);
+        }
+        let mut event = self.blocked_event(target, ttl, backend);
+        if let EventKind::Blocked(block) = &mut event.kind {
+            block.repeat = 1;
+        }
+        Ok(event)
+    }
+
+    /// Lifts the block of `target` (applied or pending): from the
+    /// firewall, the journal and the blocks in force. Its `Unblocked`
+    /// event, or `None` when it was not blocked.
+    pub fn remove(&mut self, target: IpNet) -> Result<Option<Event>, Refused> {
+        let target = canonical(target);
+        let Some(firewall) = self.firewall.as_mut() else {
+            return Ok(None);
+        };
+        let backend = firewall.name();
+        match firewall.unblock(target) {
+            Ok(true) => Ok(Some(Event {
+                at: self.clock.now(),
+                kind: EventKind::Unblocked { target, backend },
+            })),
+            Ok(false) => Ok(None),
+            Err(e) => Err(Refused(format!(
+                "cannot unblock {} via {backend}: {}",
+                show_net(&target),
+                crate::text::chain(&e)
+            ))),
+        }
+    }
+
+    /// Lifts every block; an `Unblocked` event each.
+    pub fn flush(&mut self) -> Result<Vec<Event>, Refused> {
+        let Some(firewall) = self.firewall.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let backend = firewall.name();
+        let lifted = firewall.flush().map_err(|e| {
+            Refused(format!(
+                "cannot flush via {backend}: {}",
+                crate::text::chain(&e)
+            ))
+        })?;
+        let at = self.clock.now();
+        Ok(lifted
+            .into_iter()
+            .map(|target| Event {
+                at,
+                kind: EventKind::Unblocked { target, backend },
+            })
+            .collect())
+    }
+
+    /// The blocks in force, with what the agent knows of each.
+    pub fn views(&mut self) -> Vec<BlockView> {
+        let Some(firewall) = self.firewall.as_mut() else {
+            return Vec::new();
+        };
+        let backend = firewall.name();
+        firewall
+            .held()
+            .into_iter()
+            .map(|held| {
+                let record = self.records.get(&held.target);
+                BlockView {
+                    target: show_net(&held.target),
+                    backend: backend.to_string(),
+                    expires_in_seconds: held.left.map(|d| d.as_secs()),
+                    ttl_seconds: record.map(|r| r.ttl.as_secs()),
+                    repeat: record.map_or(1, |r| r.repeat.max(1)),
+                    reason: record
+                        .map_or_else(|| record::ADOPTED.to_string(), |r| r.reason.clone()),
+                    origin: record.map_or_else(|| self.node.to_string(), |r| r.origin.clone()),
+                    packets_dropped: held.dropped,
+                }
+            })
+            .collect()
+    }
+
+    /// Blocks decided and not applied yet (the firewall fails).
+    pub fn pending(&self) -> Vec<IpNet> {
+        self.firewall
+            .as_ref()
+            .map(Firewall::pending)
+            .unwrap_or_default()
+    }
+
     /// The periodic check: see [`Firewall::tick`]. Returns the `Blocked`
     /// events of the blocks applied now and the addresses held, (IPv4,
     /// IPv6), when they could be read.
@@ -294,16 +626,54 @@ impl Blocker {
         };
         let name = firewall.name();
         let (applied, counted) = firewall.tick(ttl);
+        self.adopt();
+        self.records.prune(SystemTime::now());
         (self.place(Vec::new(), applied, name), counted)
     }
 
+    /// Records the elements the last check adopted.
+    fn adopt(&mut self) {
+        let Some(firewall) = self.firewall.as_mut() else {
+            return;
+        };
+        let adopted = firewall.take_adopted();
+        if adopted.is_empty() {
+            return;
+        }
+        let wall = SystemTime::now();
+        let memory = self.escalation().memory();
+        let mut noted = Vec::new();
+        for (target, left) in adopted {
+            let record = self.records.blocked(
+                target,
+                wall,
+                left.unwrap_or(Duration::ZERO),
+                None,
+                record::ADOPTED.to_string(),
+                &self.node,
+                memory,
+            );
+            noted.push((target, record));
+        }
+        let n = noted.len();
+        diag::warn(format_args!(
+            "{n} {} in the firewall that the agent did not make; adopted",
+            if n == 1 { "block was" } else { "blocks were" }
+        ));
+        if let Some(journal) = &self.journal {
+            journal.note(&noted);
+        }
+    }
+
     /// Counts the addresses in the backend's sets, (IPv4, IPv6); zero when
-    /// nothing is applied.
+    /// nothing is applied. Repairs drift on the way ([`Firewall::count`]).
     pub fn count(&mut self) -> anyhow::Result<Counted> {
-        match self.firewall.as_mut() {
+        let counted = match self.firewall.as_mut() {
             Some(firewall) => firewall.count(),
             None => Ok((0, 0)),
-        }
+        };
+        self.adopt();
+        counted
     }
 
     /// Removes the backend's objects (shutdown).

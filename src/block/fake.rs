@@ -3,7 +3,8 @@
 
 use super::backend::{Backend, Entry};
 use ipnet::IpNet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +27,10 @@ pub struct Fake {
     pub failing: Arc<AtomicBool>,
     /// Its objects were deleted: listing fails until a repair.
     pub gone: Arc<AtomicBool>,
+    /// Entries it evicted on its own (an LRU map).
+    pub evicted: Arc<AtomicU64>,
+    /// Packets each entry dropped, when it counts them.
+    pub packets: Arc<Mutex<HashMap<IpNet, u64>>>,
 }
 
 impl Fake {
@@ -65,7 +70,10 @@ impl Backend for Fake {
         self.gone.store(false, Ordering::Relaxed);
         Ok(true)
     }
-    fn unblock(&mut self, _: IpNet) -> anyhow::Result<()> {
+    fn unblock(&mut self, target: IpNet) -> anyhow::Result<()> {
+        self.log.lock().unwrap().push(format!("unblock {target}"));
+        self.check()?;
+        self.held.lock().unwrap().remove(&target);
         Ok(())
     }
     fn list(&mut self) -> anyhow::Result<Vec<Entry>> {
@@ -73,15 +81,20 @@ impl Backend for Fake {
         if self.gone.load(Ordering::Relaxed) {
             anyhow::bail!("nft: No such file or directory");
         }
+        let packets = self.packets.lock().unwrap();
         Ok(self
             .held
             .lock()
             .unwrap()
             .iter()
-            .map(|ip| Entry::new(*ip, Some(Duration::from_secs(30))))
+            .map(|ip| Entry {
+                packets: packets.get(ip).copied(),
+                ..Entry::new(*ip, Some(Duration::from_secs(30)))
+            })
             .collect())
     }
     fn flush(&mut self) -> anyhow::Result<()> {
+        self.held.lock().unwrap().clear();
         Ok(())
     }
     fn remove(&mut self) -> anyhow::Result<()> {
@@ -90,5 +103,8 @@ impl Backend for Fake {
     }
     fn present(&mut self) -> bool {
         true
+    }
+    fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
     }
 }

@@ -12,7 +12,9 @@
 //!   is one more backend). Each turns requests into batched, idempotent
 //!   scripts or map updates; the stage itself is tested with a fake.
 //! - [`allow`] (never blocked: loopback, the host's addresses, its
-//!   gateways from [`routes`], `--allow`) and [`limit`] (the cap).
+//!   gateways from [`routes`], `--allow`) and [`limit`] (the cap);
+//! - [`record`]: why each source was blocked and how often in a row, for
+//!   a repeat offender's longer block.
 
 pub mod allow;
 pub mod backend;
@@ -24,6 +26,7 @@ pub mod iptables;
 pub mod journal;
 pub mod limit;
 pub mod nft;
+pub mod record;
 pub mod routes;
 pub mod xdp;
 
@@ -65,6 +68,8 @@ crate::settings! {
         block: BlockKind = BlockKind::Nftables => "block", "", restart;
         /// How long a block lasts
         block_ttl: Duration = Duration::from_secs(3600) => "block-ttl", "DURATION", live;
+        /// A repeat offender's block doubles each time, up to this ('--block-ttl' or less: no escalation)
+        block_ttl_max: Duration = Duration::from_secs(24 * 3600) => "block-ttl-max", "DURATION", live;
         /// New blocks in any sliding minute at most, or 'off'; scanners over the cap are reported, not blocked
         max_blocks_per_minute: limit::Rate = limit::Rate::default() => "max-blocks-per-minute", "N|off", live;
         /// --block xdp: entries per address family in the kernel blocklist; when full, the least recently used entry is evicted

@@ -8,6 +8,7 @@ use super::fake::Fake;
 use super::firewall::{Firewall, Health};
 use super::journal::Journal;
 use super::limit;
+use super::record::Record;
 use crate::clock::{Clock, ManualClock, Stamp};
 use crate::event::{Connection, Direction, Event, EventKind, PortScan};
 use ipnet::IpNet;
@@ -24,9 +25,12 @@ enum Mode {
     Off,
 }
 
-/// The journal as a map, as the state file would hold it.
+/// The journal as maps, as the state file would hold them.
 #[derive(Clone, Default)]
-struct FakeJournal(Arc<Mutex<HashMap<IpNet, SystemTime>>>);
+struct FakeJournal(
+    Arc<Mutex<HashMap<IpNet, SystemTime>>>,
+    Arc<Mutex<HashMap<IpNet, Record>>>,
+);
 
 impl Journal for FakeJournal {
     fn record(&self, ips: &[IpNet], expires: SystemTime, _backend: &'static str) {
@@ -37,6 +41,12 @@ impl Journal for FakeJournal {
         let now = SystemTime::now();
         let mut held = self.0.lock().unwrap();
         held.retain(|ip, expires| *expires > now && keep.contains(ip));
+    }
+    fn forget(&self, target: IpNet) {
+        self.0.lock().unwrap().remove(&target);
+    }
+    fn note(&self, records: &[(IpNet, Record)]) {
+        self.1.lock().unwrap().extend(records.iter().cloned());
     }
 }
 
@@ -457,7 +467,8 @@ fn a_failing_firewall_keeps_blocks_pending_and_applies_them_when_it_works() {
         Health {
             errors: 3,
             dropped: 0,
-            pending: 2
+            pending: 2,
+            ..Health::default()
         },
         "the block, the retry, the repair after a failed listing: each failed call counts"
     );
@@ -530,7 +541,8 @@ fn pending_blocks_are_capped_and_the_excess_counted() {
         Health {
             errors: 2,
             dropped: 1,
-            pending: 2
+            pending: 2,
+            ..Health::default()
         },
         "a pending address again is no new entry"
     );
@@ -564,4 +576,301 @@ fn deleted_objects_are_recreated_with_the_active_and_pending_blocks() {
     assert_eq!(b.health().pending, 0);
     assert!(b.tick().0.is_empty());
     assert_eq!(fake.repairs.lock().unwrap().len(), 1, "repaired once");
+}
+
+// ---------------------------------------------------------------------------
+// Repeat offenders, suppression, the operator's blocks, drift, drops
+
+fn scan_of(remote: &str, local: &str) -> Event {
+    Event {
+        at: stamp(),
+        kind: EventKind::PortScan(PortScan::syn(
+            remote.parse().unwrap(),
+            local.parse().unwrap(),
+            vec![1, 2, 3, 4],
+        )),
+    }
+}
+
+fn conn_from(remote: &str, port: u16) -> Event {
+    Event {
+        at: stamp(),
+        kind: EventKind::NewConnection {
+            conn: Connection {
+                initiator: format!("{remote}:4000").parse().unwrap(),
+                acceptor: format!("10.0.0.5:{port}").parse().unwrap(),
+                direction: Direction::Inbound,
+            },
+            source: "pcap",
+            owner: None,
+        },
+    }
+}
+
+/// `B ip ttl repeat` for each Blocked event.
+fn blocks(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Blocked(b) => Some(format!(
+                "B {} {} {}",
+                crate::event::show_net(&b.target),
+                crate::duration::format(b.ttl),
+                b.repeat
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+fn escalating(fake: &Fake, clock: &Arc<ManualClock>) -> Blocker {
+    blocker_on(Mode::Apply(Box::new(fake.clone())), &[], clock.clone())
+        .with_ttl_max(Duration::from_secs(120))
+}
+
+#[test]
+fn a_repeat_offender_gets_twice_its_ttl_up_to_the_max_and_a_restart_keeps_the_count() {
+    let fake = Fake::default();
+    let clock = Arc::new(ManualClock::new(chrono::Local::now()));
+    let journal = FakeJournal::default();
+    let mut b = escalating(&fake, &clock).with_journal(Arc::new(journal.clone()));
+    let mut got = Vec::new();
+    for ttl in [30, 60, 120] {
+        got.extend(blocks(&b.handle(vec![scan("192.0.2.1")])));
+        // Scanning again while blocked only refreshes the block.
+        got.extend(blocks(&b.handle(vec![scan_of("192.0.2.1", "10.0.0.6")])));
+        clock.advance(Duration::from_secs(ttl + 1));
+        fake.held.lock().unwrap().clear();
+    }
+    assert_eq!(
+        got,
+        [
+            "B 192.0.2.1 30s 1",
+            "B 192.0.2.1 30s 1",
+            "B 192.0.2.1 1m 2",
+            "B 192.0.2.1 1m 2",
+            "B 192.0.2.1 2m 3",
+            "B 192.0.2.1 2m 3"
+        ]
+    );
+    assert_eq!(
+        *fake.ttls.lock().unwrap(),
+        [30, 30, 60, 60, 120, 120].map(Duration::from_secs)
+    );
+    let noted = journal.1.lock().unwrap().clone();
+    let record = &noted[&ip("192.0.2.1")];
+    assert_eq!(
+        (record.repeat, record.scan_ttl),
+        (3, Duration::from_secs(120))
+    );
+    assert_eq!(record.reason, "port scan 3/60s on ports 1,2,3,4");
+
+    // A restart: the records come back from the state file.
+    let fresh = Fake::default();
+    let mut again = escalating(&fresh, &clock).with_records(noted.into_iter().collect());
+    assert_eq!(
+        blocks(&again.handle(vec![scan("192.0.2.1")])),
+        ["B 192.0.2.1 2m 4"]
+    );
+    assert_eq!(
+        blocks(&again.handle(vec![scan("192.0.2.2")])),
+        ["B 192.0.2.2 30s 1"],
+        "another source starts at the base"
+    );
+}
+
+#[test]
+fn escalation_is_off_by_default_and_when_the_max_is_the_ttl() {
+    let fake = Fake::default();
+    let clock = Arc::new(ManualClock::new(chrono::Local::now()));
+    let mut b = blocker_on(Mode::Apply(Box::new(fake.clone())), &[], clock.clone());
+    for _ in 0..2 {
+        assert_eq!(
+            blocks(&b.handle(vec![scan("192.0.2.1")])),
+            ["B 192.0.2.1 30s 1"]
+        );
+        clock.advance(Duration::from_secs(31));
+        fake.held.lock().unwrap().clear();
+    }
+}
+
+#[test]
+fn connections_of_a_blocked_source_after_its_block_are_not_reported() {
+    let fake = Fake::default();
+    let mut b = blocker(Mode::Apply(Box::new(fake.clone())), &[]);
+    let out = b.handle(vec![
+        conn_from("192.0.2.9", 1),
+        scan("192.0.2.9"),
+        conn_from("192.0.2.9", 5),
+        conn_from("198.51.100.1", 22),
+    ]);
+    assert_eq!(
+        tags(&out),
+        ["C", "S 192.0.2.9", "B 192.0.2.9 fake", "C"],
+        "the connection before the scan is reported, the one after its block is not"
+    );
+    assert_eq!(b.take_suppressed(), 1);
+    let later = b.pass(vec![
+        conn_from("192.0.2.9", 6),
+        conn_from("198.51.100.1", 23),
+    ]);
+    assert_eq!(tags(&later), ["C"]);
+    assert_eq!(b.take_suppressed(), 1);
+    let set = b.blockset().unwrap();
+    assert_eq!(set.seen(ip("192.0.2.9")), 2, "counted as seen by the block");
+    assert_eq!(b.views()[0].packets_dropped, 2);
+
+    // A dry run stops nothing: its connections are reported.
+    let mut dry = blocker(Mode::DryRun("nftables"), &[]);
+    assert!(dry.blockset().is_none());
+    let out = dry.handle(vec![scan("192.0.2.9"), conn_from("192.0.2.9", 5)]);
+    assert_eq!(tags(&out), ["S 192.0.2.9", "B 192.0.2.9 nftables", "C"]);
+}
+
+#[test]
+fn the_operators_block_is_checked_applied_recorded_and_lifted() {
+    let fake = Fake::default();
+    let journal = FakeJournal::default();
+    let mut b = blocker(Mode::Apply(Box::new(fake.clone())), &["198.51.100.0/24"])
+        .with_journal(Arc::new(journal.clone()));
+    let refused = |b: &mut Blocker, target: &str| {
+        b.add(target.parse().unwrap(), None)
+            .unwrap_err()
+            .to_string()
+    };
+    assert_eq!(
+        refused(&mut b, "198.51.100.7/32"),
+        "not blocking 198.51.100.7: it is never blocked (--allow 198.51.100.0/24)"
+    );
+    assert_eq!(
+        refused(&mut b, "198.51.0.0/16"),
+        "not blocking 198.51.0.0/16: it holds an address never to be blocked (--allow 198.51.100.0/24)"
+    );
+    assert_eq!(
+        refused(&mut b, "10.0.0.5/32"),
+        "not blocking 10.0.0.5: it is never blocked (an address of this host)"
+    );
+    assert!(fake.calls.lock().unwrap().is_empty());
+
+    let event = b
+        .add(ip("192.0.2.7"), Some(Duration::from_secs(300)))
+        .unwrap();
+    assert_eq!(blocks(&[event]), ["B 192.0.2.7 5m 1"]);
+    assert!(fake.held.lock().unwrap().contains(&ip("192.0.2.7")));
+    assert_eq!(journal.ips(), [ip("192.0.2.7")]);
+    let views = b.views();
+    assert_eq!(
+        (
+            views[0].reason.as_str(),
+            views[0].ttl_seconds,
+            views[0].repeat
+        ),
+        ("manual", Some(300), 1)
+    );
+    let default_ttl = b.add(ip("192.0.2.8"), None).unwrap();
+    assert_eq!(blocks(&[default_ttl]), ["B 192.0.2.8 30s 1"]);
+
+    let lifted = b.remove(ip("192.0.2.7")).unwrap();
+    assert_eq!(
+        tags(&lifted.into_iter().collect::<Vec<_>>()),
+        ["U 192.0.2.7/32"]
+    );
+    assert_eq!(
+        b.remove(ip("192.0.2.7")).unwrap(),
+        None,
+        "not blocked any more"
+    );
+    assert!(!fake.held.lock().unwrap().contains(&ip("192.0.2.7")));
+    assert_eq!(journal.ips(), [ip("192.0.2.8")], "the file forgets it");
+    b.tick();
+    assert!(
+        !fake.held.lock().unwrap().contains(&ip("192.0.2.7")),
+        "a lifted block does not come back"
+    );
+    let flushed = b.flush().unwrap();
+    assert_eq!(tags(&flushed), ["U 192.0.2.8/32"]);
+    assert!(journal.ips().is_empty());
+
+    // Blocking off: refused with a reason.
+    let mut off = blocker(Mode::Off, &[]);
+    assert_eq!(
+        off.add(ip("192.0.2.7"), None).unwrap_err().to_string(),
+        "not blocking 192.0.2.7: blocking is off in the running agent"
+    );
+    // A firewall that refuses: the operator hears it, nothing is pending.
+    let failing = Fake {
+        fail: true,
+        ..Fake::default()
+    };
+    let mut broken = blocker(Mode::Apply(Box::new(failing)), &[]);
+    let err = broken.add(ip("192.0.2.7"), None).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "cannot block 192.0.2.7 via fake: nft: Operation not permitted"
+    );
+    assert!(broken.pending().is_empty());
+}
+
+#[test]
+fn drift_is_repaired_and_counted() {
+    let fake = Fake::default();
+    let journal = FakeJournal::default();
+    let mut b =
+        blocker(Mode::Apply(Box::new(fake.clone())), &[]).with_journal(Arc::new(journal.clone()));
+    b.handle(vec![scan("192.0.2.1")]);
+    // Deleted behind the agent's back: applied again at the next check.
+    fake.held.lock().unwrap().remove(&ip("192.0.2.1"));
+    let (late, counted) = b.tick();
+    assert!(late.is_empty(), "no new Blocked line: {late:?}");
+    assert_eq!(counted, Some((1, 0)));
+    assert!(fake.held.lock().unwrap().contains(&ip("192.0.2.1")));
+    assert_eq!(b.health().drift_missing, 1);
+    assert_eq!(journal.ips(), [ip("192.0.2.1")], "still in the file");
+    // Added behind its back: adopted, recorded, kept in the file.
+    fake.held.lock().unwrap().insert(ip("203.0.113.5"));
+    b.tick();
+    assert_eq!(b.health().drift_unknown, 1);
+    let views = b.views();
+    let adopted = views.iter().find(|v| v.target == "203.0.113.5").unwrap();
+    assert_eq!(adopted.reason, "found in the firewall");
+    assert_eq!(journal.ips(), [ip("192.0.2.1"), ip("203.0.113.5")]);
+    b.tick();
+    assert_eq!(
+        (b.health().drift_missing, b.health().drift_unknown),
+        (1, 1),
+        "no drift, no count"
+    );
+    // An LRU map that evicted: the lost block is taken as evicted.
+    fake.evicted.store(1, Ordering::Relaxed);
+    fake.held.lock().unwrap().remove(&ip("192.0.2.1"));
+    b.tick();
+    assert!(!fake.held.lock().unwrap().contains(&ip("192.0.2.1")));
+    assert_eq!(b.health().drift_missing, 1);
+    assert_eq!(b.views().len(), 1);
+}
+
+#[test]
+fn each_blocks_drops_are_its_backends_count_or_what_the_agent_saw() {
+    let fake = Fake::default();
+    let mut b = blocker(Mode::Apply(Box::new(fake.clone())), &[]);
+    b.handle(vec![scan("192.0.2.1"), scan("192.0.2.2")]);
+    fake.packets.lock().unwrap().insert(ip("192.0.2.1"), 100);
+    b.count().unwrap();
+    assert_eq!(b.health().dropped_packets, 100);
+    fake.packets.lock().unwrap().insert(ip("192.0.2.1"), 150);
+    // 192.0.2.2 has no count in the backend: what the agent saw of it.
+    let set = b.blockset().unwrap();
+    for _ in 0..7 {
+        set.hit("192.0.2.2".parse().unwrap());
+    }
+    b.count().unwrap();
+    assert_eq!(b.health().dropped_packets, 157);
+    let dropped: Vec<u64> = b.views().iter().map(|v| v.packets_dropped).collect();
+    assert_eq!(dropped, [150, 7]);
+    // Applied again: a new block, counting from zero.
+    b.remove(ip("192.0.2.1")).unwrap();
+    fake.packets.lock().unwrap().insert(ip("192.0.2.1"), 3);
+    b.add(ip("192.0.2.1"), None).unwrap();
+    b.count().unwrap();
+    assert_eq!(b.health().dropped_packets, 160);
 }

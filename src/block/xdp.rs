@@ -275,4 +275,8 @@ impl Backend for XdpBlock {
     fn present(&mut self) -> bool {
         blocklist::pinned(&self.dir)
     }
+
+    fn evicted(&self) -> u64 {
+        self.stats.evictions()
+    }
 }

@@ -280,27 +280,30 @@ impl ScanDetector {
             // Reported: this episode's outcome is settled; more ports would
             // only cost memory.
             None if source.reported => {}
-            None => {
-                // Cannot happen unless a reload lowered the rules: the
-                // longest window's rule trips first.
-                let same = source.ports.iter().filter(|p| p.udp() == udp);
-                if same.clone().count() > most {
-                    if let Some(oldest) = same.min_by_key(|p| p.ms()).copied() {
-                        source.ports.retain(|p| *p != oldest);
-                    }
-                }
-                source.ports.push(Port::new(now, kind, port));
-            }
+            None => source.ports.push(Port::new(now, kind, port)),
         }
         if source.reported {
             return None;
         }
         let in_window =
             |p: &Port, window: u64| p.udp() == udp && p.ms().saturating_add(window) > now;
-        let rule = *self.rules.iter().find(|rule| {
+        let tripped = self.rules.iter().find(|rule| {
             let window = millis(rule.window);
             source.ports.iter().filter(|p| in_window(p, window)).count() > rule.ports
-        })?;
+        });
+        let Some(&rule) = tripped else {
+            // Not a scan yet: the `most` + 1 newest ports of this protocol
+            // decide every rule; older ones only cost memory. (More are
+            // kept only after a reload lowered the rules, and then the
+            // next probe reports them all, as the ports in its window.)
+            let same = source.ports.iter().filter(|p| p.udp() == udp);
+            if same.clone().count() > most + 1 {
+                if let Some(oldest) = same.min_by_key(|p| p.ms()).copied() {
+                    source.ports.retain(|p| *p != oldest);
+                }
+            }
+            return None;
+        };
         source.reported = true;
         let window = millis(rule.window);
         let counted = || {
@@ -488,6 +491,19 @@ mod tests {
             hit(&mut d, secs(3), 82),
             None,
             "still one report per episode"
+        );
+    }
+
+    #[test]
+    fn a_lowered_threshold_reports_every_port_of_the_window() {
+        let mut d = ScanDetector::new(10, secs(300));
+        for port in [8001, 8002, 8003, 8004] {
+            assert_eq!(hit(&mut d, secs(1), port), None);
+        }
+        d.reconfigure(Rules::one(rule(3, 300)), DEFAULT_IPV6_PREFIX);
+        assert_eq!(
+            hit(&mut d, secs(2), 8005),
+            Some(vec![8001, 8002, 8003, 8004, 8005])
         );
     }
 

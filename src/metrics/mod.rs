@@ -7,6 +7,7 @@
 //! `version`): never an address or a port, so cardinality stays fixed.
 
 pub mod http;
+pub mod recent;
 
 use crate::setting::Value;
 use crate::text::printable;
@@ -82,9 +83,16 @@ pub struct Metrics {
     block_errors: Family<Label, Counter>,
     blocks_dropped: Family<Label, Counter>,
     blocks_pending: Gauge,
+    block_drift: Family<[(&'static str, &'static str); 2], Counter>,
+    dropped_packets: Family<Label, Counter>,
+    blocked_seen: Family<Label, Counter>,
+    source_up: Family<Label, Gauge>,
+    source: &'static str,
     backend: Option<&'static str>,
     /// Whether the source runs and sees traffic (`/healthz`, `/livez`).
     health: Arc<SourceHealth>,
+    /// The last hour's events, for `tcpwatch status`.
+    recent: recent::Recent,
 }
 
 fn poll_buckets() -> Histogram {
@@ -150,7 +158,7 @@ impl Metrics {
         );
         registry.register(
             "evictions",
-            "Entries dropped from a full detector table (connections, scan_sources, attempts)",
+            "Entries dropped from a full table (detector: connections, scan_sources, attempts; block stage: block_records; status: status_top)",
             evictions.clone(),
         );
         registry.register(
@@ -202,6 +210,39 @@ impl Metrics {
             let _ = blocks_dropped.get_or_create(&[("backend", backend)]);
         }
 
+        let block_drift = Family::<[(&'static str, &'static str); 2], Counter>::default();
+        let dropped_packets = Family::<Label, Counter>::default();
+        let blocked_seen = Family::<Label, Counter>::default();
+        let source_up = Family::<Label, Gauge>::default();
+        registry.register(
+            "block_drift",
+            "Differences found between the firewall and the agent's blocks, repaired: missing (a block gone from the firewall, applied again), unknown (an element the agent did not make, adopted)",
+            block_drift.clone(),
+        );
+        registry.register(
+            "dropped_packets",
+            "Packets dropped by the blocks, by backend",
+            dropped_packets.clone(),
+        );
+        registry.register(
+            "blocked_packets_seen",
+            "Packets from blocked sources that the source saw before the firewall dropped them: not reported as connections, counted as drops of their block",
+            blocked_seen.clone(),
+        );
+        registry.register(
+            "source_up",
+            "1 while the source runs without a fault (what /healthz answers 200 for), else 0",
+            source_up.clone(),
+        );
+        if let Some(backend) = backend {
+            for kind in ["missing", "unknown"] {
+                let _ = block_drift.get_or_create(&[("backend", backend), ("kind", kind)]);
+            }
+            let _ = dropped_packets.get_or_create(&[("backend", backend)]);
+            let _ = blocked_seen.get_or_create(&[("source", source)]);
+        }
+        let _ = source_up.get_or_create(&[("source", source)]);
+
         build_info
             .get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])
             .set(1);
@@ -236,14 +277,24 @@ impl Metrics {
             block_errors,
             blocks_dropped,
             blocks_pending,
+            block_drift,
+            dropped_packets,
+            blocked_seen,
+            source_up,
+            source,
             backend,
             health: Arc::new(SourceHealth::default()),
+            recent: recent::Recent::default(),
         })
     }
 
     /// Counts an event as it is printed, so that the counters always equal
     /// the lines on stdout.
     pub fn printed(&self, event: &Event) {
+        let cut = self.recent.record(event);
+        if cut > 0 {
+            self.evicted("status_top", cut);
+        }
         match &event.kind {
             EventKind::NewConnection { conn, .. } => {
                 self.new_connections
@@ -337,6 +388,71 @@ impl Metrics {
         self.blocks_pending.set(clamp(pending));
     }
 
+    /// Raises the drift counters to the block stage's totals: blocks the
+    /// firewall lost (applied again) and elements it did not make (adopted).
+    pub fn set_block_drift(&self, missing: u64, unknown: u64) {
+        let Some(backend) = self.backend else {
+            return;
+        };
+        for (kind, total) in [("missing", missing), ("unknown", unknown)] {
+            let counter = self
+                .block_drift
+                .get_or_create(&[("backend", backend), ("kind", kind)]);
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+    }
+
+    /// Raises the dropped-packet counter to the block stage's total.
+    pub fn set_dropped_packets(&self, total: u64) {
+        let Some(backend) = self.backend else {
+            return;
+        };
+        let counter = self.dropped_packets.get_or_create(&[("backend", backend)]);
+        counter.inc_by(total.saturating_sub(counter.get()));
+    }
+
+    /// Adds packets dropped by the backend (XDP: its per-family counters).
+    pub fn add_dropped_packets(&self, n: u64) {
+        if let Some(backend) = self.backend {
+            self.dropped_packets
+                .get_or_create(&[("backend", backend)])
+                .inc_by(n);
+        }
+    }
+
+    /// `n` packets from blocked sources seen and left unreported.
+    pub fn blocked_seen(&self, n: u64) {
+        self.blocked_seen
+            .get_or_create(&[("source", self.source)])
+            .inc_by(n);
+    }
+
+    /// The last hour's figures before `now` (monotonic).
+    pub fn recent(&self, now: std::time::Duration, top: usize) -> recent::Summary {
+        self.recent.summary(now, top)
+    }
+
+    /// The source's name (metric labels, status).
+    pub fn source(&self) -> &'static str {
+        self.source
+    }
+
+    /// Events the source lost so far.
+    pub fn lost(&self) -> u64 {
+        self.events_lost
+            .get_or_create(&[("source", self.source)])
+            .get()
+    }
+
+    /// Sets `tcpwatch_source_up` from the source's health, as a scrape
+    /// reads it.
+    fn refresh_source_up(&self) {
+        let up = i64::from(self.health.ready().is_ok());
+        self.source_up
+            .get_or_create(&[("source", self.source)])
+            .set(up);
+    }
+
     /// The source's health, which the source updates and `/healthz` and
     /// `/livez` report.
     pub fn source_health(&self) -> Arc<SourceHealth> {
@@ -345,6 +461,7 @@ impl Metrics {
 
     /// OpenMetrics 1.0 text, `# EOF` included.
     pub fn openmetrics(&self) -> String {
+        self.refresh_source_up();
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = text::encode(&mut out, &self.registry);
@@ -356,6 +473,7 @@ impl Metrics {
     /// `_created`, `# UNIT` or `# EOF`), so no conversion of the OpenMetrics
     /// text is needed.
     pub fn prometheus_text(&self) -> String {
+        self.refresh_source_up();
         let mut out = String::new();
         let _ = prometheus_text::encode(&mut out, &self.registry);
         out
@@ -556,6 +674,48 @@ mod tests {
         assert!(!text.contains("# EOF"));
         assert!(!text.contains("_created"));
         assert!(!text.contains("# UNIT"));
+    }
+
+    #[test]
+    fn operators_metrics_start_at_zero_and_follow_the_stages() {
+        let m = Metrics::new("pcap", Some("nftables"));
+        let text = m.prometheus_text();
+        for line in [
+            "tcpwatch_block_drift_total{backend=\"nftables\",kind=\"missing\"} 0",
+            "tcpwatch_block_drift_total{backend=\"nftables\",kind=\"unknown\"} 0",
+            "tcpwatch_dropped_packets_total{backend=\"nftables\"} 0",
+            "tcpwatch_blocked_packets_seen_total{source=\"pcap\"} 0",
+            "tcpwatch_source_up{source=\"pcap\"} 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        m.set_block_drift(2, 1);
+        m.set_block_drift(3, 1);
+        m.set_dropped_packets(100);
+        m.set_dropped_packets(90);
+        m.blocked_seen(7);
+        let _running = crate::health::Running::new(m.source_health());
+        let text = m.prometheus_text();
+        for line in [
+            "tcpwatch_block_drift_total{backend=\"nftables\",kind=\"missing\"} 3",
+            "tcpwatch_block_drift_total{backend=\"nftables\",kind=\"unknown\"} 1",
+            "tcpwatch_dropped_packets_total{backend=\"nftables\"} 100",
+            "tcpwatch_blocked_packets_seen_total{source=\"pcap\"} 7",
+            "tcpwatch_source_up{source=\"pcap\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        m.source_health().fault(true);
+        assert!(m
+            .openmetrics()
+            .contains("tcpwatch_source_up{source=\"pcap\"} 0"));
+        check_text_format(&text).unwrap();
     }
 
     #[test]

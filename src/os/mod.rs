@@ -11,3 +11,4 @@ pub mod iface;
 pub mod netlink;
 pub mod nftables;
 pub mod process;
+pub mod socket;

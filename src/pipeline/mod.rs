@@ -7,7 +7,8 @@
 //! - [`stages`]: the stage tasks, each taking its parts as values (a
 //!   source, a detector, a blocker, a writer, a clock), so the pipeline is
 //!   tested in-process with fakes ([`Parts`], [`Running`]);
-//! - [`reload`]: SIGHUP re-reads `--config`; [`shutdown`]: the signals.
+//! - [`reload`]: SIGHUP re-reads `--config`; [`shutdown`]: the signals;
+//! - [`control`]: the control socket's requests, answered by the stages.
 //!
 //! With a state file (`--state`), the connections accounted for and the
 //! blocks decided are stored as they happen; at start-up the blocks are
@@ -17,6 +18,7 @@
 //! re-reads `--config` (the settings declared `live`) without losing any of
 //! this.
 
+pub mod control;
 pub mod reload;
 pub mod setup;
 pub mod shutdown;
@@ -28,6 +30,7 @@ use crate::settings::RunSettings;
 use anyhow::Context;
 pub use reload::Reloader;
 pub use stages::{Parts, Running, Source};
+use std::sync::Arc;
 
 /// Runs the agent on its own runtime until a signal or a fatal error. The
 /// capabilities are settled first, before any thread exists (they are per
@@ -56,7 +59,16 @@ pub async fn run(settings: RunSettings, reloader: Option<Reloader>) -> anyhow::R
     let hangup = reload::watch_hangup()?;
     let signals = shutdown::Signals::watch()?;
     let opened = setup::open(&settings).await?;
+    let dry_run = settings.block.dry_run;
     let running = stages::start(opened.parts);
+    let control = opened.control.map(|socket| {
+        let agent = running.control(opened.node.clone(), dry_run);
+        let task = tokio::spawn(crate::control::server::serve(
+            socket.listener,
+            Arc::new(agent),
+        ));
+        (task, socket.path)
+    });
     let reload = tokio::spawn(reload::on_hangup(
         hangup,
         reloader,
@@ -66,5 +78,9 @@ pub async fn run(settings: RunSettings, reloader: Option<Reloader>) -> anyhow::R
     let server = opened.server.map(tokio::spawn);
     let outcome = running.until(signals.wait(), server).await;
     reload.abort();
+    if let Some((task, path)) = control {
+        task.abort();
+        crate::os::socket::unlink(&path);
+    }
     outcome
 }

@@ -10,6 +10,7 @@ use crate::block::backend::Backend;
 use crate::block::blocker::Blocker;
 use crate::block::firewall::Firewall;
 use crate::block::journal::Journal;
+use crate::block::record::Record;
 use crate::block::xdp::{Stats, XdpBlock};
 use crate::block::BlockKind;
 use crate::bpf::xdp::LoadOptions;
@@ -19,7 +20,7 @@ use crate::metrics::{self, Listen, Metrics};
 use crate::settings::RunSettings;
 use crate::sink::LineSink;
 use crate::source::{self, xdp::XdpSource, SourceKind};
-use crate::state::{Loaded, StateError, StatePath, Store, DEFAULT_STATE};
+use crate::state::{Loaded, StateError, StatePath, Store, StoredRecord, DEFAULT_STATE};
 use crate::{diag, duration, text};
 use anyhow::Context;
 use futures_util::future::BoxFuture;
@@ -34,6 +35,10 @@ pub struct Opened {
     pub parts: Parts,
     /// The metrics server, to run beside the stages.
     pub server: Option<BoxFuture<'static, anyhow::Result<()>>>,
+    /// The control socket, bound.
+    pub control: Option<super::control::Socket>,
+    /// This node's name (the origin of its blocks).
+    pub node: String,
 }
 
 /// Opens the parts of a run of `settings`.
@@ -45,6 +50,7 @@ pub async fn open(settings: &RunSettings) -> anyhow::Result<Opened> {
         Listen::Off => None,
     };
     let mut store = open_state(&settings.state.state).await?;
+    let control = super::control::bind(&settings.control);
     // Only the polling sources diff socket tables, so only they keep the
     // connection table in the state file (a real-time source would write
     // every attempt of a flood to it).
@@ -64,6 +70,8 @@ pub async fn open(settings: &RunSettings) -> anyhow::Result<Opened> {
     let applies = firewall.as_ref().is_some_and(Firewall::applies);
     let metrics = Metrics::new(source.name(), firewall.as_ref().map(Firewall::name));
     metrics.declare_tables(&crate::detect::EVICTION_TABLES);
+    metrics.declare_tables(&["block_records", "status_top"]);
+    let node = crate::os::host::name().unwrap_or_else(|| "localhost".to_string());
     let mut blocker = Blocker::new(
         firewall,
         ttl,
@@ -71,7 +79,8 @@ pub async fn open(settings: &RunSettings) -> anyhow::Result<Opened> {
         clock.clone(),
     )
     .with_limit(settings.block.max_blocks_per_minute)
-    .with_node(&crate::os::host::name().unwrap_or_else(|| "localhost".to_string()));
+    .with_ttl_max(settings.block.block_ttl_max)
+    .with_node(&node);
     let mut detector = Detector::new(
         source.name(),
         settings.source.report_existing,
@@ -79,7 +88,13 @@ pub async fn open(settings: &RunSettings) -> anyhow::Result<Opened> {
         &settings.limits,
     );
     if let Some((store, loaded)) = &mut store {
-        blocker = blocker.with_journal(Arc::new(StoreJournal(store.clone())));
+        let records = std::mem::take(&mut loaded.records)
+            .into_iter()
+            .map(record_of)
+            .collect();
+        blocker = blocker
+            .with_records(records)
+            .with_journal(Arc::new(StoreJournal(store.clone())));
         blocker =
             restore_blocks(blocker, store.clone(), std::mem::take(&mut loaded.blocks)).await?;
         if polling {
@@ -103,6 +118,8 @@ pub async fn open(settings: &RunSettings) -> anyhow::Result<Opened> {
             block_tick: crate::block::firewall::RETRY_EVERY,
         },
         server,
+        control,
+        node,
     })
 }
 
@@ -180,6 +197,44 @@ impl Journal for StoreJournal {
             .retain_blocks(SystemTime::now(), |ip| held.contains(&ip));
         self.0.report(kept.map(|_| ()));
     }
+
+    fn forget(&self, target: IpNet) {
+        self.0.report(self.0.forget_block(target));
+    }
+
+    fn note(&self, records: &[(IpNet, Record)]) {
+        let stored: Vec<StoredRecord> = records
+            .iter()
+            .map(|(target, r)| StoredRecord {
+                target: *target,
+                repeat: r.repeat,
+                scan_ttl: r.scan_ttl,
+                ttl: r.ttl,
+                applied: r.applied,
+                lapses: r.lapses,
+                reason: r.reason.clone(),
+                origin: r.origin.clone(),
+            })
+            .collect();
+        self.0
+            .report(self.0.put_records(&stored, SystemTime::now()));
+    }
+}
+
+/// A stored record as the block stage keeps it.
+fn record_of(stored: StoredRecord) -> (IpNet, Record) {
+    (
+        stored.target,
+        Record {
+            repeat: stored.repeat,
+            scan_ttl: stored.scan_ttl,
+            ttl: stored.ttl,
+            applied: stored.applied,
+            lapses: stored.lapses,
+            reason: stored.reason,
+            origin: stored.origin,
+        },
+    )
 }
 
 /// How often a taken metrics port is tried again.

@@ -3,9 +3,19 @@
 //! [`Running::stop`] drains them: the source stops, what is in flight goes
 //! through every stage and is printed, and the block stage removes the
 //! firewall objects once its input is closed.
+//!
+//! Every block decided or lifted — for a scan, late after a firewall fault,
+//! or by the operator through the control socket — leaves the block stage
+//! as a `Blocked` or `Unblocked` event on its output channel, in the order
+//! it happened: that one stream is where a stage that shares blocks (the
+//! fleet) takes them from. The block stage also shares the blocks in force
+//! ([`crate::blockset::BlockSet`]) with the detect task, which drops what
+//! a packet source saw from a blocked source before it becomes a connection.
 
+use super::control::{self, BlockCommand};
 use crate::block::blocker::Blocker;
 use crate::block::xdp::Stats;
+use crate::blockset::BlockSet;
 use crate::clock::Clock;
 use crate::detect::connections::pair;
 use crate::detect::Detector;
@@ -80,6 +90,10 @@ pub struct Running {
     sink: JoinHandle<anyhow::Result<()>>,
     xdp_metrics: Option<JoinHandle<()>>,
     reload: watch::Sender<RunSettings>,
+    /// The block stage's requests (the control socket's).
+    commands: mpsc::Sender<BlockCommand>,
+    metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
 }
 
 /// Spawns the stages, joined by bounded channels.
@@ -103,15 +117,21 @@ pub fn start(parts: Parts) -> Running {
     let (observations, observed) = mpsc::channel(capacity);
     let (detected, to_block) = mpsc::channel(BATCHES);
     let (decided, to_print) = mpsc::channel(BATCHES);
+    let (commands, to_run) = mpsc::channel(control::COMMANDS);
     let (reload, reloaded) = watch::channel(settings);
+    let blockset = blocker.blockset();
     let sink = tokio::spawn(print(sink, to_print, metrics.clone(), store.clone()));
     let block = tokio::spawn(block(
         blocker,
-        to_block,
+        Inputs {
+            events: to_block,
+            commands: to_run,
+            reloaded: reloaded.clone(),
+        },
         decided,
         metrics.clone(),
-        reloaded.clone(),
         block_tick,
+        xdp_stats.is_some(),
     ));
     let detect = tokio::spawn(detect(
         detector,
@@ -120,14 +140,19 @@ pub fn start(parts: Parts) -> Running {
         metrics.clone(),
         store,
         reloaded,
+        blockset,
     ));
     let xdp_metrics = xdp_stats.map(|stats| tokio::spawn(xdp_metrics(stats, metrics.clone())));
     let source = match source {
-        Source::Table(table, every) => {
-            tokio::spawn(poll(table, every, clock, observations, metrics))
-        }
+        Source::Table(table, every) => tokio::spawn(poll(
+            table,
+            every,
+            clock.clone(),
+            observations,
+            metrics.clone(),
+        )),
         Source::Stream(stream) => tokio::spawn(stream.run(SourceContext {
-            clock,
+            clock: clock.clone(),
             out: observations,
             health: metrics.source_health(),
         })),
@@ -139,6 +164,9 @@ pub fn start(parts: Parts) -> Running {
         sink,
         xdp_metrics,
         reload,
+        commands,
+        metrics,
+        clock,
     }
 }
 
@@ -147,6 +175,18 @@ impl Running {
     /// it before their next input.
     pub fn reload_sender(&self) -> watch::Sender<RunSettings> {
         self.reload.clone()
+    }
+
+    /// What answers the control socket: the running stages.
+    pub fn control(&self, node: String, dry_run: bool) -> Arc<control::Agent> {
+        Arc::new(control::Agent {
+            commands: self.commands.clone(),
+            metrics: self.metrics.clone(),
+            clock: self.clock.clone(),
+            node,
+            dry_run,
+            started: Instant::now(),
+        })
     }
 
     /// Runs until `stop` resolves (a signal), the source or the sink ends,
@@ -294,6 +334,7 @@ async fn detect(
     metrics: Arc<Metrics>,
     store: Option<Arc<Store>>,
     mut reloaded: watch::Receiver<RunSettings>,
+    blockset: Option<Arc<BlockSet>>,
 ) -> anyhow::Result<()> {
     let mut stored_once = false;
     loop {
@@ -312,7 +353,23 @@ async fn detect(
         if let Observation::Lost { count } = observation {
             metrics.events_lost(detector.source(), count);
         }
-        let mut events = detector.process(&observation);
+        // A packet from a blocked source is its block at work: counted as
+        // seen by the block, never a connection or a probe.
+        let blocked = |observation: &Observation| {
+            let hit = matches!(
+                (&blockset, sender(observation)),
+                (Some(set), Some(remote)) if set.hit(remote)
+            );
+            if hit {
+                metrics.blocked_seen(1);
+            }
+            hit
+        };
+        let mut events = if blocked(&observation) {
+            Vec::new()
+        } else {
+            detector.process(&observation)
+        };
         // A real-time source's observations already waiting join this
         // batch: one hand-off to the next stage for the lot, not one per
         // attempt (a flood brings thousands). A snapshot stays alone: its
@@ -323,7 +380,9 @@ async fn detect(
                 if let Observation::Lost { count } = more {
                     metrics.events_lost(detector.source(), count);
                 }
-                events.extend(detector.process(&more));
+                if !blocked(&more) {
+                    events.extend(detector.process(&more));
+                }
             }
         }
         metrics.set_tracked_sources(detector.tracked_sources());
@@ -350,6 +409,46 @@ async fn detect(
     }
 }
 
+/// Who sent what a real-time source saw: the remote of an attempt (an
+/// inbound SYN, or the answer to an outbound one), the sender of a probe.
+fn sender(observation: &Observation) -> Option<std::net::IpAddr> {
+    match observation {
+        Observation::Attempt { conn, .. } => Some(conn.remote().ip()),
+        Observation::Probe { remote, .. } => Some(*remote),
+        Observation::Snapshot { .. } | Observation::Lost { .. } => None,
+    }
+}
+
+/// What the block stage reads: batches of events, the operator's
+/// requests, reloaded settings.
+struct Inputs {
+    events: mpsc::Receiver<Vec<Event>>,
+    commands: mpsc::Receiver<BlockCommand>,
+    reloaded: watch::Receiver<RunSettings>,
+}
+
+/// Copies the block stage's figures into the metrics.
+fn report(blocker: &mut Blocker, metrics: &Metrics, xdp: bool, records_evicted: &mut u64) {
+    let skipped = blocker.take_skipped();
+    metrics.blocks_skipped(skipped.allowlist, skipped.rate_limit);
+    let health = blocker.health();
+    metrics.set_block_health(health.errors, health.dropped, health.pending);
+    metrics.set_block_drift(health.drift_missing, health.drift_unknown);
+    // XDP counts its drops itself, per family (`xdp_metrics`).
+    if !xdp {
+        metrics.set_dropped_packets(health.dropped_packets);
+    }
+    let suppressed = blocker.take_suppressed();
+    if suppressed > 0 {
+        metrics.blocked_seen(suppressed);
+    }
+    let evicted = blocker.records_evicted();
+    if evicted > *records_evicted {
+        metrics.evicted("block_records", evicted - *records_evicted);
+        *records_evicted = evicted;
+    }
+}
+
 /// Blocks the scanners of each batch (one backend call for all of them),
 /// keeps the blocked-address gauges current, retries and repairs every
 /// `tick`, and removes the firewall objects when its input closes. Firewall
@@ -357,20 +456,20 @@ async fn detect(
 /// ([`off_thread`]).
 async fn block(
     mut blocker: Blocker,
-    mut input: mpsc::Receiver<Vec<Event>>,
+    inputs: Inputs,
     out: mpsc::Sender<Vec<Event>>,
     metrics: Arc<Metrics>,
-    mut reloaded: watch::Receiver<RunSettings>,
     tick: Duration,
+    xdp: bool,
 ) -> anyhow::Result<()> {
+    let Inputs {
+        events: mut input,
+        mut commands,
+        mut reloaded,
+    } = inputs;
     let mut ticks = tokio::time::interval(tick);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let report = |blocker: &mut Blocker| {
-        let skipped = blocker.take_skipped();
-        metrics.blocks_skipped(skipped.allowlist, skipped.rate_limit);
-        let health = blocker.health();
-        metrics.set_block_health(health.errors, health.dropped, health.pending);
-    };
+    let mut records_evicted = 0;
     loop {
         let events = tokio::select! {
             Ok(()) = reloaded.changed() => {
@@ -387,12 +486,28 @@ async fn block(
                 }
                 None => break,
             },
+            Some(command) = commands.recv() => {
+                let (events, reply, counted) = off_thread(|| {
+                    let (events, reply) = command.run(&mut blocker);
+                    let counted = if events.is_empty() { None } else { blocker.count().ok() };
+                    (events, reply, counted)
+                });
+                if let Some((v4, v6)) = counted {
+                    metrics.set_blocked_ips(v4, v6);
+                }
+                report(&mut blocker, &metrics, xdp, &mut records_evicted);
+                if !events.is_empty() && out.send(events).await.is_err() {
+                    break;
+                }
+                reply();
+                continue;
+            }
             _ = ticks.tick(), if blocker.is_active() => {
                 let (late, counted) = off_thread(|| blocker.tick());
                 if let Some((v4, v6)) = counted {
                     metrics.set_blocked_ips(v4, v6);
                 }
-                report(&mut blocker);
+                report(&mut blocker, &metrics, xdp, &mut records_evicted);
                 late
             }
         };
@@ -414,9 +529,14 @@ async fn block(
             if let Some((v4, v6)) = counted {
                 metrics.set_blocked_ips(v4, v6);
             }
-            report(&mut blocker);
+            report(&mut blocker, &metrics, xdp, &mut records_evicted);
             events
         } else {
+            let events = blocker.pass(events);
+            let suppressed = blocker.take_suppressed();
+            if suppressed > 0 {
+                metrics.blocked_seen(suppressed);
+            }
             events
         };
         if !events.is_empty() && out.send(events).await.is_err() {
@@ -501,11 +621,9 @@ async fn xdp_metrics(stats: Stats, metrics: Arc<Metrics>) {
             continue;
         };
         let evictions = stats.evictions();
-        metrics.xdp_dropped(
-            v4.wrapping_sub(seen.0),
-            v6.wrapping_sub(seen.1),
-            evictions.wrapping_sub(seen.2),
-        );
+        let (new4, new6) = (v4.wrapping_sub(seen.0), v6.wrapping_sub(seen.1));
+        metrics.xdp_dropped(new4, new6, evictions.wrapping_sub(seen.2));
+        metrics.add_dropped_packets(new4.wrapping_add(new6));
         seen = (v4, v6, evictions);
     }
 }

@@ -358,3 +358,139 @@ async fn a_slow_reader_slows_the_source_and_loses_nothing() {
         "tcpwatch_new_connections_total{{direction=\"inbound\"}} {N}"
     )));
 }
+
+fn attempt_from(clock: &ManualClock, remote: &str, port: u16) -> Observation {
+    Observation::Attempt {
+        at: clock.now(),
+        conn: Connection {
+            initiator: format!("{remote}:40000").parse().unwrap(),
+            acceptor: format!("10.0.0.5:{port}").parse().unwrap(),
+            direction: Direction::Inbound,
+        },
+        isn: u32::from(port),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_packet_source_sees_of_a_blocked_scanner_is_never_a_connection() {
+    let (send, observed) = mpsc::channel(64);
+    let (parts, rig) = parts(
+        Source::Stream(Box::new(FakeStream(observed))),
+        RunSettings::default(),
+    );
+    let running = stages::start(parts);
+    for port in 80..84 {
+        send.send(attempt(&rig.clock, port)).await.unwrap();
+    }
+    let mut want = scan_lines(&[80, 81, 82, 83]);
+    want.push("Blocked 192.0.2.56 for 1h via fake".into());
+    assert_eq!(rig.out.wait_for(6).await, want);
+    // The scan goes on: the firewall drops it, the source still sees it.
+    for port in 84..184 {
+        send.send(attempt(&rig.clock, port)).await.unwrap();
+    }
+    send.send(Observation::Probe {
+        at: rig.clock.now(),
+        remote: "192.0.2.56".parse().unwrap(),
+        local: "10.0.0.5:53".parse().unwrap(),
+        kind: crate::event::ScanKind::Udp,
+    })
+    .await
+    .unwrap();
+    send.send(attempt_from(&rig.clock, "198.51.100.1", 22))
+        .await
+        .unwrap();
+    let lines = rig.out.wait_for(7).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let text = rig.metrics.prometheus_text();
+    running.stop().await.unwrap();
+    assert_eq!(
+        lines[6..],
+        ["New connection: 198.51.100.1:40000 -> 10.0.0.5:22"]
+    );
+    assert_eq!(rig.out.lines().len(), 7, "{:#?}", rig.out.lines());
+    assert!(
+        text.contains("tcpwatch_blocked_packets_seen_total{source=\"pcap\"} 101"),
+        "{text}"
+    );
+    assert!(text.contains("tcpwatch_new_connections_total{direction=\"inbound\"} 5"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operators_requests_go_through_the_block_stage_and_out_as_events() {
+    use crate::control::server::Handler;
+    use crate::control::{Request, Response};
+    let (_send, observed) = mpsc::channel(64);
+    let (parts, rig) = parts(
+        Source::Stream(Box::new(FakeStream(observed))),
+        RunSettings::default(),
+    );
+    let running = stages::start(parts);
+    let agent = running.control("node-a".into(), false);
+    let added = agent
+        .handle(Request::Add {
+            target: "198.51.100.7".into(),
+            ttl_ms: Some(300_000),
+        })
+        .await;
+    assert_eq!(
+        added,
+        Response::Added {
+            target: "198.51.100.7".into(),
+            ttl_ms: 300_000,
+            backend: "fake".into()
+        }
+    );
+    assert_eq!(
+        rig.out.wait_for(1).await,
+        ["Blocked 198.51.100.7 for 5m via fake"]
+    );
+    let refused = agent
+        .handle(Request::Add {
+            target: "10.0.0.5".into(),
+            ttl_ms: None,
+        })
+        .await;
+    assert_eq!(
+        refused,
+        Response::Refused {
+            message: "not blocking 10.0.0.5: it is never blocked (an address of this host)".into()
+        }
+    );
+    let Response::Status(status) = agent.handle(Request::Status { top: 10 }).await else {
+        panic!("not a status");
+    };
+    assert_eq!(status.node, "node-a");
+    assert_eq!(status.blocking.backend.as_deref(), Some("fake"));
+    assert_eq!(status.last_hour.blocks, 1);
+    assert_eq!(status.blocks.len(), 1);
+    assert_eq!(status.blocks[0].target, "198.51.100.7");
+    assert_eq!(status.blocks[0].reason, "manual");
+    assert_eq!(status.blocks[0].ttl_seconds, Some(300));
+    let removed = agent
+        .handle(Request::Remove {
+            target: "198.51.100.7".into(),
+        })
+        .await;
+    assert_eq!(
+        removed,
+        Response::Removed {
+            target: "198.51.100.7".into(),
+            backend: Some("fake".into()),
+            was_blocked: true
+        }
+    );
+    assert_eq!(
+        rig.out.wait_for(2).await[1],
+        "Unblocked 198.51.100.7 via fake"
+    );
+    assert_eq!(
+        agent.handle(Request::List).await,
+        Response::Blocks { blocks: Vec::new() }
+    );
+    running.stop().await.unwrap();
+    assert!(rig
+        .metrics
+        .prometheus_text()
+        .contains("tcpwatch_blocks_total{backend=\"fake\"} 1"));
+}

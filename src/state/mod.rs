@@ -7,7 +7,13 @@
 //!   keyed by the canonical endpoint pair of the connection table, with the
 //!   wall time it was recorded;
 //! - `blocks`: every block decided, with its absolute expiry and backend;
+//! - `records`: what the agent remembers of each source it blocked (why,
+//!   for whom, when, and how often in a row, for a repeat offender's longer
+//!   block), until the record lapses;
 //! - `meta`: the schema version, and whether a first table was ever stored.
+//!
+//! A table added later (`records`) leaves the schema version alone: a file
+//! without it reads as having none, and an older agent ignores it.
 //!
 //! Writes are small durable transactions, one per poll or per batch of
 //! blocks (redb commits are crash-safe: a `kill -9` loses at most the
@@ -75,6 +81,13 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const CONNECTIONS: TableDefinition<&[u8], u64> = TableDefinition::new("connections");
 /// Encoded address -> (expiry, ms since the Unix epoch; backend name).
 const BLOCKS: TableDefinition<&[u8], (u64, &str)> = TableDefinition::new("blocks");
+/// Encoded target -> (repeat, scan TTL ms, TTL ms, applied, lapses (ms
+/// since the Unix epoch), reason, origin).
+type RecordRow<'a> = (u32, u64, u64, u64, u64, &'a str, &'a str);
+const RECORDS: TableDefinition<&[u8], RecordRow<'static>> = TableDefinition::new("records");
+/// Reasons and origins longer than this are cut: the file stays small
+/// whatever a fleet peer sends.
+const MAX_TEXT: usize = 256;
 
 const SCHEMA_KEY: &str = "schema";
 const PRIMED_KEY: &str = "primed";
@@ -90,6 +103,19 @@ pub struct StoredBlock {
     pub target: IpNet,
     pub expires: SystemTime,
     pub backend: String,
+}
+
+/// A source's record as stored (see `block::record`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    pub target: IpNet,
+    pub repeat: u32,
+    pub scan_ttl: Duration,
+    pub ttl: Duration,
+    pub applied: SystemTime,
+    pub lapses: SystemTime,
+    pub reason: String,
+    pub origin: String,
 }
 
 /// What went wrong with the state file; its message is one line naming the
@@ -174,6 +200,7 @@ impl Store {
             Ok(Loaded {
                 connections: self.connections()?,
                 blocks: self.blocks()?,
+                records: self.records()?,
                 primed: self.primed()?,
             })
         })
@@ -361,6 +388,60 @@ impl Store {
         })
     }
 
+    /// Every stored record, lapsed or not.
+    pub fn records(&self) -> Result<Vec<StoredRecord>, StateError> {
+        self.rows(RECORDS, "record", |key, row| {
+            let (repeat, scan_ttl, ttl, applied, lapses, reason, origin) = row;
+            Some(StoredRecord {
+                target: decode_net(key)?,
+                repeat,
+                scan_ttl: Duration::from_millis(scan_ttl),
+                ttl: Duration::from_millis(ttl),
+                applied: UNIX_EPOCH + Duration::from_millis(applied),
+                lapses: UNIX_EPOCH + Duration::from_millis(lapses),
+                reason: reason.to_string(),
+                origin: origin.to_string(),
+            })
+        })
+    }
+
+    /// Stores `records` (replacing those of the same targets) and drops
+    /// the records lapsed by `now`, in one durable transaction.
+    pub fn put_records(&self, records: &[StoredRecord], now: SystemTime) -> Result<(), StateError> {
+        self.write(|write| {
+            let mut table = write.open_table(RECORDS).map_err(|e| self.io(e))?;
+            let now = millis(now);
+            table.retain(|_, row| row.4 > now).map_err(|e| self.io(e))?;
+            for r in records {
+                let row: RecordRow = (
+                    r.repeat,
+                    millis_of(r.scan_ttl),
+                    millis_of(r.ttl),
+                    millis(r.applied),
+                    millis(r.lapses),
+                    cut(&r.reason),
+                    cut(&r.origin),
+                );
+                table
+                    .insert(encode_net(r.target).as_slice(), row)
+                    .map_err(|e| self.io(e))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Drops the block of `target` (lifted by the operator); its record
+    /// stays.
+    pub fn forget_block(&self, target: IpNet) -> Result<(), StateError> {
+        self.write(|write| {
+            let mut table = write.open_table(BLOCKS).map_err(|e| self.io(e))?;
+            table
+                .remove(encode_net(target).as_slice())
+                .map_err(|e| self.io(e))?;
+            Ok(())
+        })
+    }
+
     /// Every row of `table` (none when it was never written), each decoded
     /// by `decode`; a row it cannot decode makes the file corrupt.
     fn rows<V: redb::Value + 'static, T>(
@@ -465,6 +546,7 @@ impl Store {
 pub struct Loaded {
     pub connections: Vec<ConnKey>,
     pub blocks: Vec<StoredBlock>,
+    pub records: Vec<StoredRecord>,
     pub primed: bool,
 }
 
@@ -537,6 +619,7 @@ fn create_atomically(path: &Path) -> Result<(), String> {
             // Created empty so readers never meet a missing table.
             write.open_table(CONNECTIONS).map_err(|e| one_line(&e))?;
             write.open_table(BLOCKS).map_err(|e| one_line(&e))?;
+            write.open_table(RECORDS).map_err(|e| one_line(&e))?;
         }
         write.commit().map_err(|e| one_line(&e))?;
         drop(db);
@@ -553,6 +636,22 @@ fn create_atomically(path: &Path) -> Result<(), String> {
         let _ = std::fs::remove_file(&temp);
     }
     built
+}
+
+fn millis_of(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `text` cut to [`MAX_TEXT`] bytes at a character boundary.
+fn cut(text: &str) -> &str {
+    if text.len() <= MAX_TEXT {
+        return text;
+    }
+    let mut end = MAX_TEXT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 fn millis(at: SystemTime) -> u64 {

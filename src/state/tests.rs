@@ -342,3 +342,99 @@ fn a_write_after_a_failed_one_reopens_the_file_and_keeps_everything() {
         .unwrap();
     assert_eq!(store.blocks().unwrap().len(), 1);
 }
+
+fn record(target: &str, lapses: SystemTime) -> StoredRecord {
+    StoredRecord {
+        target: target.parse().unwrap(),
+        repeat: 2,
+        scan_ttl: Duration::from_secs(60),
+        ttl: Duration::from_secs(60),
+        applied: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+        lapses,
+        reason: "port scan 3/60s on ports 80,81,82,83".into(),
+        origin: "node-a".into(),
+    }
+}
+
+#[test]
+fn records_survive_a_reopen_and_lapsed_ones_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let now = SystemTime::now();
+    let later = UNIX_EPOCH + Duration::from_millis(millis(now) + 3_600_000);
+    {
+        let store = Store::open(&path).unwrap();
+        let mut long = record("2001:db8:1:2::/64", later);
+        long.reason = "é".repeat(200);
+        store
+            .put_records(&[record("192.0.2.56/32", later), long], now)
+            .unwrap();
+        store
+            .put_blocks(&["192.0.2.56/32".parse().unwrap()], later, "nftables", now)
+            .unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    let loaded = store.load().unwrap();
+    assert_eq!(loaded.records.len(), 2);
+    let v4 = loaded
+        .records
+        .iter()
+        .find(|r| r.target == "192.0.2.56/32".parse::<IpNet>().unwrap())
+        .unwrap();
+    assert_eq!(*v4, record("192.0.2.56/32", later));
+    let cut = loaded
+        .records
+        .iter()
+        .find(|r| r.target.prefix_len() == 64)
+        .unwrap();
+    assert_eq!(cut.reason.len(), 256, "cut at a character boundary");
+    // A lapsed record goes with the next write.
+    store
+        .put_records(
+            &[record("192.0.2.9/32", later)],
+            later + Duration::from_secs(1),
+        )
+        .unwrap();
+    assert_eq!(store.records().unwrap().len(), 1);
+    // Lifting a block keeps the record.
+    store
+        .forget_block("192.0.2.56/32".parse().unwrap())
+        .unwrap();
+    assert!(store.blocks().unwrap().is_empty());
+    assert_eq!(store.records().unwrap().len(), 1);
+}
+
+/// A file written before the `records` table existed: readable, with no
+/// records, and writable.
+#[test]
+fn a_file_without_the_records_table_reads_and_takes_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    {
+        let db = Database::create(&path).unwrap();
+        let write = db.begin_write().unwrap();
+        {
+            let mut meta = write.open_table(META).unwrap();
+            meta.insert(SCHEMA_KEY, SCHEMA_VERSION).unwrap();
+            write.open_table(CONNECTIONS).unwrap();
+            let mut blocks = write.open_table(BLOCKS).unwrap();
+            let far = millis(SystemTime::now()) + 3_600_000;
+            blocks
+                .insert(
+                    encode_ip("192.0.2.7".parse().unwrap()).as_slice(),
+                    (far, "nftables"),
+                )
+                .unwrap();
+        }
+        write.commit().unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    let loaded = store.load().unwrap();
+    assert_eq!(loaded.blocks.len(), 1);
+    assert!(loaded.records.is_empty());
+    let later = SystemTime::now() + Duration::from_secs(60);
+    store
+        .put_records(&[record("192.0.2.7/32", later)], SystemTime::now())
+        .unwrap();
+    assert_eq!(store.records().unwrap().len(), 1);
+}

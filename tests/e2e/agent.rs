@@ -110,6 +110,63 @@ impl Args {
     pub fn format(self, format: &str) -> Args {
         self.set("--format", format)
     }
+
+    /// `--block-ttl-max DURATION`: a repeat offender's TTL doubles up to it.
+    pub fn block_ttl_max(self, ttl: &str) -> Args {
+        self.set("--block-ttl-max", ttl)
+    }
+
+    /// `--control PATH`: the agent's control socket (the quiet defaults
+    /// have none).
+    pub fn control(self, socket: &ControlSocket) -> Args {
+        self.set("--control", socket.path.display())
+    }
+}
+
+/// A control socket for one agent, in a temporary directory of its own,
+/// and the commands that reach the agent through it (`tcpwatch status`,
+/// `tcpwatch blocks`).
+pub struct ControlSocket {
+    _dir: tempfile::TempDir,
+    pub path: std::path::PathBuf,
+}
+
+impl ControlSocket {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> ControlSocket {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tcpwatch.sock");
+        ControlSocket { _dir: dir, path }
+    }
+
+    /// `ARGS --control PATH`: the command line of a subcommand that asks
+    /// the agent.
+    pub fn argv<'a>(&'a self, args: &[&'a str]) -> Vec<String> {
+        let mut argv: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        argv.push("--control".into());
+        argv.push(self.path.display().to_string());
+        argv
+    }
+
+    /// `tcpwatch ARGS --control PATH` in host `index`, to its end.
+    pub fn run(&self, lab: &Lab, index: usize, args: &[&str]) -> std::process::Output {
+        let argv = self.argv(args);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        lab.run(index, AGENT, &argv)
+    }
+
+    /// [`ControlSocket::run`], which must succeed with nothing on stderr:
+    /// its stdout.
+    pub fn output(&self, lab: &Lab, index: usize, args: &[&str]) -> String {
+        let out = self.run(lab, index, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stderr.is_empty(),
+            "tcpwatch {args:?}: {}; stderr: {stderr}",
+            out.status
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -186,7 +243,12 @@ impl Agent {
     ///   prints one. These outbound lines never count towards a scan, and
     ///   are left out of what [`Agent::stop`] returns.
     pub fn watching(lab: &Lab, source: Source) -> Agent {
-        let agent = Agent::spawn(lab, A, &Args::watching(source));
+        Agent::watching_with(lab, source, &Args::watching(source))
+    }
+
+    /// [`Agent::watching`] with `args` (built on [`Args::watching`]).
+    pub fn watching_with(lab: &Lab, source: Source, args: &Args) -> Agent {
+        let agent = Agent::spawn(lab, A, args);
         match source {
             Source::Procfs | Source::Netlink => agent.ready(),
             Source::Xdp => {

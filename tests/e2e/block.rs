@@ -76,7 +76,8 @@ fn assert_only_scanner_dropped(lab: &Lab, host: IpAddr, port: u16) {
 fn nftables_blocks_a_scanner_and_nobody_else() {
     let Some(lab) = lab() else { return };
     let _server = serve_and_probe(&lab);
-    let agent = start(&lab, args("nftables"));
+    let control = ControlSocket::new();
+    let agent = start(&lab, args("nftables").control(&control));
 
     let (scanner, host, _scan) = scan_and_block(&lab, &agent, false, "nftables");
     let seen = Instant::now();
@@ -92,15 +93,23 @@ fn nftables_blocks_a_scanner_and_nobody_else() {
     assert!(nft_set(&lab, "blocked4").contains("timeout 30s"));
     assert_only_scanner_dropped(&lab, host, 9000);
 
-    // `tcpwatch blocks` sees and lifts it.
-    let listed = lab.output(A, AGENT, &["blocks", "list"]);
+    // `tcpwatch blocks` sees and lifts it, through the agent.
+    let listed = control.output(&lab, A, &["blocks", "list"]);
     assert!(
         listed.starts_with(&format!("{scanner} expires in ")),
         "{listed}"
     );
-    assert!(listed.trim_end().ends_with("via nftables"), "{listed}");
-    lab.output(A, AGENT, &["blocks", "remove", &scanner.to_string()]);
-    lab.output(A, AGENT, &["blocks", "remove", &scanner.to_string()]);
+    assert!(listed.contains(" via nftables; "), "{listed}");
+    let shown = scanner.to_string();
+    assert_eq!(
+        control.output(&lab, A, &["blocks", "remove", &shown]),
+        format!("Unblocked {scanner} via nftables\n")
+    );
+    assert_eq!(
+        control.output(&lab, A, &["blocks", "remove", &shown]),
+        format!("{scanner} is not blocked\n")
+    );
+    agent.expect_event(&format!("Unblocked {scanner} via nftables"), EVENT);
     assert!(!lists(&nft_set(&lab, "blocked4"), scanner));
     lab.try_connect(B, host, 9000)
         .expect("unblocked scanner connects again");

@@ -121,7 +121,7 @@ fn docker_run(name: &str, state: &str, metrics: &str) -> Container {
         "NET_RAW",
         "--read-only",
         "--tmpfs",
-        "/run",
+        "/run:uid=10001,gid=10001",
         "-v",
         &volume,
         IMAGE,
@@ -268,6 +268,13 @@ fn container_reports_host_connections_and_blocks_on_the_host_firewall() {
     logs.expect_event(&blocked(scanner.addr.into(), "30s", "nftables"), EVENT);
     let set = must("nft", &["list", "set", "inet", "tcpwatch", "blocked4"]);
     assert!(set.contains(&scanner.addr.to_string()), "{set}");
+    // The operator asks the agent through its control socket in the
+    // container's /run, as the agent's user.
+    let status = must("docker", &["exec", &container.0, "tcpwatch", "status"]);
+    assert!(
+        status.contains(&format!("\n  {} expires in ", scanner.addr)),
+        "{status}"
+    );
 
     // Stopping the container (SIGTERM) removes the table.
     must("docker", &["stop", "-t", "20", &container.0]);

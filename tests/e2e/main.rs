@@ -17,11 +17,12 @@
 
 /// One `#[test]` per row, each calling `case` with the row's arguments:
 /// `test_rows!(case { test_name: arg, ...; ... })`. For cases run once per
-/// source, backend or fault.
+/// source, backend or fault. A row may carry attributes (`#[ignore = "..."]`).
 macro_rules! test_rows {
-    ($case:ident { $($name:ident: $($arg:expr),+;)+ }) => {
+    ($case:ident { $($(#[$meta:meta])* $name:ident: $($arg:expr),+;)+ }) => {
         $(
             #[test]
+            $(#[$meta])*
             fn $name() {
                 $case($($arg),+);
             }
@@ -31,6 +32,8 @@ macro_rules! test_rows {
 
 #[path = "../shared/args.rs"]
 mod args;
+#[path = "../shared/monitoring.rs"]
+mod monitoring;
 
 mod agent;
 mod inspect;
@@ -46,9 +49,11 @@ mod faults_source;
 mod memory;
 mod metrics;
 mod netlink;
+mod operators;
 mod pcap;
 mod pcap_probes;
 mod privilege;
+mod prometheus;
 mod realtime_block;
 mod replay;
 mod sources;

@@ -365,7 +365,9 @@ fn syns_behind_ipv6_extension_headers_are_seen() {
 #[test]
 fn a_scanner_rotating_addresses_in_its_64_is_one_scan_of_the_prefix() {
     let Some(lab) = Lab::new(2) else { return };
-    let agent = Agent::watching(&lab, Source::Pcap);
+    // The harness counts per address (the lab's hosts share one /64).
+    let args = Args::watching(Source::Pcap).set("--ipv6-prefix", 64);
+    let agent = Agent::watching_with(&lab, Source::Pcap, &args);
     let a = lab.v6(A).to_string();
     let ports: Vec<String> = (6001..=6010).map(|p: u16| p.to_string()).collect();
     let router = mac(&lab, A);

@@ -141,10 +141,11 @@ impl<'a> Privs<'a> {
 }
 
 /// `run` with test settings: the agent's own source and blocking unless
-/// set, 1 s polls and 30 s blocks, no metrics server, no state file.
+/// set, 1 s polls and 30 s blocks, no metrics server, no state file, no
+/// control socket.
 fn args() -> Args {
     let quiet = Args::bare().interval("1s").block_ttl("30s");
-    quiet.metrics("off").state("off")
+    quiet.metrics("off").state("off").set("--control", "off")
 }
 
 fn lab() -> Option<Lab> {

@@ -107,7 +107,11 @@ fn a_restart_restores_an_active_block_with_its_time_left() {
     let mut ports = PORTS.to_vec();
     ports.push(9000);
     let _server = lab.serve(A, Listen::V4, &ports);
-    let with = |backend| Agent::start(&lab, A, &blocking(&state, backend, "30s"));
+    let control = ControlSocket::new();
+    let with = |backend| {
+        let args = blocking(&state, backend, "30s").control(&control);
+        Agent::start(&lab, A, &args)
+    };
 
     let agent = with("nftables");
     let scan = lab.connect(B, host, &PORTS, None);
@@ -150,16 +154,28 @@ fn a_restart_restores_an_active_block_with_its_time_left() {
         "a bystander is blocked"
     );
 
-    // Lifted by hand while running: it must not come back at the next start
-    // (the agent drops it from the file at its next firewall recount, 5 s).
-    lab.output(A, AGENT, &["blocks", "remove", &scanner.to_string()]);
+    // Lifted through the agent while running: it must not come back, not
+    // at the next check (5 s) nor at the next start (the file forgets it).
+    control.output(&lab, A, &["blocks", "remove", &scanner.to_string()]);
     std::thread::sleep(Duration::from_secs(6));
+    assert!(
+        !nft_set(&lab, "blocked4").contains("elements"),
+        "a lifted block came back: {}",
+        nft_set(&lab, "blocked4")
+    );
     let finished = agent.stop();
     assert!(
         !finished.stdout.iter().any(|l| l.contains("Blocked")),
         "a restore printed a Blocked line: {:#?}",
         finished.stdout
     );
+    // The bystander's connection may be seen (procfs every second) or not.
+    let bystander = format!("New connection: {}:", lab.v4(C));
+    let texts: Vec<String> = event_texts(&finished.stdout)
+        .into_iter()
+        .filter(|t| !t.starts_with(&bystander))
+        .collect();
+    assert_eq!(texts, [format!("Unblocked {scanner} via nftables")]);
     assert_eq!(finished.status.code(), Some(0));
 
     let agent = with("nftables");

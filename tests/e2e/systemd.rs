@@ -270,6 +270,18 @@ fn unit_runs_under_systemd_as_a_dynamic_user_with_net_admin_only() {
     assert_eq!(health, "ok");
     assert!(host.has_table(), "no inet tcpwatch table in the container");
     expect_connection(&host);
+    // Root reaches the dynamic user's control socket in the unit's
+    // RuntimeDirectory.
+    let status = host.must(&["tcpwatch", "status"]);
+    assert!(
+        status.contains("\nsource: procfs, ok, 0 events lost\n"),
+        "{status}"
+    );
+    let socket = host.must(&["stat", "-c", "%U %a", "/run/tcpwatch/tcpwatch.sock"]);
+    assert!(
+        socket.ends_with(" 600") && !socket.starts_with("root"),
+        "{socket}"
+    );
     let diagnostics: Vec<String> = host
         .journal()
         .into_iter()

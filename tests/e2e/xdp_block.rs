@@ -67,13 +67,21 @@ fn dropped(lab: &Lab, family: &str) -> f64 {
 }
 
 /// `tcpwatch blocks ARGS` in the agent's network and mount namespaces
-/// (where its pins are); must succeed.
+/// (where its pins are); must succeed. Without a running agent's control
+/// socket, on the pins directly.
 fn blocks(pid: u32, args: &[&str]) -> String {
     let argv = [&[AGENT, "blocks"], args].concat();
     stdout_of(
         nsenter(pid, &["-m", "-n"], &argv),
         &format!("tcpwatch blocks {args:?}"),
     )
+}
+
+/// [`blocks`] through the agent's control socket.
+fn blocks_through(pid: u32, control: &ControlSocket, args: &[&str]) -> String {
+    let argv = control.argv(args);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    blocks(pid, &argv)
 }
 
 /// Starts an nmap connect scan of A's `PORTS` from B; returns it with the
@@ -173,7 +181,9 @@ fn xdp_source_blocks_a_v4_scanner_until_its_ttl_and_nobody_else() {
 #[test]
 fn ipv6_scanner_is_blocked_listed_and_removed() {
     let Some(lab) = lab() else { return };
-    let (_server, agent) = start(&lab, Listen::Dual, &args(&lab, Source::Xdp, "1h"));
+    let control = ControlSocket::new();
+    let args = args(&lab, Source::Xdp, "1h").control(&control);
+    let (_server, agent) = start(&lab, Listen::Dual, &args);
     let host: IpAddr = lab.v6(A).into();
 
     let scanner = scan_and_expect_block(&lab, &agent, true, "1h");
@@ -196,13 +206,15 @@ fn ipv6_scanner_is_blocked_listed_and_removed() {
         .parse()
         .unwrap();
     assert!((3590..=3600).contains(&secs), "{listed}");
-    let removed = blocks(agent.pid(), &["remove", &scanner.to_string()]);
+    // Lifted through the agent, so it does not put it back.
+    let removed = blocks_through(agent.pid(), &control, &["remove", &scanner.to_string()]);
     assert_eq!(removed.trim(), format!("Unblocked {scanner} via xdp"));
     // Idempotent.
-    blocks(agent.pid(), &["remove", &scanner.to_string()]);
+    blocks_through(agent.pid(), &control, &["remove", &scanner.to_string()]);
     lab.try_connect(B, host, PROBE)
         .expect("the unblocked scanner connects again");
     assert_eq!(blocks(agent.pid(), &["list"]), "");
+    assert_eq!(blocks_through(agent.pid(), &control, &["list"]), "");
     assert_clean_stop(&lab, agent);
 }
 
@@ -233,7 +245,9 @@ fn an_allowlisted_scanner_is_reported_but_never_blocked() {
 #[test]
 fn procfs_source_blocks_with_xdp_only() {
     let Some(lab) = lab() else { return };
-    let (_server, agent) = start(&lab, Listen::V4, &args(&lab, Source::Procfs, "1h"));
+    let control = ControlSocket::new();
+    let args = args(&lab, Source::Procfs, "1h").control(&control);
+    let (_server, agent) = start(&lab, Listen::V4, &args);
     assert!(
         agent.stderr().contains("tcpwatch: xdp: blocking on eth0"),
         "{}",
@@ -247,8 +261,8 @@ fn procfs_source_blocks_with_xdp_only() {
     assert_dropped(&lab, scanner, host);
     // The program only blocks here: nothing is reported from XDP.
     assert!(!agent.stdout_lines().iter().any(|l| l.contains(":9000")));
-    let flushed = blocks(agent.pid(), &["flush"]);
-    assert_eq!(flushed.trim(), "Flushed all blocks via xdp");
+    let flushed = blocks_through(agent.pid(), &control, &["flush"]);
+    assert_eq!(flushed.trim(), "Flushed 1 block via xdp");
     lab.try_connect(B, host, PROBE)
         .expect("flushed scanner connects again");
     assert_clean_stop(&lab, agent);

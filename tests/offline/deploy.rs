@@ -35,6 +35,7 @@ fn systemd_unit_verifies_and_is_hardened() {
         "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_BPF CAP_PERFMON",
         "ProtectSystem=strict",
         "StateDirectory=tcpwatch",
+        "RuntimeDirectory=tcpwatch",
         "Restart=on-failure",
         "NoNewPrivileges=yes",
     ] {

@@ -40,6 +40,7 @@ fn every_fixture_directory_is_a_target_checked_here() {
         "block_list",
         "capture_file",
         "config_toml",
+        "control",
         "duration",
         "netlink_dump",
         "pcap_packet",
@@ -181,5 +182,17 @@ fn state_files() {
             assert_one_line(&e.to_string(), &path);
         }
         std::fs::remove_file(&file).unwrap();
+    }
+}
+
+#[test]
+fn control_messages() {
+    for (path, bytes) in fixtures("control") {
+        if let Err(e) = tcpwatch::control::parse_request(&bytes) {
+            assert_one_line(&e, &path);
+        }
+        if let Err(e) = tcpwatch::control::parse_response(&bytes) {
+            assert_one_line(&e, &path);
+        }
     }
 }

@@ -2,11 +2,14 @@
 //! command line of the real binary (`cli`), `tcpwatch replay` on files
 //! (`replay`), properties of the procfs parser (`procfs_props`), every input
 //! a fuzzer crashed on (`fuzz_regressions`), the deployment files
-//! (`deploy`) and the module layers of the crate (`layers`). The real-Linux
-//! tests are the `e2e` binary.
+//! (`deploy`), the alerting rules and the dashboard (`rules`) and the
+//! module layers of the crate (`layers`). The real-Linux tests are the
+//! `e2e` binary.
 
 #[path = "../shared/args.rs"]
 mod args;
+#[path = "../shared/monitoring.rs"]
+mod monitoring;
 
 mod cli;
 mod deploy;
@@ -14,6 +17,7 @@ mod fuzz_regressions;
 mod layers;
 mod procfs_props;
 mod replay;
+mod rules;
 
 use std::ffi::OsStr;
 use std::fmt::Debug;

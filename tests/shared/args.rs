@@ -14,8 +14,9 @@ pub struct Args {
 
 impl Args {
     /// `run` with the quiet test defaults: procfs read every second, no
-    /// blocking, no metrics server, no state file. It needs no privilege and
-    /// changes nothing on the host.
+    /// blocking, no metrics server, no state file, no control socket (the
+    /// default path is one for the whole host: a test that wants one names
+    /// its own). It needs no privilege and changes nothing on the host.
     pub fn run() -> Args {
         let quiet = [
             ("--source", "procfs"),
@@ -23,6 +24,11 @@ impl Args {
             ("--block", "none"),
             ("--metrics-addr", "off"),
             ("--state", "off"),
+            ("--control", "off"),
+            // The lab's hosts share one /64, as hosts of one LAN do; with
+            // the default (64) two of them scanning would be one source.
+            // Tests of prefixes set 64 themselves.
+            ("--ipv6-prefix", "128"),
         ];
         let flags = quiet
             .iter()
