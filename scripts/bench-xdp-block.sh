@@ -160,9 +160,12 @@ done
 python3 -c "
 x, n = ${per_m[xdp]}, ${per_m[nftables]}
 r = x / n if n else float('inf')
-print(f'ratio xdp/nftables: {r:.2f} (target <= 0.5): {\"ok\" if r <= 0.5 else \"OVER\"}')"
-"$FIGURE" "xdp drop cost: softirq per million packets" "${per_m[xdp]}" ms \
-  "--block nftables" "${per_m[nftables]}" "ratio <= 0.5"
+print(f'ratio xdp/nftables: {r:.2f} (skb built before XDP: the target is checked by scripts/bench-xdp-drop.sh)')"
+# No target here: the packets reach the veth as skbs already built, so XDP
+# saves only the work after it; the target is checked on XDP frames
+# (scripts/bench-xdp-drop.sh).
+"$FIGURE" "xdp drop cost, hping3 SYNs through veth (skb built before XDP): softirq per million packets" \
+  "${per_m[xdp]}" ms "--block nftables" "${per_m[nftables]}"
 
 echo "== detection to first dropped packet (--source xdp, median of $ROUNDS)"
 declare -A samples

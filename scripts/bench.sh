@@ -140,10 +140,16 @@ run scripts/bench-pcap-udp.sh target/release/tcpwatch
 section "tcpwatch list (netlink, procfs) vs ss -tan, 20,000 sockets (scripts/bench-list.sh)"
 run scripts/bench-list.sh target/release/tcpwatch 10000 20
 
+section "idle: CPU and RSS of procfs every 10 s with 20,000 sockets and of xdp with no traffic, binary size (scripts/bench-idle.sh, IDLE_SECONDS=${IDLE_SECONDS:-300})"
+run scripts/bench-idle.sh target/release/tcpwatch 10000
+
 section "xdp source: connect-to-line latency, SYN flood accounting (scripts/bench-xdp.sh)"
 run scripts/bench-xdp.sh
 
-section "XDP vs nftables drop cost, detection to first drop (scripts/bench-xdp-block.sh)"
+section "XDP vs nftables drop cost, frames delivered as XDP frames as by a NIC (scripts/bench-xdp-drop.sh)"
+run scripts/bench-xdp-drop.sh
+
+section "XDP vs nftables drop cost with hping3 through veth (skb built before XDP), detection to first drop (scripts/bench-xdp-block.sh)"
 run scripts/bench-xdp-block.sh
 
 section "summary ($out_dir/summary.md)"

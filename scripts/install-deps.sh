@@ -7,7 +7,7 @@
 set -euo pipefail
 
 packages=(
-  nftables iptables ipset iproute2 procps psmisc systemd
+  nftables iptables ipset iproute2 procps psmisc systemd ethtool
   ncat nmap masscan hping3 tcpdump wireshark-common curl python3 prometheus faketime
   libpcap-dev clang llvm libbpf-dev bpftool
   docker.io debootstrap util-linux libcap2-bin

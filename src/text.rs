@@ -1,5 +1,8 @@
 //! Text helpers for what goes into one-line messages: outside text made
-//! printable, error chains folded onto one line.
+//! printable, error chains folded onto one line; socket addresses appended
+//! to a byte buffer without the formatting machinery.
+
+use std::net::SocketAddr;
 
 /// Outside text (a value, a key) as it goes into a one-line error: control
 /// characters escaped (`\n`, `\u{1b}`), so a newline or a terminal escape
@@ -46,9 +49,79 @@ pub fn one_line(error: &dyn std::error::Error) -> String {
     line
 }
 
+/// Appends `addr` as its `Display` writes it (`10.0.0.5:80`,
+/// `[2001:db8::1]:443`), without the formatting machinery for IPv4: a
+/// listing of tens of thousands of rows spends most of its own time there.
+pub fn push_socket_addr(out: &mut Vec<u8>, addr: SocketAddr) {
+    match addr {
+        SocketAddr::V4(v4) => {
+            // At most `255.255.255.255:65535`, written in place, then copied
+            // at once.
+            let mut text = [0u8; 21];
+            let [a, b, c, d] = v4.ip().octets();
+            let mut at = decimal(&mut text, a.into());
+            for octet in [b, c, d] {
+                text[at] = b'.';
+                at += 1 + decimal(&mut text[at + 1..], octet.into());
+            }
+            text[at] = b':';
+            at += 1 + decimal(&mut text[at + 1..], v4.port());
+            out.extend_from_slice(&text[..at]);
+        }
+        SocketAddr::V6(v6) => {
+            use std::io::Write;
+            // Writing to a Vec cannot fail.
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// Writes `n` in decimal at the start of `text`; returns its length.
+fn decimal(text: &mut [u8], n: u16) -> usize {
+    let len = match n {
+        0..=9 => 1,
+        10..=99 => 2,
+        100..=999 => 3,
+        1000..=9999 => 4,
+        _ => 5,
+    };
+    let mut n = n;
+    for digit in text[..len].iter_mut().rev() {
+        *digit = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    len
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn socket_addresses_are_appended_as_display_writes_them() {
+        let mut samples: Vec<SocketAddr> = [
+            "0.0.0.0:0",
+            "10.0.0.5:80",
+            "192.168.100.200:65535",
+            "255.255.255.255:9",
+            "[::]:0",
+            "[2001:db8::1]:443",
+            "[::ffff:10.0.0.7]:8080",
+            "[fe80::1%3]:22",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        for n in [0u16, 1, 9, 10, 99, 100, 255, 1000, 9999, 10000, 65535] {
+            let byte = (n % 256) as u8;
+            samples.push(SocketAddr::from(([byte, 10, byte / 3, 200], n)));
+        }
+        for addr in samples {
+            let mut out = b"x ".to_vec();
+            push_socket_addr(&mut out, addr);
+            assert_eq!(String::from_utf8(out).unwrap(), format!("x {addr}"));
+        }
+    }
 
     #[test]
     fn error_chains_become_one_line_without_repeats() {

@@ -9,9 +9,9 @@
 use super::hash::{self, Map};
 use crate::event::{Connection, Direction};
 use crate::event::{Socket, TcpState};
-use std::collections::hash_map::Entry;
+use hashbrown::HashTable;
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 
 /// Polls a connection may be absent from before it is forgotten. The kernel's
 /// table walk can skip a socket that moves while it is read; forgetting on
@@ -114,8 +114,8 @@ impl ConnectionTable {
         self.poll += 1;
         let report = self.poll > 1 || self.report_existing;
         let mut fresh = Vec::new();
-        for (conn, socket) in distinct(sockets) {
-            let key = pair(socket.local, socket.remote);
+        for Row { conn, .. } in distinct(sockets) {
+            let key = pair(conn.initiator, conn.acceptor);
             if self.seen.len() >= self.capacity && !self.seen.contains_key(&key) {
                 self.evict_oldest();
             }
@@ -194,27 +194,128 @@ pub fn pair(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
     }
 }
 
-/// The connections of one socket table, each once, in table order, with the
-/// row it came from. The two ends of a local connection are one connection,
-/// inbound (the end that matches a listener wins).
-pub fn distinct(sockets: &[Socket]) -> Vec<(Connection, Socket)> {
+/// A connection of a socket table and the state of the row it came from.
+///
+/// Aligned as [`Socket`] and no larger, so that [`distinct_owned`] can
+/// write rows over the table they come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(align(8))]
+pub struct Row {
+    pub conn: Connection,
+    pub state: TcpState,
+}
+
+/// The connections of one socket table, each once, in table order. The two
+/// ends of a local connection are one connection, inbound (the end that
+/// matches a listener wins).
+pub fn distinct(sockets: &[Socket]) -> Vec<Row> {
     let listeners = Listeners::of(sockets);
-    let mut out: Vec<(Connection, Socket)> = Vec::new();
-    let mut index: Map<(SocketAddr, SocketAddr), usize> = hash::map();
-    for socket in sockets.iter().filter(|s| is_connection(s)) {
-        let conn = classify(socket, &listeners);
-        match index.entry(pair(socket.local, socket.remote)) {
-            Entry::Occupied(at) if conn.direction == Direction::Inbound => {
-                out[*at.get()] = (conn, *socket)
-            }
-            Entry::Occupied(_) => {}
-            Entry::Vacant(at) => {
-                at.insert(out.len());
-                out.push((conn, *socket));
+    let mut rows: Vec<_> = sockets
+        .iter()
+        .filter(|s| is_connection(s))
+        .map(|s| Row::of(s, &listeners))
+        .collect();
+    dedup(&mut rows);
+    rows
+}
+
+/// [`distinct`] of a table that is not needed afterwards: the rows are
+/// written over the table's own memory (a collect from a vector's
+/// `into_iter` into smaller items reuses its allocation), so a table of
+/// tens of thousands of rows costs no second allocation of its size.
+pub fn distinct_owned(sockets: Vec<Socket>) -> Vec<Row> {
+    let listeners = Listeners::of(&sockets);
+    let mut rows: Vec<_> = sockets
+        .into_iter()
+        .filter(is_connection)
+        .map(|s| Row::of(&s, &listeners))
+        .collect();
+    dedup(&mut rows);
+    rows
+}
+
+/// Keeps the first row of each connection, or the last of its inbound rows
+/// if it has any, in place and in table order.
+///
+/// Run on every poll and by `tcpwatch list` over tables of tens of thousands
+/// of rows: one allocation of 4 bytes a slot, sized up front (positions of
+/// kept rows, found by the connection's key). The index's hash is keyed
+/// ([`hash`]): remote addresses and ports are chosen by whoever connects,
+/// or spoofs SYNs.
+fn dedup(rows: &mut Vec<Row>) {
+    let mut index: HashTable<u32> = HashTable::with_capacity(rows.len());
+    let keys = hash::keyed();
+    let hash_of = |conn: &Connection| pair_hash(&keys, conn.initiator, conn.acceptor);
+    let mut kept = 0;
+    for i in 0..rows.len() {
+        let row = rows[i];
+        let hashed = hash_of(&row.conn);
+        match index.find(hashed, |&at| {
+            same_endpoints(&rows[at as usize].conn, &row.conn)
+        }) {
+            Some(&at) if row.conn.direction == Direction::Inbound => rows[at as usize] = row,
+            Some(_) => {}
+            None => {
+                let at = u32::try_from(kept).expect("fewer than 2^32 sockets");
+                index.insert_unique(hashed, at, |&at| hash_of(&rows[at as usize].conn));
+                rows[kept] = row;
+                kept += 1;
             }
         }
     }
-    out
+    rows.truncate(kept);
+}
+
+impl Row {
+    fn of(socket: &Socket, listeners: &Listeners) -> Self {
+        Row {
+            conn: classify(socket, listeners),
+            state: socket.state,
+        }
+    }
+}
+
+/// Whether two connections have the same two endpoints, in either order.
+fn same_endpoints(a: &Connection, b: &Connection) -> bool {
+    (a.initiator == b.initiator && a.acceptor == b.acceptor)
+        || (a.initiator == b.acceptor && a.acceptor == b.initiator)
+}
+
+/// A hash of a connection's two endpoints, the same in either order: the
+/// endpoints packed into as few words as they fit in (two for IPv4), hashed
+/// in one call, cost a fraction of hashing them field by field. Equal pairs
+/// hash equal; unequal pairs that pack alike (differing only in IPv6 flow
+/// labels) are told apart by [`same_endpoints`].
+fn pair_hash(keys: &hash::Keyed, a: SocketAddr, b: SocketAddr) -> u64 {
+    match (a, b) {
+        (SocketAddr::V4(a), SocketAddr::V4(b)) => {
+            let word = |e: SocketAddrV4| u64::from(e.ip().to_bits()) << 16 | u64::from(e.port());
+            let (a, b) = (word(a), word(b));
+            hash::hash_of(keys, &(a.min(b), a.max(b)))
+        }
+        _ => {
+            let (a, b) = (endpoint_words(a), endpoint_words(b));
+            hash::hash_of(keys, &(a.min(b), a.max(b)))
+        }
+    }
+}
+
+fn endpoint_words(addr: SocketAddr) -> [u64; 3] {
+    match addr {
+        SocketAddr::V4(v4) => [
+            u64::from(v4.ip().to_bits()),
+            0,
+            u64::from(v4.port()) | 4 << 16,
+        ],
+        SocketAddr::V6(v6) => {
+            let ip = v6.ip().to_bits();
+            [
+                (ip >> 64) as u64,
+                ip as u64,
+                u64::from(v6.port()) | 6 << 16 | u64::from(v6.scope_id()) << 32,
+            ]
+        }
+    }
 }
 
 /// A row is a connection when it is not a listener and has a peer.
@@ -243,8 +344,11 @@ pub fn classify(socket: &Socket, listeners: &Listeners) -> Connection {
 }
 
 /// The listening endpoints of a socket table.
-#[derive(Default)]
 pub struct Listeners {
+    /// A bit per port some listener has: most rows of a table are ruled out
+    /// here, without hashing (an outbound connection's local port is
+    /// rarely one that listens).
+    ports: Box<[u64; 1024]>,
     exact: HashSet<SocketAddr>,
     /// Ports of `0.0.0.0` listeners: any local IPv4 address.
     any_v4: HashSet<u16>,
@@ -253,10 +357,23 @@ pub struct Listeners {
     any: HashSet<u16>,
 }
 
+impl Default for Listeners {
+    fn default() -> Self {
+        Listeners {
+            ports: Box::new([0; 1024]),
+            exact: HashSet::new(),
+            any_v4: HashSet::new(),
+            any: HashSet::new(),
+        }
+    }
+}
+
 impl Listeners {
     pub fn of(sockets: &[Socket]) -> Self {
         let mut listeners = Listeners::default();
         for s in sockets.iter().filter(|s| s.state == TcpState::Listen) {
+            let port = s.local.port();
+            listeners.ports[usize::from(port / 64)] |= 1 << (port % 64);
             match s.local.ip() {
                 ip if !ip.is_unspecified() => {
                     listeners.exact.insert(s.local);
@@ -273,6 +390,10 @@ impl Listeners {
     }
 
     pub fn accepts(&self, local: SocketAddr) -> bool {
+        let port = local.port();
+        if self.ports[usize::from(port / 64)] & (1 << (port % 64)) == 0 {
+            return false;
+        }
         self.exact.contains(&local)
             || self.any.contains(&local.port())
             || (local.is_ipv4() && self.any_v4.contains(&local.port()))

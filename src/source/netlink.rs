@@ -3,6 +3,15 @@
 //! The same table as `/proc/net/tcp{,6}`, without formatting it as text in the
 //! kernel and parsing it back: about half the cost. The wire format is parsed
 //! by [`parse_dump`], apart from the socket calls, so it is tested on bytes.
+//!
+//! Both families come from one dump: the `TCPDIAG_GETSOCK` request (the
+//! older form of `SOCK_DIAG_BY_FAMILY`, still served by every kernel with
+//! sock_diag) asks for IPv4 and IPv6 together, so the kernel walks its
+//! socket hash tables once instead of once per family. The walk visits
+//! every bucket of the established table (hundreds of thousands, shared by
+//! all network namespaces) whatever the number of sockets, so this saves
+//! about a quarter of the dump's cost. A kernel that refuses the request
+//! gets the per-family form.
 
 use super::procfs::unmap;
 use super::table::SocketTable;
@@ -13,6 +22,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 const NETLINK_SOCK_DIAG: libc::c_int = 4;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// The family-less request: its replies carry this type too.
+const TCPDIAG_GETSOCK: u16 = 18;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 0x1;
@@ -30,17 +41,28 @@ const ALL_STATES: u32 = 0xffff_ffff;
 pub struct Netlink {
     socket: NetlinkSocket,
     seq: u32,
+    /// Whether the one-walk request is used (until the kernel refuses it).
+    one_walk: bool,
+    /// Sockets in the last table: the next one's capacity.
+    last_len: usize,
 }
 
 impl Netlink {
     pub fn open() -> anyhow::Result<Self> {
         let socket = NetlinkSocket::open(NETLINK_SOCK_DIAG, RECV_BUFFER, "netlink sock_diag")?;
-        Ok(Netlink { socket, seq: 0 })
+        Ok(Netlink {
+            socket,
+            seq: 0,
+            one_walk: true,
+            last_len: 0,
+        })
     }
 
-    fn dump(&mut self, family: u8, out: &mut Vec<Socket>) -> anyhow::Result<()> {
+    /// Sends `request` (built for the next sequence number) and parses the
+    /// whole dump into `out`.
+    fn dump(&mut self, request: fn(u32) -> Vec<u8>, out: &mut Vec<Socket>) -> anyhow::Result<()> {
         self.seq = self.seq.wrapping_add(1);
-        self.socket.send(&dump_request(family, self.seq))?;
+        self.socket.send(&request(self.seq))?;
         while parse_dump(self.socket.recv()?, out)? != Dump::Done {}
         Ok(())
     }
@@ -52,25 +74,63 @@ impl SocketTable for Netlink {
     }
 
     fn snapshot(&mut self) -> anyhow::Result<Vec<Socket>> {
-        let mut sockets = Vec::new();
-        self.dump(libc::AF_INET as u8, &mut sockets)?;
-        self.dump(libc::AF_INET6 as u8, &mut sockets)?;
+        let mut sockets = Vec::with_capacity(self.last_len + self.last_len / 8);
+        if self.one_walk {
+            match self.dump(one_walk_request, &mut sockets) {
+                Ok(()) => {
+                    self.last_len = sockets.len();
+                    return Ok(sockets);
+                }
+                // Refused (or cut short): the per-family form from now on,
+                // on a fresh socket (a dump cut short leaves datagrams queued).
+                Err(_) => {
+                    sockets.clear();
+                    *self = Netlink {
+                        one_walk: false,
+                        ..Netlink::open()?
+                    };
+                }
+            }
+        }
+        self.dump(|seq| family_request(libc::AF_INET as u8, seq), &mut sockets)?;
+        self.dump(
+            |seq| family_request(libc::AF_INET6 as u8, seq),
+            &mut sockets,
+        )?;
+        self.last_len = sockets.len();
         Ok(sockets)
     }
 }
 
 /// `nlmsghdr` + `inet_diag_req_v2` asking for every TCP socket of a family.
-fn dump_request(family: u8, seq: u32) -> Vec<u8> {
-    let len = NLMSG_HDRLEN + 56;
+fn family_request(family: u8, seq: u32) -> Vec<u8> {
+    let mut msg = header(SOCK_DIAG_BY_FAMILY, 56, seq);
+    msg.extend_from_slice(&[family, libc::IPPROTO_TCP as u8, 0, 0]);
+    msg.extend_from_slice(&ALL_STATES.to_ne_bytes());
+    msg.resize(msg.capacity(), 0); // inet_diag_sockid: all zero, no filter
+    msg
+}
+
+/// `nlmsghdr` + `inet_diag_req` asking for every TCP socket of both
+/// families (the kernel reads its family as unspecified).
+fn one_walk_request(seq: u32) -> Vec<u8> {
+    let mut msg = header(TCPDIAG_GETSOCK, 60, seq);
+    // family, src_len, dst_len, ext; inet_diag_sockid: all zero, no filter
+    msg.resize(NLMSG_HDRLEN + 4 + 48, 0);
+    msg.extend_from_slice(&ALL_STATES.to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes()); // dbs
+    msg
+}
+
+/// A dump request's `nlmsghdr`, for a body of `body` bytes.
+fn header(kind: u16, body: usize, seq: u32) -> Vec<u8> {
+    let len = NLMSG_HDRLEN + body;
     let mut msg = Vec::with_capacity(len);
     msg.extend_from_slice(&(len as u32).to_ne_bytes());
-    msg.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    msg.extend_from_slice(&kind.to_ne_bytes());
     msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
     msg.extend_from_slice(&seq.to_ne_bytes());
     msg.extend_from_slice(&0u32.to_ne_bytes());
-    msg.extend_from_slice(&[family, libc::IPPROTO_TCP as u8, 0, 0]);
-    msg.extend_from_slice(&ALL_STATES.to_ne_bytes());
-    msg.resize(len, 0); // inet_diag_sockid: all zero, no filter
     msg
 }
 
@@ -106,7 +166,7 @@ pub fn parse_dump(mut buf: &[u8], out: &mut Vec<Socket>) -> anyhow::Result<Dump>
                     return Err(err).context("netlink sock_diag dump");
                 }
             }
-            SOCK_DIAG_BY_FAMILY => out.extend(parse_diag_msg(body)),
+            SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => out.extend(parse_diag_msg(body)),
             _ => {}
         }
         // Messages are 4-byte aligned.
@@ -229,6 +289,65 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(parse_dump(&short, &mut out).unwrap(), Dump::More);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn replies_to_the_one_walk_request_are_sockets() {
+        let mut datagram = message(2, 1, &[10, 0, 0, 5], 80, &[192, 0, 2, 56], 5973);
+        datagram[4..6].copy_from_slice(&TCPDIAG_GETSOCK.to_ne_bytes());
+        let mut out = Vec::new();
+        assert_eq!(parse_dump(&datagram, &mut out).unwrap(), Dump::More);
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn requests_are_laid_out_as_the_kernel_reads_them() {
+        let one = one_walk_request(7);
+        assert_eq!(one.len(), NLMSG_HDRLEN + 60);
+        assert_eq!(u32::from_ne_bytes(one[0..4].try_into().unwrap()), 76);
+        assert_eq!(u16::from_ne_bytes(one[4..6].try_into().unwrap()), 18);
+        assert_eq!(u32::from_ne_bytes(one[8..12].try_into().unwrap()), 7);
+        assert_eq!(one[16], 0, "family unspecified: both");
+        assert_eq!(&one[68..72], &ALL_STATES.to_ne_bytes());
+        let v6 = family_request(10, 8);
+        assert_eq!(v6.len(), NLMSG_HDRLEN + 56);
+        assert_eq!(u16::from_ne_bytes(v6[4..6].try_into().unwrap()), 20);
+        assert_eq!(&v6[16..18], &[10, 6]);
+        assert_eq!(&v6[20..24], &ALL_STATES.to_ne_bytes());
+    }
+
+    /// The one-walk dump and the per-family dumps list the same sockets,
+    /// IPv6 ones included.
+    #[test]
+    fn one_walk_lists_what_the_per_family_dumps_list() {
+        let v4 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _v4 = std::net::TcpStream::connect(v4.local_addr().unwrap()).unwrap();
+        // A host without IPv6 on loopback still checks IPv4.
+        let v6 = std::net::TcpListener::bind("[::1]:0").ok();
+        let _v6 = v6
+            .as_ref()
+            .map(|l| std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap());
+        let ports: Vec<u16> = [Some(&v4), v6.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        let ours = |table: Vec<Socket>| -> std::collections::HashSet<_> {
+            table
+                .into_iter()
+                .filter(|s| ports.contains(&s.local.port()) || ports.contains(&s.remote.port()))
+                .map(|s| (s.local, s.remote, s.state))
+                .collect()
+        };
+        let mut one = Netlink::open().unwrap();
+        let mut per_family = Netlink {
+            one_walk: false,
+            ..Netlink::open().unwrap()
+        };
+        let from_one = ours(one.snapshot().unwrap());
+        assert!(one.one_walk, "the kernel refused the one-walk request");
+        assert_eq!(from_one, ours(per_family.snapshot().unwrap()));
+        assert_eq!(from_one.len(), 3 * ports.len(), "{from_one:?}");
     }
 
     #[test]

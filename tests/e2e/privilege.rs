@@ -22,6 +22,7 @@ use crate::prereq::require_tools;
 use crate::proc::Proc;
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -230,6 +231,42 @@ fn state_dir(uid: &str) -> tempfile::TempDir {
         .unwrap();
     assert!(out.status.success());
     dir
+}
+
+/// `/run/tcpwatch` owned by `uid` while it lives, as systemd makes it for
+/// `RuntimeDirectory=tcpwatch`; on drop removed if it was made here, given
+/// back to root otherwise (an agent run as root makes it itself). Root's
+/// agents can still use it meanwhile.
+struct RuntimeDir {
+    dir: PathBuf,
+    made: bool,
+}
+
+impl RuntimeDir {
+    fn make(uid: &str) -> RuntimeDir {
+        let dir = PathBuf::from("/run/tcpwatch");
+        let made = std::fs::create_dir(&dir).is_ok();
+        chown(&dir, &format!("{uid}:{uid}"));
+        RuntimeDir { dir, made }
+    }
+}
+
+impl Drop for RuntimeDir {
+    fn drop(&mut self) {
+        if self.made {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            chown(&self.dir, "0:0");
+        }
+    }
+}
+
+fn chown(path: &std::path::Path, owner: &str) {
+    let out = Command::new("chown")
+        .args([owner, path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "chown {owner} {}", path.display());
 }
 
 /// The set of blocked IPv4 addresses in host A's nftables.
@@ -520,6 +557,7 @@ fn systemd_unit_privileges() {
     assert_eq!(get("DynamicUser"), Some("yes"));
     assert_eq!(get("NoNewPrivileges"), Some("yes"));
     assert_eq!(get("StateDirectory"), Some("tcpwatch"));
+    assert_eq!(get("RuntimeDirectory"), Some("tcpwatch"));
     let ambient = unit_caps(get("AmbientCapabilities").unwrap());
     let bounding = unit_caps(get("CapabilityBoundingSet").unwrap());
     assert_eq!(
@@ -529,6 +567,9 @@ fn systemd_unit_privileges() {
     // The first uid of systemd's DynamicUser range (61184-65519).
     let uid = "61184";
     let state = state_dir(uid);
+    // What systemd makes of RuntimeDirectory=tcpwatch: the agent's control
+    // socket goes there (its default path).
+    let _runtime = RuntimeDir::make(uid);
     let config = tempfile::tempdir().unwrap();
     let file = config.path().join("tcpwatch.toml");
     std::fs::write(&file, "interval = \"1s\"\nblock-ttl = \"30s\"\n").unwrap();
