@@ -1,28 +1,83 @@
-//! Compiles the XDP program (`bpf/tcpwatch.bpf.c`) with clang into OUT_DIR,
-//! where `src/source/xdp.rs` embeds it. Without clang the crate still builds:
-//! an empty object is embedded and `--source xdp` says so at run time.
+//! Compiles the BPF programs with clang into OUT_DIR, where `src/bpf/`
+//! embeds them: the XDP program (`bpf/tcpwatch.bpf.c`) and the tracepoint
+//! program (`bpf/tcpstate.bpf.c`). Without clang the crate still builds:
+//! empty objects are embedded and the sources that need them say so at run
+//! time.
+//!
+//! It also generates, from the C headers that define them, the Rust twins of
+//! the structs the programs share with userspace (ring-buffer records, map
+//! keys and values; [`record`]): each layout is written down once.
+
+#[path = "build/record.rs"]
+mod record;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const SOURCE: &str = "bpf/tcpwatch.bpf.c";
+/// (source, object, what is lost without it)
+const PROGRAMS: [(&str, &str, &str); 2] = [
+    (
+        "bpf/tcpwatch.bpf.c",
+        "tcpwatch.bpf.o",
+        "`--source xdp` and `--block xdp` will exit 1",
+    ),
+    (
+        "bpf/tcpstate.bpf.c",
+        "tcpstate.bpf.o",
+        "`--source tracepoint` will exit 1",
+    ),
+];
+
+/// The structs generated from their headers.
+const RECORDS: [record::Record; 3] = [
+    record::Record {
+        header: "bpf/tcpstate.h",
+        structure: "tcpstate_record",
+        rust: "RawRecord",
+        constants: "TCPSTATE_",
+        out: "tcpstate_record.rs",
+    },
+    record::Record {
+        header: "bpf/tcpstate.h",
+        structure: "tcpstate_listener",
+        rust: "ListenerKey",
+        constants: "",
+        out: "tcpstate_listener.rs",
+    },
+    record::Record {
+        header: "bpf/tcpstate.h",
+        structure: "tcpstate_owner",
+        rust: "OwnerValue",
+        constants: "",
+        out: "tcpstate_owner.rs",
+    },
+];
 
 fn main() {
     println!("cargo:rerun-if-changed=bpf");
+    println!("cargo:rerun-if-changed=build");
     println!("cargo:rerun-if-env-changed=CLANG");
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let object = out.join("tcpwatch.bpf.o");
-    match compile(&object) {
-        Ok(()) => {}
-        Err(Failure::Missing(why)) => {
-            println!(
-                "cargo:warning=XDP program not built (clang missing: {why}); `--source xdp` will exit 1"
-            );
-            std::fs::write(&object, b"").expect("write an empty BPF object to OUT_DIR");
+    for (source, object, lost) in PROGRAMS {
+        let object = out.join(object);
+        match compile(source, &object) {
+            Ok(()) => {}
+            Err(Failure::Missing(why)) => {
+                println!("cargo:warning={source} not built (clang missing: {why}); {lost}");
+                std::fs::write(&object, b"").expect("write an empty BPF object to OUT_DIR");
+            }
+            // clang is there but the program does not compile: a bug to fix
+            // now, not a feature to lose silently.
+            Err(Failure::Compile(stderr)) => panic!("clang failed on {source}:\n{stderr}"),
         }
-        // clang is there but the program does not compile: a bug to fix now,
-        // not a feature to lose silently.
-        Err(Failure::Compile(stderr)) => panic!("clang failed on {SOURCE}:\n{stderr}"),
+    }
+    for spec in &RECORDS {
+        let header = std::fs::read_to_string(spec.header)
+            .unwrap_or_else(|e| panic!("read {}: {e}", spec.header));
+        let rust =
+            record::generate(spec, &header).unwrap_or_else(|e| panic!("{}: {e}", spec.header));
+        std::fs::write(out.join(spec.out), rust)
+            .unwrap_or_else(|e| panic!("write {}: {e}", spec.out));
     }
 }
 
@@ -31,7 +86,7 @@ enum Failure {
     Compile(String),
 }
 
-fn compile(object: &Path) -> Result<(), Failure> {
+fn compile(source: &str, object: &Path) -> Result<(), Failure> {
     let clang = std::env::var("CLANG").unwrap_or_else(|_| "clang".to_string());
     // <asm/types.h> lives under the multiarch directory on Debian.
     let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
@@ -43,7 +98,7 @@ fn compile(object: &Path) -> Result<(), Failure> {
     let output = Command::new(&clang)
         .args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"])
         .arg(format!("-I/usr/include/{multiarch}"))
-        .args(["-c", SOURCE, "-o"])
+        .args(["-c", source, "-o"])
         .arg(object)
         .output()
         .map_err(|e| Failure::Missing(format!("cannot run '{clang}': {e}")))?;

@@ -106,6 +106,7 @@ fn spoofed(wall: chrono::DateTime<chrono::Local>, n: u64) -> Observation {
             direction: Direction::Inbound,
         },
         isn: n as u32,
+        owner: None,
     }
 }
 
@@ -133,6 +134,7 @@ fn scanning(wall: chrono::DateTime<chrono::Local>, n: u64) -> Observation {
                 direction: Direction::Inbound,
             },
             isn: n as u32,
+            owner: None,
         },
         2 => Observation::Probe {
             at,

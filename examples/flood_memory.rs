@@ -48,7 +48,15 @@ fn main() {
         };
         // As a batching caller does: one buffer, reused.
         events.clear();
-        detector.process_into(&Observation::Attempt { at, conn, isn: 0 }, &mut events);
+        detector.process_into(
+            &Observation::Attempt {
+                at,
+                conn,
+                isn: 0,
+                owner: None,
+            },
+            &mut events,
+        );
         lines += events.len();
     }
     let took = started.elapsed();

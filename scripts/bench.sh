@@ -152,6 +152,9 @@ run scripts/bench-xdp-drop.sh
 section "XDP vs nftables drop cost with hping3 through veth (skb built before XDP), detection to first drop (scripts/bench-xdp-block.sh)"
 run scripts/bench-xdp-block.sh
 
+section "tracepoint source: connect-to-line latency, CPU beside xdp and pcap, a storm across namespaces (scripts/bench-tracepoint.sh)"
+run scripts/bench-tracepoint.sh 200
+
 section "summary ($out_dir/summary.md)"
 lab_stop "$load_sampler"
 scripts/bench-summary "$BENCH_FIGURES" "$load_log" "$started" "$load_at_start" |

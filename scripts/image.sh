@@ -3,7 +3,9 @@
 #   scripts/image.sh [BINARY] [TAG] [FLAVOUR]
 # FLAVOUR `agent` (the default) is the image deploy/Dockerfile describes;
 # `systemd` is tests/systemd/Dockerfile, a Debian booting systemd with the
-# agent installed as deploy/systemd/tcpwatch.service (tests/e2e/systemd.rs).
+# agent installed as deploy/systemd/tcpwatch.service (tests/e2e/systemd.rs);
+# `peer` is tests/docker/peer.Dockerfile, curl and python3 for the tracepoint
+# tests (no binary: give `-` as BINARY).
 # - starts dockerd if no engine answers (Debian's docker.io);
 # - creates debian:bookworm-slim with debootstrap when it is not present;
 # - runs the same `docker build -f deploy/Dockerfile` a registry user runs,
@@ -52,14 +54,20 @@ context_files() {
 case "$flavour" in
   agent) dockerfile=deploy/Dockerfile ;;
   systemd) dockerfile=tests/systemd/Dockerfile ;;
-  *) log "unknown flavour '$flavour' (agent or systemd)"; exit 2 ;;
+  peer) dockerfile=tests/docker/peer.Dockerfile ;;
+  *) log "unknown flavour '$flavour' (agent, systemd or peer)"; exit 2 ;;
 esac
-[ -x "$binary" ] || { log "$binary not found: run 'cargo build --release' first"; exit 1; }
+if [ "$flavour" = peer ]; then
+  binary=-
+elif [ ! -x "$binary" ]; then
+  log "$binary not found: run 'cargo build --release' first"
+  exit 1
+fi
 start_engine
 make_base
 context=$(mktemp -d)
 trap 'rm -rf "$context"' EXIT
-install -D -m 0755 "$binary" "$context/target/release/tcpwatch"
+[ "$binary" = - ] || install -D -m 0755 "$binary" "$context/target/release/tcpwatch"
 for file in $(context_files); do
   install -D -m "$(stat -c %a "$file")" "$file" "$context/$file"
 done

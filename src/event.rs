@@ -376,6 +376,10 @@ pub enum Observation {
         at: Stamp,
         conn: Connection,
         isn: u32,
+        /// What the kernel knows of the socket's owner (the `tracepoint`
+        /// source); its network namespace tells apart attempts with the same
+        /// endpoints in different namespaces.
+        owner: Option<Arc<Owner>>,
     },
     /// A probe that is not a connection attempt (a FIN, NULL or Xmas
     /// segment, a UDP probe, a first fragment whose flags are cut off): it
@@ -387,8 +391,9 @@ pub enum Observation {
         local: SocketAddr,
         kind: ScanKind,
     },
-    /// Events the source knows it missed (kernel buffer overflow, drops).
-    Lost { count: u64 },
+    /// Events the source named `source` knows it missed (kernel buffer
+    /// overflow, drops).
+    Lost { count: u64, source: &'static str },
 }
 
 #[cfg(test)]

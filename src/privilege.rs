@@ -51,6 +51,10 @@ pub struct Need {
 pub struct Host {
     /// `net.ipv4.ip_unprivileged_port_start`: lower ports need a capability.
     pub unprivileged_port_start: u16,
+    /// Whether the agent runs as uid 0, which owns root's files (tracefs).
+    pub root: bool,
+    /// Whether tracefs is mounted where the BPF loader looks for it.
+    pub tracefs_mounted: bool,
 }
 
 /// The capabilities `config` needs, feature by feature.
@@ -65,6 +69,12 @@ pub struct Host {
 /// - XDP, source or blocklist: CAP_BPF (maps, BTF), CAP_NET_ADMIN (an XDP
 ///   program, attaching it) and CAP_PERFMON (without it the verifier rejects
 ///   the program); no memlock limit on this kernel (memcg accounting).
+/// - tracepoint: CAP_BPF and CAP_PERFMON (a tracing program reading kernel
+///   memory, attached through perf events); tracefs, where a tracepoint's id
+///   is read, is root's with mode 0700: another user needs
+///   CAP_DAC_READ_SEARCH; and when tracefs is not mounted, CAP_SYS_ADMIN to
+///   mount it. Optional: CAP_SYS_PTRACE names the owners of the listeners
+///   opened before the agent (reading other processes' `/proc/PID/fd`).
 ///
 /// Optional, used when held: CAP_SYS_ADMIN lets the XDP code recognise a
 /// program or pins another tcpwatch left (listing BPF objects by id), and
@@ -82,11 +92,25 @@ pub fn needs(config: &RunSettings, host: Host) -> Vec<Need> {
         }
     };
     let xdp = [Cap::Bpf, Cap::NetAdmin, Cap::Perfmon];
-    let source = format!("--source {}", config.source.source.name());
-    match config.source.source {
+    let kind = config.source.source;
+    let source = format!("--source {}", kind.name());
+    match kind {
         SourceKind::Procfs | SourceKind::Netlink => {}
         SourceKind::Pcap => add(&source, &[Cap::NetRaw], Role::Required, false),
         SourceKind::Xdp => add(&source, &xdp, Role::Required, false),
+        SourceKind::Tracepoint => add(&source, &[Cap::Bpf, Cap::Perfmon], Role::Required, false),
+        SourceKind::TracepointXdp => add(&source, &xdp, Role::Required, false),
+    }
+    if kind.uses_tracepoint() {
+        if !host.tracefs_mounted {
+            let feature = format!("{source} (to mount tracefs, which is not mounted)");
+            add(&feature, &[Cap::SysAdmin], Role::Required, false);
+        }
+        if !host.root {
+            let feature = format!("{source} (tracefs is root's, mode 0700)");
+            add(&feature, &[Cap::DacReadSearch], Role::Required, false);
+        }
+        add("tracepoint", &[Cap::SysPtrace], Role::Optional, false);
     }
     let block = format!("--block {}", config.block.block.name());
     match (config.block.block, config.block.dry_run) {
@@ -97,7 +121,7 @@ pub fn needs(config: &RunSettings, host: Host) -> Vec<Need> {
         }
         (BlockKind::Xdp, false) => add(&block, &xdp, Role::Blocking, false),
     }
-    let uses_xdp = config.source.source == SourceKind::Xdp || config.block.block == BlockKind::Xdp;
+    let uses_xdp = kind.uses_xdp() || config.block.block == BlockKind::Xdp;
     if uses_xdp {
         add("xdp", &[Cap::SysAdmin], Role::Optional, false);
     }
@@ -196,6 +220,8 @@ fn host() -> Host {
         .unwrap_or(1024);
     Host {
         unprivileged_port_start: start,
+        root: crate::os::process::euid() == 0,
+        tracefs_mounted: crate::bpf::tracepoint::Tracefs::mounted(),
     }
 }
 
@@ -205,6 +231,8 @@ mod tests {
 
     const HOST: Host = Host {
         unprivileged_port_start: 1024,
+        root: false,
+        tracefs_mounted: true,
     };
 
     fn config(source: SourceKind, block: BlockKind) -> RunSettings {
@@ -255,6 +283,54 @@ mod tests {
     }
 
     #[test]
+    fn the_tracepoint_source_needs_what_its_host_lacks() {
+        let root = Host { root: true, ..HOST };
+        let tp = needs(&config(SourceKind::Tracepoint, BlockKind::None), root);
+        assert_eq!(
+            of(&tp, Role::Required),
+            pairs(&[
+                ("--source tracepoint", Cap::Bpf),
+                ("--source tracepoint", Cap::Perfmon),
+            ])
+        );
+        assert_eq!(
+            of(&tp, Role::Optional),
+            pairs(&[("tracepoint", Cap::SysPtrace)])
+        );
+        let user = needs(&config(SourceKind::Tracepoint, BlockKind::None), HOST);
+        assert_eq!(
+            of(&user, Role::Required)[2..],
+            pairs(&[(
+                "--source tracepoint (tracefs is root's, mode 0700)",
+                Cap::DacReadSearch
+            )])
+        );
+        let unmounted = Host {
+            tracefs_mounted: false,
+            ..root
+        };
+        let c = config(SourceKind::Tracepoint, BlockKind::None);
+        let plan = plan(&needs(&c, unmounted), CapSet::of(&[Cap::Bpf]));
+        assert_eq!(
+            plan.fatal.as_deref(),
+            Some("--source tracepoint needs CAP_PERFMON; --source tracepoint (to mount tracefs, which is not mounted) needs CAP_SYS_ADMIN")
+        );
+        let both = needs(&config(SourceKind::TracepointXdp, BlockKind::None), root);
+        assert_eq!(
+            of(&both, Role::Required),
+            pairs(&[
+                ("--source tracepoint,xdp", Cap::Bpf),
+                ("--source tracepoint,xdp", Cap::NetAdmin),
+                ("--source tracepoint,xdp", Cap::Perfmon),
+            ])
+        );
+        assert_eq!(
+            of(&both, Role::Optional),
+            pairs(&[("tracepoint", Cap::SysPtrace), ("xdp", Cap::SysAdmin)])
+        );
+    }
+
+    #[test]
     fn each_backend_needs_its_capabilities_and_tools_get_them_ambient() {
         let nft = needs(&config(SourceKind::Procfs, BlockKind::Nftables), HOST);
         assert_eq!(
@@ -292,6 +368,7 @@ mod tests {
         );
         let low_start = Host {
             unprivileged_port_start: 0,
+            ..HOST
         };
         assert!(needs(&c, low_start).is_empty());
         c.metrics.metrics_addr = Listen::Off;

@@ -503,6 +503,18 @@ impl Value for String {
     }
 }
 
+impl Value for std::path::PathBuf {
+    fn parse(text: &str) -> Result<Self, String> {
+        if text.is_empty() {
+            return Err("an empty path".to_string());
+        }
+        Ok(std::path::PathBuf::from(text))
+    }
+    fn show(&self) -> String {
+        self.display().to_string()
+    }
+}
+
 /// A table size: at least 1 (a table that holds nothing detects nothing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capacity(pub usize);

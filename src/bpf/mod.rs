@@ -3,11 +3,15 @@
 //! runtime takes. The XDP program ([`xdp`]) reports connection attempts
 //! through a ring buffer ([`record`] decodes its records) and drops blocked
 //! sources ([`blocklist`]); the `xdp` source and the `xdp` block backend
-//! share one loaded program.
+//! share one loaded program. The tracepoint program ([`tracepoint`])
+//! reports the connections of every network namespace with their owners
+//! ([`tcpstate`] decodes its records).
 
 pub mod blocklist;
 pub mod ifxdp;
 pub mod record;
+pub mod tcpstate;
+pub mod tracepoint;
 pub mod xdp;
 
 use anyhow::Context;
@@ -18,9 +22,14 @@ use tokio::io::Interest;
 /// One line for an error of the BPF loader, with what to do when it is a
 /// missing privilege.
 pub fn error_line(error: &dyn std::error::Error) -> String {
+    error_line_needing(error, "CAP_BPF and CAP_NET_ADMIN")
+}
+
+/// [`error_line`] for a program that needs `caps` when not run as root.
+pub fn error_line_needing(error: &dyn std::error::Error, caps: &str) -> String {
     let mut line = crate::text::one_line(error);
     if line.contains("Operation not permitted") {
-        line.push_str(" (needs root, or CAP_BPF and CAP_NET_ADMIN)");
+        line.push_str(&format!(" (needs root, or {caps})"));
     }
     line
 }

@@ -8,9 +8,14 @@
 //! eviction take from its front), found through a hash table of ring
 //! positions that keeps each tuple's hash: an attempt hashes its tuple once
 //! and allocates nothing once the ring has grown to its cap.
+//!
+//! An attempt is also told apart by its direction and its network namespace
+//! (when the source knows it): the `tracepoint` source sees the same two
+//! endpoints as one namespace's outbound connection and another's inbound
+//! one, or in two namespaces that use the same addresses.
 
 use super::hash::{self, bits, Keyed};
-use crate::event::Connection;
+use crate::event::{Connection, Direction};
 use hashbrown::HashTable;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -40,6 +45,9 @@ struct Attempt {
     hash: u64,
     initiator: SocketAddr,
     acceptor: SocketAddr,
+    direction: Direction,
+    /// The network namespace's inode; 0 when the source does not say.
+    netns: u64,
     first: Duration,
     isn: u32,
     live: bool,
@@ -61,17 +69,38 @@ impl AttemptTable {
     /// Whether `conn`, observed at `at` (monotonic, non-decreasing), is a new
     /// attempt rather than a retransmission of one seen within the window.
     pub fn is_new(&mut self, at: Duration, conn: &Connection, isn: u32) -> bool {
+        self.is_new_in(at, conn, isn, None)
+    }
+
+    /// [`Self::is_new`] for an attempt seen in network namespace `netns`.
+    pub fn is_new_in(
+        &mut self,
+        at: Duration,
+        conn: &Connection,
+        isn: u32,
+        netns: Option<u64>,
+    ) -> bool {
         self.expire(at);
-        let (initiator, acceptor) = (conn.initiator, conn.acceptor);
+        let (initiator, acceptor, direction) = (conn.initiator, conn.acceptor, conn.direction);
+        let netns = netns.unwrap_or(0);
         let ports = (u32::from(initiator.port()) << 16) | u32::from(acceptor.port());
         let hash = hash::hash_of(
             &self.keys,
-            &(bits(initiator.ip()), bits(acceptor.ip()), ports),
+            &(
+                bits(initiator.ip()),
+                bits(acceptor.ip()),
+                ports,
+                direction,
+                netns,
+            ),
         );
         let (ring, head) = (&mut self.ring, self.head);
         if let Ok(found) = self.index.find_entry(hash, |&at| {
             let a = &ring[(at - head) as usize];
-            a.initiator == initiator && a.acceptor == acceptor
+            a.initiator == initiator
+                && a.acceptor == acceptor
+                && a.direction == direction
+                && a.netns == netns
         }) {
             let old = &mut ring[(*found.get() - head) as usize];
             if old.isn == isn {
@@ -94,6 +123,8 @@ impl AttemptTable {
             hash,
             initiator,
             acceptor,
+            direction,
+            netns,
             first: at,
             isn,
             live: true,
@@ -190,6 +221,22 @@ mod tests {
             table.is_new(secs(131), &a, 2000),
             "expired with its own window"
         );
+    }
+
+    #[test]
+    fn the_same_endpoints_in_another_direction_or_namespace_are_another_attempt() {
+        let mut table = AttemptTable::new(RETRANSMIT_WINDOW, CAPACITY);
+        let inbound = syn("10.0.0.7:40000", "10.0.0.5:80");
+        let outbound = Connection {
+            direction: Direction::Outbound,
+            ..inbound
+        };
+        assert!(table.is_new_in(secs(0), &inbound, 7, Some(1)));
+        assert!(table.is_new_in(secs(0), &outbound, 7, Some(2)));
+        assert!(table.is_new_in(secs(0), &inbound, 7, Some(3)));
+        assert!(table.is_new_in(secs(0), &inbound, 7, None));
+        assert!(!table.is_new_in(secs(1), &inbound, 7, Some(3)));
+        assert!(!table.is_new(secs(1), &inbound, 7));
     }
 
     #[test]

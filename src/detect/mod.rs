@@ -148,13 +148,19 @@ impl Detector {
                 let fresh = self.connections.observe(sockets);
                 events.reserve(fresh.len());
                 for conn in fresh {
-                    self.report(*at, conn, events);
+                    self.report(*at, conn, None, events);
                 }
                 self.scans.sweep(at.mono);
             }
-            Observation::Attempt { at, conn, isn } => {
-                if self.attempts.is_new(at.mono, conn, *isn) {
-                    self.report(*at, *conn, events);
+            Observation::Attempt {
+                at,
+                conn,
+                isn,
+                owner,
+            } => {
+                let netns = owner.as_ref().and_then(|o| o.netns);
+                if self.attempts.is_new_in(at.mono, conn, *isn, netns) {
+                    self.report(*at, *conn, owner.clone(), events);
                 }
                 self.tick(at.mono);
             }
@@ -187,13 +193,19 @@ impl Detector {
     }
 
     /// A new connection's line, then the scan it completes, if any.
-    fn report(&mut self, at: Stamp, conn: Connection, events: &mut Vec<Event>) {
+    fn report(
+        &mut self,
+        at: Stamp,
+        conn: Connection,
+        owner: Option<std::sync::Arc<crate::event::Owner>>,
+        events: &mut Vec<Event>,
+    ) {
         events.push(Event {
             at,
             kind: EventKind::NewConnection {
                 conn,
                 source: self.source,
-                owner: None,
+                owner,
             },
         });
         if let Some(scan) = self.inbound_attempt(at, &conn) {
@@ -254,6 +266,7 @@ mod clock_jump_tests {
             at: clock.now(),
             conn: inbound(port),
             isn: u32::from(port),
+            owner: None,
         })
     }
 
@@ -399,6 +412,7 @@ mod probe_tests {
                 direction: Direction::Inbound,
             },
             isn: u32::from(port),
+            owner: None,
         })
     }
 

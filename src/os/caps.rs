@@ -7,9 +7,11 @@ use std::io::Error;
 /// The capabilities any feature uses (numbers of `<linux/capability.h>`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Cap {
+    DacReadSearch = 2,
     NetBindService = 10,
     NetAdmin = 12,
     NetRaw = 13,
+    SysPtrace = 19,
     SysAdmin = 21,
     Perfmon = 38,
     Bpf = 39,
@@ -18,9 +20,11 @@ pub enum Cap {
 impl Cap {
     pub fn name(self) -> &'static str {
         match self {
+            Cap::DacReadSearch => "CAP_DAC_READ_SEARCH",
             Cap::NetBindService => "CAP_NET_BIND_SERVICE",
             Cap::NetAdmin => "CAP_NET_ADMIN",
             Cap::NetRaw => "CAP_NET_RAW",
+            Cap::SysPtrace => "CAP_SYS_PTRACE",
             Cap::SysAdmin => "CAP_SYS_ADMIN",
             Cap::Perfmon => "CAP_PERFMON",
             Cap::Bpf => "CAP_BPF",

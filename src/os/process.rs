@@ -29,6 +29,12 @@ pub fn boot_ns() -> u64 {
         .saturating_add(ts.tv_nsec as u64)
 }
 
+/// This process's effective user id.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid takes no argument and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,6 +19,8 @@ use crate::detect::Detector;
 use crate::metrics::{self, Listen, Metrics};
 use crate::settings::RunSettings;
 use crate::sink::LineSink;
+use crate::source::combined::Combined;
+use crate::source::tracepoint::{self, TracepointSource};
 use crate::source::{self, xdp::XdpSource, SourceKind};
 use crate::state::{Loaded, StateError, StatePath, Store, StoredRecord, DEFAULT_STATE};
 use crate::{diag, duration, text};
@@ -59,6 +61,7 @@ pub async fn open(settings: &RunSettings) -> anyhow::Result<Opened> {
     let source = match opening {
         Opening::Ready(source) => source,
         Opening::Xdp(xdp) => Source::Stream(xdp),
+        Opening::TracepointXdp(lines, xdp) => Source::Stream(Box::new(Combined::new(lines, xdp))),
     };
     let ttl = settings.block.block_ttl;
     let firewall_clock = clock.clone();
@@ -69,6 +72,10 @@ pub async fn open(settings: &RunSettings) -> anyhow::Result<Opened> {
     .context("block set-up failed")?;
     let applies = firewall.as_ref().is_some_and(Firewall::applies);
     let metrics = Metrics::new(source.name(), firewall.as_ref().map(Firewall::name));
+    if settings.source.source == SourceKind::TracepointXdp {
+        // The XDP program's losses are counted under its own name.
+        metrics.events_lost("xdp", 0);
+    }
     metrics.declare_tables(&crate::detect::EVICTION_TABLES);
     metrics.declare_tables(&["block_records", "status_top"]);
     let node = crate::os::host::name().unwrap_or_else(|| "localhost".to_string());
@@ -128,6 +135,8 @@ pub async fn open(settings: &RunSettings) -> anyhow::Result<Opened> {
 enum Opening {
     Ready(Source),
     Xdp(Box<XdpSource>),
+    /// `tracepoint,xdp`: the source of the lines and the XDP one.
+    TracepointXdp(Box<TracepointSource>, Box<XdpSource>),
 }
 
 fn open_source(settings: &RunSettings) -> anyhow::Result<Opening> {
@@ -139,15 +148,44 @@ fn open_source(settings: &RunSettings) -> anyhow::Result<Opening> {
         SourceKind::Pcap => Opening::Ready(Source::Stream(Box::new(source::pcap::PcapSource(
             source::pcap::open(&s.interface)?,
         )))),
-        SourceKind::Xdp => {
-            let opts = LoadOptions {
-                report: true,
-                block: settings.block.block == BlockKind::Xdp && !settings.block.dry_run,
-                map_size: settings.block.xdp_map_size.0,
-            };
-            Opening::Xdp(Box::new(XdpSource::open(&s.interface, &opts)?))
+        SourceKind::Xdp => Opening::Xdp(open_xdp(settings)?),
+        SourceKind::Tracepoint => Opening::Ready(Source::Stream(Box::new(TracepointSource::open(
+            &tracepoint_options(s),
+        )?))),
+        SourceKind::TracepointXdp => {
+            let lines = TracepointSource::open(&tracepoint_options(s))?;
+            Opening::TracepointXdp(Box::new(lines), open_xdp(settings)?)
         }
     })
+}
+
+/// What the source settings say of the tracepoint source.
+fn tracepoint_options(s: &source::Settings) -> tracepoint::Options {
+    tracepoint::Options {
+        ring_bytes: Some(s.tracepoint_ring.0),
+        netns: s.netns.clone(),
+        paths: tracepoint::attribution::Paths {
+            cgroup_root: match &s.cgroup_root {
+                tracepoint::CgroupRoot::Auto => None,
+                tracepoint::CgroupRoot::At(path) => Some(path.clone()),
+            },
+            pod_logs: s.pod_logs.clone(),
+        },
+    }
+}
+
+/// The XDP program reporting SYNs, and dropping blocked sources too with
+/// `--block xdp`.
+fn open_xdp(settings: &RunSettings) -> anyhow::Result<Box<XdpSource>> {
+    let opts = LoadOptions {
+        report: true,
+        block: settings.block.block == BlockKind::Xdp && !settings.block.dry_run,
+        map_size: settings.block.xdp_map_size.0,
+    };
+    Ok(Box::new(XdpSource::open(
+        &settings.source.interface,
+        &opts,
+    )?))
 }
 
 /// The backend of `--block`: for `xdp`, on the `xdp` source's program when
@@ -159,7 +197,8 @@ fn backend(
     clock: Arc<dyn Clock>,
 ) -> (Option<Box<dyn Backend>>, Option<Stats>) {
     let shared = match (settings.block.block, settings.block.dry_run, opening) {
-        (BlockKind::Xdp, false, Opening::Xdp(source)) => source.take_blocklist(),
+        (BlockKind::Xdp, false, Opening::Xdp(source))
+        | (BlockKind::Xdp, false, Opening::TracepointXdp(_, source)) => source.take_blocklist(),
         _ => None,
     };
     if let Some(maps) = shared {

@@ -350,8 +350,8 @@ async fn detect(
                 None => return Ok(()),
             },
         };
-        if let Observation::Lost { count } = observation {
-            metrics.events_lost(detector.source(), count);
+        if let Observation::Lost { count, source } = observation {
+            metrics.events_lost(source, count);
         }
         // A packet from a blocked source is its block at work: counted as
         // seen by the block, never a connection or a probe.
@@ -377,8 +377,8 @@ async fn detect(
         if !matches!(observation, Observation::Snapshot { .. }) {
             for _ in 1..DETECT_AT_ONCE {
                 let Ok(more) = input.try_recv() else { break };
-                if let Observation::Lost { count } = more {
-                    metrics.events_lost(detector.source(), count);
+                if let Observation::Lost { count, source } = more {
+                    metrics.events_lost(source, count);
                 }
                 if !blocked(&more) {
                     events.extend(detector.process(&more));

@@ -199,6 +199,7 @@ fn attempt(clock: &ManualClock, port: u16) -> Observation {
             direction: Direction::Inbound,
         },
         isn: u32::from(port),
+        owner: None,
     }
 }
 
@@ -368,6 +369,7 @@ fn attempt_from(clock: &ManualClock, remote: &str, port: u16) -> Observation {
             direction: Direction::Inbound,
         },
         isn: u32::from(port),
+        owner: None,
     }
 }
 

@@ -119,7 +119,7 @@ impl XdpSource {
                         guard.clear_ready();
                     }
                     for (at, conn, isn) in batch.drain(..) {
-                        if out.send(Observation::Attempt { at, conn, isn }).await.is_err() {
+                        if out.send(Observation::Attempt { at, conn, isn, owner: None }).await.is_err() {
                             return Ok(());
                         }
                     }
@@ -132,7 +132,7 @@ impl XdpSource {
                 _ = ticks.tick() => {
                     let total = self.lost_total().wrapping_add(malformed);
                     if let Some(count) = losses.delta(total) {
-                        if out.send(Observation::Lost { count }).await.is_err() {
+                        if out.send(Observation::Lost { count, source: "xdp" }).await.is_err() {
                             return Ok(());
                         }
                     }

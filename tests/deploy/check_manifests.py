@@ -86,6 +86,26 @@ def check_least_privilege(docs, where):
             fail(f"{where}: pod runs as root")
 
 
+def check_tracepoint(docs, where):
+    """The tracepoint source's DaemonSet: the node's tracefs, cgroup2 tree
+    and pod logs mounted read-only, the capabilities it needs, hostPID."""
+    ds = next(d for d in docs if d and d.get("kind") == "DaemonSet")
+    spec = ds["spec"]["template"]["spec"]
+    agent = next(c for c in spec["containers"] if c["name"] == "tcpwatch")
+    mounts = {m["mountPath"]: m for m in agent.get("volumeMounts", [])}
+    for path in ("/sys/kernel/tracing", "/host/cgroup", "/var/log/pods"):
+        if not mounts.get(path, {}).get("readOnly"):
+            fail(f"{where}: {path} is not mounted read-only")
+    caps = agent["securityContext"]["capabilities"]["add"]
+    for cap in ("BPF", "PERFMON", "DAC_READ_SEARCH", "SYS_PTRACE"):
+        if cap not in caps:
+            fail(f"{where}: the tracepoint source lacks {cap}")
+    if "--cgroup-root=/host/cgroup" not in agent["args"]:
+        fail(f"{where}: the agent is not told where the cgroup2 tree is")
+    if spec.get("hostPID") is not True:
+        fail(f"{where}: no hostPID")
+
+
 def configs(docs):
     return [d["data"]["tcpwatch.toml"] for d in docs if d and d.get("kind") == "ConfigMap"]
 
@@ -139,6 +159,16 @@ def main():
         if "ServiceMonitor" not in kinds:
             fail("serviceMonitor.enabled=true rendered no ServiceMonitor")
         found += configs(docs)
+        for source in ("tracepoint", "tracepoint,xdp"):
+            where = f"helm template (config.source={source})"
+            # helm splits --set values at commas unless escaped.
+            value = source.replace(",", "\\,")
+            rendered = helm("template", "tcpwatch", str(CHART), "--set-string", f"config.source={value}")
+            docs = list(yaml.safe_load_all(rendered))
+            validate(docs, where)
+            check_least_privilege(docs, where)
+            check_tracepoint(docs, where)
+            found += configs(docs)
 
     print(json.dumps({"helm": have_helm, "configs": found}))
 

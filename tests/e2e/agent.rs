@@ -4,7 +4,7 @@
 
 pub use crate::args::{Args, AGENT};
 use crate::lab::{Lab, A, B};
-use crate::prereq::require_xdp_program;
+use crate::prereq::{require_tracepoint_program, require_xdp_program};
 use crate::proc::{Finished, Proc};
 use regex::Regex;
 use std::net::{IpAddr, SocketAddr};
@@ -35,6 +35,7 @@ pub enum Source {
     Netlink,
     Pcap,
     Xdp,
+    Tracepoint,
 }
 
 impl Source {
@@ -44,18 +45,17 @@ impl Source {
             Source::Netlink => "netlink",
             Source::Pcap => "pcap",
             Source::Xdp => "xdp",
+            Source::Tracepoint => "tracepoint",
         }
-    }
-
-    /// Sees packets on an interface (`--interface`) rather than reading the
-    /// kernel's socket table every interval.
-    pub fn packets(self) -> bool {
-        matches!(self, Source::Pcap | Source::Xdp)
     }
 
     /// Whether this machine can run it; reports what is missing otherwise.
     pub fn available(self) -> bool {
-        self != Source::Xdp || require_xdp_program()
+        match self {
+            Source::Xdp => require_xdp_program(),
+            Source::Tracepoint => require_tracepoint_program(),
+            _ => true,
+        }
     }
 }
 
@@ -66,13 +66,14 @@ impl Args {
     }
 
     /// [`Args::run`] with `source` watching a lab host: a packet source on
-    /// its `eth0`.
+    /// its `eth0`; the tracepoint source, which sees every namespace of the
+    /// machine, in the agent's own (`--netns self`).
     pub fn watching(source: Source) -> Args {
         let args = Args::run().source(source);
-        if source.packets() {
-            args.interface("eth0")
-        } else {
-            args
+        match source {
+            Source::Pcap | Source::Xdp => args.interface("eth0"),
+            Source::Tracepoint => args.netns("self"),
+            Source::Procfs | Source::Netlink => args,
         }
     }
 
@@ -82,6 +83,11 @@ impl Args {
 
     pub fn interface(self, name: &str) -> Args {
         self.set("--interface", name)
+    }
+
+    /// `--netns PATH` (repeatable: each call adds one).
+    pub fn netns(self, path: impl ToString) -> Args {
+        self.add("--netns", path)
     }
 
     pub fn interval(self, interval: &str) -> Args {
@@ -250,7 +256,8 @@ impl Agent {
     pub fn watching_with(lab: &Lab, source: Source, args: &Args) -> Agent {
         let agent = Agent::spawn(lab, A, args);
         match source {
-            Source::Procfs | Source::Netlink => agent.ready(),
+            // The tracepoint source says it watches once it is attached.
+            Source::Procfs | Source::Netlink | Source::Tracepoint => agent.ready(),
             Source::Xdp => {
                 let attached =
                     agent.wait_for_stderr("watching: xdp on eth0", Duration::from_secs(10));

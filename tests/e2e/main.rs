@@ -60,5 +60,6 @@ mod sources;
 mod spoof;
 mod state;
 mod systemd;
+mod tracepoint;
 mod xdp;
 mod xdp_block;

@@ -63,3 +63,13 @@ pub fn require_xdp_program() -> bool {
     missing_prerequisite("the XDP program was not built (clang missing at build time)");
     false
 }
+
+/// True when the binary carries its tracepoint program (clang was there at
+/// build time); otherwise reports it.
+pub fn require_tracepoint_program() -> bool {
+    if tcpwatch::bpf::tracepoint::built() {
+        return true;
+    }
+    missing_prerequisite("the tracepoint program was not built (clang missing at build time)");
+    false
+}

@@ -36,6 +36,7 @@ const NOBODY: &str = "65534";
 fn bit(cap: &str) -> u64 {
     let n = match cap {
         "dac_override" => 1,
+        "dac_read_search" => 2,
         "net_bind_service" => 10,
         "net_admin" => 12,
         "net_raw" => 13,
@@ -325,6 +326,66 @@ fn xdp_source_needs_bpf_net_admin_and_perfmon() {
             stderr,
             format!("tcpwatch: error: --source xdp needs {name}\n")
         );
+    }
+}
+
+#[test]
+fn tracepoint_needs_bpf_perfmon_and_tracefs_access() {
+    let Some(lab) = lab() else { return };
+    if !Source::Tracepoint.available() {
+        return;
+    }
+    let _servers = start_servers(&lab);
+    // In a lab host tracefs is not mounted (`ip netns exec` remounts /sys,
+    // cgroup mounts gone too): the agent mounts it (CAP_SYS_ADMIN) and, not
+    // being root, reads root's 0700 tracefs with CAP_DAC_READ_SEARCH.
+    // CAP_SYS_PTRACE lets it read which process owns the listeners opened
+    // before it started.
+    let required = ["dac_read_search", "sys_admin", "perfmon", "bpf"];
+    let all = [
+        "dac_read_search",
+        "sys_ptrace",
+        "sys_admin",
+        "perfmon",
+        "bpf",
+    ];
+    let args = args()
+        .source(Source::Tracepoint)
+        .netns("self")
+        .block("none");
+    let mounted = "tcpwatch: mounted tracefs at /sys/kernel/tracing".to_string();
+    let no_cgroup = "tcpwatch: warning: tracepoint: no cgroup2 tree (see --cgroup-root): connections carry no cgroup path, container or pod".to_string();
+    let agent = Privs::nobody(&all).start(&lab, &args);
+    assert_holds(&agent, NOBODY, &all, &[]);
+    expect_connection(&lab, &agent);
+    assert_diagnostics(&agent, &[mounted.clone(), no_cgroup.clone()]);
+    drop(agent);
+    // Without CAP_SYS_PTRACE: root's processes cannot be read, said once.
+    let agent = Privs::nobody(&required).start(&lab, &args);
+    assert_holds(&agent, NOBODY, &required, &[]);
+    expect_connection(&lab, &agent);
+    let stderr = agent.stderr();
+    let warned = diagnostics(&stderr)
+        .iter()
+        .filter(|l| l.contains("needs CAP_SYS_PTRACE"))
+        .count();
+    assert_eq!(warned, 1, "{stderr}");
+    drop(agent);
+    for (missing, line) in [
+        ("bpf", "--source tracepoint needs CAP_BPF"),
+        ("perfmon", "--source tracepoint needs CAP_PERFMON"),
+        (
+            "sys_admin",
+            "--source tracepoint (to mount tracefs, which is not mounted) needs CAP_SYS_ADMIN",
+        ),
+        (
+            "dac_read_search",
+            "--source tracepoint (tracefs is root's, mode 0700) needs CAP_DAC_READ_SEARCH",
+        ),
+    ] {
+        let fewer: Vec<&str> = all.iter().copied().filter(|c| *c != missing).collect();
+        let stderr = Privs::nobody(&fewer).refused(&lab, &args);
+        assert_eq!(stderr, format!("tcpwatch: error: {line}\n"));
     }
 }
 

@@ -183,6 +183,21 @@ fn bad_xdp_map_size_is_a_one_line_usage_error() {
 }
 
 #[test]
+fn tracepoint_settings_are_usage_errors_when_bad() {
+    for bad in ["3000", "2048", "4G", "lots"] {
+        let args = Args::run()
+            .set("--source", "tracepoint")
+            .add("--netns", "self")
+            .set("--tracepoint-ring", bad);
+        let line = usage_error(&args.argv());
+        assert!(line.contains("--tracepoint-ring"), "{line}");
+    }
+    // Only tracepoint and xdp combine.
+    let line = usage_error(&Args::run().set("--source", "tracepoint,pcap").argv());
+    assert!(line.contains("'tracepoint,pcap' for '--source"), "{line}");
+}
+
+#[test]
 fn bad_block_limit_is_a_one_line_usage_error_naming_flag_or_key() {
     for bad in ["0", "-1", "lots", "1.5"] {
         let line = usage_error(&Args::run().set("--max-blocks-per-minute", bad).argv());

@@ -46,6 +46,7 @@ fn every_fixture_directory_is_a_target_checked_here() {
         "pcap_packet",
         "procfs_parse",
         "state_file",
+        "tracepoint_event",
         "xdp_event",
     ];
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz");
@@ -155,6 +156,15 @@ fn capture_files() {
 fn xdp_events() {
     for (path, bytes) in fixtures("xdp_event") {
         if let Err(e) = tcpwatch::bpf::record::parse_event(&bytes) {
+            assert_one_line(&e.to_string(), &path);
+        }
+    }
+}
+
+#[test]
+fn tracepoint_records() {
+    for (path, bytes) in fixtures("tracepoint_event") {
+        if let Err(e) = tcpwatch::bpf::tcpstate::decode(&bytes) {
             assert_one_line(&e.to_string(), &path);
         }
     }

@@ -2,18 +2,21 @@
 //! command line of the real binary (`cli`), `tcpwatch replay` on files
 //! (`replay`), properties of the procfs parser (`procfs_props`), every input
 //! a fuzzer crashed on (`fuzz_regressions`), the deployment files
-//! (`deploy`), the alerting rules and the dashboard (`rules`) and the
-//! module layers of the crate (`layers`). The real-Linux tests are the
-//! `e2e` binary.
+//! (`deploy`), the alerting rules and the dashboard (`rules`), the module
+//! layers of the crate (`layers`), the generator of the BPF records' Rust
+//! side (`bpf_record`) and Kubernetes naming over a node's directories
+//! (`kubelet`). The real-Linux tests are the `e2e` binary.
 
 #[path = "../shared/args.rs"]
 mod args;
 #[path = "../shared/monitoring.rs"]
 mod monitoring;
 
+mod bpf_record;
 mod cli;
 mod deploy;
 mod fuzz_regressions;
+mod kubelet;
 mod layers;
 mod procfs_props;
 mod replay;

@@ -48,6 +48,13 @@ impl Args {
         self
     }
 
+    /// Adds `flag` with `value` beside any value it has (a repeatable flag:
+    /// `--allow`, `--netns`).
+    pub fn add(mut self, flag: &str, value: impl ToString) -> Args {
+        self.flags.push((flag.to_string(), Some(value.to_string())));
+        self
+    }
+
     /// Adds a flag without a value (`--dry-run`, `--report-existing`).
     pub fn switch(mut self, flag: &str) -> Args {
         self.flags.push((flag.to_string(), None));

@@ -338,7 +338,7 @@ async fn pump(
             }
             _ = stats.tick() => {
                 let stat = stream.capture_mut().stats()?;
-                batch.extend(drops.lost_since_last(stat).map(|count| Observation::Lost { count }));
+                batch.extend(drops.lost_since_last(stat).map(|count| Observation::Lost { count, source: "pcap" }));
             }
         };
         for observation in batch.drain(..) {

@@ -221,7 +221,12 @@ fn observe_tcp(
                 acceptor: dst,
                 direction,
             };
-            out(Observation::Attempt { at, conn, isn });
+            out(Observation::Attempt {
+                at,
+                conn,
+                isn,
+                owner: None,
+            });
         }
         // Only probes of this host count.
         _ if !local.is_local(dst.ip()) => {}

@@ -24,3 +24,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{ . }}
 {{- end -}}
 {{- end -}}
+
+{{/* "true" when the configured source uses the tracepoint program, else empty. */}}
+{{- define "tcpwatch.tracepoint" -}}
+{{- if contains "tracepoint" (toString .Values.config.source) -}}
+true
+{{- end -}}
+{{- end -}}
