@@ -29,7 +29,14 @@ const PROGRAMS: [(&str, &str, &str); 2] = [
 ];
 
 /// The structs generated from their headers.
-const RECORDS: [record::Record; 3] = [
+const RECORDS: [record::Record; 4] = [
+    record::Record {
+        header: "bpf/tcpwatch.h",
+        structure: "event",
+        rust: "RawRecord",
+        constants: "TCPW_",
+        out: "xdp_record.rs",
+    },
     record::Record {
         header: "bpf/tcpstate.h",
         structure: "tcpstate_record",

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
-// tcpwatch XDP program: reports TCP connection attempts to userspace and
-// drops the packets of blocked addresses.
+// tcpwatch's BPF programs: an XDP program that reports TCP connection
+// attempts and probes to userspace and drops the packets of blocked
+// addresses, and a TC egress program that reports UDP probes.
 //
 // Blocklist (when `check_blocked` is set at load time): every IPv4/IPv6
 // packet's source is looked up in blocked4/blocked6 (LRU hashes, key the
@@ -9,35 +10,39 @@
 // present, unexpired entry drops the packet (XDP_DROP) and counts it per
 // family in `dropped`; an expired entry drops nothing (userspace sweeps it).
 //
-// Reporting (when `report_syns` is set at load time):
-// For every packet on the interface it is attached to, the program reports
-//   - a SYN without ACK (ECE/CWR allowed): an inbound connection attempt;
-//   - a SYN+ACK: the answer to an outbound connection of this host.
-// Reports go through a ring buffer; a full ring buffer is counted in a per-CPU
-// array so userspace can report the loss. Every packet not dropped by the
-// blocklist is passed (XDP_PASS). Parsing lives in parse() (xdp_parse.h),
-// shared by both; the blocklist in xdp_blocklist.h, the reports in
-// xdp_report.h, the record in tcpwatch.h.
+// Reporting (when `report_syns` is set at load time): for every packet on
+// the interface it is attached to, the XDP program reports
+//   - a SYN without ACK: an inbound connection attempt;
+//   - a SYN+ACK: the answer to an outbound connection of this host;
+//   - a TCP probe with none of SYN, ACK, RST (FIN, NULL, Xmas scans);
+//   - the first fragment of a fragmented TCP packet (its flags, when the
+//     fragment holds them, say which of the above it is).
+// The TC program (tcpwatch_udp, on egress) reports the UDP probes this
+// host answers with a port unreachable. Reports go through a ring buffer; a
+// full ring buffer is counted in a per-CPU array so userspace can report
+// the loss. Every packet not dropped by the blocklist is passed. Parsing
+// lives in parse() (xdp_parse.h), shared by both; the blocklist in
+// xdp_blocklist.h, the reports in xdp_report.h, the UDP probes in
+// tc_unreach.h, the record in tcpwatch.h.
 //
 // Parsed: Ethernet with zero, one or two VLAN tags (802.1Q / 802.1AD), IPv4
 // with options (IHL honoured; fragments with a non-zero offset skipped, they
-// hold no TCP header), IPv6 fixed header followed directly by TCP. IPv6
-// extension headers are NOT walked: a SYN behind a hop-by-hop, routing or
-// fragment header is not reported.
+// hold no TCP header), IPv6 with up to IPV6_EXT_MAX extension headers
+// (hop-by-hop, routing, destination options, fragment, authentication)
+// before TCP.
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
 #include <linux/ipv6.h>
 #include <linux/tcp.h>
+#include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
 #ifndef ETH_P_8021AD
 #define ETH_P_8021AD 0x88A8
 #endif
-
-#define IP_OFFSET_MASK 0x1fff
 
 #include "tcpwatch.h"
 
@@ -48,6 +53,7 @@ volatile const __u8 check_blocked = 0;
 #include "xdp_parse.h"
 #include "xdp_blocklist.h"
 #include "xdp_report.h"
+#include "tc_unreach.h"
 
 SEC("xdp")
 int tcpwatch(struct xdp_md *ctx)
@@ -59,9 +65,21 @@ int tcpwatch(struct xdp_md *ctx)
 		return XDP_PASS;
 	if (check_blocked && blocked(&ev))
 		return XDP_DROP;
-	if (report_syns && parsed == PARSED_SYN)
+	if (report_syns && parsed == PARSED_REPORT)
 		report(&ev);
 	return XDP_PASS;
+}
+
+// Loaded and attached only when reporting. Returns TC_ACT_UNSPEC: the next
+// program on the interface, if any, runs as if this one were not there.
+SEC("classifier")
+int tcpwatch_udp(struct __sk_buff *skb)
+{
+	struct event ev = {};
+
+	if (unreach(skb, &ev))
+		report(&ev);
+	return TC_ACT_UNSPEC;
 }
 
 char LICENSE[] SEC("license") = "GPL";

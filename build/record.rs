@@ -5,11 +5,14 @@
 //! [`generate`] reads one `struct NAME { ... };` of a header and the
 //! `#define PREFIX... <integer>` constants beside it, and writes a
 //! `#[repr(C)]` struct with the same fields in the same order, the constants
-//! (as `u64`), and as associated constants the struct's length (`LEN`) and
-//! each field's offset (`FIELDS`, to check against the BTF of the compiled
-//! program). It accepts only what it understands:
-//! fields `__u8|__u16|__u32|__u64 name;`, the big-endian `__be16|__be32
-//! name;` (the same sizes; the Rust type does not swap bytes), and byte
+//! (as `u64`), and as associated items the struct's length (`LEN`), each
+//! field's offset (`FIELDS`, to check against the BTF of the compiled
+//! program), `read` (the struct from the bytes the program wrote: `__uN`
+//! in this host's byte order, `__beN` in network order, both returned as
+//! host-order numbers) and `write`, its inverse (for tests and fuzzing). It
+//! accepts only what it understands: fields `__u8|__u16|__u32|__u64 name;`,
+//! the big-endian `__be16|__be32|__be64 name;` (the same sizes; the struct's
+//! field holds the bytes as the program wrote them, `read` swaps), and byte
 //! arrays `__u8 name[N];`. Anything else inside the struct is an error, so a
 //! field the generator cannot translate stops the build instead of shifting
 //! the offsets; and a struct whose fields leave padding between them is an
@@ -66,7 +69,7 @@ pub fn generate(record: &Record, header: &str) -> Result<String, String> {
         return Err(format!("no `{opening}` with fields"));
     }
     let mut offset = 0usize;
-    for (name, _, size, align) in &fields {
+    for (name, _, size, align, _) in &fields {
         if !offset.is_multiple_of(*align) {
             return Err(format!(
                 "field {name} at offset {offset} is not aligned to {align}: reorder the fields so there is no padding"
@@ -86,7 +89,7 @@ pub fn generate(record: &Record, header: &str) -> Result<String, String> {
         "\n/// `struct {}` of {}.\n#[repr(C)]\n#[derive(Debug, Clone, Copy, PartialEq, Eq)]\npub struct {rust} {{\n",
         record.structure, record.header
     ));
-    for (name, ty, _, _) in &fields {
+    for (name, ty, _, _, _) in &fields {
         out.push_str(&format!("    pub {name}: {ty},\n"));
     }
     out.push_str(&format!(
@@ -97,13 +100,55 @@ pub fn generate(record: &Record, header: &str) -> Result<String, String> {
          \x20   /// compiled program.\n\
          \x20   pub const FIELDS: &[(&str, usize)] = &[\n"
     ));
-    for (name, _, _, _) in &fields {
+    for (name, _, _, _, _) in &fields {
         out.push_str(&format!(
             "        (\"{name}\", core::mem::offset_of!({rust}, {name})),\n"
         ));
     }
     out.push_str(&format!(
-        "    ];\n}}\n\nconst _: () = assert!(core::mem::size_of::<{rust}>() == {rust}::LEN);\n"
+        "    ];\n\n\
+         \x20   /// The struct as the program wrote it in `b`.\n\
+         \x20   #[allow(dead_code)]\n\
+         \x20   pub fn read(b: &[u8; {rust}::LEN]) -> {rust} {{\n\
+         \x20       {rust} {{\n"
+    ));
+    for (name, ty, size, _, kind) in &fields {
+        let bytes = format!("Self::raw::<{size}>(b, core::mem::offset_of!({rust}, {name}))");
+        let value = match kind {
+            Kind::Native => format!("{ty}::from_ne_bytes({bytes})"),
+            Kind::Big => format!("{ty}::from_be_bytes({bytes})"),
+            Kind::Bytes => bytes,
+        };
+        out.push_str(&format!("            {name}: {value},\n"));
+    }
+    out.push_str(&format!(
+        "        }}\n    }}\n\n\
+         \x20   /// The bytes [`{rust}::read`] reads back as `self`.\n\
+         \x20   #[allow(dead_code)]\n\
+         \x20   pub fn write(&self) -> [u8; {rust}::LEN] {{\n\
+         \x20       let mut b = [0u8; {rust}::LEN];\n"
+    ));
+    for (name, _, size, _, kind) in &fields {
+        let at = format!("core::mem::offset_of!({rust}, {name})");
+        let bytes = match kind {
+            Kind::Native => format!("self.{name}.to_ne_bytes()"),
+            Kind::Big => format!("self.{name}.to_be_bytes()"),
+            Kind::Bytes => format!("self.{name}"),
+        };
+        out.push_str(&format!(
+            "        b[{at}..{at} + {size}].copy_from_slice(&{bytes});\n"
+        ));
+    }
+    out.push_str(&format!(
+        "        b\n    }}\n\n\
+         \x20   /// `N` bytes of `b` from `at`.\n\
+         \x20   #[allow(dead_code)]\n\
+         \x20   fn raw<const N: usize>(b: &[u8; {rust}::LEN], at: usize) -> [u8; N] {{\n\
+         \x20       let mut out = [0u8; N];\n\
+         \x20       out.copy_from_slice(&b[at..at + N]);\n\
+         \x20       out\n\
+         \x20   }}\n\
+         }}\n\nconst _: () = assert!(core::mem::size_of::<{rust}>() == {rust}::LEN);\n"
     ));
     Ok(out)
 }
@@ -116,16 +161,30 @@ fn integer(text: &str) -> Option<u64> {
     }
 }
 
+/// How a field's bytes are read.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    /// `__uN`: this host's byte order.
+    Native,
+    /// `__beN`: network byte order.
+    Big,
+    /// `__u8 name[N]`.
+    Bytes,
+}
+
 /// `__uN name;`, `__beN name;` or `__u8 name[N];` -> (name, Rust type, size,
-/// alignment).
-fn field(line: &str) -> Option<(String, String, usize, usize)> {
+/// alignment, kind).
+fn field(line: &str) -> Option<(String, String, usize, usize, Kind)> {
     let body = line.strip_suffix(';')?;
     let (ty, name) = body.split_once(char::is_whitespace)?;
-    let (rust, size) = match ty {
-        "__u8" => ("u8", 1),
-        "__u16" | "__be16" => ("u16", 2),
-        "__u32" | "__be32" => ("u32", 4),
-        "__u64" => ("u64", 8),
+    let (rust, size, kind) = match ty {
+        "__u8" => ("u8", 1, Kind::Native),
+        "__u16" => ("u16", 2, Kind::Native),
+        "__u32" => ("u32", 4, Kind::Native),
+        "__u64" => ("u64", 8, Kind::Native),
+        "__be16" => ("u16", 2, Kind::Big),
+        "__be32" => ("u32", 4, Kind::Big),
+        "__be64" => ("u64", 8, Kind::Big),
         _ => return None,
     };
     let name = name.trim();
@@ -135,10 +194,21 @@ fn field(line: &str) -> Option<(String, String, usize, usize)> {
             && !s.starts_with(|c: char| c.is_ascii_digit())
     };
     match name.split_once('[') {
-        None if ident(name) => Some((name.to_string(), rust.to_string(), size, size)),
-        Some((array, len)) if ident(array) && rust == "u8" => {
-            let len: usize = len.strip_suffix(']')?.trim().parse().ok()?;
-            Some((array.to_string(), format!("[u8; {len}]"), len, 1))
+        None if ident(name) => Some((name.to_string(), rust.to_string(), size, size, kind)),
+        Some((array, len)) if ident(array) && ty == "__u8" => {
+            let len: usize = len
+                .strip_suffix(']')?
+                .trim()
+                .parse()
+                .ok()
+                .filter(|&n| n > 0)?;
+            Some((
+                array.to_string(),
+                format!("[u8; {len}]"),
+                len,
+                1,
+                Kind::Bytes,
+            ))
         }
         _ => None,
     }

@@ -394,6 +394,10 @@ pub enum Observation {
     /// Events the source named `source` knows it missed (kernel buffer
     /// overflow, drops).
     Lost { count: u64, source: &'static str },
+    /// Observations of a real-time source, in order, handed on together:
+    /// one channel send and one wakeup of the detect stage for a whole
+    /// drain of a kernel buffer. The same as each of them sent alone.
+    Batch(Vec<Observation>),
 }
 
 #[cfg(test)]

@@ -1,90 +1,145 @@
-//! The ring record of the XDP program (`struct event` in
-//! `bpf/tcpwatch.bpf.c`), decoded. A pure function over bytes, so it is
-//! tested and fuzzed without a kernel.
+//! The ring record of the BPF programs (`struct event` of `bpf/tcpwatch.h`),
+//! decoded. A pure function over bytes, so it is tested and fuzzed without
+//! a kernel.
+//!
+//! `build.rs` generates [`RawRecord`] (and the `TCPW_*` constants) from
+//! that header (the generator is `build/record.rs`); [`parse_event`] reads
+//! the fields through it. No offset is written here.
 
-use crate::event::{Connection, Direction};
+use crate::clock::Stamp;
+use crate::event::{Connection, Direction, Observation, ScanKind};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-/// `struct event` of the BPF program: family, kind, TCP flags, pad, source
-/// port, destination port, sequence number (network order), source and
-/// destination addresses (16 bytes each, network order; IPv4 in the first 4).
-pub const EVENT_LEN: usize = 44;
-const SADDR: usize = 12;
-const DADDR: usize = 28;
-pub const KIND_SYN: u8 = 1;
-pub const KIND_SYNACK: u8 = 2;
+mod raw {
+    include!(concat!(env!("OUT_DIR"), "/xdp_record.rs"));
+}
+pub use raw::{RawRecord, TCPW_FRAGMENT, TCPW_STEALTH, TCPW_SYN, TCPW_SYNACK, TCPW_UDP};
+
+/// The size of a record.
+pub const RECORD_LEN: usize = RawRecord::LEN;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BadEvent {
-    #[error("event of {0} bytes, expected {EVENT_LEN}")]
+    #[error("event of {0} bytes, expected {RECORD_LEN}")]
     Length(usize),
     #[error("unknown address family {0}")]
     Family(u8),
     #[error("unknown event kind {0}")]
     Kind(u8),
+    #[error("a stealth probe with TCP flags {0:#04x}")]
+    Flags(u8),
 }
 
-/// One decoded event: the connection and the sender's initial sequence
-/// number (the same in a retransmission, new when a 4-tuple is reused).
+/// What one record reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SynEvent {
-    pub conn: Connection,
-    pub isn: u32,
+pub enum Report {
+    /// A connection attempt, printed as a line: a SYN (inbound, the source
+    /// is the initiator) or a SYN+ACK (the answer to this host's outbound
+    /// connection, the destination is the initiator). `isn` is the sender's
+    /// initial sequence number: the same in a retransmission, new when a
+    /// 4-tuple is reused.
+    Attempt { conn: Connection, isn: u32 },
+    /// A probe that counts toward a scan of `local`'s port and prints no
+    /// line: a TCP segment with none of SYN, ACK, RST (its kind from its
+    /// flags), a first fragment cut before its flags (a SYN scan's, as
+    /// nmap -f sends them), a UDP probe of a closed port.
+    Probe {
+        remote: IpAddr,
+        local: SocketAddr,
+        kind: ScanKind,
+    },
 }
 
-/// Turns one ring-buffer event into the connection it reports: a SYN is an
-/// inbound attempt (source -> destination); a SYN+ACK answers an outbound
-/// connection of this host (destination -> source).
-pub fn parse_event(bytes: &[u8]) -> Result<SynEvent, BadEvent> {
-    let bytes: &[u8; EVENT_LEN] = bytes
+impl Report {
+    /// The observation this report is, seen at `at`.
+    pub fn observation(self, at: Stamp) -> Observation {
+        match self {
+            Report::Attempt { conn, isn } => Observation::Attempt {
+                at,
+                conn,
+                isn,
+                owner: None,
+            },
+            Report::Probe {
+                remote,
+                local,
+                kind,
+            } => Observation::Probe {
+                at,
+                remote,
+                local,
+                kind,
+            },
+        }
+    }
+}
+
+/// Decodes one ring-buffer record.
+pub fn parse_event(bytes: &[u8]) -> Result<Report, BadEvent> {
+    let bytes: &[u8; RECORD_LEN] = bytes
         .try_into()
         .map_err(|_| BadEvent::Length(bytes.len()))?;
-    let sport = u16::from_be_bytes([bytes[4], bytes[5]]);
-    let dport = u16::from_be_bytes([bytes[6], bytes[7]]);
-    let addr = |at: usize| -> Result<IpAddr, BadEvent> {
-        let raw = &bytes[at..at + 16];
-        match bytes[0] {
+    let r = RawRecord::read(bytes);
+    let addr = |raw: [u8; 16]| -> Result<IpAddr, BadEvent> {
+        match r.family {
             4 => Ok(IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))),
-            6 => Ok(IpAddr::V6(Ipv6Addr::from(
-                <[u8; 16]>::try_from(raw).expect("16 bytes"),
-            ))),
+            6 => Ok(IpAddr::V6(Ipv6Addr::from(raw))),
             other => Err(BadEvent::Family(other)),
         }
     };
-    let isn = u32::from_be_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-    let src = SocketAddr::new(addr(SADDR)?, sport);
-    let dst = SocketAddr::new(addr(DADDR)?, dport);
-    let conn = match bytes[1] {
-        KIND_SYN => Connection {
-            initiator: src,
-            acceptor: dst,
-            direction: Direction::Inbound,
-        },
-        KIND_SYNACK => Connection {
-            initiator: dst,
-            acceptor: src,
-            direction: Direction::Outbound,
-        },
-        other => return Err(BadEvent::Kind(other)),
+    let src = SocketAddr::new(addr(r.saddr)?, r.sport);
+    let dst = SocketAddr::new(addr(r.daddr)?, r.dport);
+    let probe = |kind| Report::Probe {
+        remote: src.ip(),
+        local: dst,
+        kind,
     };
-    Ok(SynEvent { conn, isn })
+    Ok(match u64::from(r.kind) {
+        TCPW_SYN => Report::Attempt {
+            conn: Connection {
+                initiator: src,
+                acceptor: dst,
+                direction: Direction::Inbound,
+            },
+            isn: r.seq,
+        },
+        TCPW_SYNACK => Report::Attempt {
+            conn: Connection {
+                initiator: dst,
+                acceptor: src,
+                direction: Direction::Outbound,
+            },
+            isn: r.seq,
+        },
+        TCPW_STEALTH => match ScanKind::of_tcp(r.flags) {
+            Some(kind) if kind != ScanKind::Syn => probe(kind),
+            _ => return Err(BadEvent::Flags(r.flags)),
+        },
+        TCPW_FRAGMENT => probe(ScanKind::Syn),
+        TCPW_UDP => probe(ScanKind::Udp),
+        _ => return Err(BadEvent::Kind(r.kind)),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn event(family: u8, kind: u8, src: &[u8], sport: u16, dst: &[u8], dport: u16) -> Vec<u8> {
-        let mut e = vec![0u8; EVENT_LEN];
-        e[0] = family;
-        e[1] = kind;
-        e[2] = if kind == KIND_SYN { 0x02 } else { 0x12 };
-        e[4..6].copy_from_slice(&sport.to_be_bytes());
-        e[6..8].copy_from_slice(&dport.to_be_bytes());
-        e[8..12].copy_from_slice(&0xdead_beefu32.to_be_bytes());
-        e[12..12 + src.len()].copy_from_slice(src);
-        e[28..28 + dst.len()].copy_from_slice(dst);
-        e
+    fn event(family: u8, kind: u64, src: &[u8], sport: u16, dst: &[u8], dport: u16) -> Vec<u8> {
+        let mut r = RawRecord {
+            family,
+            kind: kind as u8,
+            flags: if kind == TCPW_SYN { 0x02 } else { 0x12 },
+            pad: 0,
+            sport,
+            dport,
+            seq: 0xdead_beef,
+            saddr: [0; 16],
+            daddr: [0; 16],
+        };
+        r.saddr[..src.len()].copy_from_slice(src);
+        r.daddr[..dst.len()].copy_from_slice(dst);
+        r.write().to_vec()
     }
 
     fn conn(from: &str, to: &str, direction: Direction) -> Connection {
@@ -95,23 +150,40 @@ mod tests {
         }
     }
 
+    fn attempt(bytes: &[u8]) -> (Connection, u32) {
+        match parse_event(bytes).unwrap() {
+            Report::Attempt { conn, isn } => (conn, isn),
+            other => panic!("not an attempt: {other:?}"),
+        }
+    }
+
     #[test]
-    fn syn_v4_is_inbound_from_source() {
-        let e = event(4, KIND_SYN, &[10, 9, 0, 2], 40000, &[10, 9, 0, 1], 22);
-        let got = parse_event(&e).unwrap();
+    fn the_record_is_the_headers_in_network_order() {
+        // Offsets and byte orders as the C side writes them, by hand once.
+        assert_eq!(RECORD_LEN, 44);
+        let mut b = [0u8; RECORD_LEN];
+        b[0] = 4;
+        b[1] = TCPW_SYN as u8;
+        b[4..6].copy_from_slice(&40000u16.to_be_bytes());
+        b[6..8].copy_from_slice(&22u16.to_be_bytes());
+        b[8..12].copy_from_slice(&0xdead_beefu32.to_be_bytes());
+        b[12..16].copy_from_slice(&[10, 9, 0, 2]);
+        b[28..32].copy_from_slice(&[10, 9, 0, 1]);
+        let (got, isn) = attempt(&b);
         assert_eq!(
-            got.conn,
+            got,
             conn("10.9.0.2:40000", "10.9.0.1:22", Direction::Inbound)
         );
-        assert_eq!(got.isn, 0xdead_beef);
+        assert_eq!(isn, 0xdead_beef);
+        assert_eq!(RawRecord::read(&b).write(), b);
     }
 
     #[test]
     fn synack_v4_is_outbound_from_destination() {
         // The SYN+ACK of 10.9.0.2:80 answering our 10.9.0.1:51000.
-        let e = event(4, KIND_SYNACK, &[10, 9, 0, 2], 80, &[10, 9, 0, 1], 51000);
+        let e = event(4, TCPW_SYNACK, &[10, 9, 0, 2], 80, &[10, 9, 0, 1], 51000);
         assert_eq!(
-            parse_event(&e).unwrap().conn,
+            attempt(&e).0,
             conn("10.9.0.1:51000", "10.9.0.2:80", Direction::Outbound)
         );
     }
@@ -120,10 +192,9 @@ mod tests {
     fn syn_v6_keeps_all_sixteen_bytes_and_port_order() {
         let src: Ipv6Addr = "fd00::2".parse().unwrap();
         let dst: Ipv6Addr = "fd00:0:0:1::ffff:1".parse().unwrap();
-        let e = event(6, KIND_SYN, &src.octets(), 0x1234, &dst.octets(), 0xfffe);
-        let got = parse_event(&e).unwrap().conn;
+        let e = event(6, TCPW_SYN, &src.octets(), 0x1234, &dst.octets(), 0xfffe);
         assert_eq!(
-            got,
+            attempt(&e).0,
             conn(
                 "[fd00::2]:4660",
                 "[fd00:0:0:1::ffff:1]:65534",
@@ -132,9 +203,62 @@ mod tests {
         );
     }
 
+    fn probe(kind: u64, flags: u8) -> Result<Report, BadEvent> {
+        let mut e = event(4, kind, &[10, 9, 0, 2], 61000, &[10, 9, 0, 1], 21);
+        e[2] = flags;
+        parse_event(&e)
+    }
+
+    #[test]
+    fn probes_name_the_prober_the_local_port_and_the_kind() {
+        let expect = |kind| {
+            Ok(Report::Probe {
+                remote: "10.9.0.2".parse().unwrap(),
+                local: "10.9.0.1:21".parse().unwrap(),
+                kind,
+            })
+        };
+        assert_eq!(probe(TCPW_STEALTH, 0x01), expect(ScanKind::Fin));
+        assert_eq!(probe(TCPW_STEALTH, 0x00), expect(ScanKind::Null));
+        assert_eq!(probe(TCPW_STEALTH, 0x29), expect(ScanKind::Xmas));
+        // A fragment's flags are cut off: a SYN scan's (nmap -f -sS).
+        assert_eq!(probe(TCPW_FRAGMENT, 0), expect(ScanKind::Syn));
+        assert_eq!(probe(TCPW_UDP, 0), expect(ScanKind::Udp));
+    }
+
+    #[test]
+    fn a_stealth_record_with_connection_flags_is_an_error() {
+        for flags in [0x02, 0x10, 0x04, 0x11, 0x12] {
+            assert_eq!(probe(TCPW_STEALTH, flags), Err(BadEvent::Flags(flags)));
+        }
+    }
+
+    #[test]
+    fn a_report_becomes_its_observation() {
+        let at = Stamp {
+            wall: chrono::Local::now(),
+            mono: std::time::Duration::from_secs(5),
+        };
+        match probe(TCPW_UDP, 0).unwrap().observation(at) {
+            Observation::Probe { at: seen, kind, .. } => {
+                assert_eq!(seen.mono, at.mono);
+                assert_eq!(kind, ScanKind::Udp);
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = event(4, TCPW_SYN, &[1, 2, 3, 4], 1, &[5, 6, 7, 8], 2);
+        assert!(matches!(
+            parse_event(&e).unwrap().observation(at),
+            Observation::Attempt {
+                isn: 0xdead_beef,
+                ..
+            }
+        ));
+    }
+
     #[test]
     fn bad_events_are_errors() {
-        let good = event(4, KIND_SYN, &[1, 2, 3, 4], 1, &[5, 6, 7, 8], 2);
+        let good = event(4, TCPW_SYN, &[1, 2, 3, 4], 1, &[5, 6, 7, 8], 2);
         assert_eq!(parse_event(&good[..43]), Err(BadEvent::Length(43)));
         assert_eq!(
             parse_event(&[good.clone(), vec![0]].concat()),
@@ -145,21 +269,77 @@ mod tests {
         fam[0] = 10;
         assert_eq!(parse_event(&fam), Err(BadEvent::Family(10)));
         let mut kind = good;
-        kind[1] = 3;
-        assert_eq!(parse_event(&kind), Err(BadEvent::Kind(3)));
+        kind[1] = 6;
+        assert_eq!(parse_event(&kind), Err(BadEvent::Kind(6)));
     }
 
     #[test]
     fn any_bytes_parse_or_error_without_panic() {
         // Every family/kind byte combination over a fixed body.
         for family in 0..=255u8 {
-            for kind in [0u8, 1, 2, 3, 255] {
-                let mut e = vec![0xabu8; EVENT_LEN];
+            for kind in [0u8, 1, 2, 3, 4, 5, 6, 255] {
+                let mut e = vec![0xabu8; RECORD_LEN];
                 e[0] = family;
                 e[1] = kind;
+                e[2] = 0x01; // FIN: a valid stealth probe
                 let ok = parse_event(&e).is_ok();
-                assert_eq!(ok, matches!(family, 4 | 6) && matches!(kind, 1 | 2));
+                assert_eq!(ok, matches!(family, 4 | 6) && (1..=5).contains(&kind));
             }
         }
+    }
+
+    /// The members of `struct event` as `bpftool btf dump file ... format
+    /// raw` prints them for the compiled program: (name, byte offset).
+    fn btf_members(raw_dump: &str, structure: &str) -> Option<Vec<(String, usize)>> {
+        let mut lines = raw_dump.lines();
+        lines.find(|l| l.contains(&format!("STRUCT '{structure}'")))?;
+        let mut members = Vec::new();
+        for line in lines {
+            let Some(rest) = line.trim().strip_prefix('\'') else {
+                break;
+            };
+            let (name, rest) = rest.split_once('\'')?;
+            let bits: usize = rest
+                .split("bits_offset=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            members.push((name.to_string(), bits / 8));
+        }
+        Some(members)
+    }
+
+    #[test]
+    fn the_rust_layout_is_the_compiled_programs() {
+        // The C compiler's layout, read from the BTF of the object build.rs
+        // compiled, against the generated struct's.
+        let object = super::super::xdp::object();
+        if object.is_empty() {
+            return; // clang was missing: nothing to compare with
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tcpwatch.bpf.o");
+        std::fs::write(&path, object).unwrap();
+        let dump = std::process::Command::new("bpftool")
+            .args(["btf", "dump", "file"])
+            .arg(&path)
+            .args(["format", "raw"])
+            .output();
+        let Some(dump) = dump.ok().filter(|o| o.status.success()) else {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("bpftool is needed to check the record layout (CI=true)");
+            }
+            println!("SKIPPED: bpftool missing, record layout not cross-checked");
+            return;
+        };
+        let members = btf_members(&String::from_utf8_lossy(&dump.stdout), "event")
+            .expect("struct event in the program's BTF");
+        let ours: Vec<(String, usize)> = RawRecord::FIELDS
+            .iter()
+            .map(|(n, o)| (n.to_string(), *o))
+            .collect();
+        assert_eq!(members, ours);
     }
 }

@@ -180,6 +180,11 @@ impl Detector {
                 self.tick(at.mono);
             }
             Observation::Lost { .. } => {}
+            Observation::Batch(observations) => {
+                for observation in observations {
+                    self.process_into(observation, events);
+                }
+            }
         }
     }
 

@@ -350,26 +350,17 @@ async fn detect(
                 None => return Ok(()),
             },
         };
-        if let Observation::Lost { count, source } = observation {
-            metrics.events_lost(source, count);
-        }
+        count_lost(&observation, &metrics);
         // A packet from a blocked source is its block at work: counted as
         // seen by the block, never a connection or a probe.
-        let blocked = |observation: &Observation| {
-            let hit = matches!(
-                (&blockset, sender(observation)),
-                (Some(set), Some(remote)) if set.hit(remote)
-            );
-            if hit {
-                metrics.blocked_seen(1);
-            }
-            hit
+        let observation = match &blockset {
+            Some(set) => match unblocked(observation, set, &metrics) {
+                Some(observation) => observation,
+                None => continue,
+            },
+            None => observation,
         };
-        let mut events = if blocked(&observation) {
-            Vec::new()
-        } else {
-            detector.process(&observation)
-        };
+        let mut events = detector.process(&observation);
         // A real-time source's observations already waiting join this
         // batch: one hand-off to the next stage for the lot, not one per
         // attempt (a flood brings thousands). A snapshot stays alone: its
@@ -377,12 +368,15 @@ async fn detect(
         if !matches!(observation, Observation::Snapshot { .. }) {
             for _ in 1..DETECT_AT_ONCE {
                 let Ok(more) = input.try_recv() else { break };
-                if let Observation::Lost { count, source } = more {
-                    metrics.events_lost(source, count);
-                }
-                if !blocked(&more) {
-                    events.extend(detector.process(&more));
-                }
+                count_lost(&more, &metrics);
+                let more = match &blockset {
+                    Some(set) => match unblocked(more, set, &metrics) {
+                        Some(more) => more,
+                        None => continue,
+                    },
+                    None => more,
+                };
+                events.extend(detector.process(&more));
             }
         }
         metrics.set_tracked_sources(detector.tracked_sources());
@@ -409,13 +403,48 @@ async fn detect(
     }
 }
 
+/// Counts the events a source says it missed (a batch may say so too).
+fn count_lost(observation: &Observation, metrics: &Metrics) {
+    match observation {
+        Observation::Lost { count, source } => metrics.events_lost(source, *count),
+        Observation::Batch(observations) => {
+            for observation in observations {
+                count_lost(observation, metrics);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `observation` without what a blocked source sent: a batch keeps the
+/// rest, a single observation is `None` when a blocked source sent it.
+fn unblocked(observation: Observation, set: &BlockSet, metrics: &Metrics) -> Option<Observation> {
+    let blocked = |o: &Observation| sender(o).is_some_and(|remote| set.hit(remote));
+    match observation {
+        Observation::Batch(mut observations) => {
+            let before = observations.len();
+            observations.retain(|o| !blocked(o));
+            let dropped = before - observations.len();
+            if dropped > 0 {
+                metrics.blocked_seen(dropped as u64);
+            }
+            Some(Observation::Batch(observations))
+        }
+        observation if blocked(&observation) => {
+            metrics.blocked_seen(1);
+            None
+        }
+        observation => Some(observation),
+    }
+}
+
 /// Who sent what a real-time source saw: the remote of an attempt (an
 /// inbound SYN, or the answer to an outbound one), the sender of a probe.
 fn sender(observation: &Observation) -> Option<std::net::IpAddr> {
     match observation {
         Observation::Attempt { conn, .. } => Some(conn.remote().ip()),
         Observation::Probe { remote, .. } => Some(*remote),
-        Observation::Snapshot { .. } | Observation::Lost { .. } => None,
+        Observation::Snapshot { .. } | Observation::Lost { .. } | Observation::Batch(_) => None,
     }
 }
 
@@ -625,5 +654,85 @@ async fn xdp_metrics(stats: Stats, metrics: Arc<Metrics>) {
         metrics.xdp_dropped(new4, new6, evictions.wrapping_sub(seen.2));
         metrics.add_dropped_packets(new4.wrapping_add(new6));
         seen = (v4, v6, evictions);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Stamp;
+    use crate::event::{Connection, Direction, ScanKind};
+    use std::net::{IpAddr, SocketAddr};
+
+    fn stamp() -> Stamp {
+        Stamp {
+            wall: chrono::Local::now(),
+            mono: Duration::ZERO,
+        }
+    }
+
+    fn attempt(from: &str) -> Observation {
+        let initiator: SocketAddr = format!("{from}:40000").parse().unwrap();
+        Observation::Attempt {
+            at: stamp(),
+            conn: Connection {
+                initiator,
+                acceptor: "192.0.2.1:22".parse().unwrap(),
+                direction: Direction::Inbound,
+            },
+            isn: 1,
+            owner: None,
+        }
+    }
+
+    fn probe(from: &str) -> Observation {
+        Observation::Probe {
+            at: stamp(),
+            remote: from.parse().unwrap(),
+            local: "192.0.2.1:23".parse().unwrap(),
+            kind: ScanKind::Fin,
+        }
+    }
+
+    fn senders(observation: &Observation) -> Vec<IpAddr> {
+        match observation {
+            Observation::Batch(observations) => observations.iter().filter_map(sender).collect(),
+            other => sender(other).into_iter().collect(),
+        }
+    }
+
+    #[test]
+    fn a_blocked_source_is_dropped_alone_and_from_inside_a_batch() {
+        let set = BlockSet::new();
+        let blocked: ipnet::IpNet = "198.51.100.7/32".parse().unwrap();
+        set.insert(blocked);
+        let metrics = Metrics::new("xdp", None);
+
+        assert!(unblocked(attempt("198.51.100.7"), &set, &metrics).is_none());
+        let free = unblocked(probe("203.0.113.5"), &set, &metrics).unwrap();
+        assert_eq!(senders(&free), ["203.0.113.5".parse::<IpAddr>().unwrap()]);
+
+        let batch = Observation::Batch(vec![
+            attempt("203.0.113.5"),
+            probe("198.51.100.7"),
+            Observation::Lost {
+                count: 3,
+                source: "xdp",
+            },
+            attempt("198.51.100.7"),
+            probe("203.0.113.6"),
+        ]);
+        let kept = unblocked(batch, &set, &metrics).unwrap();
+        let Observation::Batch(ref rest) = kept else {
+            panic!("{kept:?}")
+        };
+        assert_eq!(rest.len(), 3, "{rest:?}");
+        assert!(matches!(rest[1], Observation::Lost { count: 3, .. }));
+        assert_eq!(
+            senders(&kept),
+            ["203.0.113.5", "203.0.113.6"].map(|ip| ip.parse::<IpAddr>().unwrap())
+        );
+        // One alone and two in the batch, counted as seen by the block.
+        assert_eq!(set.seen(blocked), 3);
     }
 }

@@ -77,7 +77,8 @@ async fn run(both: Combined, ctx: Context) -> anyhow::Result<()> {
 
 /// What an observation of the packet source adds to the lines' source: an
 /// inbound SYN is a probe of its port; an outbound connection (a SYN-ACK)
-/// is the lines' source's to report; losses and probes pass as they are.
+/// is the lines' source's to report; losses and probes pass as they are;
+/// a batch keeps what of it passes.
 pub fn as_probe(observation: Observation) -> Option<Observation> {
     match observation {
         Observation::Attempt { at, conn, .. } => {
@@ -89,6 +90,10 @@ pub fn as_probe(observation: Observation) -> Option<Observation> {
             })
         }
         other @ (Observation::Probe { .. } | Observation::Lost { .. }) => Some(other),
+        Observation::Batch(observations) => {
+            let kept: Vec<Observation> = observations.into_iter().filter_map(as_probe).collect();
+            (!kept.is_empty()).then_some(Observation::Batch(kept))
+        }
         Observation::Snapshot { .. } => None,
     }
 }

@@ -1,20 +1,33 @@
 //! The `xdp` source: the XDP program ([`crate::bpf::xdp`]) reports every
-//! SYN and SYN+ACK that reaches the watched interfaces through a ring
-//! buffer; this module reads the ring buffer and turns its records into
-//! [`Observation::Attempt`]s, and re-attaches the program to an interface
-//! re-created under its name.
+//! SYN and SYN+ACK, every stealth TCP probe and first TCP fragment that
+//! reaches the watched interfaces, and its TC egress program the UDP probes
+//! this host answers with a port unreachable, through one ring buffer; this
+//! module drains the ring buffer and turns its records into
+//! [`Observation::Attempt`]s and [`Observation::Probe`]s, and re-attaches
+//! the programs to an interface re-created under its name.
+//!
+//! Draining: each wakeup reads up to [`BATCH`] records, stamps them with one
+//! clock reading and hands them on as one [`Observation::Batch`] (one
+//! channel send, no allocation per record). The kernel wakes the reader
+//! only for a record that finds the ring empty; a drain of at least
+//! [`FLOOD`] records means records come faster than wakeups are worth, so
+//! the reader lets [`LINGER`] pass before the next drain, and a flood costs
+//! about one wakeup a millisecond instead of one every few records. A lone
+//! SYN is read at once.
 //!
 //! The attachments live as long as [`XdpSource`] (and the blocklist maps it
 //! may hand to the `xdp` block backend): the pipeline drops it on
-//! SIGINT/SIGTERM, and the kernel detaches the program when the process
+//! SIGINT/SIGTERM, and the kernel detaches the programs when the process
 //! dies, even by `kill -9`.
 
 use super::link;
 use super::stream::{Context, Stream};
 use crate::bpf::blocklist::{Maps, Owner};
-use crate::bpf::record::parse_event;
+use crate::bpf::record::{parse_event, Report};
 use crate::bpf::xdp::{self as program, LoadOptions, LOST, RING};
 use crate::bpf::{per_cpu_sum, ring_buffer};
+use crate::clock::Stamp;
+use crate::diag;
 use crate::event::Observation;
 use crate::os::iface;
 use anyhow::Context as _;
@@ -27,8 +40,12 @@ use tokio::io::unix::AsyncFd;
 
 /// How often the loss counter is read.
 const LOSS_PERIOD: Duration = Duration::from_secs(1);
-/// Events drained from the ring buffer before they are handed on.
-const BATCH: usize = 1024;
+/// Records drained from the ring buffer at most before they are handed on.
+pub const BATCH: usize = 1024;
+/// A drain at least this long means a flood: wait [`LINGER`] before the next.
+pub const FLOOD: usize = 64;
+/// How long the reader waits after a flood-sized drain.
+pub const LINGER: Duration = Duration::from_millis(1);
 
 pub struct XdpSource {
     ring: AsyncFd<RingBuf<MapData>>,
@@ -102,26 +119,31 @@ impl XdpSource {
         let mut malformed = 0u64;
         let mut ticks = tokio::time::interval(LOSS_PERIOD);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut batch = Vec::with_capacity(BATCH);
+        let mut reports: Vec<Report> = Vec::with_capacity(BATCH);
         loop {
             tokio::select! {
                 ready = self.ring.readable_mut() => {
                     let mut guard = ready.context("ring buffer poll")?;
                     let ring = guard.get_inner_mut();
-                    while batch.len() < BATCH {
+                    while reports.len() < BATCH {
                         let Some(item) = ring.next() else { break };
                         match parse_event(&item) {
-                            Ok(event) => batch.push((clock.now(), event.conn, event.isn)),
+                            Ok(report) => reports.push(report),
                             Err(_) => malformed += 1,
                         }
                     }
-                    if batch.len() < BATCH {
+                    let drained = reports.len();
+                    if drained < BATCH {
                         guard.clear_ready();
                     }
-                    for (at, conn, isn) in batch.drain(..) {
-                        if out.send(Observation::Attempt { at, conn, isn, owner: None }).await.is_err() {
+                    drop(guard);
+                    if let Some(observation) = batch(&mut reports, clock.now()) {
+                        if out.send(observation).await.is_err() {
                             return Ok(());
                         }
+                    }
+                    if drained >= FLOOD {
+                        tokio::time::sleep(LINGER).await;
                     }
                 }
                 _ = checks.tick() => {
@@ -154,9 +176,32 @@ impl XdpSource {
         let attached = program::program(&mut bpf)
             .and_then(|program| program::attach(program, interface.name(), now.index));
         match attached {
-            Ok((mode, _)) => interface.attached(now, &format!("program attached ({mode} mode)")),
+            Ok((mode, _)) => {
+                if let Err(e) = program::attach_udp(&mut bpf, interface.name()) {
+                    diag::warn(format_args!(
+                        "xdp: UDP scans are not seen on {}: {e:#}",
+                        interface.name()
+                    ));
+                }
+                interface.attached(now, &format!("program attached ({mode} mode)"))
+            }
             Err(e) => interface.retry_failed(&e),
         }
+    }
+}
+
+/// The drained `reports`, seen `at`, as one observation (a batch when
+/// there are several); `reports` is left empty, its capacity kept.
+fn batch(reports: &mut Vec<Report>, at: Stamp) -> Option<Observation> {
+    match reports.len() {
+        0 => None,
+        1 => reports.pop().map(|report| report.observation(at)),
+        _ => Some(Observation::Batch(
+            reports
+                .drain(..)
+                .map(|report| report.observation(at))
+                .collect(),
+        )),
     }
 }
 

@@ -63,3 +63,5 @@ mod systemd;
 mod tracepoint;
 mod xdp;
 mod xdp_block;
+mod xdp_parse;
+mod xdp_probes;

@@ -42,6 +42,15 @@ fn fields_constants_and_offsets() {
         assert!(rust.lines().any(|l| l == line), "no {line:?} in\n{rust}");
     }
     assert!(!rust.contains("REC_H"), "the include guard is no constant");
+    // `read` swaps a big-endian field, keeps a native one; `write` undoes it.
+    for line in [
+        "            seq: u32::from_be_bytes(Self::raw::<4>(b, core::mem::offset_of!(RawRecord, seq))),",
+        "            when: u64::from_ne_bytes(Self::raw::<8>(b, core::mem::offset_of!(RawRecord, when))),",
+        "            pad: Self::raw::<1>(b, core::mem::offset_of!(RawRecord, pad)),",
+    ] {
+        assert!(rust.lines().any(|l| l == line), "no {line:?} in\n{rust}");
+    }
+    assert!(rust.contains("&self.seq.to_be_bytes()"), "{rust}");
 }
 
 #[test]
