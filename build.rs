@@ -103,7 +103,10 @@ fn compile(source: &str, object: &Path) -> Result<(), Failure> {
         other => other,
     };
     let output = Command::new(&clang)
-        .args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"])
+        // -mcpu=v3: the atomics of the scan decision (compare-and-swap).
+        .args([
+            "-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror",
+        ])
         .arg(format!("-I/usr/include/{multiarch}"))
         .args(["-c", source, "-o"])
         .arg(object)

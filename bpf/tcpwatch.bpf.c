@@ -4,11 +4,17 @@
 // addresses, and a TC egress program that reports UDP probes.
 //
 // Blocklist (when `check_blocked` is set at load time): every IPv4/IPv6
-// packet's source is looked up in blocked4/blocked6 (LRU hashes, key the
-// address in network order, value the expiry in bpf_ktime_get_boot_ns()
-// nanoseconds: the boot clock, so a suspend does not extend a block). A
-// present, unexpired entry drops the packet (XDP_DROP) and counts it per
-// family in `dropped`; an expired entry drops nothing (userspace sweeps it).
+// packet's source is looked up in blocked4/blocked6 (LRU hashes of
+// addresses in network order), then in blocked_nets4/blocked_nets6 (LPM
+// tries of prefixes); a block holds its expiry in bpf_ktime_get_boot_ns()
+// nanoseconds (the boot clock, so a suspend does not extend a block) and
+// the packets it dropped. A present, unexpired entry drops the packet
+// (XDP_DROP) and counts it on the entry and per family in `dropped`; an
+// expired entry drops nothing (userspace sweeps it).
+//
+// Scan decision (when `decide_scans` is set at load time, with both jobs):
+// the SYN that makes its source a scanner is reported, then dropped, and
+// its source blocked (xdp_decide.h).
 //
 // Reporting (when `report_syns` is set at load time): for every packet on
 // the interface it is attached to, the XDP program reports
@@ -49,9 +55,12 @@
 // Set by the loader before the program is loaded (read-only afterwards).
 volatile const __u8 report_syns = 1;
 volatile const __u8 check_blocked = 0;
+// The scan decision in the kernel (xdp_decide.h): with both of the above.
+volatile const __u8 decide_scans = 0;
 
 #include "xdp_parse.h"
 #include "xdp_blocklist.h"
+#include "xdp_decide.h"
 #include "xdp_report.h"
 #include "tc_unreach.h"
 
@@ -65,9 +74,12 @@ int tcpwatch(struct xdp_md *ctx)
 		return XDP_PASS;
 	if (check_blocked && blocked(&ev))
 		return XDP_DROP;
+	// The probe that makes its source a scanner is still reported (so
+	// userspace prints the scan), then dropped: its source is blocked.
+	int drop = decide_scans && parsed == PARSED_REPORT && decide(&ev);
 	if (report_syns && parsed == PARSED_REPORT)
 		report(&ev);
-	return XDP_PASS;
+	return drop ? XDP_DROP : XDP_PASS;
 }
 
 // Loaded and attached only when reporting. Returns TC_ACT_UNSPEC: the next

@@ -44,7 +44,7 @@ fn main() -> anyhow::Result<()> {
     anyhow::ensure!(listed == 10_000, "{listed} elements in the sets, not 10000");
     let rate = 10_000.0 / took.as_secs_f64();
     nft.flush()?;
-    let anchor = nft_binary(&block_script(&many, ttl))?;
+    let anchor = nft_binary(&block_script(&many, ttl, &[]))?;
     let anchor_rate = 10_000.0 / anchor.as_secs_f64();
     println!(
         "batch of 10000: {:.1} ms, {rate:.0} IPs/s   (nft -f: {:.1} ms, {anchor_rate:.0} IPs/s)",
@@ -91,7 +91,7 @@ fn main() -> anyhow::Result<()> {
     let mut anchors = Vec::new();
     for n in 0..20u32 {
         let ip = IpAddr::V4(Ipv4Addr::from(0x0a60_0000 + n));
-        anchors.push(nft_binary(&block_script(&[ip.into()], ttl))?);
+        anchors.push(nft_binary(&block_script(&[ip.into()], ttl, &[]))?);
     }
     anchors.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;

@@ -155,6 +155,9 @@ run scripts/bench-xdp-block.sh
 section "tracepoint source: connect-to-line latency, CPU beside xdp and pcap, a storm across namespaces (scripts/bench-tracepoint.sh)"
 run scripts/bench-tracepoint.sh 200
 
+section "probes answered after the threshold probe, xdp (in-kernel decision) vs nftables (scripts/bench-answered.sh)"
+run scripts/bench-answered.sh
+
 section "summary ($out_dir/summary.md)"
 lab_stop "$load_sampler"
 scripts/bench-summary "$BENCH_FIGURES" "$load_log" "$started" "$load_at_start" |

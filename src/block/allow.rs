@@ -115,6 +115,23 @@ impl Allowlist {
         self.nets = nets;
     }
 
+    /// Every network never blocked besides loopback, as networks: the
+    /// `--allow` entries, the host's addresses and its gateways (for a
+    /// firewall that decides by itself and must be told).
+    pub fn entries(&self) -> Vec<IpNet> {
+        let mut all = self.nets.clone();
+        all.extend(
+            self.host
+                .addrs
+                .iter()
+                .chain(&self.gateways.addrs)
+                .map(|a| IpNet::from(*a)),
+        );
+        all.sort();
+        all.dedup();
+        all
+    }
+
     /// Re-reads the host's addresses and gateways.
     pub fn refresh(&mut self) {
         self.host.refresh();

@@ -115,6 +115,33 @@ pub trait Backend: Send {
     fn repair(&mut self, _ttl: Duration, _entries: &[(IpNet, Duration)]) -> anyhow::Result<bool> {
         Ok(false)
     }
+
+    // A backend whose kernel side decides blocks by itself (xdp: the
+    // program blocks a scanner at its threshold probe) is kept to the
+    // agent's decisions with the three calls below; for the others they do
+    // nothing.
+
+    /// Lifts the blocks of `targets` that the kernel decided by itself and
+    /// the agent does not make (allowlisted, over the cap); a block the
+    /// agent applied is left alone.
+    fn overrule(&mut self, _targets: &[IpNet]) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// The networks never to be blocked (`--allow`, the host's addresses,
+    /// its gateways; loopback is implied), for the kernel's own decisions.
+    fn sync_allow(&mut self, _nets: &[IpNet]) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// A new `--block-ttl` and cap for the kernel's own decisions.
+    fn retune(&mut self, _ttl: Duration, _cap: Option<u32>) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// A new scan rule (more than `ports` distinct ports within `window`,
+    /// IPv6 sources per `/ipv6_prefix`) for the kernel's own decisions: the
+    /// detector's, reloaded.
+    fn rescan(&mut self, _ports: usize, _window: Duration, _ipv6_prefix: u8) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// Groups blocks by their time left rounded up to whole seconds (at least

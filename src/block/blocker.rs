@@ -96,11 +96,14 @@ impl Blocker {
     /// A blocker giving every block `ttl` (no escalation until
     /// [`Blocker::with_ttl_max`]).
     pub fn new(
-        firewall: Option<Firewall>,
+        mut firewall: Option<Firewall>,
         ttl: Duration,
         allow: Allowlist,
         clock: Arc<dyn Clock>,
     ) -> Self {
+        if let Some(firewall) = firewall.as_mut() {
+            firewall.sync_allow(&allow.entries());
+        }
         Blocker {
             firewall,
             ttl,
@@ -126,6 +129,10 @@ impl Blocker {
     /// Caps new blocks (`--max-blocks-per-minute`); none by default.
     pub fn with_limit(mut self, rate: limit::Rate) -> Self {
         self.limit.set_rate(rate);
+        let ttl = self.ttl;
+        if let Some(firewall) = self.firewall.as_mut() {
+            firewall.retune(ttl, rate.0);
+        }
         self
     }
 
@@ -191,6 +198,18 @@ impl Blocker {
         self.ttl_max = settings.block_ttl_max;
         self.allow.set_nets(settings.allow.clone());
         self.limit.set_rate(settings.max_blocks_per_minute);
+        if let Some(firewall) = self.firewall.as_mut() {
+            firewall.retune(settings.block_ttl, settings.max_blocks_per_minute.0);
+            firewall.sync_allow(&self.allow.entries());
+        }
+    }
+
+    /// The detector's rule, reloaded (SIGHUP), for a kernel that decides
+    /// scans by itself.
+    pub fn rescan(&mut self, ports: usize, window: Duration, ipv6_prefix: u8) {
+        if let Some(firewall) = self.firewall.as_mut() {
+            firewall.rescan(ports, window, ipv6_prefix);
+        }
     }
 
     pub fn health(&self) -> Health {
@@ -272,6 +291,9 @@ impl Blocker {
             return self.pass(events);
         }
         self.allow.refresh();
+        if let Some(firewall) = self.firewall.as_mut() {
+            firewall.sync_allow(&self.allow.entries());
+        }
         let mut reasons: HashMap<IpNet, String> = HashMap::new();
         let scanners: Vec<IpNet> = events
             .iter()
@@ -447,6 +469,8 @@ impl Blocker {
         let now = self.clock.now().mono;
         let mut seen = HashSet::new();
         let mut chosen = Vec::new();
+        // Not blocked here: a block the kernel decided by itself is lifted.
+        let mut overruled = Vec::new();
         for ip in scanners {
             if !seen.insert(ip) {
                 continue;
@@ -454,6 +478,7 @@ impl Blocker {
             if let Some(reason) = self.allow.check_net(ip) {
                 diag::note(format_args!("not blocking {}: {reason}", show_net(&ip)));
                 self.skipped.allowlist += 1;
+                overruled.push(ip);
                 continue;
             }
             if self.firewall.as_mut().is_some_and(|f| f.holds(ip)) {
@@ -464,6 +489,7 @@ impl Blocker {
                 limit::Verdict::Granted => chosen.push(ip),
                 limit::Verdict::Skipped { warn } => {
                     self.skipped.rate_limit += 1;
+                    overruled.push(ip);
                     if warn {
                         diag::warn(format_args!(
                             "block limit of {} a minute reached; not blocking {} ({} skipped so far)",
@@ -474,6 +500,9 @@ impl Blocker {
                     }
                 }
             }
+        }
+        if let Some(firewall) = self.firewall.as_mut() {
+            firewall.overrule(&overruled);
         }
         chosen
     }
@@ -624,6 +653,10 @@ impl Blocker {
         let Some(firewall) = self.firewall.as_mut() else {
             return (Vec::new(), None);
         };
+        // A new address or route reaches a kernel that decides by itself
+        // within a tick.
+        self.allow.refresh();
+        firewall.sync_allow(&self.allow.entries());
         let name = firewall.name();
         let (applied, counted) = firewall.tick(ttl);
         self.adopt();

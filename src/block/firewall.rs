@@ -91,6 +91,8 @@ pub struct Firewall {
     /// cap's budget. Bounded by what the firewall holds.
     active: HashMap<IpNet, Duration>,
     fault: diag::Fault,
+    /// Keeping a kernel that decides by itself (xdp) in sync fails.
+    kernel_fault: diag::Fault,
     health: Health,
     pub(super) max_pending: usize,
     journal: Option<Arc<dyn Journal>>,
@@ -136,6 +138,7 @@ impl Firewall {
             pending: HashMap::new(),
             active: HashMap::new(),
             fault: diag::Fault::default(),
+            kernel_fault: diag::Fault::default(),
             health: Health::default(),
             max_pending: MAX_PENDING,
             journal: None,
@@ -638,6 +641,51 @@ impl Firewall {
             };
             drops.counted = figure;
             self.health.dropped_packets += new;
+        }
+    }
+
+    /// Lifts the blocks the kernel decided by itself for `targets`, which
+    /// the agent does not block (see [`Backend::overrule`]).
+    pub fn overrule(&mut self, targets: &[IpNet]) {
+        if !targets.is_empty() {
+            let done = self.backend.overrule(targets);
+            self.kernel_sync(done);
+        }
+    }
+
+    /// Tells a kernel that decides by itself what is never blocked.
+    pub fn sync_allow(&mut self, nets: &[IpNet]) {
+        let done = self.backend.sync_allow(nets);
+        self.kernel_sync(done);
+    }
+
+    /// Tells a kernel that decides by itself the TTL and cap.
+    pub fn retune(&mut self, ttl: Duration, cap: Option<u32>) {
+        let done = self.backend.retune(ttl, cap);
+        self.kernel_sync(done);
+    }
+
+    /// Tells a kernel that decides by itself the detector's rule.
+    pub fn rescan(&mut self, ports: usize, window: Duration, ipv6_prefix: u8) {
+        let done = self.backend.rescan(ports, window, ipv6_prefix);
+        self.kernel_sync(done);
+    }
+
+    fn kernel_sync(&mut self, done: anyhow::Result<()>) {
+        let name = self.backend.name();
+        match done {
+            Ok(()) => {
+                self.kernel_fault
+                    .recover(|| format!("the {name} scan decision follows the agent again"));
+            }
+            Err(e) => {
+                self.kernel_fault.fail(|| {
+                    format!(
+                        "cannot keep the {name} scan decision to the agent's: {}",
+                        text::chain(&e)
+                    )
+                });
+            }
         }
     }
 

@@ -1,14 +1,19 @@
-//! The iptables backend: ipsets `tcpwatch4`/`tcpwatch6` (`hash:ip` with
-//! per-entry timeouts, so the kernel expires blocks) matched by one rule in a
-//! chain `TCPWATCH` that the `raw` table's PREROUTING jumps to first, in
-//! iptables and ip6tables alike. Like the nftables chain it sees traffic to
-//! the host and to containers before conntrack, one set lookup per packet.
+//! The iptables backend: ipsets `tcpwatch4`/`tcpwatch6` (`hash:net`, so an
+//! entry is an address or a prefix, with per-entry timeouts, so the kernel
+//! expires blocks, and `counters`, so each entry counts the packets it
+//! dropped) matched by one rule in a chain `TCPWATCH` that the `raw`
+//! table's PREROUTING jumps to first, in iptables and ip6tables alike. Like
+//! the nftables chain it sees traffic to the host and to containers before
+//! conntrack, one set match per packet (a `hash:net` set looks up each
+//! prefix length it holds, so a set of addresses and /64s costs two hash
+//! lookups). Entries may overlap (an address inside a blocked /64): the
+//! set holds both, each with its own timeout and counter.
 //!
 //! Without ipset there is no per-entry expiry in the kernel; the backend
 //! then refuses to start (one warning, detection goes on) rather than grow a
 //! rule per address with userspace timers.
 
-use super::backend::{by_whole_seconds, Backend, Entry, Family};
+use super::backend::{by_whole_seconds, canonical, Backend, Entry, Family};
 use super::exec;
 use crate::event::show_net;
 use anyhow::Context;
@@ -47,7 +52,8 @@ impl Backend for Iptables {
             exec::run(
                 "ipset",
                 &[
-                    "create", set, "hash:ip", "family", family, "timeout", "0", "maxelem", MAXELEM,
+                    "create", set, "hash:net", "family", family, "timeout", "0", "counters",
+                    "maxelem", MAXELEM,
                 ],
                 None,
             )?;
@@ -161,20 +167,23 @@ pub fn chain_script(set: &str) -> String {
     )
 }
 
-/// One `ipset -exist restore` batch: `-exist` makes re-adding an address
-/// succeed and reset its timeout. ipset counts whole seconds; a sub-second
-/// remainder rounds up so a block never ends early.
+/// One `ipset -exist restore` batch: `-exist` makes re-adding an entry
+/// succeed and reset its timeout (its counters are kept). ipset counts
+/// whole seconds; a sub-second remainder rounds up so a block never ends
+/// early.
 pub fn block_script(targets: &[IpNet], ttl: Duration) -> String {
     let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
     targets
         .iter()
-        .map(|t| format!("add {} {} timeout {secs}\n", set_of(t), show_net(t)))
+        .map(|t| canonical(*t))
+        .map(|t| format!("add {} {} timeout {secs}\n", set_of(&t), show_net(&t)))
         .collect()
 }
 
-/// Reads `ipset list SET -output save`: `add SET IP timeout N` lines.
-/// `timeout 0` is an entry that never expires (added by hand without a
-/// timeout): the kernel shows an entry about to expire as `timeout 1`.
+/// Reads `ipset list SET -output save`: `add SET TARGET [timeout N]
+/// [packets N bytes N]` lines, TARGET an address or `ADDR/LEN`. `timeout
+/// 0` is an entry that never expires (added by hand without a timeout): the
+/// kernel shows an entry about to expire as `timeout 1`.
 pub fn parse_save(text: &str) -> Vec<Entry> {
     text.lines()
         .filter_map(|line| {
@@ -182,20 +191,39 @@ pub fn parse_save(text: &str) -> Vec<Entry> {
             if words.next() != Some("add") {
                 return None;
             }
-            let ip: IpAddr = words.nth(1)?.parse().ok()?;
+            let target = parse_target(words.nth(1)?)?;
             let mut remaining = None;
+            let mut packets = None;
             while let Some(word) = words.next() {
-                if word == "timeout" {
-                    remaining = words
-                        .next()
-                        .and_then(|n| n.parse().ok())
-                        .filter(|&secs: &u64| secs > 0)
-                        .map(Duration::from_secs);
+                match word {
+                    "timeout" => {
+                        remaining = words
+                            .next()
+                            .and_then(|n| n.parse().ok())
+                            .filter(|&secs: &u64| secs > 0)
+                            .map(Duration::from_secs)
+                    }
+                    "packets" => packets = words.next().and_then(|n| n.parse().ok()),
+                    _ => {}
                 }
             }
-            Some(Entry::new(IpNet::from(ip), remaining))
+            Some(Entry {
+                target,
+                remaining,
+                packets,
+            })
         })
         .collect()
+}
+
+/// An entry of a `hash:net` set: `ADDR` or `ADDR/LEN` with its host bits
+/// clear (as ipset prints them).
+fn parse_target(word: &str) -> Option<IpNet> {
+    if let Ok(ip) = word.parse::<IpAddr>() {
+        return Some(IpNet::from(ip));
+    }
+    let net: IpNet = word.parse().ok()?;
+    (net.trunc() == net).then_some(net)
 }
 
 #[cfg(test)]
@@ -230,6 +258,35 @@ mod tests {
         let remaining: Vec<Option<Duration>> =
             parse_save(saved).iter().map(|e| e.remaining).collect();
         assert_eq!(remaining, [Some(Duration::from_secs(3599)), None]);
+    }
+
+    #[test]
+    fn prefixes_and_counters_of_a_hash_net_set() {
+        let ips: Vec<IpNet> = vec![
+            "2001:db8:1:2::9/64".parse().unwrap(),
+            "10.1.0.0/16".parse().unwrap(),
+        ];
+        assert_eq!(
+            block_script(&ips, Duration::from_secs(60)),
+            "add tcpwatch6 2001:db8:1:2::/64 timeout 60\nadd tcpwatch4 10.1.0.0/16 timeout 60\n"
+        );
+        // As ipset 7.17 saves a hash:net set with counters.
+        let saved = "create tcpwatch6 hash:net family inet6 hashsize 1024 maxelem 1048576 timeout 0 counters bucketsize 12 initval 0xfbf0f9e3\nadd tcpwatch6 fd00:1:2:3::5 timeout 69 packets 12 bytes 720\nadd tcpwatch6 fd00:1:2:3::/64 timeout 99 packets 0 bytes 0\nadd tcpwatch6 fd00:1:2:3::1/64 timeout 99\n";
+        assert_eq!(
+            parse_save(saved),
+            [
+                Entry {
+                    target: "fd00:1:2:3::5/128".parse().unwrap(),
+                    remaining: Some(Duration::from_secs(69)),
+                    packets: Some(12),
+                },
+                Entry {
+                    target: "fd00:1:2:3::/64".parse().unwrap(),
+                    remaining: Some(Duration::from_secs(99)),
+                    packets: Some(0),
+                },
+            ]
+        );
     }
 
     #[test]

@@ -50,6 +50,14 @@ pub enum BlockKind {
 }
 crate::value_enum!(BlockKind);
 
+/// A feature switched `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+crate::value_enum!(OnOff);
+
 impl BlockKind {
     pub fn name(self) -> &'static str {
         match self {
@@ -74,6 +82,8 @@ crate::settings! {
         max_blocks_per_minute: limit::Rate = limit::Rate::default() => "max-blocks-per-minute", "N|off", live;
         /// --block xdp: entries per address family in the kernel blocklist; when full, the least recently used entry is evicted
         xdp_map_size: xdp::MapSize = xdp::MapSize::default() => "xdp-map-size", "N", restart;
+        /// --block xdp with --source xdp: the XDP program blocks a scanner at the probe that makes it one (on), or leaves every decision to userspace (off)
+        xdp_decide: OnOff = OnOff::On => "xdp-decide", "on|off", restart;
         /// Never block this IP or CIDR (repeatable); loopback, the host's own addresses and its gateways are always allowed
         allow: Vec<IpNet> = Vec::new() => "allow", "IP|CIDR", live;
         /// Decide and report blocks, change nothing

@@ -1,14 +1,24 @@
-//! The nftables backend: table `inet tcpwatch`, sets `blocked4`/`blocked6`
-//! with kernel-side timeouts, and one chain at prerouting/raw priority that
-//! drops their sources (so containers behind the host are covered too, and
-//! each packet costs one set lookup, never one rule per address).
+//! The nftables backend: table `inet tcpwatch`, interval sets
+//! `blocked4`/`blocked6` (`flags interval, timeout` and a counter per
+//! element) holding addresses and prefixes with kernel-side timeouts, and
+//! one chain at prerouting/raw priority that drops their sources (so
+//! containers behind the host are covered too, and each packet costs one
+//! set lookup, never one rule per address).
 //!
 //! Every change is one `nft -f -` batch, which the kernel applies as one
 //! transaction. nft 1.0.6 has no `destroy`: adding an existing element
 //! succeeds and deleting an absent one fails, so idempotent scripts are
 //! built from `add; delete; add` (docs/blocking.md).
+//!
+//! An interval set refuses overlapping elements ("interval overlaps with an
+//! existing one"): a prefix cannot be added while an address inside it is
+//! blocked, nor an address inside a blocked prefix. A batch is first tried
+//! as is (the common case, no overlap, costs one transaction); when nft
+//! says it overlaps, the sets are read and the batch rebuilt: a new prefix
+//! replaces the blocks inside it (deleted in the same transaction), and a
+//! target inside a blocked prefix is already covered and left out.
 
-use super::backend::{by_whole_seconds, Backend, Entry, Family};
+use super::backend::{by_whole_seconds, canonical, Backend, Entry, Family};
 use super::exec;
 use crate::event::show_net;
 use crate::os::nftables as libnft;
@@ -21,7 +31,7 @@ use std::time::Duration;
 pub const TABLE: &str = "inet tcpwatch";
 pub const SET4: &str = "blocked4";
 pub const SET6: &str = "blocked6";
-/// Addresses per `add element` statement: keeps each line of a large batch
+/// Targets per `add element` statement: keeps each line of a large batch
 /// reasonable; the batch stays one transaction whatever its size.
 const CHUNK: usize = 1000;
 
@@ -37,11 +47,17 @@ impl Backend for Nftables {
     }
 
     fn block(&mut self, targets: &[IpNet], ttl: Duration) -> anyhow::Result<()> {
-        nft(&block_script(targets, ttl))
+        apply(&[(ttl, targets.to_vec())])
     }
 
     fn unblock(&mut self, target: IpNet) -> anyhow::Result<()> {
-        nft(&unblock_script(target))
+        let target = canonical(target);
+        match nft(&unblock_script(target)) {
+            // An address inside a blocked prefix, or a prefix holding
+            // blocked addresses: not an element, so nothing to lift.
+            Err(e) if overlaps(&e) && !held()?.contains(&target) => Ok(()),
+            other => other,
+        }
     }
 
     fn list(&mut self) -> anyhow::Result<Vec<Entry>> {
@@ -69,25 +85,45 @@ impl Backend for Nftables {
     fn restore(&mut self, entries: &[(IpNet, Duration)]) -> anyhow::Result<()> {
         // One script, so the kernel applies every restored block in one
         // transaction.
-        let script: String = by_whole_seconds(entries)
-            .iter()
-            .map(|(ttl, ips)| block_script(ips, *ttl))
-            .collect();
-        nft(&script)
+        apply(&by_whole_seconds(entries))
     }
 
     fn repair(&mut self, _ttl: Duration, entries: &[(IpNet, Duration)]) -> anyhow::Result<bool> {
         // One transaction: the table is never there without its blocks, and
         // a table that was still there (read failed for another reason) is
-        // replaced by the same content.
-        let mut script = install_script();
-        for (ttl, ips) in by_whole_seconds(entries) {
-            script.push_str(&block_script(&ips, ttl));
-        }
+        // replaced by the same content. The new sets are empty: nothing
+        // can overlap but the entries themselves, which the script sorts
+        // out.
+        let script = install_script() + &block_batch(&by_whole_seconds(entries), &[]);
         nft(&script)
             .context("cannot re-create table inet tcpwatch")
             .map(|()| true)
     }
+}
+
+/// Runs the blocks of `groups` (TTL, targets) as one transaction; when nft
+/// says an element overlaps a blocked one, reads the sets and runs the
+/// batch rebuilt around what they hold.
+fn apply(groups: &[(Duration, Vec<IpNet>)]) -> anyhow::Result<()> {
+    match nft(&block_batch(groups, &[])) {
+        Err(e) if overlaps(&e) => nft(&block_batch(groups, &held()?)),
+        other => other,
+    }
+}
+
+/// Whether nft refused a batch because an element overlaps another (nft's
+/// own check says so; the kernel's says "File exists").
+fn overlaps(e: &anyhow::Error) -> bool {
+    let text = format!("{e:#}");
+    text.contains("overlaps")
+        || text.contains("conflicting intervals")
+        || text.contains("File exists")
+}
+
+/// The elements of both sets.
+fn held() -> anyhow::Result<Vec<IpNet>> {
+    let json = nft_output(&format!("list table {TABLE}"), true)?;
+    Ok(parse_list(&json)?.into_iter().map(|e| e.target).collect())
 }
 
 fn nft(script: &str) -> anyhow::Result<()> {
@@ -117,8 +153,8 @@ pub fn install_script() -> String {
         "add table {TABLE}\n\
          delete table {TABLE}\n\
          add table {TABLE}\n\
-         add set {TABLE} {SET4} {{ type ipv4_addr; flags timeout; }}\n\
-         add set {TABLE} {SET6} {{ type ipv6_addr; flags timeout; }}\n\
+         add set {TABLE} {SET4} {{ type ipv4_addr; flags interval, timeout; counter; }}\n\
+         add set {TABLE} {SET6} {{ type ipv6_addr; flags interval, timeout; counter; }}\n\
          add chain {TABLE} prerouting {{ type filter hook prerouting priority raw; policy accept; }}\n\
          add rule {TABLE} prerouting ip saddr @{SET4} drop\n\
          add rule {TABLE} prerouting ip6 saddr @{SET6} drop\n"
@@ -130,30 +166,77 @@ pub fn remove_script() -> String {
     format!("add table {TABLE}\ndelete table {TABLE}\n")
 }
 
-/// Blocks every address for `ttl` in one transaction. `add; delete; add`
-/// makes it idempotent and resets the timeout of an address already there.
-pub fn block_script(targets: &[IpNet], ttl: Duration) -> String {
-    let timeout = nft_time(ttl);
+/// Blocks every target for `ttl` in one transaction, given the elements
+/// the sets hold (`held`; empty when unknown). See [`block_batch`].
+pub fn block_script(targets: &[IpNet], ttl: Duration, held: &[IpNet]) -> String {
+    block_batch(&[(ttl, targets.to_vec())], held)
+}
+
+/// Blocks each group's targets for its TTL, in one transaction.
+///
+/// - `add; delete; add { timeout }` makes each block idempotent and resets
+///   the timeout (and the counter) of a target already there.
+/// - Overlaps, which an interval set refuses, are sorted out first: a
+///   target inside another target of the batch, or inside a `held`
+///   element, is covered and left out; a `held` element inside a target is
+///   deleted before the target is added (the prefix replaces it).
+pub fn block_batch(groups: &[(Duration, Vec<IpNet>)], held: &[IpNet]) -> String {
+    let all: Vec<IpNet> = groups
+        .iter()
+        .flat_map(|(_, targets)| targets.iter().map(|t| canonical(*t)))
+        .collect();
+    let held: Vec<IpNet> = held.iter().map(|h| canonical(*h)).collect();
+    let covered = |t: &IpNet| all.iter().chain(&held).any(|o| inside(t, o));
     let mut script = String::new();
+    let mut seen = std::collections::HashSet::new();
+    // Held elements a new prefix replaces.
+    let replaced: Vec<IpNet> = held
+        .iter()
+        .copied()
+        .filter(|h| all.iter().any(|t| inside(h, t) && !covered(t)))
+        .collect();
     for (set, family) in [(SET4, Family::V4), (SET6, Family::V6)] {
-        let ips: Vec<IpNet> = targets
+        let gone: Vec<IpNet> = replaced
             .iter()
             .copied()
             .filter(|t| Family::of_net(t) == family)
             .collect();
-        for chunk in ips.chunks(CHUNK) {
+        for chunk in gone.chunks(CHUNK) {
             let plain = join(chunk, "");
-            let timed = join(chunk, &format!(" timeout {timeout}"));
-            // Writing to a String cannot fail.
             let _ = write!(
                 script,
                 "add element {TABLE} {set} {{ {plain} }}\n\
-                 delete element {TABLE} {set} {{ {plain} }}\n\
-                 add element {TABLE} {set} {{ {timed} }}\n"
+                 delete element {TABLE} {set} {{ {plain} }}\n"
             );
         }
     }
+    for (ttl, targets) in groups {
+        let timeout = nft_time(*ttl);
+        for (set, family) in [(SET4, Family::V4), (SET6, Family::V6)] {
+            let mine: Vec<IpNet> = targets
+                .iter()
+                .map(|t| canonical(*t))
+                .filter(|t| Family::of_net(t) == family && !covered(t) && seen.insert(*t))
+                .collect();
+            for chunk in mine.chunks(CHUNK) {
+                let plain = join(chunk, "");
+                let timed = join(chunk, &format!(" timeout {timeout}"));
+                // Writing to a String cannot fail.
+                let _ = write!(
+                    script,
+                    "add element {TABLE} {set} {{ {plain} }}\n\
+                     delete element {TABLE} {set} {{ {plain} }}\n\
+                     add element {TABLE} {set} {{ {timed} }}\n"
+                );
+            }
+        }
+    }
     script
+}
+
+/// Whether `inner` lies inside `outer` and is not `outer` itself.
+fn inside(inner: &IpNet, outer: &IpNet) -> bool {
+    inner != outer && outer.contains(inner)
 }
 
 /// Lifts a block whether or not it is there.
@@ -218,9 +301,12 @@ pub fn check_complete(json: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Reads the elements of `nft -j list set ...` (or `list table`): `{"elem": {"val": ip,
-/// "timeout": s, "expires": s}}`, or a bare address for an element added
-/// without a timeout.
+/// Reads the elements of `nft -j list set ...` (or `list table`). An
+/// element is `{"elem": {"val": V, "timeout": s, "expires": s, "counter":
+/// {"packets": n, "bytes": n}}}`, or a bare `V` for an element added
+/// without timeout or counter; `V` is an address (`"10.0.0.2"`) or a prefix
+/// (`{"prefix": {"addr": "2001:db8::", "len": 64}}`). Elements of any other
+/// shape (ranges) are skipped.
 pub fn parse_list(json: &str) -> anyhow::Result<Vec<Entry>> {
     let doc: serde_json::Value =
         serde_json::from_str(json).context("nft -j printed something that is not JSON")?;
@@ -228,37 +314,59 @@ pub fn parse_list(json: &str) -> anyhow::Result<Vec<Entry>> {
     let objects = doc["nftables"].as_array().map(Vec::as_slice).unwrap_or(&[]);
     for set in objects.iter().filter_map(|o| o.get("set")) {
         for elem in set["elem"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
-            let (val, expires) = match elem.get("elem") {
-                Some(inner) => (&inner["val"], inner["expires"].as_u64()),
-                None => (elem, None),
+            let (val, expires, packets) = match elem.get("elem") {
+                Some(inner) => (
+                    &inner["val"],
+                    inner["expires"].as_u64(),
+                    inner["counter"]["packets"].as_u64(),
+                ),
+                None => (elem, None, None),
             };
-            let Some(ip) = val.as_str().and_then(|s| s.parse::<IpAddr>().ok()) else {
+            let Some(target) = element(val) else {
                 continue;
             };
-            entries.push(Entry::new(
-                IpNet::from(ip),
-                expires.map(Duration::from_secs),
-            ));
+            entries.push(Entry {
+                target,
+                remaining: expires.map(Duration::from_secs),
+                packets,
+            });
         }
     }
     Ok(entries)
+}
+
+/// An element's value: an address, or a prefix with its host bits clear.
+fn element(val: &serde_json::Value) -> Option<IpNet> {
+    if let Some(text) = val.as_str() {
+        return text.parse::<IpAddr>().ok().map(IpNet::from);
+    }
+    let prefix = val.get("prefix")?;
+    let addr: IpAddr = prefix["addr"].as_str()?.parse().ok()?;
+    let len = u8::try_from(prefix["len"].as_u64()?).ok()?;
+    let net = IpNet::new(addr, len).ok()?;
+    // nft prints prefixes truncated; anything else is not one of ours.
+    (net.trunc() == net).then_some(net)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn ips(list: &[&str]) -> Vec<IpNet> {
+    fn nets(list: &[&str]) -> Vec<IpNet> {
         list.iter()
-            .map(|s| IpNet::from(s.parse::<IpAddr>().unwrap()))
+            .map(|s| {
+                s.parse::<IpNet>()
+                    .unwrap_or_else(|_| IpNet::from(s.parse::<IpAddr>().unwrap()))
+            })
             .collect()
     }
 
     #[test]
     fn one_batch_blocks_both_families_idempotently() {
         let script = block_script(
-            &ips(&["192.0.2.1", "2001:db8::7", "192.0.2.2"]),
+            &nets(&["192.0.2.1", "2001:db8::7", "192.0.2.2"]),
             Duration::from_secs(3600),
+            &[],
         );
         assert_eq!(
             script,
@@ -272,8 +380,79 @@ mod tests {
     }
 
     #[test]
+    fn prefixes_are_elements_of_the_same_sets() {
+        let script = block_script(
+            &nets(&["2001:db8:1:2::9/64", "10.1.0.0/16"]),
+            Duration::from_secs(60),
+            &[],
+        );
+        assert_eq!(
+            script,
+            "add element inet tcpwatch blocked4 { 10.1.0.0/16 }\n\
+             delete element inet tcpwatch blocked4 { 10.1.0.0/16 }\n\
+             add element inet tcpwatch blocked4 { 10.1.0.0/16 timeout 60s }\n\
+             add element inet tcpwatch blocked6 { 2001:db8:1:2::/64 }\n\
+             delete element inet tcpwatch blocked6 { 2001:db8:1:2::/64 }\n\
+             add element inet tcpwatch blocked6 { 2001:db8:1:2::/64 timeout 60s }\n"
+        );
+    }
+
+    #[test]
+    fn a_prefix_replaces_the_blocks_inside_it() {
+        let held = nets(&[
+            "2001:db8:1:2::5",
+            "2001:db8:1:2::6",
+            "2001:db8:9::1",
+            "10.0.0.1",
+        ]);
+        let script = block_script(
+            &nets(&["2001:db8:1:2::/64"]),
+            Duration::from_secs(60),
+            &held,
+        );
+        assert_eq!(
+            script,
+            "add element inet tcpwatch blocked6 { 2001:db8:1:2::5, 2001:db8:1:2::6 }\n\
+             delete element inet tcpwatch blocked6 { 2001:db8:1:2::5, 2001:db8:1:2::6 }\n\
+             add element inet tcpwatch blocked6 { 2001:db8:1:2::/64 }\n\
+             delete element inet tcpwatch blocked6 { 2001:db8:1:2::/64 }\n\
+             add element inet tcpwatch blocked6 { 2001:db8:1:2::/64 timeout 60s }\n"
+        );
+    }
+
+    #[test]
+    fn targets_inside_a_blocked_or_batched_prefix_are_left_out() {
+        // Inside a held prefix: covered, nothing to do.
+        let held = nets(&["2001:db8:1:2::/64"]);
+        let script = block_script(&nets(&["2001:db8:1:2::5"]), Duration::from_secs(60), &held);
+        assert_eq!(script, "");
+        // Inside a prefix of the same batch, in another group too.
+        let script = block_batch(
+            &[
+                (
+                    Duration::from_secs(5),
+                    nets(&["2001:db8:1:2::5", "10.0.0.1"]),
+                ),
+                (
+                    Duration::from_secs(9),
+                    nets(&["2001:db8:1:2::/64", "2001:db8:1:2::/64"]),
+                ),
+            ],
+            &[],
+        );
+        assert!(!script.contains("2001:db8:1:2::5"), "{script}");
+        assert_eq!(script.matches("timeout 9s").count(), 1, "{script}");
+        assert!(script.contains("{ 10.0.0.1 timeout 5s }"), "{script}");
+        // The same target held is refreshed, not left out.
+        let held = nets(&["10.0.0.1"]);
+        let script = block_script(&nets(&["10.0.0.1"]), Duration::from_secs(60), &held);
+        assert!(script.ends_with("{ 10.0.0.1 timeout 60s }\n"), "{script}");
+        assert_eq!(script.lines().count(), 3);
+    }
+
+    #[test]
     fn sub_second_ttls_are_written_in_ms() {
-        let script = block_script(&ips(&["192.0.2.1"]), Duration::from_millis(1500));
+        let script = block_script(&nets(&["192.0.2.1"]), Duration::from_millis(1500), &[]);
         assert!(
             script.ends_with("{ 192.0.2.1 timeout 1500ms }\n"),
             "{script}"
@@ -285,7 +464,7 @@ mod tests {
         let many: Vec<IpNet> = (0..2500u32)
             .map(|n| IpNet::from(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n))))
             .collect();
-        let script = block_script(&many, Duration::from_secs(30));
+        let script = block_script(&many, Duration::from_secs(30), &[]);
         assert_eq!(script.lines().count(), 9, "3 chunks x add/delete/add");
         assert_eq!(script.matches("timeout 30s").count(), 2500);
     }
@@ -302,6 +481,9 @@ mod tests {
                 "add table inet tcpwatch"
             ]
         );
+        assert!(script.contains(
+            "add set inet tcpwatch blocked6 { type ipv6_addr; flags interval, timeout; counter; }"
+        ));
         assert!(script.contains("type filter hook prerouting priority raw;"));
         assert_eq!(script.matches("add rule").count(), 2);
         assert!(script.contains("ip saddr @blocked4 drop"));
@@ -315,9 +497,25 @@ mod tests {
             "add element inet tcpwatch blocked6 { 2001:db8::7 }\ndelete element inet tcpwatch blocked6 { 2001:db8::7 }\n"
         );
         assert_eq!(
+            unblock_script("2001:db8::/64".parse().unwrap()),
+            "add element inet tcpwatch blocked6 { 2001:db8::/64 }\ndelete element inet tcpwatch blocked6 { 2001:db8::/64 }\n"
+        );
+        assert_eq!(
             remove_script(),
             "add table inet tcpwatch\ndelete table inet tcpwatch\n"
         );
+    }
+
+    #[test]
+    fn overlap_errors_are_recognised() {
+        for cause in [
+            "nft: Error: interval overlaps with an existing one",
+            "nft: Error: Could not process rule: File exists",
+            "nft: Error: conflicting intervals specified",
+        ] {
+            assert!(overlaps(&anyhow::anyhow!("{cause}")), "{cause}");
+        }
+        assert!(!overlaps(&anyhow::anyhow!("nft: Operation not permitted")));
     }
 
     #[test]
@@ -327,16 +525,34 @@ mod tests {
         assert_eq!(
             entries,
             [
-                Entry::new(
-                    "10.0.0.2".parse::<IpAddr>().unwrap().into(),
-                    Some(Duration::from_secs(29))
-                ),
-                Entry::new("10.0.0.9".parse::<IpAddr>().unwrap().into(), None),
+                Entry::new(nets(&["10.0.0.2"])[0], Some(Duration::from_secs(29))),
+                Entry::new(nets(&["10.0.0.9"])[0], None),
             ]
         );
         let empty = r#"{"nftables": [{"metainfo": {}}, {"set": {"name": "blocked6", "type": "ipv6_addr"}}]}"#;
         assert!(parse_list(empty).unwrap().is_empty());
         assert!(parse_list("garbage").is_err());
+    }
+
+    #[test]
+    fn parses_prefixes_and_counters() {
+        // As nft 1.0.6 lists an interval set with counters (kernel 6.18).
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"set": {"family": "inet", "name": "blocked6", "table": "tcpwatch", "type": "ipv6_addr", "handle": 2, "flags": ["interval", "timeout"], "elem": [{"elem": {"val": {"prefix": {"addr": "fd00:1:2:3::", "len": 64}}, "timeout": 3600, "expires": 3599, "counter": {"packets": 97, "bytes": 5820}}}, {"elem": {"val": "fd00:9::1", "counter": {"packets": 0, "bytes": 0}}}, {"elem": {"val": {"range": ["fd00::1", "fd00::5"]}}}, {"elem": {"val": {"prefix": {"addr": "fd00:1:2:3::1", "len": 64}}}}], "stmt": [{"counter": null}]}}]}"#;
+        assert_eq!(
+            parse_list(json).unwrap(),
+            [
+                Entry {
+                    target: nets(&["fd00:1:2:3::/64"])[0],
+                    remaining: Some(Duration::from_secs(3599)),
+                    packets: Some(97),
+                },
+                Entry {
+                    target: nets(&["fd00:9::1"])[0],
+                    remaining: None,
+                    packets: Some(0),
+                },
+            ]
+        );
     }
 
     #[test]

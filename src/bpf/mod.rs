@@ -2,12 +2,14 @@
 //! their maps, and the `unsafe` that registering a ring buffer with the
 //! runtime takes. The XDP program ([`xdp`]) reports connection attempts
 //! through a ring buffer ([`record`] decodes its records) and drops blocked
-//! sources ([`blocklist`]); the `xdp` source and the `xdp` block backend
-//! share one loaded program. The tracepoint program ([`tracepoint`])
-//! reports the connections of every network namespace with their owners
-//! ([`tcpstate`] decodes its records).
+//! sources ([`blocklist`]), and can decide to block a scanner at its
+//! threshold probe by itself ([`decide`]); the `xdp` source and the `xdp`
+//! block backend share one loaded program. The tracepoint program
+//! ([`tracepoint`]) reports the connections of every network namespace with
+//! their owners ([`tcpstate`] decodes its records).
 
 pub mod blocklist;
+pub mod decide;
 pub mod ifxdp;
 pub mod record;
 pub mod tcpstate;
@@ -42,6 +44,12 @@ pub fn ring_buffer(map: Map) -> anyhow::Result<AsyncFd<RingBuf<MapData>>> {
     // unchanged until the AsyncFd (which owns the ring buffer) drops.
     unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("ring buffer poll: {e}"))
+}
+
+/// Whether a map operation failed because the key is not there.
+pub(crate) fn not_found(e: &aya::maps::MapError) -> bool {
+    matches!(e, aya::maps::MapError::KeyNotFound)
+        || matches!(e, aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOENT))
 }
 
 /// The sum over the CPUs of slot `index` of a per-CPU counter array (0 when

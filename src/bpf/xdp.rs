@@ -78,6 +78,10 @@ pub struct LoadOptions {
     pub block: bool,
     /// Entries per blocklist map (`--xdp-map-size`).
     pub map_size: u32,
+    /// Decide scans in the program (with `report` and `block`): see
+    /// [`super::decide`]. The pairs it tracks at most (an LRU); 0: it does
+    /// not decide.
+    pub decide: u32,
 }
 
 /// Ring buffer size when the program does not report (the map must exist;
@@ -110,15 +114,20 @@ pub fn load(interfaces: &[String], opts: &LoadOptions) -> anyhow::Result<Ebpf> {
 
     let report = u8::from(opts.report);
     let check = u8::from(opts.block);
+    let decide = u8::from(opts.report && opts.block && opts.decide > 0);
     let mut loader = EbpfLoader::new();
     loader
         .override_global("report_syns", &report, true)
-        .override_global("check_blocked", &check, true);
+        .override_global("check_blocked", &check, true)
+        .override_global("decide_scans", &decide, true);
     if opts.map_size > 0 {
-        loader
-            .map_max_entries("blocked4", opts.map_size)
-            .map_max_entries("blocked6", opts.map_size);
+        for map in ["blocked4", "blocked6", "blocked_nets4", "blocked_nets6"] {
+            loader.map_max_entries(map, opts.map_size);
+        }
     }
+    // The LRU of tracked pairs is preallocated: one entry unless it is used.
+    let tracks = if decide == 1 { opts.decide } else { 1 };
+    loader.map_max_entries(super::decide::TRACKS, tracks);
     loader.map_max_entries(RING, if opts.report { REPORT_RING } else { IDLE_RING });
     let mut bpf = loader
         .load(&OBJECT.0)

@@ -11,8 +11,9 @@ use crate::block::blocker::Blocker;
 use crate::block::firewall::Firewall;
 use crate::block::journal::Journal;
 use crate::block::record::Record;
-use crate::block::xdp::{Stats, XdpBlock};
-use crate::block::BlockKind;
+use crate::block::xdp::{Stats, XdpBlock, TRACKED_PAIRS};
+use crate::block::{BlockKind, OnOff};
+use crate::bpf::decide::Rule;
 use crate::bpf::xdp::LoadOptions;
 use crate::clock::{Clock, SystemClock};
 use crate::detect::Detector;
@@ -177,10 +178,13 @@ fn tracepoint_options(s: &source::Settings) -> tracepoint::Options {
 /// The XDP program reporting SYNs, and dropping blocked sources too with
 /// `--block xdp`.
 fn open_xdp(settings: &RunSettings) -> anyhow::Result<Box<XdpSource>> {
+    let block = settings.block.block == BlockKind::Xdp && !settings.block.dry_run;
+    let decide = block && settings.block.xdp_decide == OnOff::On;
     let opts = LoadOptions {
         report: true,
-        block: settings.block.block == BlockKind::Xdp && !settings.block.dry_run,
+        block,
         map_size: settings.block.xdp_map_size.0,
+        decide: if decide { TRACKED_PAIRS } else { 0 },
     };
     Ok(Box::new(XdpSource::open(
         &settings.source.interface,
@@ -202,7 +206,10 @@ fn backend(
         _ => None,
     };
     if let Some(maps) = shared {
-        let backend = XdpBlock::shared(maps);
+        let mut backend = XdpBlock::shared(maps);
+        if settings.block.xdp_decide == OnOff::On {
+            backend = backend.deciding(kernel_rule(settings));
+        }
         let stats = backend.stats();
         return (Some(Box::new(backend)), Some(stats));
     }
@@ -218,6 +225,19 @@ fn backend(
         crate::block::backend(&settings.block, &settings.source.interface, clock),
         None,
     )
+}
+
+/// The rule the XDP program decides scans with: the detector's main rule,
+/// with the block stage's TTL and cap.
+fn kernel_rule(settings: &RunSettings) -> Rule {
+    Rule {
+        ports: settings.scan.scan_ports,
+        window: settings.scan.scan_window,
+        ttl: settings.block.block_ttl,
+        cap: settings.block.max_blocks_per_minute.0,
+        // The kernel counts IPv6 sources as the detector does.
+        ipv6_prefix: settings.scan.ipv6_prefix.0,
+    }
 }
 
 /// The state file as the block stage's journal.

@@ -502,7 +502,10 @@ async fn block(
     loop {
         let events = tokio::select! {
             Ok(()) = reloaded.changed() => {
-                blocker.reconfigure(&reloaded.borrow_and_update().block);
+                let settings = reloaded.borrow_and_update();
+                blocker.reconfigure(&settings.block);
+                let scan = &settings.scan;
+                blocker.rescan(scan.scan_ports, scan.scan_window, scan.ipv6_prefix.0);
                 continue;
             }
             batch = input.recv() => match batch {

@@ -195,7 +195,8 @@ fn ipv6_scanner_is_blocked_listed_and_removed() {
     let listed = blocks(agent.pid(), &["list"]);
     assert!(
         listed.starts_with(&format!("{scanner} expires in "))
-            && listed.trim_end().ends_with("via xdp"),
+            && listed.contains(" via xdp; ")
+            && listed.trim_end().ends_with(" packets dropped"),
         "{listed}"
     );
     let secs: u64 = listed
