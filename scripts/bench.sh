@@ -131,6 +131,12 @@ run scripts/bench-pcap.sh target/release/tcpwatch 200
 section "pcap under a SYN flood, against tcpdump with the same filter (scripts/bench-pcap-flood.sh)"
 run scripts/bench-pcap-flood.sh target/release/tcpwatch
 
+section "pcap filter: CPU per packet of ordinary TCP and UDP traffic, against the SYN-only filter (scripts/bench-pcap-filter.sh)"
+run scripts/bench-pcap-filter.sh
+
+section "pcap UDP scans: time to the scan line under the kernel's ICMP rate limit (scripts/bench-pcap-udp.sh)"
+run scripts/bench-pcap-udp.sh target/release/tcpwatch
+
 section "tcpwatch list (netlink, procfs) vs ss -tan, 20,000 sockets (scripts/bench-list.sh)"
 run scripts/bench-list.sh target/release/tcpwatch 10000 20
 
