@@ -25,6 +25,8 @@ lab_need root tcpdump python3
 BIN=$(realpath "$BIN")
 cargo build --release --locked --example pcap_filter -q
 FILTER=$(target/release/examples/pcap_filter)
+SNAPLEN=$(target/release/examples/pcap_filter --snaplen)
+BUFFER_KIB=$(target/release/examples/pcap_filter --buffer-kib)
 
 lab_init
 RESULTS=$LAB_WORK
@@ -97,7 +99,7 @@ EOF
 AGENT=("$BIN" run --block none --metrics-addr off --state off)
 measure procfs "${AGENT[@]}" --source procfs --interval 1s
 measure pcap "${AGENT[@]}" --source pcap --interface eth0
-measure tcpdump tcpdump -i eth0 -p -n -l -s 96 -B 4096 --immediate-mode "$FILTER"
+measure tcpdump tcpdump -i eth0 -p -n -l -s "$SNAPLEN" -B "$BUFFER_KIB" --immediate-mode "$FILTER"
 
 python3 - "$FIGURE" "$RESULTS" <<'EOF'
 import json, subprocess, sys

@@ -131,6 +131,12 @@ run scripts/bench-pcap.sh target/release/tcpwatch 200
 section "pcap under a SYN flood, against tcpdump with the same filter (scripts/bench-pcap-flood.sh)"
 run scripts/bench-pcap-flood.sh target/release/tcpwatch
 
+section "pcap filter: CPU per packet of ordinary TCP and UDP traffic, against the SYN-only filter (scripts/bench-pcap-filter.sh)"
+run scripts/bench-pcap-filter.sh
+
+section "pcap UDP scans: time to the scan line under the kernel's ICMP rate limit (scripts/bench-pcap-udp.sh)"
+run scripts/bench-pcap-udp.sh target/release/tcpwatch
+
 section "tcpwatch list (netlink, procfs) vs ss -tan, 20,000 sockets (scripts/bench-list.sh)"
 run scripts/bench-list.sh target/release/tcpwatch 10000 20
 
@@ -154,6 +160,9 @@ run scripts/bench-answered.sh
 
 section "fleet mode: propagation between three agents, one Redis under 1,000 nodes, the agent's CPU with the fleet on and off (scripts/bench-fleet.sh)"
 run scripts/bench-fleet.sh
+
+section "scan to block of a FIN scan beside a SYN scan, xdp and nftables (scripts/bench-fin.sh)"
+run scripts/bench-fin.sh
 
 section "summary ($out_dir/summary.md)"
 lab_stop "$load_sampler"

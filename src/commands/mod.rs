@@ -3,6 +3,7 @@
 //! output.
 
 pub mod blocks;
+pub mod capture;
 pub mod list;
 pub mod replay;
 pub mod status;

@@ -3,16 +3,23 @@
 //!
 //! Each file is recognised by its content, not its name:
 //!
-//! - a **pcap or pcapng capture** (its magic number): every TCP SYN without
-//!   ACK is one connection attempt. Offline there is no "this host", so the
-//!   destination of every SYN is taken as the local side: each SYN is an
+//! - a **pcap or pcapng capture** (its magic number), read as the `pcap`
+//!   source reads the wire ([`crate::source::pcap::frame`]): a TCP SYN
+//!   without ACK is a connection attempt; a FIN, NULL or Xmas segment, the
+//!   first fragment of a TCP packet whose flags never come, and a UDP probe
+//!   answered by ICMP port unreachable in the capture are probes that count
+//!   towards a scan without a line; a SYN in fragments is put back together
+//!   and prints its line. Offline there is no "this host", so the
+//!   destination of every probe is taken as the local side: each SYN is an
 //!   inbound attempt `src -> dst`, and counts towards a scan by `src` of
 //!   `dst`. A capture taken on a host that also connects out therefore shows
 //!   its own outbound connections as attempts on their servers. An attempt is
 //!   stamped with its packet's time (printed in local time); windows run on
 //!   the time since the first packet of the replay, which never goes
 //!   backwards (a packet older than the one before it counts as simultaneous
-//!   with it).
+//!   with it). Link types: Ethernet, raw IP, Linux cooked v1 and v2,
+//!   BSD/macOS loopback (`NULL`, `LOOP`), Linux NFLOG; in pcapng, any
+//!   number of interfaces, each its own link type.
 //! - a **`/proc/net/tcp` or `/proc/net/tcp6` snapshot** (a saved copy, header
 //!   line `sl  local_address ...`): each file is one poll, the polls one
 //!   `--interval` apart in the order given; a file `PATH6` given right after
@@ -27,16 +34,17 @@
 //! their modification times): the same input gives the same bytes.
 //!
 //! Every input problem is found before anything is printed, as one line
-//! naming the file (and line); the exit code is then 2. A capture that ends
-//! in a torn record (the capture was killed while writing) is replayed up to
-//! the tear, with a warning.
+//! naming the file (and line, or how many packets were read before it); the
+//! exit code is then 2. A capture that ends in a torn record (the capture
+//! was killed while writing) is replayed up to the tear, with a warning.
 
+use super::capture::{Frames, Next};
 use crate::clock::Stamp;
 use crate::detect::{Detector, Limits, ScanSettings};
 use crate::diag;
-use crate::event::{Connection, Direction, Observation, Socket};
+use crate::event::{Observation, Socket};
 use crate::sink::Format;
-use crate::source::pcap::{parse_syn, Link};
+use crate::source::pcap::{parse, probes::Probes};
 use crate::source::procfs::parse_table;
 use chrono::{DateTime, Local, Utc};
 use std::io::{Read, Write};
@@ -152,7 +160,7 @@ fn plan(files: &[PathBuf]) -> Result<Vec<Step>, Failure> {
         if kind == Kind::Snapshot {
             read_snapshot(path)?;
         } else {
-            open_capture(path)?;
+            check_capture(path)?;
         }
         if let Some(first) = pending.take() {
             if kind == Kind::Snapshot && is_v6_twin(&first, path) {
@@ -184,20 +192,16 @@ fn read_snapshot(path: &Path) -> Result<Vec<Socket>, Failure> {
         .map_err(|e| Failure::Input(format!("{}:{}: {}", path.display(), e.line, e.reason)))
 }
 
-fn open_capture(path: &Path) -> Result<(pcap::Capture<pcap::Offline>, Link), Failure> {
-    let capture = pcap::Capture::from_file(path).map_err(|e| named(path, pcap_reason(&e)))?;
-    let linktype = capture.get_datalink();
-    let link = Link::of(linktype).ok_or_else(|| {
-        let name = linktype
-            .get_name()
-            .unwrap_or_else(|_| linktype.0.to_string());
-        named(path, format!("unsupported link type {name}"))
-    })?;
-    Ok((capture, link))
-}
-
-fn pcap_reason(e: &pcap::Error) -> String {
-    e.to_string().replace('\n', " ")
+/// Reads a capture through once, so that a part it cannot read stops the
+/// replay before anything is printed.
+fn check_capture(path: &Path) -> Result<(), Failure> {
+    let mut frames = Frames::open(path).map_err(|e| named(path, e))?;
+    loop {
+        match frames.read().map_err(|e| named(path, e))? {
+            Next::Frame(_) => {}
+            Next::Torn | Next::End => return Ok(()),
+        }
+    }
 }
 
 /// Replays `options.files`, writing the events to `out`.
@@ -246,6 +250,8 @@ enum Timeline {
         origin: Option<Duration>,
         /// The last packet's place on the timeline.
         mono: Duration,
+        /// First fragments waiting for their flags.
+        probes: Probes,
     },
     Polls {
         detector: Detector,
@@ -269,61 +275,86 @@ impl<W: Write> Replay<'_, W> {
     }
 
     fn capture(&mut self, path: &Path) -> Result<(), Failure> {
-        let (mut capture, link) = open_capture(path)?;
+        let mut frames = Frames::open(path).map_err(|e| named(path, e))?;
         if self.captures.is_none() {
             self.captures = Some(Timeline::Packets {
                 detector: self.detector("pcap"),
                 origin: None,
                 mono: Duration::ZERO,
+                probes: Probes::new(),
             });
         }
         let Some(Timeline::Packets {
             detector,
             origin,
             mono,
+            probes,
         }) = &mut self.captures
         else {
             unreachable!("set just above");
         };
+        // Offline, every destination is this host.
+        let local = |_| true;
+        let mut observations = Vec::new();
         loop {
-            let packet = match capture.next_packet() {
-                Ok(packet) => packet,
-                Err(pcap::Error::NoMorePackets) => break,
-                Err(e) => {
+            let frame = match frames.read().map_err(|e| named(path, e))? {
+                Next::Frame(frame) => frame,
+                Next::Torn => {
                     diag::warn(format_args!(
-                        "{}: {}; replayed the packets before it",
+                        "{}: the last record is cut short (after {} packets); replayed the packets before it",
                         path.display(),
-                        pcap_reason(&e)
+                        frames.packets()
                     ));
                     break;
                 }
+                Next::End => break,
             };
-            let Some(syn) = parse_syn(link, packet.data) else {
+            let Some(seen) = parse(frame.link, &frame.data) else {
                 continue;
             };
-            let since_epoch = packet_time(packet.header.ts);
-            let first = *origin.get_or_insert(since_epoch);
-            *mono = (*mono).max(since_epoch.saturating_sub(first));
+            let first = *origin.get_or_insert(frame.time);
+            *mono = (*mono).max(frame.time.saturating_sub(first));
             let at = Stamp {
-                wall: local(since_epoch),
+                wall: local_time(frame.time),
                 mono: *mono,
             };
-            let conn = Connection {
-                initiator: syn.src,
-                acceptor: syn.dst,
-                direction: Direction::Inbound,
-            };
-            let isn = syn.isn;
-            let events = detector.process(&Observation::Attempt {
-                at,
-                conn,
-                isn,
-                owner: None,
-            });
-            for event in &events {
-                writeln!(self.out, "{}", self.options.format.line(event))?;
-                self.lines += 1;
+            probes.frame(at, seen, &local, &mut |o| observations.push(o));
+            for observation in observations.drain(..) {
+                Self::detect(
+                    detector,
+                    &observation,
+                    self.options.format,
+                    &mut self.out,
+                    &mut self.lines,
+                )?;
             }
+        }
+        // A first fragment still waiting at the end of the file has waited
+        // long enough: there is nothing more to come in this file.
+        probes.flush(&local, &mut |o| observations.push(o));
+        for observation in observations.drain(..) {
+            Self::detect(
+                detector,
+                &observation,
+                self.options.format,
+                &mut self.out,
+                &mut self.lines,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Runs one observation through the detector and prints its events.
+    fn detect(
+        detector: &mut Detector,
+        observation: &Observation,
+        format: Format,
+        out: &mut std::io::BufWriter<W>,
+        lines: &mut u64,
+    ) -> Result<(), Failure> {
+        for event in detector.process(observation) {
+            writeln!(out, "{}", format.line(&event))?;
+            *lines += 1;
         }
         Ok(())
     }
@@ -349,7 +380,7 @@ impl<W: Write> Replay<'_, W> {
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default();
         let at = Stamp {
-            wall: local(since_epoch),
+            wall: local_time(since_epoch),
             mono: self.options.interval.saturating_mul(*done),
         };
         *done += 1;
@@ -361,15 +392,7 @@ impl<W: Write> Replay<'_, W> {
     }
 }
 
-/// A packet's timestamp as a time since the epoch; a negative one (a
-/// corrupt header) counts as the epoch itself.
-fn packet_time(ts: libc::timeval) -> Duration {
-    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
-    let micros = u64::try_from(ts.tv_usec).unwrap_or(0).min(999_999);
-    Duration::from_secs(secs) + Duration::from_micros(micros)
-}
-
-fn local(since_epoch: Duration) -> DateTime<Local> {
+fn local_time(since_epoch: Duration) -> DateTime<Local> {
     let secs = i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX);
     // Out of chrono's range only for a corrupt timestamp; the epoch then.
     DateTime::<Utc>::from_timestamp(secs, since_epoch.subsec_nanos())
@@ -409,13 +432,18 @@ mod tests {
 
     /// Classic pcap, little-endian, microseconds, Ethernet.
     fn pcap(packets: &[(u32, u32, Vec<u8>)]) -> Vec<u8> {
+        pcap_of(1, packets)
+    }
+
+    /// Classic pcap, little-endian, microseconds, of `linktype`.
+    fn pcap_of(linktype: u32, packets: &[(u32, u32, Vec<u8>)]) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend(0xa1b2_c3d4u32.to_le_bytes());
         out.extend(2u16.to_le_bytes());
         out.extend(4u16.to_le_bytes());
         out.extend([0u8; 8]);
         out.extend(65535u32.to_le_bytes());
-        out.extend(1u32.to_le_bytes());
+        out.extend(linktype.to_le_bytes());
         for (secs, micros, data) in packets {
             out.extend(secs.to_le_bytes());
             out.extend(micros.to_le_bytes());
@@ -429,6 +457,20 @@ mod tests {
     /// pcapng: section header, one Ethernet interface (microseconds),
     /// enhanced packet blocks.
     fn pcapng(packets: &[(u32, u32, Vec<u8>)]) -> Vec<u8> {
+        let packets: Vec<_> = packets
+            .iter()
+            .map(|(s, us, data)| (0, *s, *us, data.clone()))
+            .collect();
+        pcapng_of(&[(1, None)], &packets)
+    }
+
+    /// pcapng with `interfaces` (link type, `if_tsresol` option: `Some(9)`
+    /// for nanoseconds) and packets (interface, seconds, microseconds,
+    /// bytes) in enhanced packet blocks.
+    fn pcapng_of(
+        interfaces: &[(u16, Option<u8>)],
+        packets: &[(u32, u32, u32, Vec<u8>)],
+    ) -> Vec<u8> {
         fn block(kind: u32, body: &[u8]) -> Vec<u8> {
             let len = (12 + body.len()) as u32;
             let mut b = kind.to_le_bytes().to_vec();
@@ -441,14 +483,26 @@ mod tests {
         shb.extend(1u16.to_le_bytes());
         shb.extend(0u16.to_le_bytes());
         shb.extend((-1i64).to_le_bytes());
-        let mut idb = 1u16.to_le_bytes().to_vec();
-        idb.extend(0u16.to_le_bytes());
-        idb.extend(65535u32.to_le_bytes());
         let mut out = block(0x0a0d_0d0a, &shb);
-        out.extend(block(1, &idb));
-        for (secs, micros, data) in packets {
-            let ts = u64::from(*secs) * 1_000_000 + u64::from(*micros);
-            let mut epb = 0u32.to_le_bytes().to_vec();
+        for (linktype, tsresol) in interfaces {
+            let mut idb = linktype.to_le_bytes().to_vec();
+            idb.extend(0u16.to_le_bytes());
+            idb.extend(65535u32.to_le_bytes());
+            if let Some(resol) = tsresol {
+                idb.extend(9u16.to_le_bytes()); // if_tsresol
+                idb.extend(1u16.to_le_bytes());
+                idb.extend([*resol, 0, 0, 0]);
+                idb.extend([0u8; 4]); // opt_endofopt
+            }
+            out.extend(block(1, &idb));
+        }
+        for (interface, secs, micros, data) in packets {
+            let per_sec: u64 = match interfaces[*interface as usize].1 {
+                Some(9) => 1_000_000_000,
+                _ => 1_000_000,
+            };
+            let ts = u64::from(*secs) * per_sec + u64::from(*micros) * (per_sec / 1_000_000);
+            let mut epb = interface.to_le_bytes().to_vec();
             epb.extend(((ts >> 32) as u32).to_le_bytes());
             epb.extend((ts as u32).to_le_bytes());
             epb.extend((data.len() as u32).to_le_bytes());
@@ -563,6 +617,192 @@ mod tests {
         bytes.truncate(bytes.len() - 10);
         let path = write(&dir, "torn.pcap", &bytes);
         assert_eq!(replay(&options(vec![path])).unwrap(), SCAN_LINES[..5]);
+    }
+
+    /// The IP packets of [`scan_packets`], without their Ethernet header.
+    fn scan_ip_packets() -> Vec<(u32, u32, Vec<u8>)> {
+        let packets = scan_packets().into_iter();
+        packets
+            .map(|(s, us, f)| (s, us, f[14..].to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn every_link_type_replays_the_same_lines() {
+        use crate::source::pcap::craft;
+        let dir = tempfile::tempdir().unwrap();
+        let wrap = |how: fn(&[u8]) -> Vec<u8>| -> Vec<(u32, u32, Vec<u8>)> {
+            let packets = scan_ip_packets().into_iter();
+            packets.map(|(s, us, p)| (s, us, how(&p))).collect()
+        };
+        let nflog_le: fn(&[u8]) -> Vec<u8> = |p| craft::nflog(p, false);
+        let raw: fn(&[u8]) -> Vec<u8> = |p| p.to_vec();
+        for (name, linktype, how) in [
+            ("raw", 101, raw),
+            ("raw-ipv4", 228, raw),
+            ("sll", 113, craft::sll as fn(&[u8]) -> Vec<u8>),
+            ("sll2", 276, craft::sll2),
+            ("null", 0, craft::loopback),
+            ("loop", 108, craft::loopback),
+            ("nflog", 239, nflog_le),
+        ] {
+            let path = write(&dir, name, &pcap_of(linktype, &wrap(how)));
+            assert_eq!(replay(&options(vec![path])).unwrap(), SCAN_LINES, "{name}");
+        }
+        // An NFLOG capture written on a big-endian host.
+        let mut bytes = pcap_of(239, &wrap(|p| craft::nflog(p, true)));
+        bytes[..4].copy_from_slice(&0xa1b2_c3d4u32.to_be_bytes());
+        let be = |b: &mut [u8], at: usize, n: usize| b[at..at + n].reverse();
+        for (at, n) in [(4, 2), (6, 2), (8, 4), (12, 4), (16, 4), (20, 4)] {
+            be(&mut bytes, at, n);
+        }
+        let mut at = 24;
+        while at < bytes.len() {
+            for field in 0..4 {
+                be(&mut bytes, at + field * 4, 4);
+            }
+            let len = u32::from_be_bytes(bytes[at + 8..at + 12].try_into().unwrap()) as usize;
+            at += 16 + len;
+        }
+        let path = write(&dir, "nflog-be", &bytes);
+        assert_eq!(
+            replay(&options(vec![path])).unwrap(),
+            SCAN_LINES,
+            "nflog be"
+        );
+    }
+
+    #[test]
+    fn a_pcapng_of_interfaces_of_several_link_types_replays_them_all() {
+        use crate::source::pcap::craft;
+        // Ethernet (µs), Linux cooked (ns), BSD loopback, NFLOG: each
+        // packet of the scan on the next interface in turn.
+        let interfaces = [(1, None), (113, Some(9)), (0, None), (239, None)];
+        let packets: Vec<_> = scan_ip_packets()
+            .into_iter()
+            .enumerate()
+            .map(|(i, (s, us, p))| {
+                let interface = (i % interfaces.len()) as u32;
+                let frame = match interface {
+                    0 => craft::ethernet_ip(&p),
+                    1 => craft::sll(&p),
+                    2 => craft::loopback(&p),
+                    _ => craft::nflog(&p, false),
+                };
+                (interface, s, us, frame)
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(&dir, "merged.pcapng", &pcapng_of(&interfaces, &packets));
+        assert_eq!(replay(&options(vec![path.clone()])).unwrap(), SCAN_LINES);
+        // The times of the nanosecond interface read right too: port 83's
+        // SYN, on it, 2 s after the first packet.
+        let mut o = options(vec![path]);
+        o.format = Format::Json;
+        let mut out = Vec::new();
+        run(&o, &mut out).unwrap();
+        let line: serde_json::Value =
+            serde_json::from_str(String::from_utf8(out).unwrap().lines().nth(3).unwrap()).unwrap();
+        assert_eq!(line["dst"], "10.0.0.5:83");
+        let time = DateTime::parse_from_rfc3339(line["time"].as_str().unwrap()).unwrap();
+        assert_eq!(time.timestamp(), 1_619_623_687);
+    }
+
+    #[test]
+    fn an_unreadable_part_is_an_error_saying_what_was_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = write(&dir, "good.pcap", &pcap(&scan_packets()));
+        // The second interface is of a link type replay does not read.
+        let packets: Vec<_> = scan_packets()
+            .into_iter()
+            .enumerate()
+            .map(|(i, (s, us, f))| (u32::from(i >= 2), s, us, f))
+            .collect();
+        let other = write(
+            &dir,
+            "usb.pcapng",
+            &pcapng_of(&[(1, None), (189, None)], &packets),
+        );
+        // A block whose two lengths disagree, in the middle of the file.
+        let mut bytes = pcapng(&scan_packets());
+        // Section header 28 bytes, interface 20, each packet block 88 (a
+        // 54-byte frame padded to 56): the trailer of the second packet.
+        let corrupt_at = 28 + 20 + 2 * 88 - 4;
+        bytes[corrupt_at] ^= 0x40;
+        let corrupt = write(&dir, "corrupt.pcapng", &bytes);
+        for (bad, want) in [
+            (
+                other.clone(),
+                format!(
+                    "{}: interface 1: link type USB_LINUX (189) is not one replay reads (after 2 packets)",
+                    other.display()
+                ),
+            ),
+            (corrupt.clone(), format!("{}: ", corrupt.display())),
+        ] {
+            let mut out = Vec::new();
+            match run(&options(vec![good.clone(), bad]), &mut out) {
+                Err(Failure::Input(message)) => {
+                    assert!(message.starts_with(&want), "{message}");
+                    assert!(message.contains("(after "), "{message}");
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(out.is_empty(), "printed before the error");
+        }
+    }
+
+    #[test]
+    fn stealth_probes_fragments_and_udp_answers_count_as_live() {
+        use crate::source::pcap::craft::{self, FIN, PSH, URG};
+        let t = 1_619_623_685;
+        let ip = |src, dst, segment: &[u8]| craft::ethernet_ip(&craft::ipv4(src, dst, segment));
+        let mut packets = Vec::new();
+        for (i, port) in [21u16, 22, 23, 25].into_iter().enumerate() {
+            packets.push((
+                t,
+                i as u32,
+                ip(SCANNER, HOST, &craft::tcp(40000, port, FIN, 0)),
+            ));
+        }
+        // An Xmas scan of another host, fragmented SYNs (nmap -f) to a third.
+        let other = [10, 0, 0, 6];
+        let third = [10, 0, 0, 8];
+        for (i, port) in [80u16, 81, 82, 83].into_iter().enumerate() {
+            let t = t + 1;
+            packets.push((
+                t,
+                i as u32,
+                ip(SCANNER, other, &craft::tcp(1, port, FIN | PSH | URG, 0)),
+            ));
+            let segment = craft::tcp(40001, port, SYN, 1000 + u32::from(port));
+            for piece in craft::ipv4_fragments(SCANNER, third, port, &segment, 8) {
+                packets.push((t, 10 + i as u32, craft::ethernet_ip(&piece)));
+            }
+        }
+        // UDP probes of a fourth host, seen by its port unreachables.
+        let fourth = [10, 0, 0, 9];
+        for (i, port) in [53u16, 123, 161, 500].into_iter().enumerate() {
+            let probe =
+                craft::ipv4_full(SCANNER, fourth, 17, 0, 1, 0, &craft::udp(5000, port, b""));
+            let answer = craft::icmp4_unreachable(fourth, SCANNER, &probe);
+            packets.push((t + 2, i as u32, craft::ethernet_ip(&answer)));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(&dir, "probes.pcap", &pcap(&packets));
+        assert_eq!(
+            replay(&options(vec![path])).unwrap(),
+            [
+                "Port scan detected: 192.0.2.56 -> 10.0.0.5 on ports 21,22,23,25 (FIN scan)",
+                "New connection: 192.0.2.56:40001 -> 10.0.0.8:80",
+                "New connection: 192.0.2.56:40001 -> 10.0.0.8:81",
+                "New connection: 192.0.2.56:40001 -> 10.0.0.8:82",
+                "Port scan detected: 192.0.2.56 -> 10.0.0.6 on ports 80,81,82,83 (Xmas scan)",
+                "New connection: 192.0.2.56:40001 -> 10.0.0.8:83",
+                "Port scan detected: 192.0.2.56 -> 10.0.0.8 on ports 80,81,82,83",
+                "Port scan detected: 192.0.2.56 -> 10.0.0.9 on ports 53,123,161,500 (UDP scan)",
+            ]
+        );
     }
 
     const HEADER: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";

@@ -43,8 +43,14 @@ use std::sync::Arc;
 pub fn run_blocking(settings: RunSettings, reloader: Option<Reloader>) -> anyhow::Result<()> {
     crate::os::process::return_big_frees_to_the_os();
     let settings = crate::privilege::apply(settings)?;
+    // One worker: the stages hand each other batches through channels, and
+    // with two workers most hand-offs woke the other thread (a context
+    // switch per few events); under a SYN flood one worker spends about a
+    // third less CPU per SYN and drops nothing where two dropped a few per
+    // cent (scripts/bench-pcap-flood.sh). Firewall calls, table reads and
+    // the state file run off the worker (block_in_place, spawn_blocking).
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .enable_all()
         .build()
         .context("cannot start the runtime")?;

@@ -35,10 +35,16 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-/// Observations in flight from the source: few, so a slow detector slows
-/// the source (a polling source waits; a real-time one counts what the
-/// kernel drops) instead of queueing without bound.
+/// Observations in flight from a polling source: few, so a slow detector
+/// slows the source (it waits) instead of queueing whole tables.
 const OBSERVATIONS: usize = 8;
+/// Observations in flight from a real-time source: one ring's worth of a
+/// burst, so the source hands a burst on without waiting on the detector
+/// for each attempt; past it the source waits, and the kernel's buffer
+/// fills and counts what it drops. Bounded: an observation is small.
+const STREAM_OBSERVATIONS: usize = 1024;
+/// Observations the detect stage takes from its input at once.
+const DETECT_AT_ONCE: usize = 256;
 /// Batches of events in flight between the later stages.
 const BATCHES: usize = 64;
 
@@ -124,7 +130,11 @@ pub fn start(parts: Parts) -> Running {
     let fleet_metrics = fleet_handle
         .as_ref()
         .map(|handle| tokio::spawn(fleet_link::copy_metrics(handle.counters(), metrics.clone())));
-    let (observations, observed) = mpsc::channel(OBSERVATIONS);
+    let capacity = match source {
+        Source::Table(..) => OBSERVATIONS,
+        Source::Stream(_) => STREAM_OBSERVATIONS,
+    };
+    let (observations, observed) = mpsc::channel(capacity);
     let (detected, to_block) = mpsc::channel(BATCHES);
     let (decided, to_print) = mpsc::channel(BATCHES);
     let (commands, to_run) = mpsc::channel(control::COMMANDS);
@@ -410,10 +420,32 @@ async fn detect(
             },
             None => observation,
         };
-        let events = detector.process(&observation);
+        let mut events = detector.process(&observation);
         if let Some(fleet) = &fleet {
             // Aggregated by the fleet stage, sent once a flush; never waits.
             fleet.observe_attempts(&fleet_link::attempts(&observation, &events));
+        }
+        // A real-time source's observations already waiting join this
+        // batch: one hand-off to the next stage for the lot, not one per
+        // attempt (a flood brings thousands). A snapshot stays alone: its
+        // scans are a batch of their own, and it is stored below.
+        if !matches!(observation, Observation::Snapshot { .. }) {
+            for _ in 1..DETECT_AT_ONCE {
+                let Ok(more) = input.try_recv() else { break };
+                count_lost(&more, &metrics);
+                let more = match &blockset {
+                    Some(set) => match unblocked(more, set, &metrics) {
+                        Some(more) => more,
+                        None => continue,
+                    },
+                    None => more,
+                };
+                let more_events = detector.process(&more);
+                if let Some(fleet) = &fleet {
+                    fleet.observe_attempts(&fleet_link::attempts(&more, &more_events));
+                }
+                events.extend(more_events);
+            }
         }
         metrics.set_tracked_sources(detector.tracked_sources());
         for (table, n) in detector.take_evictions() {

@@ -221,3 +221,39 @@ fn json_format_carries_every_field() {
         assert!(without_time.contains(w), "missing {w} in {without_time:#?}");
     }
 }
+
+/// A slow scan: B connects to five ports of A, one every 45 s (never more
+/// than two within a minute). Two agents watch A at once: with `--scan-rule
+/// 4/5m` one scan line at the fifth port, naming all five; with the main
+/// rule alone, none. Takes about 3 minutes.
+#[test]
+fn a_slow_scan_is_one_line_with_a_slow_rule_and_none_without() {
+    let Some(lab) = lab() else { return };
+    const PORTS: [u16; 5] = [8201, 8202, 8203, 8204, 8205];
+    const GAP: Duration = Duration::from_secs(45);
+    let _server = lab.serve(A, Listen::V4, &PORTS);
+    let slow = Agent::start(&lab, A, &Args::run().set("--scan-rule", "4/5m"));
+    let plain = start(&lab);
+    let (scanner, host): (std::net::IpAddr, std::net::IpAddr) =
+        (lab.v4(B).into(), lab.v4(A).into());
+    let mut held = Vec::new();
+    let mut connections = Vec::new();
+    for (n, port) in PORTS.into_iter().enumerate() {
+        if n > 0 {
+            std::thread::sleep(GAP);
+        }
+        let client = lab.connect(B, host, &[port], None);
+        let line = new_connection(client.locals[0], at(host, port));
+        slow.expect_event(&line, EVENT);
+        plain.expect_event(&line, EVENT);
+        connections.push(line);
+        held.push(client);
+    }
+    let scan = port_scan(scanner, host, &PORTS);
+    slow.expect_event(&scan, EVENT);
+    std::thread::sleep(SETTLE);
+    let mut with_rule = connections.clone();
+    with_rule.push(scan);
+    assert_exact_events(&slow.stop(), &with_rule);
+    assert_exact_events(&plain.stop(), &connections);
+}

@@ -55,6 +55,7 @@ mod metrics;
 mod netlink;
 mod operators;
 mod pcap;
+mod pcap_probes;
 mod prefix_block;
 mod privilege;
 mod prometheus;

@@ -4,10 +4,9 @@
 //! without control characters. A new crash is added by copying the
 //! reproducer there under a name that says what it was.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use tcpwatch::settings::RunSettings;
-use tcpwatch::source::pcap::{parse_attempt, Link};
+use tcpwatch::source::pcap::{parse, Link};
 
 fn fixtures(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -39,6 +38,7 @@ fn assert_one_line(error: &str, input: &Path) {
 fn every_fixture_directory_is_a_target_checked_here() {
     let known = [
         "block_list",
+        "capture_file",
         "config_toml",
         "control",
         "duration",
@@ -109,15 +109,46 @@ fn procfs_tables() {
 
 #[test]
 fn pcap_frames() {
-    let links = [Link::Ethernet, Link::RawIp, Link::LinuxSll, Link::LinuxSll2];
+    let links = [
+        Link::Ethernet,
+        Link::RawIp,
+        Link::LinuxSll,
+        Link::LinuxSll2,
+        Link::Loopback,
+        Link::Nflog { big_endian: false },
+        Link::Nflog { big_endian: true },
+        Link::Ethernet,
+    ];
     for (_, bytes) in fixtures("pcap_packet") {
         let Some((&pick, frame)) = bytes.split_first() else {
             continue;
         };
-        let link = links[usize::from(pick) % links.len()];
-        if let Some(syn) = tcpwatch::source::pcap::parse_syn(link, frame) {
-            let local: HashSet<_> = [syn.dst.ip()].into();
-            assert!(parse_attempt(link, frame, &local).is_some());
+        let _ = parse(links[usize::from(pick) % links.len()], frame);
+    }
+}
+
+#[test]
+fn capture_files() {
+    use tcpwatch::commands::capture::{Frames, Next};
+    for (path, bytes) in fixtures("capture_file") {
+        let mut frames = match Frames::from_bytes(&bytes) {
+            Ok(frames) => frames,
+            Err(e) => {
+                assert_one_line(&e.to_string(), &path);
+                continue;
+            }
+        };
+        loop {
+            match frames.read() {
+                Ok(Next::Frame(frame)) => {
+                    let _ = parse(frame.link, &frame.data);
+                }
+                Ok(_) => break,
+                Err(e) => {
+                    assert_one_line(&e.to_string(), &path);
+                    break;
+                }
+            }
         }
     }
 }
