@@ -166,6 +166,10 @@ TICK=$(getconf CLK_TCK)
 cpu_seconds() {
   awk -v tick="$TICK" '{printf "%.2f", ($14 + $15) / tick}' "/proc/$1/stat"
 }
+# The paced client closes first and keeps each connection's TIME-WAIT:
+# four runs of CONN_RATE x CPU_SECONDS connections within a minute need
+# more than the default ephemeral ports (slowing connect()).
+lab_exec s sysctl -qw net.ipv4.ip_local_port_range="1024 65535" net.ipv4.tcp_tw_reuse=1
 lab_bg a "$STORM" serve 8081
 SERVER=$LAB_PID
 lab_wait_listen a 8081
