@@ -42,11 +42,11 @@ const OBSERVATIONS: usize = 8;
 /// burst, so the source hands a burst on without waiting on the detector
 /// for each attempt; past it the source waits, and the kernel's buffer
 /// fills and counts what it drops. Bounded: an observation is small.
-const STREAM_OBSERVATIONS: usize = 1024;
+pub(super) const STREAM_OBSERVATIONS: usize = 1024;
 /// Observations the detect stage takes from its input at once.
-const DETECT_AT_ONCE: usize = 256;
+pub(super) const DETECT_AT_ONCE: usize = 256;
 /// Batches of events in flight between the later stages.
-const BATCHES: usize = 64;
+pub(super) const BATCHES: usize = 64;
 
 /// A source, opened.
 pub enum Source {

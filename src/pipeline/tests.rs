@@ -326,36 +326,45 @@ async fn a_failing_firewall_keeps_detecting_and_blocks_once_it_works() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_slows_the_source_and_loses_nothing() {
-    // More events than every channel holds together: the source must wait.
-    const N: u16 = 2_000;
+    // More events than every channel holds together (a stream source's
+    // observations, then two channels of batches as large as the detect
+    // stage makes them): the source must wait.
+    const N: usize =
+        stages::STREAM_OBSERVATIONS + 2 * stages::BATCHES * stages::DETECT_AT_ONCE + 1000;
     let (send, observed) = mpsc::channel(1);
-    let mut settings = RunSettings::default();
-    settings.scan.scan_ports = usize::from(N);
-    let (parts, rig) = parts(Source::Stream(Box::new(FakeStream(observed))), settings);
+    let (parts, rig) = parts(
+        Source::Stream(Box::new(FakeStream(observed))),
+        RunSettings::default(),
+    );
     rig.out.hold.store(true, Ordering::Relaxed);
     let running = stages::start(parts);
     let feeder = {
         let clock = rig.clock.clone();
         tokio::spawn(async move {
             for n in 0..N {
-                let mut observation = attempt(&clock, 1000 + n);
+                // One attempt from each of N addresses: N lines, no scan.
+                let mut observation = attempt(&clock, 80);
                 if let Observation::Attempt { conn, .. } = &mut observation {
-                    conn.initiator.set_port(10_000 + n);
+                    let from = std::net::Ipv4Addr::from(0x0a00_0000 + n as u32);
+                    conn.initiator.set_ip(from.into());
                 }
                 send.send(observation).await.unwrap();
             }
         })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
+    let went_on = feeder.is_finished();
+    // Released before asserting: a writer held forever would hang the
+    // runtime's shutdown instead of failing the test.
+    rig.out.hold.store(false, Ordering::Relaxed);
     assert!(
-        !feeder.is_finished(),
+        !went_on,
         "the source went on although nothing could be printed"
     );
-    rig.out.hold.store(false, Ordering::Relaxed);
     feeder.await.unwrap();
-    let lines = rig.out.wait_for(usize::from(N)).await;
+    let lines = rig.out.wait_for(N).await;
     running.stop().await.unwrap();
-    assert_eq!(lines.len(), usize::from(N));
+    assert_eq!(lines.len(), N);
     assert!(rig.metrics.prometheus_text().contains(&format!(
         "tcpwatch_new_connections_total{{direction=\"inbound\"}} {N}"
     )));
