@@ -46,6 +46,23 @@ fn start(settings: FleetSettings) -> Node {
     }
 }
 
+/// Nodes of these `names` on `urls`, each with its settings `tune`d, once
+/// every one is up.
+async fn up_nodes(urls: &[String], names: &[&str], tune: &dyn Fn(&mut FleetSettings)) -> Vec<Node> {
+    let mut nodes: Vec<Node> = names
+        .iter()
+        .map(|n| {
+            let mut s = settings(urls, n);
+            tune(&mut s);
+            start(s)
+        })
+        .collect();
+    for n in nodes.iter_mut() {
+        n.up().await;
+    }
+    nodes
+}
+
 impl Node {
     /// The next event that `pick` accepts (others are skipped); panics
     /// after `within`.
@@ -164,17 +181,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// A block from A reaches B and C with the same absolute expiry, never A;
 /// an unblock follows; returns A-publish to C-event latencies of 20 blocks.
 async fn share_blocks(urls: &[String], tune: &dyn Fn(&mut FleetSettings)) -> Vec<Duration> {
-    let mut nodes: Vec<Node> = ["node-a", "node-b", "node-c"]
-        .iter()
-        .map(|n| {
-            let mut s = settings(urls, n);
-            tune(&mut s);
-            start(s)
-        })
-        .collect();
-    for n in nodes.iter_mut() {
-        n.up().await;
-    }
+    let mut nodes = up_nodes(urls, &["node-a", "node-b", "node-c"], tune).await;
     let (a, rest) = nodes.split_first_mut().unwrap();
     let (b, rest) = rest.split_first_mut().unwrap();
     let c = &mut rest[0];
@@ -233,17 +240,7 @@ async fn share_blocks(urls: &[String], tune: &dyn Fn(&mut FleetSettings)) -> Vec
 /// Two ports on each of three nodes within the window: exactly one fleet
 /// scan in the whole fleet. The same spread over more than the window: none.
 async fn detect_fleet_scan(urls: &[String], tune: &dyn Fn(&mut FleetSettings)) {
-    let mut nodes: Vec<Node> = ["node-a", "node-b", "node-c"]
-        .iter()
-        .map(|n| {
-            let mut s = settings(urls, n);
-            tune(&mut s);
-            start(s)
-        })
-        .collect();
-    for n in nodes.iter_mut() {
-        n.up().await;
-    }
+    let mut nodes = up_nodes(urls, &["node-a", "node-b", "node-c"], tune).await;
     let hosts = ["10.9.0.1", "10.9.0.2", "10.9.0.3"];
     // All three at once: the scripts are atomic, one call crosses the line.
     for (n, host) in nodes.iter().zip(hosts) {
@@ -281,18 +278,11 @@ async fn detect_fleet_scan(urls: &[String], tune: &dyn Fn(&mut FleetSettings)) {
     // Spread over more than a window (1.5 s here, sweeps 3 s apart so a
     // loaded machine's late flush cannot bring two together): never more
     // than 2 pairs in the window, no scan.
-    let mut slow: Vec<Node> = ["slow-a", "slow-b", "slow-c"]
-        .iter()
-        .map(|n| {
-            let mut s = settings(urls, n);
-            tune(&mut s);
-            s.scan_window = Duration::from_millis(1500);
-            start(s)
-        })
-        .collect();
-    for n in slow.iter_mut() {
-        n.up().await;
-    }
+    let slow_window = |s: &mut FleetSettings| {
+        tune(s);
+        s.scan_window = Duration::from_millis(1500);
+    };
+    let mut slow = up_nodes(urls, &["slow-a", "slow-b", "slow-c"], &slow_window).await;
     for i in 0..3 {
         slow[i]
             .handle
