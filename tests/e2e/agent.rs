@@ -366,6 +366,38 @@ impl Agent {
         assert_exact_events(&self.stop(), expected)
     }
 
+    /// The line (whole, with its timestamp) whose event text `scan`
+    /// matches, waited for up to `timeout` while `scanner` (nmap, masscan)
+    /// runs, and how long after `started` it came. The scanner must then
+    /// finish, successfully, and the line must have come.
+    pub fn scan_during(
+        &self,
+        scanner: Proc,
+        scan: &Regex,
+        timeout: Duration,
+        started: Instant,
+    ) -> (String, Duration) {
+        let is_scan = |l: &str| event_text(l).is_some_and(|t| scan.is_match(t));
+        let found = self.wait_for(is_scan, timeout);
+        let took = started.elapsed();
+        let ran = scanner.finish(Duration::from_secs(120));
+        assert!(
+            ran.status.success(),
+            "scanner: {}{}",
+            ran.stderr,
+            ran.stdout.join("\n")
+        );
+        let found = found.unwrap_or_else(|| {
+            panic!(
+                "no scan line within {timeout:?}\nstdout: {:#?}\nstderr: {}\nscanner: {}",
+                self.stdout_lines(),
+                self.stderr(),
+                ran.stdout.join("\n")
+            )
+        });
+        (found, took)
+    }
+
     pub fn stdout_lines(&self) -> Vec<String> {
         self.proc.stdout_lines()
     }

@@ -204,25 +204,7 @@ fn expect_one_scan(
     let started = Instant::now();
     let (target, from) = (lab.addr(A, v6), lab.addr(B, v6));
     let line = scan_line(from, target, kind);
-    let is_scan = |l: &str| event_text(l).is_some_and(|t| line.is_match(t));
-    let found = agent.wait_for(is_scan, SCAN_LINE);
-    let took = started.elapsed();
-    let ran = scanner.finish(Duration::from_secs(120));
-    assert!(
-        ran.status.success(),
-        "scanner: {}{}",
-        ran.stderr,
-        ran.stdout.join("\n")
-    );
-    let found = found.unwrap_or_else(|| {
-        panic!(
-            "no scan line within {SCAN_LINE:?}\nstdout: {:#?}\nstderr: {}\nscanner: {}{}",
-            agent.stdout_lines(),
-            agent.stderr(),
-            ran.stderr,
-            ran.stdout.join("\n")
-        )
-    });
+    let (found, took) = agent.scan_during(scanner, &line, SCAN_LINE, started);
     std::thread::sleep(row.quiet);
     let finished = agent.stop();
     assert_eq!(finished.status.code(), Some(0), "{}", finished.stderr);

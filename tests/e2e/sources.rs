@@ -258,23 +258,7 @@ fn nmap_scan(row: &Row, scan: &str, v6: bool) {
     let started = Instant::now();
     let nmap = lab.spawn(B, "nmap", &args);
     let scan_re = scan_line(scanner, target, None);
-    let is_scan = |l: &str| event_text(l).is_some_and(|t| scan_re.is_match(t));
-    let line = agent.wait_for(is_scan, row.event);
-    let took = started.elapsed();
-    let nmap = nmap.finish(Duration::from_secs(60));
-    assert!(
-        nmap.status.success(),
-        "nmap failed: {}{}",
-        nmap.stderr,
-        nmap.stdout.join("\n")
-    );
-    let line = line.unwrap_or_else(|| {
-        panic!(
-            "no scan line\nstdout: {:#?}\nstderr: {}",
-            agent.stdout_lines(),
-            agent.stderr()
-        )
-    });
+    let (line, took) = agent.scan_during(nmap, &scan_re, row.event, started);
     assert!(
         took < Duration::from_secs(1),
         "scan line after {took:?}: {line}"
