@@ -398,6 +398,18 @@ impl Agent {
         (found, took)
     }
 
+    /// After `quiet`, stops the agent, which must exit 0 having printed
+    /// exactly one scan line; returns the event texts it printed.
+    pub fn stop_after_one_scan(self, quiet: Duration) -> Vec<String> {
+        std::thread::sleep(quiet);
+        let finished = self.stop();
+        assert_eq!(finished.status.code(), Some(0), "{}", finished.stderr);
+        let events = event_texts(&finished.stdout);
+        let scans = events.iter().filter(|e| e.starts_with("Port scan")).count();
+        assert_eq!(scans, 1, "{events:#?}");
+        events
+    }
+
     pub fn stdout_lines(&self) -> Vec<String> {
         self.proc.stdout_lines()
     }

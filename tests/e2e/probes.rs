@@ -205,12 +205,7 @@ fn expect_one_scan(
     let (target, from) = (lab.addr(A, v6), lab.addr(B, v6));
     let line = scan_line(from, target, kind);
     let (found, took) = agent.scan_during(scanner, &line, SCAN_LINE, started);
-    std::thread::sleep(row.quiet);
-    let finished = agent.stop();
-    assert_eq!(finished.status.code(), Some(0), "{}", finished.stderr);
-    let events = event_texts(&finished.stdout);
-    let scans = events.iter().filter(|e| e.starts_with("Port scan")).count();
-    assert_eq!(scans, 1, "{events:#?}");
+    let events = agent.stop_after_one_scan(row.quiet);
     let text = event_text(&found).unwrap();
     let ports = ports_of(&line, text);
     assert!(ports.windows(2).all(|w| w[0] < w[1]), "{text}");
