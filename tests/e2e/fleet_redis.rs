@@ -63,6 +63,11 @@ async fn up_nodes(urls: &[String], names: &[&str], tune: &dyn Fn(&mut FleetSetti
     nodes
 }
 
+/// A node of `name` on `urls` with the tests' settings, once it is up.
+async fn up_node(urls: &[String], name: &str) -> Node {
+    up_nodes(urls, &[name], &|_| {}).await.remove(0)
+}
+
 impl Node {
     /// The next event that `pick` accepts (others are skipped); panics
     /// after `within`.
@@ -464,8 +469,7 @@ async fn a_stalled_redis_never_makes_the_handle_wait() {
         return;
     }
     let r = Redis::start();
-    let mut a = start(settings(&[r.url()], "node-a"));
-    a.up().await;
+    let mut a = up_node(&[r.url()], "node-a").await;
     let signal = |sig: &str| {
         let ok = std::process::Command::new("kill")
             .args([sig, &r.pid().to_string()])
@@ -633,8 +637,7 @@ async fn redis_restarted_empty_gets_the_bans_again() {
     // or, when the kill cut the reply to its first publish, as a decision
     // still pending. Only A holds it, so the key is A's either way.)
     // A node that joins now gets it.
-    let mut d = start(settings(&[r.url()], "node-d"));
-    d.up().await;
+    let mut d = up_node(&[r.url()], "node-d").await;
     let (got, origin) = remote_block(&mut d, x).await;
     assert_eq!((got, origin.as_str()), (expires, "node-a"));
     // B did not lift it meanwhile.
@@ -653,8 +656,7 @@ async fn flushall_while_connected_is_noticed_within_the_epoch_check() {
         return;
     }
     let r = Redis::start();
-    let mut a = start(settings(&[r.url()], "node-a"));
-    a.up().await;
+    let mut a = up_node(&[r.url()], "node-a").await;
     let x = net("192.0.2.6");
     let expires = in_an_hour();
     a.handle.publish_block(x, expires, "").unwrap();
@@ -894,8 +896,7 @@ async fn malformed_entries_are_ignored_and_counted() {
         return;
     }
     let r = Redis::start();
-    let mut b = start(settings(&[r.url()], "node-b"));
-    b.up().await;
+    let mut b = up_node(&[r.url()], "node-b").await;
     let soon = unix_ms(SystemTime::now()).unwrap() + 3_600_000;
     let far = unix_ms(SystemTime::now()).unwrap() + 400 * 24 * 3_600_000;
     let log = "tcpwatch:{bans}:log";
@@ -951,8 +952,7 @@ async fn malformed_entries_are_ignored_and_counted() {
         "tcpwatch:{bans}:ban:192.0.2.40",
         &format!("block 192.0.2.40 {soon} node-x 0123456789abcdef"),
     ]);
-    let mut d = start(settings(&[r.url()], "node-d"));
-    d.up().await;
+    let mut d = up_node(&[r.url()], "node-d").await;
     remote_block(&mut d, net("192.0.2.40")).await;
     let events = d.drain(Duration::from_millis(500)).await;
     assert!(
