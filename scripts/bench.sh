@@ -158,6 +158,9 @@ run scripts/bench-tracepoint.sh 200
 section "probes answered after the threshold probe, xdp (in-kernel decision) vs nftables (scripts/bench-answered.sh)"
 run scripts/bench-answered.sh
 
+section "scan to block of a FIN scan beside a SYN scan, xdp and nftables (scripts/bench-fin.sh)"
+run scripts/bench-fin.sh
+
 section "summary ($out_dir/summary.md)"
 lab_stop "$load_sampler"
 scripts/bench-summary "$BENCH_FIGURES" "$load_log" "$started" "$load_at_start" |

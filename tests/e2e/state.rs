@@ -35,10 +35,11 @@ fn lab(hosts: usize) -> Option<Lab> {
     Lab::needing(&["nft"], hosts)
 }
 
-/// The `timeout` nft shows for `ip` in `set_text`, in whole seconds.
+/// The `timeout` nft shows for `ip` in `set_text` (after the element's
+/// counter), in whole seconds.
 fn timeout_of(set_text: &str, ip: IpAddr) -> Option<u64> {
     let re = Regex::new(&format!(
-        r"(?:^|[\s{{,]){} timeout (?:(\d+)m)?(?:(\d+)s)?",
+        r"(?:^|[\s{{,]){} (?:counter packets \d+ bytes \d+ )?timeout (?:(\d+)m)?(?:(\d+)s)?",
         regex::escape(&ip.to_string())
     ))
     .unwrap();
