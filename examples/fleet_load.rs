@@ -132,11 +132,20 @@ struct RedisStats {
 }
 
 async fn redis_stats(conn: &mut redis::aio::MultiplexedConnection) -> RedisStats {
-    let info: String = redis::cmd("INFO")
-        .arg("everything")
-        .query_async(conn)
-        .await
-        .expect("INFO");
+    // A loaded Redis on a busy host may miss the client's response
+    // timeout: try again a few times.
+    let mut tries = 0;
+    let info: String = loop {
+        match redis::cmd("INFO").arg("everything").query_async(conn).await {
+            Ok(info) => break info,
+            Err(e) if tries < 5 => {
+                tries += 1;
+                eprintln!("fleet_load: INFO: {e}; trying again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("INFO: {e}"),
+        }
+    };
     let field = |name: &str| {
         info.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))

@@ -158,6 +158,9 @@ run scripts/bench-tracepoint.sh 200
 section "probes answered after the threshold probe, xdp (in-kernel decision) vs nftables (scripts/bench-answered.sh)"
 run scripts/bench-answered.sh
 
+section "fleet mode: propagation between three agents, one Redis under 1,000 nodes, the agent's CPU with the fleet on and off (scripts/bench-fleet.sh)"
+run scripts/bench-fleet.sh
+
 section "scan to block of a FIN scan beside a SYN scan, xdp and nftables (scripts/bench-fin.sh)"
 run scripts/bench-fin.sh
 

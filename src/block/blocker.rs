@@ -805,6 +805,38 @@ impl Blocker {
         self.firewall.as_mut().is_some_and(|f| f.holds(target))
     }
 
+    /// The blocks in force here that this node decided, each with its
+    /// absolute expiry and its reason: what the fleet carries as this
+    /// node's. At start-up, these are the blocks restored from the state
+    /// file and those found in the firewall, so that a Redis that lost its
+    /// data while this agent was down gets them again. Blocks another node
+    /// decided (by their record) are that node's to publish; blocks without
+    /// a timeout never go to the fleet (a fleet ban always ends); nothing
+    /// when blocks do not reach the kernel.
+    pub fn own_blocks(&mut self) -> Vec<(IpNet, SystemTime, String)> {
+        if !self.applies() {
+            return Vec::new();
+        }
+        let Some(firewall) = self.firewall.as_mut() else {
+            return Vec::new();
+        };
+        let held = firewall.held();
+        let now = SystemTime::now();
+        held.into_iter()
+            .filter(|held| !self.fleet.contains_key(&held.target))
+            .filter_map(|held| {
+                let left = held.left.filter(|left| !left.is_zero())?;
+                let record = self.records.get(&held.target);
+                if record.is_some_and(|r| r.origin != *self.node) {
+                    return None;
+                }
+                let reason =
+                    record.map_or_else(|| record::ADOPTED.to_string(), |r| r.reason.clone());
+                Some((held.target, now + left, reason))
+            })
+            .collect()
+    }
+
     /// Whether blocks reach the kernel (blocking on, not a dry run): only
     /// then are this host's decisions worth telling the fleet.
     pub fn applies(&self) -> bool {

@@ -1027,3 +1027,54 @@ fn a_fleet_scan_is_blocked_like_a_port_scan_right_after_it() {
     );
     assert!(b.holds(ip("192.0.2.99")));
 }
+
+#[test]
+fn own_blocks_are_the_restored_ones_this_node_decided_with_their_expiry() {
+    let now = SystemTime::now();
+    let ip = |s: &str| IpNet::from(s.parse::<IpAddr>().unwrap());
+    let record = |origin: &str, reason: &str| Record {
+        repeat: 1,
+        scan_ttl: Duration::from_secs(30),
+        ttl: Duration::from_secs(30),
+        applied: now,
+        lapses: now + Duration::from_secs(3600),
+        reason: reason.to_string(),
+        origin: origin.to_string(),
+    };
+    let fake = Fake::default();
+    let mut b = blocker(Mode::Apply(Box::new(fake)), &[])
+        .with_node("node-a")
+        .with_records(vec![
+            (ip("198.51.100.1"), record("node-a", "port scan 3/60s")),
+            (ip("198.51.100.2"), record("node-b", "decided by the fleet")),
+        ]);
+    let ends = now + Duration::from_secs(20);
+    b.restore(vec![
+        (ip("198.51.100.1"), ends),
+        (ip("198.51.100.2"), ends),
+        (ip("198.51.100.3"), ends),
+    ])
+    .unwrap();
+    let own = b.own_blocks();
+    let targets: Vec<(IpNet, &str)> = own.iter().map(|(t, _, r)| (*t, r.as_str())).collect();
+    assert_eq!(
+        targets,
+        [
+            (ip("198.51.100.1"), "port scan 3/60s"),
+            // No record: a block of this node's (as `blocks list` shows it).
+            (ip("198.51.100.3"), super::record::ADOPTED),
+        ],
+        "another node's block is that node's to publish"
+    );
+    for (_, expires, _) in &own {
+        let left = expires.duration_since(now).unwrap();
+        assert!(
+            left <= Duration::from_secs(21) && left >= Duration::from_secs(15),
+            "{left:?}"
+        );
+    }
+    // Blocking dry or off: nothing is the fleet's.
+    let mut dry = blocker(Mode::DryRun("nftables"), &[]);
+    dry.restore(vec![(ip("198.51.100.1"), ends)]).unwrap();
+    assert!(dry.own_blocks().is_empty());
+}

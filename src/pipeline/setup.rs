@@ -118,6 +118,9 @@ pub async fn open(settings: &RunSettings) -> anyhow::Result<Opened> {
     // Last: the blocks the fleet holds are applied as soon as the block
     // stage runs.
     let fleet = open_fleet(settings)?;
+    if let Some(link) = &fleet {
+        republish_own(&mut blocker, &link.handle);
+    }
     let server = listener.map(|listener| {
         Box::pin(serve_metrics(listener, metrics.clone())) as BoxFuture<'static, _>
     });
@@ -167,6 +170,20 @@ fn open_fleet(settings: &RunSettings) -> anyhow::Result<Option<Link>> {
         events,
         task,
     }))
+}
+
+/// Gives the fleet the blocks this node holds as its own at start-up (those
+/// restored from the state file, those found in the firewall): the fleet
+/// stage carries them as this node's from then on, so a Redis that lost its
+/// data (restarted empty while this agent was down, or later) gets them
+/// again. A ban Redis still holds until the same time is left as it is,
+/// and nobody is told twice.
+fn republish_own(blocker: &mut Blocker, fleet: &crate::fleet::FleetHandle) {
+    for (target, expires, reason) in blocker.own_blocks() {
+        // What the fleet refuses (a local target, a queue full) is counted
+        // there, as for any decision of this node.
+        let _ = fleet.publish_block(target, expires, &reason);
+    }
 }
 
 /// A source, opened. An `xdp` source is kept apart until the `xdp` backend

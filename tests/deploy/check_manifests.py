@@ -6,7 +6,11 @@
   Kubernetes schemas (kubernetes-validate, offline);
 - when `helm` is on PATH: `helm lint`, `helm template` with the defaults and
   with every optional part switched on; the output validates, and the default
-  rendering is exactly the committed plain manifest.
+  rendering is exactly the committed plain manifest;
+- fleet mode off (no fleet flag, no fleet volume) and on (one --fleet per
+  URL, the node's name, the Redis password only as a file mounted from its
+  Secret, the CA from a Secret or a ConfigMap), and a URL with a password
+  refused.
 
 Prints one JSON object: {"helm": bool, "configs": [TOML text, ...]} with the
 agent configuration of every rendered ConfigMap, for the Rust side to parse
@@ -106,6 +110,59 @@ def check_tracepoint(docs, where):
         fail(f"{where}: no hostPID")
 
 
+FLEET_URLS = ["rediss://tcpwatch@redis-0.fleetfin.example:6380", "rediss://tcpwatch@redis-1.fleetfin.example:6380"]
+PASSWORD_FILE = "/etc/tcpwatch-fleet/password/password"
+CA_FILE = "/etc/tcpwatch-fleet/ca/ca.crt"
+
+
+def agent_of(docs):
+    ds = next(d for d in docs if d and d.get("kind") == "DaemonSet")
+    spec = ds["spec"]["template"]["spec"]
+    return spec, next(c for c in spec["containers"] if c["name"] == "tcpwatch")
+
+
+def check_fleet_off(docs, where):
+    """Without fleet.urls: no fleet flag, no fleet volume."""
+    spec, agent = agent_of(docs)
+    if any(a.startswith("--fleet") or a.startswith("--node-name") for a in agent["args"]):
+        fail(f"{where}: fleet flags without fleet.urls: {agent['args']}")
+    if any(v["name"].startswith("fleet-") for v in spec.get("volumes", [])):
+        fail(f"{where}: fleet volumes without fleet.urls")
+
+
+def check_fleet(docs, where, ca_kind):
+    """Fleet mode: one --fleet per URL, the node's name from the API, the
+    password only as a file from the Secret (readable by the agent's group,
+    never in args or env), the CA from a Secret or a ConfigMap."""
+    spec, agent = agent_of(docs)
+    args = agent["args"]
+    if [a for a in args if a.startswith("--fleet=")] != [f"--fleet={u}" for u in FLEET_URLS]:
+        fail(f"{where}: the Redis URLs are not passed: {args}")
+    for want in ("--node-name=$(NODE_NAME)", f"--fleet-password-file={PASSWORD_FILE}", f"--fleet-tls-ca={CA_FILE}", "--fleet-scan-pairs=5"):
+        if want not in args:
+            fail(f"{where}: {want} missing from {args}")
+    env = {e["name"]: e for e in agent.get("env", [])}
+    if env.get("NODE_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") != "spec.nodeName":
+        fail(f"{where}: NODE_NAME is not the node's name")
+    if any("secretKeyRef" in e.get("valueFrom", {}) for e in env.values()) or "TCPWATCH_FLEET_PASSWORD" in env:
+        fail(f"{where}: the Redis password is in the environment")
+    mounts = {m["name"]: m for m in agent.get("volumeMounts", [])}
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    for name, path in (("fleet-password", PASSWORD_FILE), ("fleet-ca", CA_FILE)):
+        m = mounts.get(name)
+        if not m or not m.get("readOnly") or not path.startswith(m["mountPath"] + "/"):
+            fail(f"{where}: {name} not mounted read-only for {path}")
+    secret = volumes["fleet-password"].get("secret", {})
+    if secret.get("secretName") != "tcpwatch-redis-fleetfin" or secret.get("items") != [{"key": "redis-password", "path": "password"}]:
+        fail(f"{where}: the password volume is not the Secret's key: {secret}")
+    if secret.get("defaultMode") != 0o440 or spec.get("securityContext", {}).get("fsGroup") != agent["securityContext"]["runAsUser"]:
+        fail(f"{where}: the password file is not the agent's group's only (mode 0440, fsGroup)")
+    ca = volumes["fleet-ca"].get(ca_kind, {})
+    name = ca.get("secretName") if ca_kind == "secret" else ca.get("name")
+    if name != "redis-ca-fleetfin" or ca.get("items") != [{"key": "ca.crt", "path": "ca.crt"}]:
+        fail(f"{where}: the CA volume is not the {ca_kind}: {volumes['fleet-ca']}")
+
+
 def configs(docs):
     return [d["data"]["tcpwatch.toml"] for d in docs if d and d.get("kind") == "ConfigMap"]
 
@@ -169,6 +226,29 @@ def main():
             check_least_privilege(docs, where)
             check_tracepoint(docs, where)
             found += configs(docs)
+
+        check_fleet_off(list(yaml.safe_load_all(default)), "helm template (defaults)")
+        for ca_kind, ca_value in (("secret", "fleet.tlsCA.secretName"), ("configMap", "fleet.tlsCA.configMapName")):
+            where = f"helm template (fleet, CA from a {ca_kind})"
+            rendered = helm(
+                "template", "tcpwatch", str(CHART),
+                "--set", "fleet.urls={" + ",".join(FLEET_URLS) + "}",
+                "--set", "fleet.passwordSecret.name=tcpwatch-redis-fleetfin",
+                "--set", "fleet.passwordSecret.key=redis-password",
+                "--set", f"{ca_value}=redis-ca-fleetfin",
+                "--set", "fleet.scanPairs=5",
+            )
+            docs = list(yaml.safe_load_all(rendered))
+            validate(docs, where)
+            check_least_privilege(docs, where)
+            check_fleet(docs, where, ca_kind)
+            found += configs(docs)
+        refused = subprocess.run(
+            ["helm", "template", "tcpwatch", str(CHART), "--set", "fleet.urls={redis://tcpwatch:hunter2@redis.fleetfin.example:6379}"],
+            capture_output=True, text=True,
+        )
+        if refused.returncode == 0 or "password" not in refused.stderr:
+            fail("a fleet URL holding a password is not refused")
 
     print(json.dumps({"helm": have_helm, "configs": found}))
 

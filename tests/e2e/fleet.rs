@@ -459,6 +459,57 @@ fn redis_down_then_back_then_back_empty() {
     stop_all(agents);
 }
 
+/// Node A stopped, Redis losing its data meanwhile, A started again with
+/// its state file: A gives the fleet the block it restored, with its
+/// expiry, and node C (following the fleet since) applies it as A's and
+/// drops the scanner.
+#[test]
+fn a_restarted_node_publishes_its_restored_blocks_again() {
+    let Some(lab) = lab() else { return };
+    let store = Store::One(Redis::start_in_lab(&lab, REDIS));
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("fleetfin-node-a.state");
+    let urls = store.urls();
+    let a_args = fleet_args(&urls, NAMES[0]).state(&state);
+    // The agents' probe SYN comes from node B's host (no agent there): the
+    // restarted A drops and does not report the scanner's.
+    let start = |index: usize, args: &Args| {
+        let mut agent = Agent::start_pcap(&lab, index, NODES[1], args);
+        for endpoint in store.endpoints() {
+            agent = agent.ignoring(format!(" -> {endpoint}"));
+        }
+        agent.expect_stderr("fleet: following ", EVENT);
+        agent
+    };
+    let s = scanner(&lab);
+    let a = start(NODES[0], &a_args);
+    syn_scan(&lab, NODES[0]);
+    a.expect_event(&blocked(s, "10m", "nftables"), EVENT);
+    stop_all(vec![a]);
+    store.flush();
+
+    let c = start(NODES[2], &fleet_args(&urls, NAMES[2]));
+    let a = start(NODES[0], &a_args);
+    assert!(a.stderr().contains("restored 1 blocks"), "{}", a.stderr());
+    let shared = regex::Regex::new(&format!(
+        r"^Blocked {s} for \d+(s|m) via nftables \(fleet: node-a\)$"
+    ))
+    .unwrap();
+    let line = c
+        .wait_for(|l| event_text(l).is_some_and(|t| shared.is_match(t)), EVENT)
+        .unwrap_or_else(|| panic!("C: no fleet block; stderr {}", c.stderr()));
+    // What is left of A's 10 minutes.
+    let ttl = fleet_ttl(event_text(&line).unwrap(), s);
+    assert!((500..=600).contains(&ttl), "{line}");
+    assert!(kernel_holds(&lab, NODES[2], s));
+    assert_dropped(&lab, NODES[2]);
+    assert!(
+        events_starting(&a, "Blocked ").is_empty(),
+        "A reports it again"
+    );
+    stop_all(vec![a, c]);
+}
+
 // ---------------------------------------------------------------------------
 // An ACL user over TLS; a wrong password
 

@@ -31,3 +31,18 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 true
 {{- end -}}
 {{- end -}}
+
+{{/* "true" when fleet mode is on (fleet.urls not empty), else empty. A URL
+     carrying a password is refused: it would be in the pod spec and in the
+     agent's command line, readable by anyone who can list pods or
+     processes on the node. */}}
+{{- define "tcpwatch.fleet" -}}
+{{- range .Values.fleet.urls -}}
+{{- if regexMatch "^rediss?://[^/@]*:[^/@]*@" . -}}
+{{- fail "fleet.urls: a URL holds a password; put it in a Secret and name it in fleet.passwordSecret" -}}
+{{- end -}}
+{{- end -}}
+{{- if .Values.fleet.urls -}}
+true
+{{- end -}}
+{{- end -}}
