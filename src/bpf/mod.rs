@@ -61,6 +61,69 @@ pub fn per_cpu_sum(map: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
     }
 }
 
+/// For the tests that hold the generated Rust records to the layout the C
+/// compiler gave the programs, read from the objects' BTF with bpftool.
+#[cfg(test)]
+pub(crate) mod btf {
+    /// `bpftool btf dump file OBJECT format raw` of a compiled program;
+    /// `None` when there is nothing to compare with: clang was missing (an
+    /// empty object), or bpftool is (a skip note; a failure under
+    /// `CI=true`).
+    pub fn dump(object: &[u8]) -> Option<String> {
+        if object.is_empty() {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("program.bpf.o");
+        std::fs::write(&path, object).unwrap();
+        let dump = std::process::Command::new("bpftool")
+            .args(["btf", "dump", "file"])
+            .arg(&path)
+            .args(["format", "raw"])
+            .output();
+        let Some(dump) = dump.ok().filter(|o| o.status.success()) else {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("bpftool is needed to check the record layout (CI=true)");
+            }
+            println!("SKIPPED: bpftool missing, record layout not cross-checked");
+            return None;
+        };
+        Some(String::from_utf8_lossy(&dump.stdout).into_owned())
+    }
+
+    /// The members of `struct STRUCTURE` as a raw BTF dump prints them:
+    /// (name, byte offset).
+    pub fn members(raw_dump: &str, structure: &str) -> Option<Vec<(String, usize)>> {
+        let mut lines = raw_dump.lines();
+        lines.find(|l| l.contains(&format!("STRUCT '{structure}'")))?;
+        let mut members = Vec::new();
+        for line in lines {
+            let Some(rest) = line.trim().strip_prefix('\'') else {
+                break;
+            };
+            let (name, rest) = rest.split_once('\'')?;
+            let bits: usize = rest
+                .split("bits_offset=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            members.push((name.to_string(), bits / 8));
+        }
+        Some(members)
+    }
+
+    /// Asserts that `struct STRUCTURE` in `raw_dump` has exactly `fields`
+    /// (a generated record's `FIELDS`: name, byte offset), in order.
+    pub fn assert_layout(raw_dump: &str, structure: &str, fields: &[(&str, usize)]) {
+        let members = members(raw_dump, structure)
+            .unwrap_or_else(|| panic!("struct {structure} in the program's BTF"));
+        let ours: Vec<(String, usize)> = fields.iter().map(|(n, o)| (n.to_string(), *o)).collect();
+        assert_eq!(members, ours, "{structure}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -288,58 +288,13 @@ mod tests {
         }
     }
 
-    /// The members of `struct event` as `bpftool btf dump file ... format
-    /// raw` prints them for the compiled program: (name, byte offset).
-    fn btf_members(raw_dump: &str, structure: &str) -> Option<Vec<(String, usize)>> {
-        let mut lines = raw_dump.lines();
-        lines.find(|l| l.contains(&format!("STRUCT '{structure}'")))?;
-        let mut members = Vec::new();
-        for line in lines {
-            let Some(rest) = line.trim().strip_prefix('\'') else {
-                break;
-            };
-            let (name, rest) = rest.split_once('\'')?;
-            let bits: usize = rest
-                .split("bits_offset=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()?;
-            members.push((name.to_string(), bits / 8));
-        }
-        Some(members)
-    }
-
     #[test]
     fn the_rust_layout_is_the_compiled_programs() {
         // The C compiler's layout, read from the BTF of the object build.rs
         // compiled, against the generated struct's.
-        let object = super::super::xdp::object();
-        if object.is_empty() {
-            return; // clang was missing: nothing to compare with
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tcpwatch.bpf.o");
-        std::fs::write(&path, object).unwrap();
-        let dump = std::process::Command::new("bpftool")
-            .args(["btf", "dump", "file"])
-            .arg(&path)
-            .args(["format", "raw"])
-            .output();
-        let Some(dump) = dump.ok().filter(|o| o.status.success()) else {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("bpftool is needed to check the record layout (CI=true)");
-            }
-            println!("SKIPPED: bpftool missing, record layout not cross-checked");
-            return;
+        let Some(dump) = crate::bpf::btf::dump(super::super::xdp::object()) else {
+            return; // clang or bpftool missing: nothing to compare with
         };
-        let members = btf_members(&String::from_utf8_lossy(&dump.stdout), "event")
-            .expect("struct event in the program's BTF");
-        let ours: Vec<(String, usize)> = RawRecord::FIELDS
-            .iter()
-            .map(|(n, o)| (n.to_string(), *o))
-            .collect();
-        assert_eq!(members, ours);
+        crate::bpf::btf::assert_layout(&dump, "event", RawRecord::FIELDS);
     }
 }

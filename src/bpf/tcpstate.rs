@@ -259,65 +259,19 @@ pub(crate) mod tests {
         }
     }
 
-    /// The members of `struct tcpstate_record` as `bpftool btf dump ...
-    /// format raw` prints them for the compiled program: (name, byte offset).
-    pub(crate) fn btf_members(raw_dump: &str, name: &str) -> Option<Vec<(String, usize)>> {
-        let mut lines = raw_dump.lines();
-        let head = format!("STRUCT '{name}'");
-        lines.find(|l| l.contains(&head))?;
-        let mut members = Vec::new();
-        for line in lines {
-            let line = line.trim();
-            let Some(rest) = line.strip_prefix('\'') else {
-                break;
-            };
-            let (name, rest) = rest.split_once('\'')?;
-            let bits: usize = rest
-                .split("bits_offset=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()?;
-            members.push((name.to_string(), bits / 8));
-        }
-        Some(members)
-    }
-
     #[test]
     fn the_rust_layout_is_the_compiled_programs() {
         // The C compiler's layout, read from the BTF of the object build.rs
         // compiled, against the generated struct's.
-        let object = super::super::tracepoint::object().to_vec();
-        if object.is_empty() {
-            return; // clang was missing: nothing to compare with
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tcpstate.bpf.o");
-        std::fs::write(&path, object).unwrap();
-        let dump = std::process::Command::new("bpftool")
-            .args(["btf", "dump", "file"])
-            .arg(&path)
-            .args(["format", "raw"])
-            .output();
-        let Some(dump) = dump.ok().filter(|o| o.status.success()) else {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("bpftool is needed to check the record layout (CI=true)");
-            }
-            println!("SKIPPED: bpftool missing, record layout not cross-checked");
-            return;
+        let Some(dump) = crate::bpf::btf::dump(super::super::tracepoint::object()) else {
+            return; // clang or bpftool missing: nothing to compare with
         };
-        let dump = String::from_utf8_lossy(&dump.stdout);
         for (name, fields) in [
             ("tcpstate_record", RawRecord::FIELDS),
             ("tcpstate_listener", ListenerKey::FIELDS),
             ("tcpstate_owner", OwnerValue::FIELDS),
         ] {
-            let members = btf_members(&dump, name)
-                .unwrap_or_else(|| panic!("struct {name} in the program's BTF"));
-            let ours: Vec<(String, usize)> =
-                fields.iter().map(|(n, o)| (n.to_string(), *o)).collect();
-            assert_eq!(members, ours, "{name}");
+            crate::bpf::btf::assert_layout(&dump, name, fields);
         }
     }
 

@@ -7,6 +7,7 @@ use crate::lab::{Lab, A, B};
 use crate::prereq::{require_tracepoint_program, require_xdp_program};
 use crate::proc::{Finished, Proc};
 use regex::Regex;
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -365,6 +366,50 @@ impl Agent {
         assert_exact_events(&self.stop(), expected)
     }
 
+    /// The line (whole, with its timestamp) whose event text `scan`
+    /// matches, waited for up to `timeout` while `scanner` (nmap, masscan)
+    /// runs, and how long after `started` it came. The scanner must then
+    /// finish, successfully, and the line must have come.
+    pub fn scan_during(
+        &self,
+        scanner: Proc,
+        scan: &Regex,
+        timeout: Duration,
+        started: Instant,
+    ) -> (String, Duration) {
+        let is_scan = |l: &str| event_text(l).is_some_and(|t| scan.is_match(t));
+        let found = self.wait_for(is_scan, timeout);
+        let took = started.elapsed();
+        let ran = scanner.finish(Duration::from_secs(120));
+        assert!(
+            ran.status.success(),
+            "scanner: {}{}",
+            ran.stderr,
+            ran.stdout.join("\n")
+        );
+        let found = found.unwrap_or_else(|| {
+            panic!(
+                "no scan line within {timeout:?}\nstdout: {:#?}\nstderr: {}\nscanner: {}",
+                self.stdout_lines(),
+                self.stderr(),
+                ran.stdout.join("\n")
+            )
+        });
+        (found, took)
+    }
+
+    /// After `quiet`, stops the agent, which must exit 0 having printed
+    /// exactly one scan line; returns the event texts it printed.
+    pub fn stop_after_one_scan(self, quiet: Duration) -> Vec<String> {
+        std::thread::sleep(quiet);
+        let finished = self.stop();
+        assert_eq!(finished.status.code(), Some(0), "{}", finished.stderr);
+        let events = event_texts(&finished.stdout);
+        let scans = events.iter().filter(|e| e.starts_with("Port scan")).count();
+        assert_eq!(scans, 1, "{events:#?}");
+        events
+    }
+
     pub fn stdout_lines(&self) -> Vec<String> {
         self.proc.stdout_lines()
     }
@@ -497,6 +542,44 @@ pub fn port_scan(remote: IpAddr, local: IpAddr, ports: &[u16]) -> String {
         "Port scan detected: {remote} -> {local} on ports {}",
         ports.join(",")
     )
+}
+
+/// A regex of a scan line of `scanner` against `target`: four ports
+/// (captured), and `kind` at the end (`None` for a SYN scan, whose line has
+/// no suffix).
+pub fn scan_line(scanner: IpAddr, target: IpAddr, kind: Option<&str>) -> Regex {
+    let suffix = kind.map_or(String::new(), |k| format!(r" \({}\)", regex::escape(k)));
+    Regex::new(&format!(
+        r"^Port scan detected: {} -> {} on ports (\d+(?:,\d+){{3}}){suffix}$",
+        regex::escape(&scanner.to_string()),
+        regex::escape(&target.to_string())
+    ))
+    .unwrap()
+}
+
+/// The ports of the scan line `text`, matched by `line` (a [`scan_line`]).
+pub fn ports_of(line: &Regex, text: &str) -> Vec<u16> {
+    line.captures(text).unwrap()[1]
+        .split(',')
+        .map(|p| p.parse().unwrap())
+        .collect()
+}
+
+/// The event texts apart from scan lines: each must be a `New connection`
+/// from `scanner` to `target`; their destination ports with how often each
+/// came.
+pub fn attempts(events: &[String], scanner: IpAddr, target: IpAddr) -> HashMap<u16, usize> {
+    let mut ports = HashMap::new();
+    for event in events.iter().filter(|e| !e.starts_with("Port scan")) {
+        let rest = event
+            .strip_prefix("New connection: ")
+            .unwrap_or_else(|| panic!("unexpected line: {event}\nall: {events:#?}"));
+        let (from, to) = rest.split_once(" -> ").expect("initiator -> acceptor");
+        let (from, to): (SocketAddr, SocketAddr) = (from.parse().unwrap(), to.parse().unwrap());
+        assert_eq!((from.ip(), to.ip()), (scanner, target), "{event}");
+        *ports.entry(to.port()).or_insert(0) += 1;
+    }
+    ports
 }
 
 /// Text of a block event.

@@ -120,20 +120,7 @@ fn kernel_holds(lab: &Lab, index: usize, ip: IpAddr) -> bool {
 
 /// A SYN scan (`nmap -sS`, 100 ports) of host `index` from the scanner.
 fn syn_scan(lab: &Lab, index: usize) {
-    let target = lab.v4(index).to_string();
-    let nmap = [
-        "-sS",
-        "-n",
-        "-Pn",
-        "-p",
-        "1-100",
-        "--max-retries",
-        "0",
-        "--max-rtt-timeout",
-        "50ms",
-        &target,
-    ];
-    lab.output(SCANNER, "nmap", &nmap);
+    lab.fast_syn_scan(SCANNER, lab.v4(index).into(), "1-100");
 }
 
 /// The scanner's SYN to host `index` is dropped: it times out (a closed

@@ -46,6 +46,28 @@ fn start(settings: FleetSettings) -> Node {
     }
 }
 
+/// Nodes of these `names` on `urls`, each with its settings `tune`d, once
+/// every one is up.
+async fn up_nodes(urls: &[String], names: &[&str], tune: &dyn Fn(&mut FleetSettings)) -> Vec<Node> {
+    let mut nodes: Vec<Node> = names
+        .iter()
+        .map(|n| {
+            let mut s = settings(urls, n);
+            tune(&mut s);
+            start(s)
+        })
+        .collect();
+    for n in nodes.iter_mut() {
+        n.up().await;
+    }
+    nodes
+}
+
+/// A node of `name` on `urls` with the tests' settings, once it is up.
+async fn up_node(urls: &[String], name: &str) -> Node {
+    up_nodes(urls, &[name], &|_| {}).await.remove(0)
+}
+
 impl Node {
     /// The next event that `pick` accepts (others are skipped); panics
     /// after `within`.
@@ -164,17 +186,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// A block from A reaches B and C with the same absolute expiry, never A;
 /// an unblock follows; returns A-publish to C-event latencies of 20 blocks.
 async fn share_blocks(urls: &[String], tune: &dyn Fn(&mut FleetSettings)) -> Vec<Duration> {
-    let mut nodes: Vec<Node> = ["node-a", "node-b", "node-c"]
-        .iter()
-        .map(|n| {
-            let mut s = settings(urls, n);
-            tune(&mut s);
-            start(s)
-        })
-        .collect();
-    for n in nodes.iter_mut() {
-        n.up().await;
-    }
+    let mut nodes = up_nodes(urls, &["node-a", "node-b", "node-c"], tune).await;
     let (a, rest) = nodes.split_first_mut().unwrap();
     let (b, rest) = rest.split_first_mut().unwrap();
     let c = &mut rest[0];
@@ -233,17 +245,7 @@ async fn share_blocks(urls: &[String], tune: &dyn Fn(&mut FleetSettings)) -> Vec
 /// Two ports on each of three nodes within the window: exactly one fleet
 /// scan in the whole fleet. The same spread over more than the window: none.
 async fn detect_fleet_scan(urls: &[String], tune: &dyn Fn(&mut FleetSettings)) {
-    let mut nodes: Vec<Node> = ["node-a", "node-b", "node-c"]
-        .iter()
-        .map(|n| {
-            let mut s = settings(urls, n);
-            tune(&mut s);
-            start(s)
-        })
-        .collect();
-    for n in nodes.iter_mut() {
-        n.up().await;
-    }
+    let mut nodes = up_nodes(urls, &["node-a", "node-b", "node-c"], tune).await;
     let hosts = ["10.9.0.1", "10.9.0.2", "10.9.0.3"];
     // All three at once: the scripts are atomic, one call crosses the line.
     for (n, host) in nodes.iter().zip(hosts) {
@@ -281,18 +283,11 @@ async fn detect_fleet_scan(urls: &[String], tune: &dyn Fn(&mut FleetSettings)) {
     // Spread over more than a window (1.5 s here, sweeps 3 s apart so a
     // loaded machine's late flush cannot bring two together): never more
     // than 2 pairs in the window, no scan.
-    let mut slow: Vec<Node> = ["slow-a", "slow-b", "slow-c"]
-        .iter()
-        .map(|n| {
-            let mut s = settings(urls, n);
-            tune(&mut s);
-            s.scan_window = Duration::from_millis(1500);
-            start(s)
-        })
-        .collect();
-    for n in slow.iter_mut() {
-        n.up().await;
-    }
+    let slow_window = |s: &mut FleetSettings| {
+        tune(s);
+        s.scan_window = Duration::from_millis(1500);
+    };
+    let mut slow = up_nodes(urls, &["slow-a", "slow-b", "slow-c"], &slow_window).await;
     for i in 0..3 {
         slow[i]
             .handle
@@ -474,8 +469,7 @@ async fn a_stalled_redis_never_makes_the_handle_wait() {
         return;
     }
     let r = Redis::start();
-    let mut a = start(settings(&[r.url()], "node-a"));
-    a.up().await;
+    let mut a = up_node(&[r.url()], "node-a").await;
     let signal = |sig: &str| {
         let ok = std::process::Command::new("kill")
             .args([sig, &r.pid().to_string()])
@@ -643,8 +637,7 @@ async fn redis_restarted_empty_gets_the_bans_again() {
     // or, when the kill cut the reply to its first publish, as a decision
     // still pending. Only A holds it, so the key is A's either way.)
     // A node that joins now gets it.
-    let mut d = start(settings(&[r.url()], "node-d"));
-    d.up().await;
+    let mut d = up_node(&[r.url()], "node-d").await;
     let (got, origin) = remote_block(&mut d, x).await;
     assert_eq!((got, origin.as_str()), (expires, "node-a"));
     // B did not lift it meanwhile.
@@ -663,8 +656,7 @@ async fn flushall_while_connected_is_noticed_within_the_epoch_check() {
         return;
     }
     let r = Redis::start();
-    let mut a = start(settings(&[r.url()], "node-a"));
-    a.up().await;
+    let mut a = up_node(&[r.url()], "node-a").await;
     let x = net("192.0.2.6");
     let expires = in_an_hour();
     a.handle.publish_block(x, expires, "").unwrap();
@@ -904,8 +896,7 @@ async fn malformed_entries_are_ignored_and_counted() {
         return;
     }
     let r = Redis::start();
-    let mut b = start(settings(&[r.url()], "node-b"));
-    b.up().await;
+    let mut b = up_node(&[r.url()], "node-b").await;
     let soon = unix_ms(SystemTime::now()).unwrap() + 3_600_000;
     let far = unix_ms(SystemTime::now()).unwrap() + 400 * 24 * 3_600_000;
     let log = "tcpwatch:{bans}:log";
@@ -961,8 +952,7 @@ async fn malformed_entries_are_ignored_and_counted() {
         "tcpwatch:{bans}:ban:192.0.2.40",
         &format!("block 192.0.2.40 {soon} node-x 0123456789abcdef"),
     ]);
-    let mut d = start(settings(&[r.url()], "node-d"));
-    d.up().await;
+    let mut d = up_node(&[r.url()], "node-d").await;
     remote_block(&mut d, net("192.0.2.40")).await;
     let events = d.drain(Duration::from_millis(500)).await;
     assert!(

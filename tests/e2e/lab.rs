@@ -296,6 +296,30 @@ impl Lab {
         lines.filter(|l| l.starts_with("prog/xdp")).collect()
     }
 
+    /// A fast nmap SYN scan (`-sS`, no retries, a 50 ms round-trip
+    /// timeout) from host `from` of `target`'s `ports` (`"1-1000"`), over
+    /// `target`'s family; nmap must succeed. Returns nmap's report (see
+    /// [`filtered_ports`]).
+    pub fn fast_syn_scan(&self, from: usize, target: IpAddr, ports: &str) -> String {
+        let target_text = target.to_string();
+        let mut args = vec![
+            "-sS",
+            "-n",
+            "-Pn",
+            "-p",
+            ports,
+            "--max-retries",
+            "0",
+            "--max-rtt-timeout",
+            "50ms",
+        ];
+        if target.is_ipv6() {
+            args.push("-6");
+        }
+        args.push(&target_text);
+        self.output(from, "nmap", &args)
+    }
+
     /// Tries one TCP connection from host `index` to `dst:port` (2 s
     /// timeout); `Err(python's message)` when it fails: a dropped SYN says
     /// "timed out", a closed port "refused".
@@ -465,4 +489,15 @@ pub fn parse_local(line: &str) -> SocketAddr {
         .split_once(' ')
         .unwrap_or_else(|| panic!("peer.py printed '{line}', not 'IP PORT'"));
     SocketAddr::new(ip.parse().unwrap(), port.parse().unwrap())
+}
+
+/// How many ports an nmap report shows filtered (no answer): the summary's
+/// `N filtered tcp ports` plus the ports it lists one by one as filtered.
+pub fn filtered_ports(report: &str) -> usize {
+    let re = regex::Regex::new(r"(\d+) filtered tcp ports").unwrap();
+    let listed = report
+        .lines()
+        .filter(|l| l.contains("/tcp") && l.contains(" filtered "))
+        .count();
+    re.captures(report).map_or(0, |c| c[1].parse().unwrap()) + listed
 }

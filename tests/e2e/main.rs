@@ -8,7 +8,8 @@
 //! traffic), [`agent`] (the agent, its command line and its lines),
 //! [`inspect`] (firewall sets, metrics, process status), [`redis`] (real
 //! `redis-server`s and Redis Clusters). Then one module per
-//! suite; `sources` is the table of what every source must print.
+//! suite; `sources` is the table of what every source must print, `probes`
+//! the table of what the packet sources make of stealth and UDP scans.
 //!
 //! Needs root and the tools of scripts/install-deps.sh: a test whose
 //! prerequisites are missing is skipped with a message, and fails when
@@ -42,6 +43,11 @@ mod lab;
 mod prereq;
 mod proc;
 mod redis;
+
+// The table of the packet sources' probe tests, before the suites that
+// invoke its macro.
+#[macro_use]
+mod probes;
 
 mod block;
 mod container;

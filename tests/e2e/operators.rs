@@ -151,27 +151,6 @@ fn a_repeat_offender_is_blocked_30s_then_1m_then_2m_and_a_restart_keeps_the_coun
 // ---------------------------------------------------------------------------
 // A blocked scanner's probes
 
-/// `nmap -sS -p 1-1000` from B at A, fast.
-fn syn_scan(lab: &Lab) -> String {
-    let target = lab.v4(A).to_string();
-    lab.output(
-        B,
-        "nmap",
-        &[
-            "-sS",
-            "-n",
-            "-Pn",
-            "-p",
-            "1-1000",
-            "--max-retries",
-            "0",
-            "--max-rtt-timeout",
-            "50ms",
-            &target,
-        ],
-    )
-}
-
 /// A packet source sees a blocked scanner's probes before the firewall
 /// drops them (or, for XDP blocking, the program drops them first): after
 /// the `Blocked` line none of them is a `New connection`; they show as
@@ -191,7 +170,7 @@ fn a_blocked_syn_scan_prints_no_connection_after_its_block(source: Source, backe
         .control(&control);
     let agent = Agent::watching_with(&lab, source, &args);
     let scanner: IpAddr = lab.v4(B).into();
-    let report = syn_scan(&lab);
+    let report = lab.fast_syn_scan(B, lab.v4(A).into(), "1-1000");
     let block = blocked(scanner, "10m", backend);
     agent.expect_event(&block, EVENT);
     // What was in flight has gone through.

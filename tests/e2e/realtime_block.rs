@@ -11,12 +11,6 @@ use std::time::Duration;
 
 const EVENT: Duration = Duration::from_secs(10);
 
-/// The number in nmap's `Not shown: N filtered tcp ports`, 0 if absent.
-fn filtered(nmap: &str) -> usize {
-    let re = regex::Regex::new(r"(\d+) filtered tcp ports").unwrap();
-    re.captures(nmap).map_or(0, |c| c[1].parse().unwrap())
-}
-
 fn blocks_a_syn_scan_before_it_completes(source: Source) {
     if !source.available() {
         return;
@@ -29,20 +23,7 @@ fn blocks_a_syn_scan_before_it_completes(source: Source) {
     let args = Args::watching(source).block("nftables").block_ttl("10m");
     let agent = Agent::start(&lab, A, &args);
     let (scanner, host) = (lab.addr(B, false), lab.addr(A, false));
-    let target = host.to_string();
-    let nmap = [
-        "-sS",
-        "-n",
-        "-Pn",
-        "-p",
-        "1-1000",
-        "--max-retries",
-        "0",
-        "--max-rtt-timeout",
-        "50ms",
-        &target,
-    ];
-    let report = lab.output(B, "nmap", &nmap);
+    let report = lab.fast_syn_scan(B, host, "1-1000");
     agent.expect_event(&blocked(scanner, "10m", "nftables"), EVENT);
     let scan_prefix = format!("Port scan detected: {scanner} -> {host} on ports ");
     let scans: Vec<String> = agent
@@ -51,7 +32,7 @@ fn blocks_a_syn_scan_before_it_completes(source: Source) {
         .filter(|l| event_text(l).is_some_and(|t| t.starts_with(&scan_prefix)))
         .collect();
     assert_eq!(scans.len(), 1, "{scans:#?}");
-    let dropped = filtered(&report);
+    let dropped = filtered_ports(&report);
     assert!(
         dropped > 500,
         "only {dropped} of 1000 ports filtered:\n{report}"

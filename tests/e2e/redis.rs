@@ -264,6 +264,13 @@ const CLUSTER_NODE: [&str; 10] = [
     "no",
 ];
 
+/// The directory of cluster node `i` under `tmp`, created.
+fn node_dir(tmp: &tempfile::TempDir, i: u16) -> std::path::PathBuf {
+    let dir = tmp.path().join(format!("n{i}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 impl Cluster {
     /// Three masters on ports 7000-7002 of lab host `index`.
     pub fn start_in_lab(lab: &Lab, index: usize) -> Cluster {
@@ -271,39 +278,19 @@ impl Cluster {
         let host = IpAddr::V4(lab.v4(index));
         let nodes = (0..3)
             .map(|i| {
-                let dir = tmp.path().join(format!("n{i}"));
-                std::fs::create_dir_all(&dir).unwrap();
                 let ns = Some(lab.ns(index).to_string());
-                Redis::start_at(&dir, host, ns, 7000 + i, &CLUSTER_NODE, false)
+                Redis::start_at(&node_dir(&tmp, i), host, ns, 7000 + i, &CLUSTER_NODE, false)
             })
             .collect();
         Cluster::create(nodes, tmp)
     }
 
+    /// Three masters on free ports of this host.
     pub fn start() -> Cluster {
         let tmp = temp_dir("tcpwatch-fleet-cluster");
-        let mut nodes = Vec::new();
-        for i in 0..3 {
-            let dir = tmp.path().join(format!("n{i}"));
-            std::fs::create_dir_all(&dir).unwrap();
-            nodes.push(Redis::start_in(
-                &dir,
-                free_port(),
-                &[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "5000",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ],
-                false,
-            ));
-        }
+        let nodes = (0..3)
+            .map(|i| Redis::start_in(&node_dir(&tmp, i), free_port(), &CLUSTER_NODE, false))
+            .collect();
         Cluster::create(nodes, tmp)
     }
 

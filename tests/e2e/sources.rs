@@ -9,8 +9,6 @@
 
 use crate::agent::*;
 use crate::lab::*;
-use regex::Regex;
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
@@ -259,58 +257,19 @@ fn nmap_scan(row: &Row, scan: &str, v6: bool) {
     // Measured from before nmap starts, so its start-up counts against us.
     let started = Instant::now();
     let nmap = lab.spawn(B, "nmap", &args);
-    let scan_line = Regex::new(&format!(
-        r"^Port scan detected: {} -> {} on ports (\d+(,\d+){{3}})$",
-        regex::escape(&scanner.to_string()),
-        regex::escape(&target_text)
-    ))
-    .unwrap();
-    let is_scan = |l: &str| event_text(l).is_some_and(|t| scan_line.is_match(t));
-    let line = agent.wait_for(is_scan, row.event);
-    let took = started.elapsed();
-    let nmap = nmap.finish(Duration::from_secs(60));
-    assert!(
-        nmap.status.success(),
-        "nmap failed: {}{}",
-        nmap.stderr,
-        nmap.stdout.join("\n")
-    );
-    let line = line.unwrap_or_else(|| {
-        panic!(
-            "no scan line\nstdout: {:#?}\nstderr: {}",
-            agent.stdout_lines(),
-            agent.stderr()
-        )
-    });
+    let scan_re = scan_line(scanner, target, None);
+    let (line, took) = agent.scan_during(nmap, &scan_re, row.event, started);
     assert!(
         took < Duration::from_secs(1),
         "scan line after {took:?}: {line}"
     );
     let text = event_text(&line).unwrap();
-    let ports: Vec<u16> = scan_line.captures(text).unwrap()[1]
-        .split(',')
-        .map(|p| p.parse().unwrap())
-        .collect();
+    let ports = ports_of(&scan_re, text);
     assert!(ports.windows(2).all(|w| w[0] < w[1]), "{line}");
     assert!(ports.iter().all(|p| (20..=30).contains(p)), "{line}");
 
-    std::thread::sleep(row.quiet);
-    let finished = agent.stop();
-    assert_eq!(finished.status.code(), Some(0), "{}", finished.stderr);
-    let events = event_texts(&finished.stdout);
-    let scans = events.iter().filter(|e| e.starts_with("Port scan")).count();
-    assert_eq!(scans, 1, "{events:#?}");
-    let mut seen_ports = HashMap::new();
-    for event in events.iter().filter(|e| !e.starts_with("Port scan")) {
-        let rest = event
-            .strip_prefix("New connection: ")
-            .unwrap_or_else(|| panic!("unexpected line: {event}"));
-        let (from, to) = rest.split_once(" -> ").expect("initiator -> acceptor");
-        let from: std::net::SocketAddr = from.parse().unwrap();
-        let to: std::net::SocketAddr = to.parse().unwrap();
-        assert_eq!((from.ip(), to.ip()), (scanner, target), "{event}");
-        *seen_ports.entry(to.port()).or_insert(0) += 1;
-    }
+    let events = agent.stop_after_one_scan(row.quiet);
+    let seen_ports = attempts(&events, scanner, target);
     let mut distinct: Vec<u16> = seen_ports.keys().copied().collect();
     distinct.sort();
     let lined: Vec<u16> = if row.closed_port_lines {

@@ -19,16 +19,6 @@ const N: usize = 3;
 /// Probes answered after the threshold, at most (issue target for xdp).
 const AFTER_THRESHOLD: usize = 2;
 
-/// The number in nmap's `Not shown: N filtered tcp ports`, 0 if absent.
-fn filtered(nmap: &str) -> usize {
-    let re = regex::Regex::new(r"(\d+) filtered tcp ports").unwrap();
-    let listed = nmap
-        .lines()
-        .filter(|l| l.contains("/tcp") && l.contains(" filtered "))
-        .count();
-    re.captures(nmap).map_or(0, |c| c[1].parse().unwrap()) + listed
-}
-
 fn kernel_decides_at_the_threshold_probe(v6: bool) {
     if !Source::Xdp.available() {
         return;
@@ -39,23 +29,7 @@ fn kernel_decides_at_the_threshold_probe(v6: bool) {
     let args = Args::watching(Source::Xdp).block("xdp").block_ttl("10m");
     let agent = Agent::start(&lab, A, &args);
     let (scanner, host) = (lab.addr(B, v6), lab.addr(A, v6));
-    let target = host.to_string();
-    let mut nmap = vec![
-        "-sS",
-        "-n",
-        "-Pn",
-        "-p",
-        "1-1000",
-        "--max-retries",
-        "0",
-        "--max-rtt-timeout",
-        "50ms",
-    ];
-    if v6 {
-        nmap.push("-6");
-    }
-    nmap.push(&target);
-    let report = lab.output(B, "nmap", &nmap);
+    let report = lab.fast_syn_scan(B, host, "1-1000");
     agent.expect_event(&blocked(scanner, "10m", "xdp"), EVENT);
     let scan_prefix = format!("Port scan detected: {scanner} -> {host} on ports ");
     let texts = event_texts(&agent.stdout_lines());
@@ -64,7 +38,7 @@ fn kernel_decides_at_the_threshold_probe(v6: bool) {
         .filter(|t| t.starts_with(&scan_prefix))
         .collect();
     assert_eq!(scans.len(), 1, "{texts:#?}");
-    let answered = 1000 - filtered(&report);
+    let answered = 1000 - filtered_ports(&report);
     eprintln!(
         "xdp decide ({}): {answered} of 1000 probes answered, {} after the threshold",
         if v6 { "IPv6" } else { "IPv4" },
@@ -91,20 +65,7 @@ test_rows!(kernel_decides_at_the_threshold_probe {
 /// The host's nmap scan from `from` of ports 1-1000 (IPv4, full speed);
 /// returns the probes answered.
 fn full_speed_scan(lab: &Lab, from: usize) -> usize {
-    let target = lab.v4(A).to_string();
-    let nmap = [
-        "-sS",
-        "-n",
-        "-Pn",
-        "-p",
-        "1-1000",
-        "--max-retries",
-        "0",
-        "--max-rtt-timeout",
-        "50ms",
-        &target,
-    ];
-    1000 - filtered(&lab.output(from, "nmap", &nmap))
+    1000 - filtered_ports(&lab.fast_syn_scan(from, lab.v4(A).into(), "1-1000"))
 }
 
 /// Waits for the scan line of `scanner` (any ports).
