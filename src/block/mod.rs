@@ -26,6 +26,7 @@ pub mod iptables;
 pub mod journal;
 pub mod limit;
 pub mod nft;
+pub mod nft_decide;
 pub mod record;
 pub mod routes;
 pub mod xdp;
@@ -84,6 +85,8 @@ crate::settings! {
         xdp_map_size: xdp::MapSize = xdp::MapSize::default() => "xdp-map-size", "N", restart;
         /// --block xdp with --source xdp: the XDP program blocks a scanner at the probe that makes it one (on), or leaves every decision to userspace (off)
         xdp_decide: OnOff = OnOff::On => "xdp-decide", "on|off", restart;
+        /// --block nftables with --source pcap, xdp or tracepoint,xdp: rules in the agent's table block a SYN scanner at the probe that makes it one (on), or every decision is left to userspace (off)
+        nft_decide: OnOff = OnOff::On => "nft-decide", "on|off", restart;
         /// Never block this IP or CIDR (repeatable); loopback, the host's own addresses and its gateways are always allowed
         allow: Vec<IpNet> = Vec::new() => "allow", "IP|CIDR", live;
         /// Decide and report blocks, change nothing
@@ -102,7 +105,7 @@ pub fn backend(
 ) -> Option<Box<dyn backend::Backend>> {
     let real: Box<dyn backend::Backend> = match settings.block {
         BlockKind::None => return None,
-        BlockKind::Nftables => Box::new(nft::Nftables),
+        BlockKind::Nftables => Box::new(nft::Nftables::new()),
         BlockKind::Iptables => Box::new(iptables::Iptables),
         BlockKind::Xdp => Box::new(xdp::XdpBlock::new(
             interfaces.to_vec(),

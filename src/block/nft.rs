@@ -20,22 +20,100 @@
 
 use super::backend::{by_whole_seconds, canonical, Backend, Entry, Family};
 use super::exec;
+use super::nft_decide::{self as decide, Rule};
+use crate::diag;
 use crate::event::show_net;
 use crate::os::nftables as libnft;
 use anyhow::Context;
 use ipnet::IpNet;
 use std::fmt::Write;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub const TABLE: &str = "inet tcpwatch";
 pub const SET4: &str = "blocked4";
 pub const SET6: &str = "blocked6";
+pub const CHAIN: &str = "prerouting";
 /// Targets per `add element` statement: keeps each line of a large batch
 /// reasonable; the batch stays one transaction whatever its size.
 const CHUNK: usize = 1000;
 
-pub struct Nftables;
+/// The nftables backend; with [`Nftables::deciding`], the table decides
+/// scans by itself too ([`super::nft_decide`]).
+#[derive(Default)]
+pub struct Nftables {
+    /// The rule the kernel decides with (`--nft-decide on`); `None`: every
+    /// decision is userspace's (or `tcpwatch blocks`, which reads the
+    /// table a running agent made).
+    rule: Option<Rule>,
+    /// The decision as the table holds it now (installed, supported).
+    installed: Option<Rule>,
+    /// The networks never blocked besides loopback, as last told.
+    allow: Vec<IpNet>,
+    /// The allowlist as the table holds it now.
+    synced: Option<Vec<IpNet>>,
+    /// Kernel decisions, as the last listing read them.
+    decisions: Arc<AtomicU64>,
+}
+
+impl Nftables {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Has the table decide scans with `rule` from install on; a rule it
+    /// cannot apply leaves every decision to userspace, said at install.
+    pub fn deciding(mut self, rule: Rule) -> Self {
+        self.rule = Some(rule);
+        self
+    }
+
+    /// The kernel decisions counted so far (read by each listing), shared
+    /// with the metrics task.
+    pub fn decisions(&self) -> Arc<AtomicU64> {
+        self.decisions.clone()
+    }
+
+    /// The decision to install, when there is one the kernel can apply.
+    fn wanted(&self) -> Option<Rule> {
+        self.rule.filter(|r| r.unsupported().is_none())
+    }
+
+    /// The whole table: the blocked sets and drops, and the decision.
+    fn table_script(&self) -> String {
+        let mut script = install_script();
+        if let Some(rule) = self.wanted() {
+            script += &decide::create_script(TABLE, CHAIN, &rule, &self.allow);
+        }
+        script
+    }
+
+    /// Notes what a table made by [`Nftables::table_script`] holds.
+    fn made(&mut self) {
+        self.installed = self.wanted();
+        self.synced = self.installed.map(|_| self.allow.clone());
+    }
+
+    /// Replaces the decision in the table by the current rule (or none),
+    /// in one transaction; the `@blocked` drops stay first.
+    fn redecide(&mut self) -> anyhow::Result<()> {
+        let mut script = format!("flush chain {TABLE} {CHAIN}
+");
+        if let Some(old) = &self.installed {
+            script += &decide::delete_script(TABLE, old);
+        }
+        script += &drop_rules();
+        let wanted = self.wanted();
+        if let Some(rule) = &wanted {
+            script += &decide::create_script(TABLE, CHAIN, rule, &self.allow);
+        }
+        nft(&script)?;
+        self.made();
+        Ok(())
+    }
+}
 
 impl Backend for Nftables {
     fn name(&self) -> &'static str {
@@ -43,7 +121,14 @@ impl Backend for Nftables {
     }
 
     fn install(&mut self, _ttl: Duration) -> anyhow::Result<()> {
-        nft(&install_script()).context("cannot create table inet tcpwatch")
+        if let Some(why) = self.rule.and_then(|r| r.unsupported()) {
+            diag::note(format_args!(
+                "nftables: every block is decided in userspace: {why}"
+            ));
+        }
+        nft(&self.table_script()).context("cannot create table inet tcpwatch")?;
+        self.made();
+        Ok(())
     }
 
     fn block(&mut self, targets: &[IpNet], ttl: Duration) -> anyhow::Result<()> {
@@ -52,6 +137,13 @@ impl Backend for Nftables {
 
     fn unblock(&mut self, target: IpNet) -> anyhow::Result<()> {
         let target = canonical(target);
+        if let Some(rule) = &self.installed {
+            // The kernel's own decision goes too.
+            let lift = decide::lift_script(TABLE, target, rule.ipv6_prefix);
+            if !lift.is_empty() {
+                nft(&lift)?;
+            }
+        }
         match nft(&unblock_script(target)) {
             // An address inside a blocked prefix, or a prefix holding
             // blocked addresses: not an element, so nothing to lift.
@@ -64,14 +156,19 @@ impl Backend for Nftables {
         // The whole table in one call: the elements, and a check that
         // nothing was deleted under the agent.
         let json = nft_output(&format!("list table {TABLE}"), true)?;
-        check_complete(&json)?;
+        check_complete(&json, self.installed.is_some())?;
+        if let Some(n) = counted_decisions(&json) {
+            self.decisions.store(n, Ordering::Relaxed);
+        }
         parse_list(&json)
     }
 
     fn flush(&mut self) -> anyhow::Result<()> {
-        nft(&format!(
-            "flush set {TABLE} {SET4}\nflush set {TABLE} {SET6}\n"
-        ))
+        let mut script = format!("flush set {TABLE} {SET4}\nflush set {TABLE} {SET6}\n");
+        if self.installed.is_some() {
+            script += &format!("flush set {TABLE} decided4\nflush set {TABLE} decided6\n");
+        }
+        nft(&script)
     }
 
     fn remove(&mut self) -> anyhow::Result<()> {
@@ -94,11 +191,77 @@ impl Backend for Nftables {
         // replaced by the same content. The new sets are empty: nothing
         // can overlap but the entries themselves, which the script sorts
         // out.
-        let script = install_script() + &block_batch(&by_whole_seconds(entries), &[]);
-        nft(&script)
-            .context("cannot re-create table inet tcpwatch")
-            .map(|()| true)
+        let script = self.table_script() + &block_batch(&by_whole_seconds(entries), &[]);
+        nft(&script).context("cannot re-create table inet tcpwatch")?;
+        self.made();
+        Ok(true)
     }
+
+    fn overrule(&mut self, targets: &[IpNet]) -> anyhow::Result<()> {
+        let Some(rule) = &self.installed else {
+            return Ok(());
+        };
+        let script = decide::overrule_script(TABLE, targets, rule.ipv6_prefix);
+        if script.is_empty() {
+            return Ok(());
+        }
+        nft(&script)
+    }
+
+    fn sync_allow(&mut self, nets: &[IpNet]) -> anyhow::Result<()> {
+        self.allow = nets.to_vec();
+        let Some(rule) = &self.installed else {
+            return Ok(());
+        };
+        if self.synced.as_deref() == Some(nets) {
+            return Ok(());
+        }
+        nft(&decide::sync_allow_script(TABLE, nets, rule.ipv6_prefix))?;
+        self.synced = Some(nets.to_vec());
+        Ok(())
+    }
+
+    fn retune(&mut self, _ttl: Duration, cap: Option<u32>) -> anyhow::Result<()> {
+        let Some(rule) = self.rule.as_mut() else {
+            return Ok(());
+        };
+        if rule.cap == cap {
+            return Ok(());
+        }
+        rule.cap = cap;
+        self.redecide()
+    }
+
+    fn rescan(&mut self, ports: usize, window: Duration, ipv6_prefix: u8) -> anyhow::Result<()> {
+        let Some(rule) = self.rule.as_mut() else {
+            return Ok(());
+        };
+        if (rule.ports, rule.window, rule.ipv6_prefix) == (ports, window, ipv6_prefix) {
+            return Ok(());
+        }
+        rule.ports = ports;
+        rule.window = window;
+        rule.ipv6_prefix = ipv6_prefix;
+        match (self.installed.is_some(), rule.unsupported()) {
+            (true, Some(why)) => diag::note(format_args!(
+                "nftables: every block is decided in userspace: {why}"
+            )),
+            (false, None) => diag::note("nftables: the table decides scans again"),
+            _ => {}
+        }
+        self.redecide()
+    }
+}
+
+/// The decisions the table's counter counted, from a listing.
+fn counted_decisions(json: &str) -> Option<u64> {
+    let doc: serde_json::Value = serde_json::from_str(json).ok()?;
+    doc["nftables"]
+        .as_array()?
+        .iter()
+        .filter_map(|o| o.get("counter"))
+        .find(|c| c["name"] == decide::COUNTER)?["packets"]
+        .as_u64()
 }
 
 /// Runs the blocks of `groups` (TTL, targets) as one transaction; when nft
@@ -155,9 +318,17 @@ pub fn install_script() -> String {
          add table {TABLE}\n\
          add set {TABLE} {SET4} {{ type ipv4_addr; flags interval, timeout; counter; }}\n\
          add set {TABLE} {SET6} {{ type ipv6_addr; flags interval, timeout; counter; }}\n\
-         add chain {TABLE} prerouting {{ type filter hook prerouting priority raw; policy accept; }}\n\
-         add rule {TABLE} prerouting ip saddr @{SET4} drop\n\
-         add rule {TABLE} prerouting ip6 saddr @{SET6} drop\n"
+         add chain {TABLE} {CHAIN} {{ type filter hook prerouting priority raw; policy accept; }}\n{}",
+        drop_rules()
+    )
+}
+
+/// The drops of the blocked sets: the chain's first rules, so a block
+/// userspace applied is counted by its own element.
+fn drop_rules() -> String {
+    format!(
+        "add rule {TABLE} {CHAIN} ip saddr @{SET4} drop\n\
+         add rule {TABLE} {CHAIN} ip6 saddr @{SET6} drop\n"
     )
 }
 
@@ -257,20 +428,13 @@ fn join(targets: &[IpNet], suffix: &str) -> String {
     items.join(", ")
 }
 
-/// nft's time syntax: whole seconds as `30s`, anything finer in `ms`.
-fn nft_time(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms.is_multiple_of(1000) {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
-    }
-}
+use decide::nft_time;
 
 /// Checks that `nft -j list table inet tcpwatch` shows both sets, the chain
-/// and its two rules: a part deleted by hand (a flushed chain, a deleted
+/// and its two rules, and with the kernel's decision (`deciding`) its sets,
+/// objects and rules: a part deleted by hand (a flushed chain, a deleted
 /// set) is an error, which the agent repairs.
-pub fn check_complete(json: &str) -> anyhow::Result<()> {
+pub fn check_complete(json: &str, deciding: bool) -> anyhow::Result<()> {
     let doc: serde_json::Value =
         serde_json::from_str(json).context("nft -j printed something that is not JSON")?;
     let objects = doc["nftables"].as_array().map(Vec::as_slice).unwrap_or(&[]);
@@ -281,14 +445,19 @@ pub fn check_complete(json: &str) -> anyhow::Result<()> {
     };
     let rules = objects.iter().filter(|o| o.get("rule").is_some()).count();
     let mut missing = Vec::new();
-    for set in [SET4, SET6] {
+    let decision: &[&str] = if deciding { &decide::SETS } else { &[] };
+    for set in [SET4, SET6].iter().chain(decision) {
         if !named("set", set) {
             missing.push(format!("set {set}"));
         }
     }
+    if deciding && !named("counter", decide::COUNTER) {
+        missing.push(format!("counter {}", decide::COUNTER));
+    }
+    let wanted = 2 + if deciding { decide::RULES } else { 0 };
     if !named("chain", "prerouting") {
         missing.push("chain prerouting".to_string());
-    } else if rules < 2 {
+    } else if rules < wanted {
         missing.push("rules of chain prerouting".to_string());
     }
     if missing.is_empty() {
@@ -312,7 +481,9 @@ pub fn parse_list(json: &str) -> anyhow::Result<Vec<Entry>> {
         serde_json::from_str(json).context("nft -j printed something that is not JSON")?;
     let mut entries = Vec::new();
     let objects = doc["nftables"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-    for set in objects.iter().filter_map(|o| o.get("set")) {
+    // The blocked sets only: the decision's sets hold other things.
+    let blocked = |set: &&serde_json::Value| set["name"] == SET4 || set["name"] == SET6;
+    for set in objects.iter().filter_map(|o| o.get("set")).filter(blocked) {
         for elem in set["elem"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
             let (val, expires, packets) = match elem.get("elem") {
                 Some(inner) => (
@@ -562,19 +733,19 @@ mod tests {
         let rule = r#"{"rule": {"chain": "prerouting", "table": "tcpwatch"}}"#;
         let doc = |parts: &[&str]| format!(r#"{{"nftables": [{}]}}"#, parts.join(", "));
         let (s4, s6) = (set("blocked4"), set("blocked6"));
-        check_complete(&doc(&[&s4, &s6, chain, rule, rule])).unwrap();
-        let err = check_complete(&doc(&[&s4, chain, rule, rule])).unwrap_err();
+        check_complete(&doc(&[&s4, &s6, chain, rule, rule]), false).unwrap();
+        let err = check_complete(&doc(&[&s4, chain, rule, rule]), false).unwrap_err();
         assert_eq!(
             err.to_string(),
             "table inet tcpwatch is incomplete (set blocked6 missing)"
         );
-        let err = check_complete(&doc(&[&s4, &s6, chain])).unwrap_err();
+        let err = check_complete(&doc(&[&s4, &s6, chain]), false).unwrap_err();
         assert!(
             err.to_string()
                 .contains("(rules of chain prerouting missing)"),
             "{err}"
         );
-        let err = check_complete(&doc(&[])).unwrap_err();
+        let err = check_complete(&doc(&[]), false).unwrap_err();
         assert!(err
             .to_string()
             .contains("(set blocked4, set blocked6, chain prerouting missing)"));

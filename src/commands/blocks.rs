@@ -109,7 +109,7 @@ fn through_agent(answer: Response) -> anyhow::Result<()> {
 /// The backends whose objects exist on this host.
 fn present() -> Vec<Box<dyn Backend>> {
     let all: Vec<Box<dyn Backend>> = vec![
-        Box::new(Nftables),
+        Box::new(Nftables::new()),
         Box::new(Iptables),
         Box::new(XdpBlock::pinned()),
     ];

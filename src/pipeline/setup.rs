@@ -12,6 +12,8 @@ use crate::block::blocker::Blocker;
 use crate::block::firewall::Firewall;
 use crate::block::journal::Journal;
 use crate::block::record::Record;
+use crate::block::nft::Nftables;
+use crate::block::nft_decide::Rule as NftRule;
 use crate::block::xdp::{Stats, XdpBlock, TRACKED_PAIRS};
 use crate::block::{BlockKind, OnOff};
 use crate::bpf::decide::Rule;
@@ -268,6 +270,9 @@ fn backend(
         let stats = backend.stats();
         return (Some(Box::new(backend)), Some(stats));
     }
+    if let Some(rule) = nft_rule(settings) {
+        return (Some(Box::new(Nftables::new().deciding(rule))), None);
+    }
     if settings.block.block == BlockKind::Xdp && !settings.block.dry_run {
         let backend = XdpBlock::new(
             settings.source.interface.clone(),
@@ -293,6 +298,27 @@ fn kernel_rule(settings: &RunSettings) -> Rule {
         // The kernel counts IPv6 sources as the detector does.
         ipv6_prefix: settings.scan.ipv6_prefix.0,
     }
+}
+
+/// The rule nftables decides scans with (`--nft-decide on`): only with
+/// `--block nftables` applied for real, and a source that sees the SYNs
+/// of a SYN scan (to closed ports too), before netfilter: pcap, xdp,
+/// tracepoint,xdp. With the others (procfs, netlink, tracepoint) the
+/// detector would never confirm what the kernel decides.
+fn nft_rule(settings: &RunSettings) -> Option<NftRule> {
+    let b = &settings.block;
+    let sees_syns = matches!(
+        settings.source.source,
+        SourceKind::Pcap | SourceKind::Xdp | SourceKind::TracepointXdp
+    );
+    (b.block == BlockKind::Nftables && !b.dry_run && b.nft_decide == OnOff::On && sees_syns).then(
+        || NftRule {
+            ports: settings.scan.scan_ports,
+            window: settings.scan.scan_window,
+            cap: b.max_blocks_per_minute.0,
+            ipv6_prefix: settings.scan.ipv6_prefix.0,
+        },
+    )
 }
 
 /// The state file as the block stage's journal.
