@@ -81,6 +81,12 @@ impl Nftables {
         self.rule.filter(|r| r.unsupported().is_none())
     }
 
+    /// The IPv6 prefixes the kernel decides by address in.
+    fn holds(&self) -> Vec<IpNet> {
+        let prefix = self.installed.map_or(128, |r| r.ipv6_prefix);
+        decide::allow_nets(self.synced.as_deref().unwrap_or(&[]), prefix).2
+    }
+
     /// The whole table: the blocked sets and drops, and the decision.
     fn table_script(&self) -> String {
         let mut script = install_script();
@@ -99,8 +105,10 @@ impl Nftables {
     /// Replaces the decision in the table by the current rule (or none),
     /// in one transaction; the `@blocked` drops stay first.
     fn redecide(&mut self) -> anyhow::Result<()> {
-        let mut script = format!("flush chain {TABLE} {CHAIN}
-");
+        let mut script = format!(
+            "flush chain {TABLE} {CHAIN}
+"
+        );
         if let Some(old) = &self.installed {
             script += &decide::delete_script(TABLE, old);
         }
@@ -139,7 +147,7 @@ impl Backend for Nftables {
         let target = canonical(target);
         if let Some(rule) = &self.installed {
             // The kernel's own decision goes too.
-            let lift = decide::lift_script(TABLE, target, rule.ipv6_prefix);
+            let lift = decide::lift_script(TABLE, target, rule.ipv6_prefix, &self.holds());
             if !lift.is_empty() {
                 nft(&lift)?;
             }
@@ -201,7 +209,7 @@ impl Backend for Nftables {
         let Some(rule) = &self.installed else {
             return Ok(());
         };
-        let script = decide::overrule_script(TABLE, targets, rule.ipv6_prefix);
+        let script = decide::overrule_script(TABLE, targets, rule.ipv6_prefix, &self.holds());
         if script.is_empty() {
             return Ok(());
         }

@@ -75,15 +75,15 @@ pub const SLACK: Duration = Duration::from_millis(20);
 pub const SIZE: u32 = 65_536;
 
 /// The sets and objects of the decision, besides `blocked4`/`blocked6`.
-pub const SETS: [&str; 10] = [
-    "allow4", "allow6", "seen4", "seen6", "meter4", "meter6", "decided4", "decided6", "spared4",
-    "spared6",
+pub const SETS: [&str; 11] = [
+    "allow4", "allow6", "holds6", "seen4", "seen6", "meter4", "meter6", "decided4", "decided6",
+    "spared4", "spared6",
 ];
 /// The global limit object (the cap) and the counter of decisions.
 pub const LIMIT: &str = "decisions";
 pub const COUNTER: &str = "decisions";
 /// Rules the decision adds to the chain.
-pub const RULES: usize = 8;
+pub const RULES: usize = 11;
 
 /// What the kernel decides with: the detector's main rule, the cap and
 /// the IPv6 prefix.
@@ -198,8 +198,17 @@ pub fn create_script(table: &str, chain: &str, rule: &Rule, allow: &[IpNet]) -> 
         };
         let _ = write!(
             s,
-            "add set {table} allow{fam} {{ type {addr}; flags interval; }}\n{}{}{}{}",
-            dynamic("seen", &format!("{addr} . {addr} . inet_service"), &remember),
+            "add set {table} allow{fam} {{ type {addr}; flags interval; }}\n{}{}{}{}{}",
+            if fam == "6" {
+                format!("add set {table} holds6 {{ type {addr}; flags interval; }}\n")
+            } else {
+                String::new()
+            },
+            dynamic(
+                "seen",
+                &format!("{addr} . {addr} . inet_service"),
+                &remember
+            ),
             dynamic("meter", &format!("{addr} . {addr}"), &remember),
             dynamic("decided", addr, &grace),
             dynamic("spared", addr, &remember),
@@ -217,7 +226,9 @@ pub fn create_script(table: &str, chain: &str, rule: &Rule, allow: &[IpNet]) -> 
     s
 }
 
-/// The decision's rules (see the module's comment).
+/// The decision's rules (see the module's comment). IPv6 sources in a
+/// prefix of `holds6` (one holding an allowed address) are counted,
+/// decided and spared by address, the others per prefix.
 pub fn rules_script(table: &str, chain: &str, rule: &Rule) -> String {
     let (rate, unit) = refill(rule.ports, rule.window);
     let burst = rule.ports;
@@ -227,20 +238,33 @@ pub fn rules_script(table: &str, chain: &str, rule: &Rule) -> String {
     };
     let src6 = source6(rule.ipv6_prefix);
     let syn = "tcp flags & (fin|syn|rst|ack) == syn fib daddr type local";
+    let held = "ip6 saddr @holds6 ";
+    let whole = "ip6 saddr != @holds6 ";
+    let kinds: [(&str, &str, &str, &str); 3] = [
+        ("4", "", "ip saddr", "ip daddr"),
+        ("6", held, "ip6 saddr", "ip6 daddr"),
+        ("6", whole, &src6, "ip6 daddr"),
+    ];
     let mut s = String::new();
     let _ = write!(
         s,
         "add rule {table} {chain} ip saddr @allow4 return\n\
-         add rule {table} {chain} ip6 saddr @allow6 return\n\
-         add rule {table} {chain} ip saddr @decided4 drop\n\
-         add rule {table} {chain} {src6} @decided6 drop\n\
-         add rule {table} {chain} ip saddr @spared4 update @spared4 {{ ip saddr }} return\n\
-         add rule {table} {chain} {src6} @spared6 update @spared6 {{ {src6} }} return\n"
+         add rule {table} {chain} ip6 saddr @allow6 return\n"
     );
-    for (fam, src, dst) in [("4", "ip saddr", "ip daddr"), ("6", &*src6, "ip6 daddr")] {
+    for (_, pick, src, _) in kinds {
+        let fam = if src.starts_with("ip6") { "6" } else { "4" };
+        let _ = writeln!(s, "add rule {table} {chain} {pick}{src} @decided{fam} drop");
+    }
+    for (fam, pick, src, _) in kinds {
         let _ = writeln!(
             s,
-            "add rule {table} {chain} {syn} {src} . {dst} . tcp dport != @seen{fam} \
+            "add rule {table} {chain} {pick}{src} @spared{fam} update @spared{fam} {{ {src} }} return"
+        );
+    }
+    for (fam, pick, src, dst) in kinds {
+        let _ = writeln!(
+            s,
+            "add rule {table} {chain} {syn} {pick}{src} . {dst} . tcp dport != @seen{fam} \
              add @seen{fam} {{ {src} . {dst} . tcp dport }} \
              update @meter{fam} {{ {src} . {dst} limit rate over {rate}/{unit} burst {burst} packets }} \
              {cap}add @decided{fam} {{ {src} }} counter name \"{COUNTER}\" drop"
@@ -266,15 +290,15 @@ pub fn delete_script(table: &str, rule: &Rule) -> String {
 /// The allowlist sets' elements, replacing what they held.
 pub fn sync_allow_script(table: &str, allow: &[IpNet], ipv6_prefix: u8) -> String {
     format!(
-        "flush set {table} allow4\nflush set {table} allow6\n{}",
+        "flush set {table} allow4\nflush set {table} allow6\nflush set {table} holds6\n{}",
         allow_elements(table, allow, ipv6_prefix)
     )
 }
 
 fn allow_elements(table: &str, allow: &[IpNet], ipv6_prefix: u8) -> String {
-    let (v4, v6) = allow_nets(allow, ipv6_prefix);
+    let (v4, v6, holds) = allow_nets(allow, ipv6_prefix);
     let mut s = String::new();
-    for (set, nets) in [("allow4", v4), ("allow6", v6)] {
+    for (set, nets) in [("allow4", v4), ("allow6", v6), ("holds6", holds)] {
         if !nets.is_empty() {
             let items: Vec<String> = nets.iter().map(show_net).collect();
             let _ = writeln!(s, "add element {table} {set} {{ {} }}", items.join(", "));
@@ -293,23 +317,18 @@ pub fn loopback() -> [IpNet; 4] {
     ]
 }
 
-/// The networks of the allowlist sets, (IPv4, IPv6), none inside another
-/// (an interval set refuses overlaps): loopback and `allow`, and for an
-/// IPv6 network longer than `ipv6_prefix` its whole prefix (the kernel
-/// decides per prefix; a prefix holding an allowed address is left to
-/// userspace). IPv4-mapped IPv6 networks count as IPv4.
-pub fn allow_nets(allow: &[IpNet], ipv6_prefix: u8) -> (Vec<IpNet>, Vec<IpNet>) {
-    let mut all: Vec<IpNet> = Vec::new();
-    for net in loopback().iter().chain(allow) {
-        let net = canonical(*net);
-        all.push(net);
-        if let IpNet::V6(v6) = net {
-            if v6.prefix_len() > ipv6_prefix {
-                let wide = Ipv6Net::new(v6.addr(), ipv6_prefix).map(|n| IpNet::V6(n.trunc()));
-                all.extend(wide);
-            }
-        }
-    }
+/// The networks of the allowlist sets, (IPv4, IPv6, IPv6 prefixes
+/// holding one), none inside another (an interval set refuses overlaps):
+/// loopback and `allow`, IPv4-mapped IPv6 networks counted as IPv4; and
+/// the prefixes (at `ipv6_prefix`) of the allowed IPv6 networks longer
+/// than it, outside every allowed network: the kernel decides per address
+/// there, never the prefix whole.
+pub fn allow_nets(allow: &[IpNet], ipv6_prefix: u8) -> (Vec<IpNet>, Vec<IpNet>, Vec<IpNet>) {
+    let mut all: Vec<IpNet> = loopback()
+        .iter()
+        .chain(allow)
+        .map(|n| canonical(*n))
+        .collect();
     all.sort();
     all.dedup();
     let outer: Vec<IpNet> = all
@@ -317,18 +336,42 @@ pub fn allow_nets(allow: &[IpNet], ipv6_prefix: u8) -> (Vec<IpNet>, Vec<IpNet>) 
         .copied()
         .filter(|n| !all.iter().any(|o| o != n && o.contains(n)))
         .collect();
-    outer
+    let mut holds: Vec<IpNet> = outer
+        .iter()
+        .filter_map(|n| match n {
+            IpNet::V6(v6) if v6.prefix_len() > ipv6_prefix => Ipv6Net::new(v6.addr(), ipv6_prefix)
+                .ok()
+                .map(|p| IpNet::V6(p.trunc())),
+            _ => None,
+        })
+        .filter(|p| !outer.iter().any(|o| o.contains(p)))
+        .collect();
+    holds.sort();
+    holds.dedup();
+    let (v4, v6) = outer
         .into_iter()
-        .partition(|n| Family::of_net(n) == Family::V4)
+        .partition(|n| Family::of_net(n) == Family::V4);
+    (v4, v6, holds)
 }
 
 /// The element of a decided (or spared) set that holds `target`, with the
-/// set's family ("4" or "6"): an IPv4 address, or an IPv6 target at least
-/// as long as `ipv6_prefix`, masked to it. `None`: the kernel never
-/// decides such a target (an IPv4 prefix, a shorter IPv6 one).
-pub fn decided_key(target: IpNet, ipv6_prefix: u8) -> Option<(&'static str, IpAddr)> {
+/// set's family ("4" or "6"): an IPv4 address; an IPv6 address in a prefix
+/// of `holds` as is; another IPv6 target at least as long as
+/// `ipv6_prefix`, masked to it. `None`: the kernel never decides such a
+/// target (an IPv4 prefix, a shorter IPv6 one).
+pub fn decided_key(
+    target: IpNet,
+    ipv6_prefix: u8,
+    holds: &[IpNet],
+) -> Option<(&'static str, IpAddr)> {
     match canonical(target) {
         IpNet::V4(v4) if v4.prefix_len() == 32 => Some(("4", IpAddr::V4(v4.addr()))),
+        IpNet::V6(v6)
+            if v6.prefix_len() == 128
+                && holds.iter().any(|h| h.contains(&IpAddr::V6(v6.addr()))) =>
+        {
+            Some(("6", IpAddr::V6(v6.addr())))
+        }
         IpNet::V6(v6) if v6.prefix_len() >= ipv6_prefix => {
             let net = Ipv6Net::new(v6.addr(), ipv6_prefix).ok()?.trunc();
             Some(("6", IpAddr::V6(net.addr())))
@@ -339,10 +382,10 @@ pub fn decided_key(target: IpNet, ipv6_prefix: u8) -> Option<(&'static str, IpAd
 
 /// Lifts the kernel's decisions on `targets` and spares them (userspace
 /// overruled them: not blocked, not decided on again while they go on).
-pub fn overrule_script(table: &str, targets: &[IpNet], ipv6_prefix: u8) -> String {
+pub fn overrule_script(table: &str, targets: &[IpNet], ipv6_prefix: u8, holds: &[IpNet]) -> String {
     let mut s = String::new();
     for target in targets {
-        if let Some((fam, key)) = decided_key(*target, ipv6_prefix) {
+        if let Some((fam, key)) = decided_key(*target, ipv6_prefix, holds) {
             let _ = write!(
                 s,
                 "add element {table} decided{fam} {{ {key} }}\n\
@@ -355,8 +398,8 @@ pub fn overrule_script(table: &str, targets: &[IpNet], ipv6_prefix: u8) -> Strin
 }
 
 /// Lifts the kernel's decision on `target` (`tcpwatch blocks remove`).
-pub fn lift_script(table: &str, target: IpNet, ipv6_prefix: u8) -> String {
-    match decided_key(target, ipv6_prefix) {
+pub fn lift_script(table: &str, target: IpNet, ipv6_prefix: u8, holds: &[IpNet]) -> String {
+    match decided_key(target, ipv6_prefix, holds) {
         Some((fam, key)) => format!(
             "add element {table} decided{fam} {{ {key} }}\n\
              delete element {table} decided{fam} {{ {key} }}\n"
@@ -434,7 +477,14 @@ mod tests {
         }
         .unsupported()
         .is_some());
-        assert_eq!(Rule { cap: None, ..rule() }.unsupported(), None);
+        assert_eq!(
+            Rule {
+                cap: None,
+                ..rule()
+            }
+            .unsupported(),
+            None
+        );
     }
 
     #[test]
@@ -450,24 +500,44 @@ mod tests {
         let script = rules_script("inet tcpwatch", "prerouting", &rule());
         let lines: Vec<&str> = script.lines().collect();
         assert_eq!(lines.len(), RULES);
-        assert_eq!(lines[0], "add rule inet tcpwatch prerouting ip saddr @allow4 return");
         assert_eq!(
-            lines[3],
-            "add rule inet tcpwatch prerouting ip6 saddr & ffff:ffff:ffff:ffff:: @decided6 drop"
+            lines[0],
+            "add rule inet tcpwatch prerouting ip saddr @allow4 return"
         );
         assert_eq!(
-            lines[6],
+            lines[3],
+            "add rule inet tcpwatch prerouting ip6 saddr @holds6 ip6 saddr @decided6 drop"
+        );
+        assert_eq!(
+            lines[4],
+            "add rule inet tcpwatch prerouting ip6 saddr != @holds6 ip6 saddr & ffff:ffff:ffff:ffff:: @decided6 drop"
+        );
+        assert_eq!(
+            lines[7],
+            "add rule inet tcpwatch prerouting ip6 saddr != @holds6 ip6 saddr & ffff:ffff:ffff:ffff:: @spared6 \
+             update @spared6 { ip6 saddr & ffff:ffff:ffff:ffff:: } return"
+        );
+        assert_eq!(
+            lines[8],
             "add rule inet tcpwatch prerouting tcp flags & (fin|syn|rst|ack) == syn fib daddr type local \
              ip saddr . ip daddr . tcp dport != @seen4 add @seen4 { ip saddr . ip daddr . tcp dport } \
              update @meter4 { ip saddr . ip daddr limit rate over 3/minute burst 3 packets } \
              limit name \"decisions\" add @decided4 { ip saddr } counter name \"decisions\" drop"
         );
-        assert!(lines[7].contains(
-            "ip6 saddr & ffff:ffff:ffff:ffff:: . ip6 daddr . tcp dport != @seen6"
+        assert!(lines[9].contains("ip6 saddr @holds6 ip6 saddr . ip6 daddr . tcp dport != @seen6"));
+        assert!(lines[10].contains(
+            "ip6 saddr != @holds6 ip6 saddr & ffff:ffff:ffff:ffff:: . ip6 daddr . tcp dport != @seen6"
         ));
-        assert!(lines[7].contains("add @decided6 { ip6 saddr & ffff:ffff:ffff:ffff:: }"));
+        assert!(lines[10].contains("add @decided6 { ip6 saddr & ffff:ffff:ffff:ffff:: }"));
         // No cap: no global limit.
-        let uncapped = rules_script("t", "c", &Rule { cap: None, ..rule() });
+        let uncapped = rules_script(
+            "t",
+            "c",
+            &Rule {
+                cap: None,
+                ..rule()
+            },
+        );
         assert!(!uncapped.contains("limit name"), "{uncapped}");
     }
 
@@ -480,19 +550,25 @@ mod tests {
         assert!(script.contains(
             "add set inet tcpwatch decided6 { type ipv6_addr; flags dynamic, timeout; timeout 3s; size 65536; }"
         ));
-        assert!(script.contains(
-            "add limit inet tcpwatch decisions { rate 30/minute burst 30 packets }"
-        ));
+        assert!(script
+            .contains("add limit inet tcpwatch decisions { rate 30/minute burst 30 packets }"));
         assert!(script.contains("add element inet tcpwatch allow4 { 0.0.0.0, 127.0.0.0/8 }"));
         assert!(script.ends_with(&rules_script("inet tcpwatch", "prerouting", &rule())));
         let gone = delete_script("inet tcpwatch", &rule());
         assert_eq!(gone.lines().count(), SETS.len() + 1);
-        assert!(!delete_script("t", &Rule { cap: None, ..rule() }).contains("limit"));
+        assert!(!delete_script(
+            "t",
+            &Rule {
+                cap: None,
+                ..rule()
+            }
+        )
+        .contains("limit"));
     }
 
     #[test]
     fn allow_elements_never_overlap_and_cover_the_prefix_of_a_longer_v6() {
-        let (v4, v6) = allow_nets(
+        let (v4, v6, holds) = allow_nets(
             &nets(&[
                 "10.0.0.0/8",
                 "10.1.2.3",
@@ -517,21 +593,34 @@ mod tests {
         );
         assert_eq!(
             v6,
-            // ::1 is longer than the prefix: its /64 is in.
-            nets(&["::/64", "2001:db8::/32", "fd00:1:2:3::/64", "fd00:9::/48"])
+            nets(&[
+                "::/128",
+                "::1/128",
+                "2001:db8::/32",
+                "fd00:1:2:3:4::9/128",
+                "fd00:9::/48"
+            ])
         );
+        // Prefixes holding an allowed address, outside the allowed nets.
+        assert_eq!(holds, nets(&["::/64", "fd00:1:2:3::/64"]));
         let script = sync_allow_script("t", &nets(&["192.0.2.1"]), 64);
         assert_eq!(
             script,
-            "flush set t allow4\nflush set t allow6\n\
+            "flush set t allow4\nflush set t allow6\nflush set t holds6\n\
              add element t allow4 { 0.0.0.0, 127.0.0.0/8, 192.0.2.1 }\n\
-             add element t allow6 { ::/64 }\n"
+             add element t allow6 { ::, ::1 }\n\
+             add element t holds6 { ::/64 }\n"
         );
     }
 
     #[test]
     fn overruled_and_lifted_targets_leave_the_decided_sets() {
-        let script = overrule_script("t", &nets(&["192.0.2.9", "fd00:1:2:3::/64", "10.0.0.0/8"]), 64);
+        let script = overrule_script(
+            "t",
+            &nets(&["192.0.2.9", "fd00:1:2:3::/64", "10.0.0.0/8"]),
+            64,
+            &[],
+        );
         assert_eq!(
             script,
             "add element t decided4 { 192.0.2.9 }\n\
@@ -542,12 +631,18 @@ mod tests {
              add element t spared6 { fd00:1:2:3:: }\n"
         );
         assert_eq!(
-            lift_script("t", nets(&["fd00:1:2:3::77"])[0], 64),
+            lift_script("t", nets(&["fd00:1:2:3::77"])[0], 64, &[]),
             "add element t decided6 { fd00:1:2:3:: }\ndelete element t decided6 { fd00:1:2:3:: }\n"
         );
-        assert_eq!(lift_script("t", nets(&["fd00::/48"])[0], 64), "");
+        assert_eq!(lift_script("t", nets(&["fd00::/48"])[0], 64, &[]), "");
+        // In a prefix holding an allowed address: by address.
+        let holds = nets(&["fd00:1:2:3::/64"]);
         assert_eq!(
-            decided_key(nets(&["::ffff:192.0.2.1"])[0], 64),
+            decided_key(nets(&["fd00:1:2:3::77"])[0], 64, &holds),
+            Some(("6", "fd00:1:2:3::77".parse().unwrap()))
+        );
+        assert_eq!(
+            decided_key(nets(&["::ffff:192.0.2.1"])[0], 64, &[]),
             Some(("4", "192.0.2.1".parse().unwrap()))
         );
     }
