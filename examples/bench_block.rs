@@ -25,7 +25,7 @@ use tcpwatch::os::nftables as libnft;
 
 fn main() -> anyhow::Result<()> {
     let ttl = Duration::from_secs(3600);
-    let mut nft = Nftables;
+    let mut nft = Nftables::new();
     nft.install(ttl)?;
     let path = if libnft::available() {
         "in-process libnftables"
@@ -69,7 +69,7 @@ fn main() -> anyhow::Result<()> {
     nft.flush()?;
 
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
-    let firewall = Firewall::install(Box::new(Nftables), ttl, clock.clone());
+    let firewall = Firewall::install(Box::new(Nftables::new()), ttl, clock.clone());
     anyhow::ensure!(firewall.is_some(), "cannot install the nftables backend");
     let mut blocker = Blocker::new(firewall, ttl, Allowlist::of_host(Vec::new()), clock.clone());
     let mut samples = Vec::new();

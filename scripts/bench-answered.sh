@@ -11,7 +11,11 @@
 # (SYN-ACK or RST). Median of $ROUNDS rounds for:
 #   --block xdp (the program decides at the threshold probe; target <= 2),
 #   --block xdp --xdp-decide off (userspace decides: the anchor),
-#   --block nftables (target <= 20).
+#   --block nftables (with --source xdp the table decides at the threshold
+#     probe, --nft-decide on by default; target <= 20),
+#   --block nftables --nft-decide off (userspace decides: the anchor; with
+#     TCPWATCH_HOPS=1 the agent says how long each hop of its path took,
+#     printed under the figures).
 # Needs root, nmap, tcpdump, python3 and a binary built with clang.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,7 +41,7 @@ answered() {
   shift
   : >"$work/out"
   : >"$work/err"
-  lab_bg rx "$BIN" run --source xdp --interface eth0 --block "$block" "$@" \
+  lab_bg rx env TCPWATCH_HOPS=1 "$BIN" run --source xdp --interface eth0 --block "$block" "$@" \
     --block-ttl 1h --state off --metrics-addr off >"$work/out" 2>"$work/err"
   local agent=$LAB_PID
   lab_expect "$work/err" "tcpwatch: watching"
@@ -54,6 +58,7 @@ answered() {
   sleep 0.3
   lab_stop "$dump"
   lab_stop "$agent"
+  grep -h "tcpwatch: hops: " "$work/err" >>"$work/hops" || true
   python3 - "$work/dump" "$TX_IP" <<'EOF'
 import re, sys
 scanner = sys.argv[2]
@@ -77,29 +82,33 @@ EOF
 
 echo "== probes answered after the threshold probe (nmap -sS -p 1-1000, median of $ROUNDS)"
 declare -A samples
-for mode in xdp xdp-userspace nftables; do
+: >"$work/hops"
+for mode in xdp xdp-userspace nftables nftables-userspace; do
   samples[$mode]=""
   for _ in $(seq "$ROUNDS"); do
     case $mode in
       xdp) n=$(answered xdp) ;;
       xdp-userspace) n=$(answered xdp --xdp-decide off) ;;
       nftables) n=$(answered nftables) ;;
+      nftables-userspace) n=$(answered nftables --nft-decide off) ;;
     esac
     samples[$mode]+="$n "
   done
 done
-python3 - "$FIGURE" "${samples[xdp]}" "${samples[xdp-userspace]}" "${samples[nftables]}" <<'EOF'
+python3 - "$FIGURE" "${samples[xdp]}" "${samples[xdp-userspace]}" "${samples[nftables]}" "${samples[nftables-userspace]}" <<'EOF'
 import statistics, subprocess, sys
 figure = sys.argv[1]
-runs = {m: sorted(map(int, a.split())) for m, a in zip(("xdp", "xdp-userspace", "nftables"), sys.argv[2:])}
+runs = {m: sorted(map(int, a.split())) for m, a in zip(("xdp", "xdp-userspace", "nftables", "nftables-userspace"), sys.argv[2:])}
 median = {m: statistics.median(v) for m, v in runs.items()}
 targets = {"xdp": 2, "nftables": 20}
 for m, v in runs.items():
     t = targets.get(m)
     verdict = f"(target <= {t}): {'ok' if median[m] <= t else 'OVER'}" if t is not None else "(anchor)"
-    print(f"{m:<14} median {median[m]:g}  runs {v} {verdict}")
+    print(f"{m:<18} median {median[m]:g}  runs {v} {verdict}")
 subprocess.run([figure, "--block xdp: probes answered after the threshold", f"{median['xdp']:g}", "probes",
                 "--xdp-decide off", f"{median['xdp-userspace']:g}", "value <= 2"], check=True)
 subprocess.run([figure, "--block nftables: probes answered after the threshold", f"{median['nftables']:g}", "probes",
-                "-", "-", "value <= 20"], check=True)
+                "--nft-decide off", f"{median['nftables-userspace']:g}", "value <= 20"], check=True)
 EOF
+echo "== the userspace path's hops (TCPWATCH_HOPS=1; the scans userspace blocked)"
+sed 's/^tcpwatch: hops: /  /' "$work/hops"

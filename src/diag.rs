@@ -32,6 +32,55 @@ fn emit(line: String) {
     let _ = writeln!(err, "{line}");
 }
 
+/// `TCPWATCH_HOPS=1` (benchmarks only): the block stage says, for each
+/// scan it blocks, how long each hop of the userspace path took, from the
+/// read of the threshold probe to the firewall's commit: `tcpwatch: hops:
+/// ...`. The stages note their moments here; off, each costs one load.
+pub mod hops {
+    use std::collections::HashMap;
+    use std::net::IpAddr;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Mutex, OnceLock};
+    use std::time::{Duration, Instant};
+
+    static ON: OnceLock<bool> = OnceLock::new();
+    static DETECTED: Mutex<Option<HashMap<IpAddr, Instant>>> = Mutex::new(None);
+    static COMMIT_NS: AtomicU64 = AtomicU64::new(0);
+
+    pub fn on() -> bool {
+        *ON.get_or_init(|| std::env::var_os("TCPWATCH_HOPS").is_some_and(|v| v == "1"))
+    }
+
+    /// The detector reported `scanner` now.
+    pub fn detected(scanner: IpAddr) {
+        let mut map = DETECTED.lock().unwrap_or_else(|e| e.into_inner());
+        let map = map.get_or_insert_with(HashMap::new);
+        if map.len() > 1024 {
+            map.clear();
+        }
+        map.insert(scanner, Instant::now());
+    }
+
+    /// When the detector reported `scanner`, once.
+    pub fn take_detected(scanner: IpAddr) -> Option<Instant> {
+        let mut map = DETECTED.lock().unwrap_or_else(|e| e.into_inner());
+        map.as_mut()?.remove(&scanner)
+    }
+
+    /// The last firewall commit took `took`.
+    pub fn committed(took: Duration) {
+        COMMIT_NS.store(
+            u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// How long the last firewall commit took.
+    pub fn last_commit() -> Duration {
+        Duration::from_nanos(COMMIT_NS.load(Ordering::Relaxed))
+    }
+}
+
 /// `tcpwatch: MESSAGE`.
 pub fn note(message: impl Display) {
     emit(format!("tcpwatch: {message}"));

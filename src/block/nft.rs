@@ -140,7 +140,13 @@ impl Backend for Nftables {
     }
 
     fn block(&mut self, targets: &[IpNet], ttl: Duration) -> anyhow::Result<()> {
-        apply(&[(ttl, targets.to_vec())])
+        if !diag::hops::on() {
+            return apply(&[(ttl, targets.to_vec())]);
+        }
+        let start = std::time::Instant::now();
+        let done = apply(&[(ttl, targets.to_vec())]);
+        diag::hops::committed(start.elapsed());
+        done
     }
 
     fn unblock(&mut self, target: IpNet) -> anyhow::Result<()> {

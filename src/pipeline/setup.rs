@@ -311,14 +311,13 @@ fn nft_rule(settings: &RunSettings) -> Option<NftRule> {
         settings.source.source,
         SourceKind::Pcap | SourceKind::Xdp | SourceKind::TracepointXdp
     );
-    (b.block == BlockKind::Nftables && !b.dry_run && b.nft_decide == OnOff::On && sees_syns).then(
-        || NftRule {
+    (b.block == BlockKind::Nftables && !b.dry_run && b.nft_decide == OnOff::On && sees_syns)
+        .then_some(NftRule {
             ports: settings.scan.scan_ports,
             window: settings.scan.scan_window,
             cap: b.max_blocks_per_minute.0,
             ipv6_prefix: settings.scan.ipv6_prefix.0,
-        },
-    )
+        })
 }
 
 /// The state file as the block stage's journal.

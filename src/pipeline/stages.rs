@@ -465,6 +465,14 @@ async fn detect(
                 store.report(stored);
             }
         }
+        if diag::hops::on() {
+            for scan in events.iter().filter_map(|e| match &e.kind {
+                EventKind::PortScan(scan) => Some(scan),
+                _ => None,
+            }) {
+                diag::hops::detected(scan.remote);
+            }
+        }
         if !events.is_empty() && out.send(events).await.is_err() {
             return Ok(());
         }
@@ -671,8 +679,12 @@ async fn block(
         // before it, and a SYN scan sends hundreds of probes a millisecond.
         let has_scan = events.iter().any(is_scan);
         let events = if has_scan && blocker.is_active() {
+            let received = std::time::Instant::now();
             let (events, counted) = off_thread(|| {
                 let events = blocker.handle(events);
+                if diag::hops::on() {
+                    say_hops(&events, received, clock.as_ref());
+                }
                 let blocked = events
                     .iter()
                     .any(|e| matches!(e.kind, EventKind::Blocked(_)));
@@ -699,6 +711,34 @@ async fn block(
     }
     off_thread(|| blocker.shutdown());
     Ok(())
+}
+
+/// `TCPWATCH_HOPS=1`: the hops of the userspace path of each scan blocked
+/// in `events`, from the read of its threshold probe (the event's stamp).
+fn say_hops(events: &[Event], received: std::time::Instant, clock: &dyn Clock) {
+    let now = clock.now().mono;
+    let applied = received.elapsed();
+    for event in events {
+        let EventKind::PortScan(scan) = &event.kind else {
+            continue;
+        };
+        let Some(detected) = diag::hops::take_detected(scan.remote) else {
+            continue;
+        };
+        let total = now.saturating_sub(event.at.mono);
+        let queued = received.saturating_duration_since(detected);
+        let read = total.saturating_sub(applied + queued);
+        let micros = |d: std::time::Duration| d.as_secs_f64() * 1e6;
+        diag::note(format_args!(
+            "hops: {}: read to detected {:.0} us, detected to block stage {:.0} us, block stage to commit returned {:.0} us (the nft commit {:.0} us), read to commit returned {:.0} us",
+            scan.remote,
+            micros(read),
+            micros(queued),
+            micros(applied),
+            micros(diag::hops::last_commit()),
+            micros(total)
+        ));
+    }
 }
 
 /// The next fleet event, or never without a fleet (or once it ended).
