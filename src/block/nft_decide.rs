@@ -22,8 +22,9 @@
 //!    userspace overruled (over its cap) are not decided on again while
 //!    they keep sending (the element is refreshed by each packet and
 //!    lapses after a quiet window, when the detector's episode ends too);
-//! 4. the decision: a SYN to a local address whose (source, local
-//!    address, port) is not in `seen4` adds it there (for the window) and
+//! 4. the decision: a SYN, or a FIN, NULL or Xmas probe (a segment
+//!    without SYN, ACK and RST: the detector counts both kinds among the
+//!    TCP ports), to a local address whose (source, local address, port) is not in `seen4` adds it there (for the window) and
 //!    takes a token from the pair's bucket in `meter4`; a pair out of
 //!    tokens takes one from the global `decisions` limit, enters
 //!    `decided4` and its probe is dropped.
@@ -42,8 +43,7 @@
 //! bucket runs dry, at the (N+1)th counted port at the earliest, only when
 //! some span of W held more than N distinct ports: a scan by the
 //! detector's rule. The kernel may decide later than the detector (a slow
-//! scan, probes the kernel does not count: FIN, NULL, Xmas, UDP), never
-//! earlier. A bucket that lapsed (its pair quiet past W) starts full, as
+//! scan, probes the kernel does not count: UDP), never earlier. A bucket that lapsed (its pair quiet past W) starts full, as
 //! it would have refilled by then.
 //!
 //! The global `decisions` limit mirrors `--max-blocks-per-minute` (C)
@@ -237,7 +237,10 @@ pub fn rules_script(table: &str, chain: &str, rule: &Rule) -> String {
         None => String::new(),
     };
     let src6 = source6(rule.ipv6_prefix);
-    let syn = "tcp flags & (fin|syn|rst|ack) == syn fib daddr type local";
+    // What the detector counts as a TCP port probed, or part of it: a SYN
+    // (here without RST), and a segment with none of SYN, ACK, RST (FIN,
+    // NULL, Xmas probes), to a local address.
+    let syn = "tcp flags & (syn|rst|ack) { syn, 0x0 } fib daddr type local";
     let held = "ip6 saddr @holds6 ";
     let whole = "ip6 saddr != @holds6 ";
     let kinds: [(&str, &str, &str, &str); 3] = [
@@ -519,7 +522,7 @@ mod tests {
         );
         assert_eq!(
             lines[8],
-            "add rule inet tcpwatch prerouting tcp flags & (fin|syn|rst|ack) == syn fib daddr type local \
+            "add rule inet tcpwatch prerouting tcp flags & (syn|rst|ack) { syn, 0x0 } fib daddr type local \
              ip saddr . ip daddr . tcp dport != @seen4 add @seen4 { ip saddr . ip daddr . tcp dport } \
              update @meter4 { ip saddr . ip daddr limit rate over 3/minute burst 3 packets } \
              limit name \"decisions\" add @decided4 { ip saddr } counter name \"decisions\" drop"
