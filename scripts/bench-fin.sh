@@ -27,7 +27,9 @@
 #   --source xdp --block xdp --xdp-decide off (SYN only: userspace decides,
 #                                      as it does for FIN),
 #   --source pcap --block nftables,
-#   --source xdp --block nftables.
+#   --source xdp --block nftables (both with --nft-decide on, the default:
+#                                      the table decides SYN and FIN scans
+#                                      alike at the threshold probe).
 # Targets (those of the SYN scan, scripts/bench-xdp-block.sh and
 # scripts/bench-answered.sh): scan to block < 10 ms with --block xdp;
 # nmap probes answered after the threshold <= 2 with --block xdp, <= 20
