@@ -215,3 +215,44 @@ fn nft_decide_off_leaves_every_decision_to_userspace() {
     let finished = agent.stop();
     assert_eq!(finished.status.code(), Some(0), "{}", finished.stderr);
 }
+
+/// The blocks-per-minute cap holds in the kernel: with a cap of 1, the
+/// first scanner is blocked at its threshold probe, the second is
+/// reported, every probe of it answered, and it is never blocked.
+#[test]
+fn nft_decision_keeps_to_the_block_cap() {
+    let Some(lab) = Lab::alone(&["nmap", "nft"], 3) else {
+        return;
+    };
+    let _server = lab.serve(A, Listen::V4, &[9000]);
+    let args = Args::watching(Source::Pcap)
+        .block("nftables")
+        .block_ttl("10m")
+        .set("--max-blocks-per-minute", "1");
+    let agent = Agent::watching_with(&lab, Source::Pcap, &args);
+    let host: IpAddr = lab.v4(A).into();
+    let first = 1000 - filtered_ports(&lab.fast_syn_scan(B, host, "1-1000"));
+    assert!(first <= N + AFTER_THRESHOLD, "{first} probes answered");
+    agent.expect_event(&blocked(lab.v4(B).into(), "10m", "nftables"), EVENT);
+    let report = lab.fast_syn_scan(C, host, "1-1000");
+    assert_eq!(
+        filtered_ports(&report),
+        0,
+        "probes of a scanner over the cap dropped:\n{report}"
+    );
+    let over: IpAddr = lab.v4(C).into();
+    let scan = format!("Port scan detected: {over} -> {host} on ports ");
+    let seen = agent.wait_for(
+        |l| event_text(l).is_some_and(|t| t.starts_with(&scan)),
+        EVENT,
+    );
+    assert!(seen.is_some(), "{:#?}", agent.stdout_lines());
+    lab.try_connect(C, host, 9000)
+        .expect("a scanner over the cap is blocked");
+    let listed = table(&lab);
+    assert_eq!(decisions(&listed), Some(1), "{listed}");
+    let finished = agent.stop();
+    let texts = event_texts(&finished.stdout);
+    let blocks: Vec<&String> = texts.iter().filter(|t| t.starts_with("Blocked")).collect();
+    assert_eq!(blocks.len(), 1, "{texts:#?}");
+}
