@@ -79,6 +79,22 @@ pub mod hops {
     pub fn last_commit() -> Duration {
         Duration::from_nanos(COMMIT_NS.load(Ordering::Relaxed))
     }
+
+    static ALLOW_NS: AtomicU64 = AtomicU64::new(0);
+
+    /// The last re-read of the allowlist (the host's addresses and
+    /// gateways) took `took`.
+    pub fn allow_read(took: Duration) {
+        ALLOW_NS.store(
+            u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// How long the last re-read of the allowlist took.
+    pub fn last_allow_read() -> Duration {
+        Duration::from_nanos(ALLOW_NS.load(Ordering::Relaxed))
+    }
 }
 
 /// `tcpwatch: MESSAGE`.

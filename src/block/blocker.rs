@@ -311,9 +311,13 @@ impl Blocker {
         if !events.iter().any(is_scan) {
             return self.pass(events);
         }
+        let start = std::time::Instant::now();
         self.allow.refresh();
         if let Some(firewall) = self.firewall.as_mut() {
             firewall.sync_allow(&self.allow.entries());
+        }
+        if diag::hops::on() {
+            diag::hops::allow_read(start.elapsed());
         }
         let mut reasons: HashMap<IpNet, String> = HashMap::new();
         let scanners: Vec<IpNet> = events

@@ -730,11 +730,12 @@ fn say_hops(events: &[Event], received: std::time::Instant, clock: &dyn Clock) {
         let read = total.saturating_sub(applied + queued);
         let micros = |d: std::time::Duration| d.as_secs_f64() * 1e6;
         diag::note(format_args!(
-            "hops: {}: read to detected {:.0} us, detected to block stage {:.0} us, block stage to commit returned {:.0} us (the nft commit {:.0} us), read to commit returned {:.0} us",
+            "hops: {}: read to detected {:.0} us, detected to block stage {:.0} us, block stage to commit returned {:.0} us (the allowlist re-read {:.0} us, the nft commit {:.0} us), read to commit returned {:.0} us",
             scan.remote,
             micros(read),
             micros(queued),
             micros(applied),
+            micros(diag::hops::last_allow_read()),
             micros(diag::hops::last_commit()),
             micros(total)
         ));
