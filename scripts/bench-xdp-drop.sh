@@ -86,10 +86,10 @@ gen_dir=$target_dir/xdpgen
 mkdir -p "$gen_dir"
 multiarch=$(clang -print-multiarch)
 for prog in redirect pass; do
-  clang -O2 -g -Wall -target bpf -I"/usr/include/$multiarch" \
+  clang -O2 -g -Wall -target bpf -mcpu=v3 -I"/usr/include/$multiarch" \
     -c "benches/xdpgen/$prog.bpf.c" -o "$gen_dir/$prog.bpf.o"
 done
-clang -O2 -Wall -Wextra -o "$gen_dir/xdpgen" benches/xdpgen/xdpgen.c -lbpf
+clang -O2 -Wall -Wextra -o "$gen_dir/xdpgen" benches/xdpgen/xdpgen.c -lbpf -lpthread
 XDPGEN=$gen_dir/xdpgen
 PASS_OBJ=$gen_dir/pass.bpf.o
 
