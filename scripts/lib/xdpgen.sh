@@ -19,6 +19,8 @@ xdpgen_build() {
       -c "benches/xdpgen/$prog.bpf.c" -o "$dir/$prog.bpf.o"
   done
   clang -O2 -Wall -Wextra -o "$dir/xdpgen" benches/xdpgen/xdpgen.c -lbpf -lpthread
+  # shellcheck disable=SC2034 # for the scripts that source this file
   XDPGEN=$dir/xdpgen
+  # shellcheck disable=SC2034
   XDPGEN_PASS=$dir/pass.bpf.o
 }
