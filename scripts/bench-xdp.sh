@@ -230,7 +230,8 @@ print(f"{name}: the program saw {seen} SYNs (~{rate:.0f}/s): reported {d['report
       f"lines {d['lines']}, tcpwatch_new_connections_total +{d['m_new']}, "
       f"tcpwatch_events_lost_total{{source=\"xdp\"}} +{d['m_lost']}")
 print(f"{name}: delivered to the detector {share:.2f} % of the SYNs the program saw; "
-      f"agent {cores:.2f} cores (its CPU from the flood's start to the end of its drain / {secs:.2f} s)")
+      f"agent {cores:.2f} cores (its CPU from the flood's start to the end of its drain / {secs:.2f} s), "
+      f"{d['cpu'] / hz / max(seen, 1) * 1e6:.2f} µs of CPU per SYN")
 if gen and float(gen["fps"]) < 0.95 * float(os.environ["RATE"]):
     print(f"{name}: note: xdpgen reached {float(gen['fps']):.0f} frames/s, not the {os.environ['RATE']} asked "
           "(the receiving side's softirq work runs on the sender's CPU)")
