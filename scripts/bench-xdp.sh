@@ -8,7 +8,8 @@
 #   2. spoofed SYN floods of A's port 8080 while the agent runs (with
 #      metrics on), each $FLOOD_SECS s (5):
 #      a. from benches/xdpgen (built here with clang and libbpf) at $RATE
-#         (120,000) SYN/s, each SYN from a source address of its own, as
+#         (120,000) SYN/s, over IPv4 then IPv6 ($FAMILIES), each SYN from a
+#         source address of its own (over IPv6, a /64 of its own), as
 #         `hping3 --flood -S --rand-source` would send them if it could: B's
 #         veth transmits them as XDP frames (ndo_xdp_xmit) and A's eth0
 #         receives them in its native XDP path, no skb built before the
@@ -39,7 +40,7 @@
 #      compiled here with the flags of build.rs), in the same run.
 # Needs root, hping3, bpftool, ethtool, curl, python3, clang and libbpf-dev
 # (scripts/install-deps.sh installs them), kernel >= 5.18 for xdpgen.
-# Usage (all optional): RATE=120000 FLOOD_SECS=5 OVERFLOW_SECS=2
+# Usage (all optional): RATE=120000 FLOOD_SECS=5 OVERFLOW_SECS=2 FAMILIES="4 6"
 #   SECTIONS="latency flood cost" scripts/bench-xdp.sh [N_CONNECTIONS] (500)
 set -euo pipefail
 
@@ -55,7 +56,7 @@ lab_need root hping3 bpftool ethtool curl python3 ip
 
 lab_init
 WORK=$LAB_WORK
-lab_pair a b eth0 10.250.0
+lab_pair a b eth0 10.250.0 fd00:250::
 ARGS=(run --source xdp --interface eth0 --block none --metrics-addr off --state off)
 
 # want SECTION: whether SECTION (latency, flood, cost) is in $SECTIONS.
@@ -190,13 +191,17 @@ A_MAC=$(lab_exec a cat /sys/class/net/eth0/address)
 export RATE=${RATE:-120000}
 FLOOD_SECS=${FLOOD_SECS:-5}
 OVERFLOW_SECS=${OVERFLOW_SECS:-2}
+FAMILIES=${FAMILIES:-4 6}
 FAILED=()
-# xdpgen_flood SECONDS FIRST: a spoofed SYN flood at $RATE for SECONDS, every
-# frame from a source of its own (frame numbers FIRST on); xdpgen's line on
-# stdout.
+# xdpgen_flood SECONDS FIRST [FAMILY]: a spoofed SYN flood at $RATE for
+# SECONDS over IPv4 (or 6), every frame from a source of its own (frame
+# numbers FIRST on; over IPv6 each source in a /64 of its own, off A's
+# link); xdpgen's line on stdout.
 xdpgen_flood() {
+  local src=10.250.0.2 dst=10.250.0.1
+  [ "${3:-4}" = 6 ] && src=fd00:250::2 dst=fd00:250::1
   lab_exec b "$XDPGEN" -i eth0 -A xg0 -k syn -R -S "$2" -r "$RATE" -n $((RATE * $1)) \
-    -s 10.250.0.2 -d 10.250.0.1 -M "$A_MAC" -P 8080
+    -s "$src" -d "$dst" -M "$A_MAC" -P 8080
 }
 # account NAME SECONDS BEFORE AFTER [GENERATOR_LINE]: prints and records the
 # figures of one flood between two snapshots, and checks the accounting.
@@ -269,12 +274,18 @@ PY
 }
 
 echo "flood: load average $(cut -d' ' -f1-3 /proc/loadavg)"
-# 2a. xdpgen at $RATE.
-before=$(snapshot)
-gen=$(xdpgen_flood "$FLOOD_SECS" 0)
-drained
-after=$(snapshot)
-LABEL="xdpgen ${RATE}/s" account xdpgen "$FLOOD_SECS" "$before" "$after" "$gen" || FAILED+=(xdpgen)
+# 2a. xdpgen at $RATE, over each of $FAMILIES (frame numbers apart: no
+# source of one flood is another's).
+first=0
+for fam in $FAMILIES; do
+  before=$(snapshot)
+  gen=$(xdpgen_flood "$FLOOD_SECS" "$first" "$fam")
+  drained
+  after=$(snapshot)
+  LABEL="xdpgen IPv$fam ${RATE}/s" account "xdpgen IPv$fam" "$FLOOD_SECS" "$before" "$after" "$gen" ||
+    FAILED+=("xdpgen IPv$fam")
+  first=$((first + 500000000))
+done
 
 # 2b. hping3 --flood, as before (what hping3 reaches on this host: a process
 # sending through a raw socket, each packet an skb).
