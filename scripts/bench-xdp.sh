@@ -267,6 +267,9 @@ if name == "overflow":
 else:
     figure(f"xdp flood ({label}, ~{rate:.0f} SYN/s): SYNs delivered to the detector", d["lines"], "SYNs",
            "SYNs the program saw (reported + lost)", seen, "ratio >= 0.99")
+    if gen:
+        figure(f"xdp flood ({label}): SYNs the program saw", seen, "SYNs",
+               "frames B's veth sent as XDP frames (xdp_xmit)", d["xmit"])
     figure(f"xdp flood ({label}): ring-buffer losses (tcpwatch_events_lost_total)", d["m_lost"], "SYNs")
     figure(f"xdp flood ({label}): agent CPU while flooded", f"{cores:.2f}", "cores", "-", "-", "value <= 1")
 sys.exit(1 if problems else 0)
