@@ -759,6 +759,29 @@ mod tests {
                 .contains("(rules of chain prerouting missing)"),
             "{err}"
         );
+        // With the table's decision: its sets, counter and rules too.
+        let decision: Vec<String> = decide::SETS.iter().map(|n| set(n)).collect();
+        let counter = r#"{"counter": {"name": "decisions", "table": "tcpwatch"}}"#;
+        let mut parts: Vec<&str> = vec![&s4, &s6, chain, counter];
+        parts.extend(decision.iter().map(String::as_str));
+        parts.extend(std::iter::repeat_n(rule, 2 + decide::RULES));
+        check_complete(&doc(&parts), true).unwrap();
+        // A rule of the decision deleted by hand.
+        let err = check_complete(&doc(&parts[..parts.len() - 1]), true).unwrap_err();
+        assert!(
+            err.to_string().contains("rules of chain prerouting"),
+            "{err}"
+        );
+        let without_seen4: Vec<&str> = parts
+            .iter()
+            .copied()
+            .filter(|p| !p.contains("\"seen4\""))
+            .collect();
+        let err = check_complete(&doc(&without_seen4), true).unwrap_err();
+        assert!(err.to_string().contains("(set seen4 missing)"), "{err}");
+        // The table of `--nft-decide off` is complete for an agent that
+        // does not decide only.
+        assert!(check_complete(&doc(&[&s4, &s6, chain, rule, rule]), true).is_err());
         let err = check_complete(&doc(&[]), false).unwrap_err();
         assert!(err
             .to_string()
