@@ -11,6 +11,11 @@ use crate::event::{Connection, Direction};
 use crate::event::{Socket, TcpState};
 use hashbrown::HashTable;
 use std::collections::HashSet;
+
+/// A set hashed as the detector's tables are ([`hash`]): every row of a
+/// table whose local port listens is looked up here, on every poll and by
+/// `tcpwatch list` (SipHash, the default, was a tenth of `list`'s own time).
+type Set<T> = HashSet<T, hash::Keyed>;
 use std::net::{SocketAddr, SocketAddrV4};
 
 /// Polls a connection may be absent from before it is forgotten. The kernel's
@@ -349,21 +354,21 @@ pub struct Listeners {
     /// here, without hashing (an outbound connection's local port is
     /// rarely one that listens).
     ports: Box<[u64; 1024]>,
-    exact: HashSet<SocketAddr>,
+    exact: Set<SocketAddr>,
     /// Ports of `0.0.0.0` listeners: any local IPv4 address.
-    any_v4: HashSet<u16>,
+    any_v4: Set<u16>,
     /// Ports of `::` listeners: any local address, since a dual-stack
     /// listener also accepts IPv4 (unmapped to plain IPv4 by the sources).
-    any: HashSet<u16>,
+    any: Set<u16>,
 }
 
 impl Default for Listeners {
     fn default() -> Self {
         Listeners {
             ports: Box::new([0; 1024]),
-            exact: HashSet::new(),
-            any_v4: HashSet::new(),
-            any: HashSet::new(),
+            exact: Set::with_hasher(hash::keyed()),
+            any_v4: Set::with_hasher(hash::keyed()),
+            any: Set::with_hasher(hash::keyed()),
         }
     }
 }
