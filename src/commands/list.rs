@@ -93,7 +93,12 @@ fn v4_key(acceptor: SocketAddrV4, initiator: SocketAddrV4) -> u128 {
     end(acceptor) << 48 | end(initiator)
 }
 
-fn write(rows: &[Row], sorted: &[u32], format: Format, out: &mut impl Write) -> std::io::Result<()> {
+fn write(
+    rows: &[Row],
+    sorted: &[u32],
+    format: Format,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(CHUNK + 256);
     for &i in sorted {
         let Row { conn, state } = &rows[i as usize];

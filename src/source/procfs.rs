@@ -11,9 +11,11 @@
 //! buckets, shared by every network namespace) once per file, and once
 //! more for the `read(2)` that finds the end of the file: the seq_file
 //! cannot resume past its last row, so that read starts the walk over from
-//! the first bucket. [`read_table`] knows the end from a short read instead,
+//! the first bucket. [`read_lines`] knows the end from a short read instead,
 //! which saves that second walk (about 4 ms a file with 20,000 sockets on
-//! the reference machine), and reads into a buffer kept across polls.
+//! the reference machine). It parses each read as it comes, in a buffer
+//! kept across polls, so a table of any size costs no more memory than its
+//! sockets.
 
 use super::table::SocketTable;
 use crate::event::{Socket, TcpState};
@@ -54,9 +56,16 @@ pub fn parse_table(text: &str) -> Result<Vec<Socket>, LineError> {
 /// [`parse_table`], appending to `out` (which keeps what it held); on an
 /// error, `out` may hold some of this table's sockets.
 pub fn parse_table_into(text: &str, out: &mut Vec<Socket>) -> Result<(), LineError> {
+    parse_lines(text, out).map(|_| ())
+}
+
+/// [`parse_table_into`], returning the number of lines of `text`.
+fn parse_lines(text: &str, out: &mut Vec<Socket>) -> Result<usize, LineError> {
     let complete = text.ends_with('\n');
+    let mut count = 0;
     let mut lines = text.lines().enumerate().peekable();
     while let Some((index, line)) = lines.next() {
+        count = index + 1;
         let torn = !complete && lines.peek().is_none();
         if torn || is_blank_or_header(line) {
             continue;
@@ -71,7 +80,7 @@ pub fn parse_table_into(text: &str, out: &mut Vec<Socket>) -> Result<(), LineErr
             }
         }
     }
-    Ok(())
+    Ok(count)
 }
 
 /// Whether a line is blank or the header (`  sl  local_address ...`). A
@@ -202,9 +211,11 @@ const LONGEST_ROW: usize = 512;
 /// so that only the kernel's page limits a read.
 const READ_SIZE: usize = 64 * 1024;
 
-/// Reads the whole of `file` into `buf[..n]`, returning `n`. `buf` is kept
-/// by the caller across polls: its bytes are zeroed once, when it grows, and
-/// reused after.
+/// Reads `file` to its end, handing `each` every run of complete lines
+/// it gets (ending with a newline, in file order); a last line without its
+/// newline is torn and dropped, as [`parse_table`] drops it. `buf` is kept
+/// by the caller across polls: it holds one read and the start of a line
+/// cut by it, whatever the size of the file.
 ///
 /// A read of fewer than [`SEQ_PAGE`] - [`LONGEST_ROW`] bytes is the last:
 /// the kernel fills a read with rows until the next one does not fit in its
@@ -213,23 +224,34 @@ const READ_SIZE: usize = 64 * 1024;
 /// `/proc/net/tcp{,6}` costs a whole walk of the kernel's hash table (see
 /// the module docs). A regular file (a saved copy) returns a short read only
 /// at its end too; a longer last read is followed by the usual read of 0.
-pub fn read_table(file: &mut impl Read, buf: &mut Vec<u8>) -> std::io::Result<usize> {
-    let mut filled = 0;
+pub fn read_lines(
+    file: &mut impl Read,
+    buf: &mut Vec<u8>,
+    mut each: impl FnMut(&[u8]) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    // Bytes at the front of `buf`: the start of a line the last read cut.
+    let mut carry = 0;
     loop {
-        if buf.len() - filled < READ_SIZE {
-            let grown = (buf.len() * 2).max(filled + READ_SIZE);
-            buf.resize(grown, 0);
+        if buf.len() < carry + READ_SIZE {
+            buf.resize(carry + READ_SIZE, 0);
         }
-        match file.read(&mut buf[filled..filled + READ_SIZE]) {
-            Ok(0) => return Ok(filled),
-            Ok(n) => {
-                filled += n;
-                if n < SEQ_PAGE - LONGEST_ROW {
-                    return Ok(filled);
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+        let n = match file.read(&mut buf[carry..carry + READ_SIZE]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let filled = carry + n;
+        let lines = buf[..filled]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |at| at + 1);
+        if lines > 0 {
+            each(&buf[..lines])?;
+        }
+        buf.copy_within(lines..filled, 0);
+        carry = filled - lines;
+        if n < SEQ_PAGE - LONGEST_ROW {
+            return Ok(());
         }
     }
 }
@@ -237,7 +259,7 @@ pub fn read_table(file: &mut impl Read, buf: &mut Vec<u8>) -> std::io::Result<us
 /// Reads the two tables under a `/proc`-like root.
 pub struct Procfs {
     files: [PathBuf; 2],
-    /// The read buffer, kept across polls (see [`read_table`]).
+    /// The read buffer, kept across polls (see [`read_lines`]).
     buf: Vec<u8>,
     /// Sockets in the last table: the next one's capacity.
     last_len: usize,
@@ -266,20 +288,25 @@ impl SocketTable for Procfs {
     fn snapshot(&mut self) -> anyhow::Result<Vec<Socket>> {
         let mut sockets = Vec::with_capacity(self.last_len + self.last_len / 8);
         for file in &self.files {
-            let read =
-                std::fs::File::open(file).and_then(|mut f| read_table(&mut f, &mut self.buf));
-            let len = match read {
-                Ok(len) => len,
+            let mut opened = match std::fs::File::open(file) {
+                Ok(opened) => opened,
                 // A kernel without IPv6 has no tcp6.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && file.ends_with("tcp6") => {
                     continue
                 }
                 Err(e) => return Err(e).with_context(|| format!("{}", file.display())),
             };
-            let text = std::str::from_utf8(&self.buf[..len])
-                .map_err(|_| anyhow::anyhow!("{}: not UTF-8", file.display()))?;
-            parse_table_into(text, &mut sockets)
-                .map_err(|e| anyhow::anyhow!("{}:{}: {}", file.display(), e.line, e.reason))?;
+            // Lines before the current run, to number a bad line.
+            let mut before = 0;
+            read_lines(&mut opened, &mut self.buf, |run| {
+                let text = std::str::from_utf8(run)
+                    .map_err(|_| anyhow::anyhow!("{}: not UTF-8", file.display()))?;
+                before += parse_lines(text, &mut sockets).map_err(|e| {
+                    anyhow::anyhow!("{}:{}: {}", file.display(), before + e.line, e.reason)
+                })?;
+                Ok(())
+            })
+            .with_context(|| format!("{}", file.display()))?;
         }
         self.last_len = sockets.len();
         Ok(sockets)
@@ -377,7 +404,8 @@ mod tests {
     }
 
     /// Returns its chunks one read at a time, as a seq_file returns pages,
-    /// and counts the reads; past the chunks, reads return 0.
+    /// and counts the reads; past the chunks, reads return 0. The second
+    /// read is interrupted.
     struct Chunks {
         chunks: Vec<Vec<u8>>,
         reads: usize,
@@ -389,53 +417,113 @@ mod tests {
             if self.reads == 2 {
                 return Err(std::io::ErrorKind::Interrupted.into());
             }
-            let Some(chunk) = (!self.chunks.is_empty()).then(|| self.chunks.remove(0)) else {
+            if self.chunks.is_empty() {
                 return Ok(0);
-            };
+            }
+            let chunk = self.chunks.remove(0);
             assert!(buf.len() >= chunk.len(), "a read smaller than a page");
             buf[..chunk.len()].copy_from_slice(&chunk);
             Ok(chunk.len())
         }
     }
 
+    /// What `read_lines` hands over, joined.
+    fn lines_of(file: &mut impl Read, buf: &mut Vec<u8>) -> Vec<u8> {
+        let mut got = Vec::new();
+        read_lines(file, buf, |run| {
+            assert_eq!(run.last(), Some(&b'\n'), "a run of whole lines");
+            got.extend_from_slice(run);
+            Ok(())
+        })
+        .unwrap();
+        got
+    }
+
     #[test]
     fn a_short_read_ends_the_table_without_a_read_of_nothing() {
         // Pages of whole 150-byte rows (27 fit in 4096 bytes), then a last
         // short one: 4 reads and one interrupted, none returning 0.
-        let page = |fill: u8| vec![fill; 27 * 150];
+        let page = |fill: u8| {
+            let row = [vec![fill; 149], vec![b'\n']].concat();
+            row.repeat(27)
+        };
+        let last = [vec![b'd'; 299], vec![b'\n']].concat();
         let mut file = Chunks {
-            chunks: vec![page(b'a'), page(b'b'), page(b'c'), vec![b'd'; 300]],
+            chunks: vec![page(b'a'), page(b'b'), page(b'c'), last.clone()],
             reads: 0,
         };
         let mut buf = Vec::new();
-        let len = read_table(&mut file, &mut buf).unwrap();
-        assert_eq!(len, 3 * 27 * 150 + 300);
+        let got = lines_of(&mut file, &mut buf);
+        assert_eq!(got, [page(b'a'), page(b'b'), page(b'c'), last].concat());
         assert_eq!(file.reads, 5);
-        assert!(buf[..len].starts_with(&page(b'a')) && buf[..len].ends_with(&[b'd'; 300]));
         // A last page that is full is followed by the read of 0.
         let mut file = Chunks {
             chunks: vec![page(b'a'), page(b'b')],
             reads: 0,
         };
-        assert_eq!(read_table(&mut file, &mut buf).unwrap(), 2 * 27 * 150);
+        assert_eq!(lines_of(&mut file, &mut buf).len(), 2 * 27 * 150);
         assert_eq!(file.reads, 4);
-        // The buffer is reused: a second table overwrites the first.
-        let mut file = Chunks {
-            chunks: vec![b"x".to_vec()],
-            reads: 0,
-        };
-        assert_eq!(read_table(&mut file, &mut buf).unwrap(), 1);
-        assert_eq!(buf[0], b'x');
     }
 
     #[test]
-    fn a_regular_file_is_read_whole_whatever_its_size() {
+    fn a_regular_file_is_read_whole_whatever_its_size_and_a_torn_line_dropped() {
         let mut buf = Vec::new();
-        for size in [0, 1, 3583, 3584, 4096, 65_536, 65_537, 300_000] {
-            let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
-            let len = read_table(&mut std::io::Cursor::new(&data), &mut buf).unwrap();
-            assert_eq!(&buf[..len], &data[..], "size {size}");
+        for size in [0, 1, 3583, 3584, 4096, 65_535, 65_536, 65_537, 300_000] {
+            // Lines of every length up to 200 bytes, the last one torn
+            // unless the size ends on a newline.
+            let data: Vec<u8> = (0..size)
+                .map(|i| {
+                    if i % 201 == 200 {
+                        b'\n'
+                    } else {
+                        b'a' + (i % 26) as u8
+                    }
+                })
+                .collect();
+            let whole = data
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |at| at + 1);
+            let got = lines_of(&mut std::io::Cursor::new(&data), &mut buf);
+            assert_eq!(got, &data[..whole], "size {size}");
+            // One line longer than a read.
+            let long = [vec![b'x'; 200_000], vec![b'\n'], data.clone()].concat();
+            let whole = long.iter().rposition(|&b| b == b'\n').unwrap() + 1;
+            let got = lines_of(&mut std::io::Cursor::new(&long), &mut buf);
+            assert_eq!(got, &long[..whole], "size {size} after a long line");
         }
+    }
+
+    #[test]
+    fn a_bad_line_is_numbered_across_reads() {
+        // Row 3000 (line 3001 with the header) is bad; the rows span
+        // several reads of a regular file.
+        let row = TCP.lines().nth(1).unwrap();
+        let mut text = format!("{}\n", TCP.lines().next().unwrap());
+        for i in 1..=4000 {
+            let line = if i == 3000 {
+                row.replace("0100007F", "0100007G")
+            } else {
+                row.to_string()
+            };
+            text.push_str(&line);
+            text.push('\n');
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("net")).unwrap();
+        std::fs::write(dir.path().join("net/tcp"), &text).unwrap();
+        let err = Procfs::under(dir.path()).snapshot().unwrap_err();
+        assert!(
+            format!("{err:#}").contains("tcp:3001: bad address"),
+            "{err:#}"
+        );
+        assert_eq!(parse_table(&text).unwrap_err().line, 3001);
+        // Good, with no tcp6: every row, as parse_table reads them.
+        let good = text.replace("0100007G", "0100007F");
+        std::fs::write(dir.path().join("net/tcp"), &good).unwrap();
+        let mut procfs = Procfs::under(dir.path());
+        assert_eq!(procfs.snapshot().unwrap(), parse_table(&good).unwrap());
+        assert_eq!(procfs.snapshot().unwrap().len(), 4000);
     }
 
     #[test]
