@@ -100,6 +100,97 @@ fn is_header(line: &str) -> bool {
 
 /// Parses one row: `sl: local remote st tx:rx tr:when retrnsmt uid timeout inode ...`.
 pub fn parse_line(line: &str) -> Result<Socket, String> {
+    match parse_kernel_row(line) {
+        Some(socket) => Ok(socket),
+        None => parse_fields(line),
+    }
+}
+
+/// Hex digit values (`0-9a-fA-F`), 0xff for any other byte.
+const HEX: [u8; 256] = {
+    let mut table = [0xff; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        table[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
+
+/// `len` hex digits at `at`, or `None`.
+fn hex_at(bytes: &[u8], at: usize, len: usize) -> Option<u32> {
+    bytes.get(at..at + len)?.iter().try_fold(0u32, |n, &b| {
+        let digit = HEX[usize::from(b)];
+        (digit != 0xff).then_some(n << 4 | u32::from(digit))
+    })
+}
+
+/// The fast path of [`parse_line`]: a row laid out as the kernel prints it
+/// (the slot, then the two endpoints and the state each after exactly one
+/// space), read at fixed offsets instead of split into fields; `None` for
+/// anything else, which [`parse_fields`] then parses or rejects. Whatever
+/// it accepts, [`parse_fields`] accepts as the same socket: it reads the
+/// same fields with the same rules, and leaves every rejection to it.
+fn parse_kernel_row(line: &str) -> Option<Socket> {
+    let bytes = line.as_bytes();
+    let mut at = bytes.iter().position(|&b| b != b' ')?;
+    let digits = bytes[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    at += digits;
+    if digits == 0 || bytes.get(at..at + 2)? != b": " {
+        return None;
+    }
+    at += 2;
+    let endpoint = |at: &mut usize| -> Option<SocketAddr> {
+        let len = match (bytes.get(*at + 8), bytes.get(*at + 32)) {
+            (Some(b':'), _) => 8,
+            (_, Some(b':')) => 32,
+            _ => return None,
+        };
+        let port = hex_at(bytes, *at + len + 1, 4)? as u16;
+        if bytes.get(*at + len + 5) != Some(&b' ') {
+            return None;
+        }
+        let mut octets = [0u8; 16];
+        for (i, chunk) in octets[..len / 2].chunks_exact_mut(4).enumerate() {
+            chunk.copy_from_slice(&hex_at(bytes, *at + i * 8, 8)?.to_ne_bytes());
+        }
+        let ip = match len {
+            8 => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(&octets[..4]).ok()?)),
+            _ => unmap(Ipv6Addr::from(octets)),
+        };
+        *at += len + 6;
+        Some(SocketAddr::new(ip, port))
+    };
+    let local = endpoint(&mut at)?;
+    let remote = endpoint(&mut at)?;
+    let state = TcpState::from_kernel(hex_at(bytes, at, 2)? as u8)?;
+    if bytes.get(at + 2) != Some(&b' ') {
+        return None;
+    }
+    // tx/rx queue, timer, retransmits, uid, timeout, then the inode.
+    let inode = parse_decimal(line.get(at + 3..)?.split_ascii_whitespace().nth(5)?)?;
+    if local.is_ipv4() != remote.is_ipv4() && !is_unspecified(&remote) {
+        return None;
+    }
+    Some(Socket {
+        local,
+        remote,
+        state,
+        inode,
+    })
+}
+
+/// [`parse_line`] field by field: any layout, every error named.
+fn parse_fields(line: &str) -> Result<Socket, String> {
     let mut fields = line.split_ascii_whitespace();
     let mut next = |name: &str| fields.next().ok_or_else(|| format!("missing {name} field"));
     let slot = next("slot")?;
@@ -204,9 +295,11 @@ fn clip(text: &str) -> String {
 /// on every architecture. It formats whole rows into it and stops when the
 /// next row does not fit.
 const SEQ_PAGE: usize = 4096;
-/// More than the longest row of `/proc/net/tcp` or `tcp6` (about 150 and
-/// 180 bytes, 250 with every field at its widest).
-const LONGEST_ROW: usize = 512;
+/// More than the longest row of `/proc/net/tcp` or `tcp6` can be: 239 and
+/// 288 bytes with every field of the kernel's format at its widest (ten
+/// digits of slot, a 16-digit timer, a 20-digit inode, RTO and ATO, ...);
+/// rows are about 150 and 180 bytes in practice.
+const LONGEST_ROW: usize = 320;
 /// Bytes asked for by each `read(2)`: more than a seq_file returns at once,
 /// so that only the kernel's page limits a read.
 const READ_SIZE: usize = 64 * 1024;
@@ -574,5 +667,44 @@ mod tests {
             );
             assert!(!is_blank_or_header(line), "{line:?}");
         }
+    }
+
+    /// The fast path never accepts what the field parser rejects or reads
+    /// differently: rows as the kernel writes them, and every one-byte
+    /// change of them (a digit, a letter out of hex, a space, a tab, a
+    /// colon, a multi-byte character, a cut) at every position.
+    #[test]
+    fn the_fast_path_agrees_with_the_field_parser() {
+        let v6 = "   0: B80D0120000000000000000001000000:01BB B80D0120000000000000000007000000:9CB0 01 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 20 4 0 10 -1";
+        let mapped = "   1: 0000000000000000FFFF00000500000A:0050 0000000000000000FFFF0000380200C0:1755 01 00000000:00000000 00:00000000 00000000     0        0 4243 1 0000000000000000 20 4 0 10 -1";
+        let any = "  12: 00000000000000000000000000000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 99 1 0000000000000000 100 0 0 10 0";
+        let rows: Vec<&str> = TCP.lines().skip(1).chain([v6, mapped, any]).collect();
+        let mut checked = 0;
+        for row in rows {
+            let fast = parse_kernel_row(row).expect("a kernel row takes the fast path");
+            assert_eq!(Ok(fast), parse_fields(row), "{row}");
+            for at in 0..=row.len() {
+                for with in ["0", "F", "f", "g", " ", "\t", ":", "é", "+", ""] {
+                    let (Some(head), Some(tail)) = (row.get(..at), row.get(at + 1..)) else {
+                        continue;
+                    };
+                    for line in [
+                        format!("{head}{with}{tail}"),
+                        format!("{head}{with}{}", &row[at..]),
+                    ] {
+                        if let Some(socket) = parse_kernel_row(&line) {
+                            assert_eq!(Ok(socket), parse_fields(&line), "{line:?}");
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+            for cut in 0..row.len() {
+                if let Some(socket) = row.get(..cut).and_then(parse_kernel_row) {
+                    assert_eq!(Ok(socket), parse_fields(&row[..cut]), "cut at {cut}");
+                }
+            }
+        }
+        assert!(checked > 1000, "{checked}");
     }
 }
