@@ -82,16 +82,10 @@ cargo build --release --locked --bin tcpwatch >/dev/null
 BIN=$target_dir/release/tcpwatch
 
 # The generator and the pass program, built into target/xdpgen.
-gen_dir=$target_dir/xdpgen
-mkdir -p "$gen_dir"
-multiarch=$(clang -print-multiarch)
-for prog in redirect pass; do
-  clang -O2 -g -Wall -target bpf -I"/usr/include/$multiarch" \
-    -c "benches/xdpgen/$prog.bpf.c" -o "$gen_dir/$prog.bpf.o"
-done
-clang -O2 -Wall -Wextra -o "$gen_dir/xdpgen" benches/xdpgen/xdpgen.c -lbpf
-XDPGEN=$gen_dir/xdpgen
-PASS_OBJ=$gen_dir/pass.bpf.o
+# shellcheck source=lib/xdpgen.sh
+. scripts/lib/xdpgen.sh
+xdpgen_build "$target_dir"
+PASS_OBJ=$XDPGEN_PASS
 
 # The lab: its clean-up kills the agent, the listeners, the scanner and
 # xdpgen, and deleting rx's namespace takes the veth pair, the XDP programs

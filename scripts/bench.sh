@@ -143,7 +143,7 @@ run scripts/bench-list.sh target/release/tcpwatch 10000 20
 section "idle: CPU and RSS of procfs every 10 s with 20,000 sockets and of xdp with no traffic, binary size (scripts/bench-idle.sh, IDLE_SECONDS=${IDLE_SECONDS:-300})"
 run scripts/bench-idle.sh target/release/tcpwatch 10000
 
-section "xdp source: connect-to-line latency, SYN flood accounting (scripts/bench-xdp.sh)"
+section "xdp source: connect-to-line latency, spoofed SYN floods (xdpgen at 120,000 SYN/s as XDP frames; hping3) delivered and accounted (scripts/bench-xdp.sh)"
 run scripts/bench-xdp.sh
 
 section "XDP vs nftables drop cost, frames delivered as XDP frames as by a NIC (scripts/bench-xdp-drop.sh)"

@@ -217,3 +217,25 @@ mod tests {
         assert_eq!(set.len(), 1);
     }
 }
+
+/// A block in force as `tcpwatch blocks list` and `tcpwatch status` show
+/// it: written by the block stage, sent by the control socket.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BlockInfo {
+    /// An address or a prefix, as the lines print it.
+    pub target: String,
+    pub backend: String,
+    /// Seconds left; `None` for a block without a timeout.
+    pub expires_in_seconds: Option<u64>,
+    /// The TTL it was given, when the agent knows it.
+    pub ttl_seconds: Option<u64>,
+    /// Its place in a row of blocks for scans (1: a first block).
+    pub repeat: u32,
+    /// Why: `port scan 3/60s on ports 80,81,82,83`, `manual`, `found in
+    /// the firewall`.
+    pub reason: String,
+    /// The node that decided it.
+    pub origin: String,
+    /// Packets it dropped since it was applied.
+    pub packets_dropped: u64,
+}

@@ -25,7 +25,7 @@ use super::journal::Journal;
 use super::limit;
 use super::record::{self, Escalation, Record, Records};
 use super::Settings;
-use crate::blockset::BlockSet;
+use crate::blockset::{BlockInfo, BlockSet};
 use crate::clock::Clock;
 use crate::diag;
 use crate::event::{show_net, Block, Event, EventKind, Origin};
@@ -47,27 +47,6 @@ pub struct Restored {
     pub applied: usize,
     /// Stored blocks kept for a later start: blocking is off or dry.
     pub kept: usize,
-}
-
-/// A block in force as `tcpwatch blocks list` and `tcpwatch status` show
-/// it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct BlockView {
-    /// An address or a prefix, as the lines print it.
-    pub target: String,
-    pub backend: String,
-    /// Seconds left; `None` for a block without a timeout.
-    pub expires_in_seconds: Option<u64>,
-    /// The TTL it was given, when the agent knows it.
-    pub ttl_seconds: Option<u64>,
-    /// Its place in a row of blocks for scans (1: a first block).
-    pub repeat: u32,
-    /// Why: `port scan 3/60s on ports 80,81,82,83`, `manual`, ...
-    pub reason: String,
-    /// The node that decided it.
-    pub origin: String,
-    /// Packets it dropped since it was applied.
-    pub packets_dropped: u64,
 }
 
 /// Why the operator's block was refused.
@@ -654,7 +633,7 @@ impl Blocker {
     }
 
     /// The blocks in force, with what the agent knows of each.
-    pub fn views(&mut self) -> Vec<BlockView> {
+    pub fn views(&mut self) -> Vec<BlockInfo> {
         let Some(firewall) = self.firewall.as_mut() else {
             return Vec::new();
         };
@@ -664,7 +643,7 @@ impl Blocker {
             .into_iter()
             .map(|held| {
                 let record = self.records.get(&held.target);
-                BlockView {
+                BlockInfo {
                     target: show_net(&held.target),
                     backend: backend.to_string(),
                     expires_in_seconds: held.left.map(|d| d.as_secs()),

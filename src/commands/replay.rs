@@ -319,42 +319,31 @@ impl<W: Write> Replay<'_, W> {
                 mono: *mono,
             };
             probes.frame(at, seen, &local, &mut |o| observations.push(o));
-            for observation in observations.drain(..) {
-                Self::detect(
-                    detector,
-                    &observation,
-                    self.options.format,
-                    &mut self.out,
-                    &mut self.lines,
-                )?;
-            }
+            let (format, out, lines) = (self.options.format, &mut self.out, &mut self.lines);
+            Self::detect(detector, &mut observations, format, out, lines)?;
         }
         // A first fragment still waiting at the end of the file has waited
         // long enough: there is nothing more to come in this file.
         probes.flush(&local, &mut |o| observations.push(o));
-        for observation in observations.drain(..) {
-            Self::detect(
-                detector,
-                &observation,
-                self.options.format,
-                &mut self.out,
-                &mut self.lines,
-            )?;
-        }
-        Ok(())
+        let (format, out, lines) = (self.options.format, &mut self.out, &mut self.lines);
+        Self::detect(detector, &mut observations, format, out, lines)
     }
 
     /// Runs one observation through the detector and prints its events.
+    /// Runs the detector on each observation, taken out of `observations`,
+    /// and writes a line per event.
     fn detect(
         detector: &mut Detector,
-        observation: &Observation,
+        observations: &mut Vec<Observation>,
         format: Format,
         out: &mut std::io::BufWriter<W>,
         lines: &mut u64,
     ) -> Result<(), Failure> {
-        for event in detector.process(observation) {
-            writeln!(out, "{}", format.line(&event))?;
-            *lines += 1;
+        for observation in observations.drain(..) {
+            for event in detector.process(&observation) {
+                writeln!(out, "{}", format.line(&event))?;
+                *lines += 1;
+            }
         }
         Ok(())
     }

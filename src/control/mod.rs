@@ -24,6 +24,7 @@
 pub mod client;
 pub mod server;
 
+pub use crate::blockset::BlockInfo;
 use crate::setting::Value;
 use crate::text::printable;
 use std::path::PathBuf;
@@ -95,27 +96,6 @@ pub enum Request {
     Remove { target: String },
     /// Lift every block.
     Flush,
-}
-
-/// A block in force.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct BlockInfo {
-    /// An address or a prefix, as the lines print it.
-    pub target: String,
-    pub backend: String,
-    /// Seconds left; `None` for an element without a timeout.
-    pub expires_in_seconds: Option<u64>,
-    /// The TTL it was given, when known.
-    pub ttl_seconds: Option<u64>,
-    /// Its place in a row of blocks for scans (1: a first block).
-    pub repeat: u32,
-    /// `port scan 3/60s on ports 80,81,82,83`, `manual`, `found in the
-    /// firewall`.
-    pub reason: String,
-    /// The node that decided it.
-    pub origin: String,
-    /// Packets it dropped since it was applied.
-    pub packets_dropped: u64,
 }
 
 /// The source, as `/healthz` sees it.

@@ -37,30 +37,19 @@ struct Bucket {
     others: u64,
 }
 
-/// One of the top scanners: its scans in the window.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Scanner {
-    pub source: String,
-    pub scans: u64,
-}
-
-/// One of the top ports: the scans that named it in the window.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Port {
-    pub port: u16,
-    pub scans: u64,
-}
-
 /// The last hour in figures.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Summary {
     pub window_seconds: u64,
     pub connections_inbound: u64,
     pub connections_outbound: u64,
     pub port_scans: u64,
     pub blocks: u64,
-    pub top_scanners: Vec<Scanner>,
-    pub top_ports: Vec<Port>,
+    /// The sources that scanned most (as the lines print them), with
+    /// their scans in the window.
+    pub top_scanners: Vec<(String, u64)>,
+    /// The ports scanned most, with the scans that named them.
+    pub top_ports: Vec<(u16, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -134,18 +123,11 @@ impl Recent {
         summary.top_scanners = scanners
             .into_iter()
             .take(top)
-            .map(|(source, scans)| Scanner {
-                source: show_net(&source),
-                scans,
-            })
+            .map(|(source, scans)| (show_net(&source), scans))
             .collect();
         let mut ports: Vec<(u16, u64)> = ports.into_iter().collect();
         ports.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        summary.top_ports = ports
-            .into_iter()
-            .take(top)
-            .map(|(port, scans)| Port { port, scans })
-            .collect();
+        summary.top_ports = ports.into_iter().take(top).collect();
         summary
     }
 }
@@ -227,20 +209,11 @@ mod tests {
         assert_eq!(
             s.top_scanners,
             [
-                Scanner {
-                    source: "192.0.2.56".into(),
-                    scans: 2
-                },
-                Scanner {
-                    source: "198.51.100.7".into(),
-                    scans: 1
-                },
+                ("192.0.2.56".to_string(), 2),
+                ("198.51.100.7".to_string(), 1)
             ]
         );
-        assert_eq!(
-            s.top_ports,
-            [Port { port: 22, scans: 2 }, Port { port: 80, scans: 2 }]
-        );
+        assert_eq!(s.top_ports, [(22, 2), (80, 2)]);
         // An hour later only the last minutes' remain.
         let later = recent.summary(Duration::from_secs(3600 + 250), 10);
         assert_eq!((later.port_scans, later.blocks), (1, 1));

@@ -4,7 +4,7 @@
 //! file and the blocks in force stay one story), the metrics stage gives
 //! the last hour's figures and the source's health.
 
-use crate::block::blocker::{BlockView, Blocker, Refused};
+use crate::block::blocker::{Blocker, Refused};
 use crate::block::firewall::Health;
 use crate::clock::Clock;
 use crate::control::server::Handler;
@@ -31,7 +31,7 @@ pub const COMMANDS: usize = 16;
 pub struct BlockState {
     pub backend: Option<&'static str>,
     pub health: Health,
-    pub blocks: Vec<BlockView>,
+    pub blocks: Vec<BlockInfo>,
 }
 
 /// A request for the block stage, with where its answer goes.
@@ -107,19 +107,6 @@ fn stopping() -> Response {
     }
 }
 
-fn info(view: BlockView) -> BlockInfo {
-    BlockInfo {
-        target: view.target,
-        backend: view.backend,
-        expires_in_seconds: view.expires_in_seconds,
-        ttl_seconds: view.ttl_seconds,
-        repeat: view.repeat,
-        reason: view.reason,
-        origin: view.origin,
-        packets_dropped: view.packets_dropped,
-    }
-}
-
 fn target(text: &str) -> Result<IpNet, Response> {
     <IpNet as Value>::parse(text).map_err(|message| Response::Refused { message })
 }
@@ -136,7 +123,7 @@ impl Agent {
             Request::Status { top } => self.status(top).await.unwrap_or_else(stopping),
             Request::List => match self.ask(|reply| BlockCommand::State { reply }).await {
                 Some(state) => Response::Blocks {
-                    blocks: state.blocks.into_iter().map(info).collect(),
+                    blocks: state.blocks,
                 },
                 None => stopping(),
             },
@@ -245,20 +232,14 @@ impl Agent {
             top_scanners: recent
                 .top_scanners
                 .into_iter()
-                .map(|s| Scanner {
-                    source: s.source,
-                    scans: s.scans,
-                })
+                .map(|(source, scans)| Scanner { source, scans })
                 .collect(),
             top_ports: recent
                 .top_ports
                 .into_iter()
-                .map(|p| Port {
-                    port: p.port,
-                    scans: p.scans,
-                })
+                .map(|(port, scans)| Port { port, scans })
                 .collect(),
-            blocks: state.blocks.into_iter().map(info).collect(),
+            blocks: state.blocks,
         })))
     }
 }

@@ -324,19 +324,31 @@ impl Store {
     }
 
     fn meta(&self, key: &str) -> Result<Option<u64>, StateError> {
+        self.read(META, |table| {
+            let Some(table) = table else { return Ok(None) };
+            let value = table.get(key).map_err(|e| self.unusable(e))?;
+            Ok(value.map(|v| v.value()))
+        })
+    }
+
+    /// Runs `f` on `table` in one read transaction; `None` when the table
+    /// was never written.
+    fn read<K: redb::Key + 'static, V: redb::Value + 'static, T>(
+        &self,
+        table: TableDefinition<K, V>,
+        f: impl FnOnce(Option<&redb::ReadOnlyTable<K, V>>) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
         let db = self.reader()?;
         let read = db
             .as_ref()
             .expect("checked")
             .begin_read()
             .map_err(|e| self.unusable(e))?;
-        let table = match read.open_table(META) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(self.unusable(e)),
-        };
-        let value = table.get(key).map_err(|e| self.unusable(e))?;
-        Ok(value.map(|v| v.value()))
+        match read.open_table(table) {
+            Ok(t) => f(Some(&t)),
+            Err(redb::TableError::TableDoesNotExist(_)) => f(None),
+            Err(e) => Err(self.unusable(e)),
+        }
     }
 
     /// The connections accounted for.
@@ -450,28 +462,20 @@ impl Store {
         what: &str,
         decode: impl for<'a> Fn(&'a [u8], V::SelfType<'a>) -> Option<T>,
     ) -> Result<Vec<T>, StateError> {
-        let db = self.reader()?;
-        let read = db
-            .as_ref()
-            .expect("checked")
-            .begin_read()
-            .map_err(|e| self.unusable(e))?;
-        let table = match read.open_table(table) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(self.unusable(e)),
-        };
-        let mut out = Vec::new();
-        for row in table.iter().map_err(|e| self.unusable(e))? {
-            let (key, value) = row.map_err(|e| self.unusable(e))?;
-            let decoded =
-                decode(key.value(), value.value()).ok_or_else(|| StateError::Unusable {
-                    path: self.shown(),
-                    cause: format!("a stored {what} does not decode (corrupt)"),
-                })?;
-            out.push(decoded);
-        }
-        Ok(out)
+        self.read(table, |table| {
+            let mut out = Vec::new();
+            let Some(table) = table else { return Ok(out) };
+            for row in table.iter().map_err(|e| self.unusable(e))? {
+                let (key, value) = row.map_err(|e| self.unusable(e))?;
+                let decoded =
+                    decode(key.value(), value.value()).ok_or_else(|| StateError::Unusable {
+                        path: self.shown(),
+                        cause: format!("a stored {what} does not decode (corrupt)"),
+                    })?;
+                out.push(decoded);
+            }
+            Ok(out)
+        })
     }
 
     /// Records blocks of `targets` until `expires` and drops the blocks

@@ -222,18 +222,23 @@ fn json_format_carries_every_field() {
     }
 }
 
-/// A slow scan: B connects to five ports of A, one every 45 s (never more
-/// than two within a minute). Two agents watch A at once: with `--scan-rule
-/// 4/5m` one scan line at the fifth port, naming all five; with the main
-/// rule alone, none. Takes about 3 minutes.
+/// A slow scan: B connects to five ports of A, one every 10 s, against a
+/// main rule of more than 3 ports within 20 s (`--scan-window 20s`: never
+/// more than three ports within it, so the default minute is scaled down to
+/// keep the test short). Two agents watch A at once: with `--scan-rule 4/1m`
+/// one scan line at the fifth port, naming all five; with the main rule
+/// alone, none. Takes about 45 s.
 #[test]
 fn a_slow_scan_is_one_line_with_a_slow_rule_and_none_without() {
     let Some(lab) = lab() else { return };
     const PORTS: [u16; 5] = [8201, 8202, 8203, 8204, 8205];
-    const GAP: Duration = Duration::from_secs(45);
+    // Four ports span 30 s, 10 s beyond the main window (polls are 1 s
+    // apart); five span 40 s, 20 s inside the slow rule's.
+    const GAP: Duration = Duration::from_secs(10);
     let _server = lab.serve(A, Listen::V4, &PORTS);
-    let slow = Agent::start(&lab, A, &Args::run().set("--scan-rule", "4/5m"));
-    let plain = start(&lab);
+    let main_rule = || Args::run().set("--scan-window", "20s");
+    let slow = Agent::start(&lab, A, &main_rule().set("--scan-rule", "4/1m"));
+    let plain = Agent::start(&lab, A, &main_rule());
     let (scanner, host): (std::net::IpAddr, std::net::IpAddr) =
         (lab.v4(B).into(), lab.v4(A).into());
     let mut held = Vec::new();

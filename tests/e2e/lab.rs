@@ -240,6 +240,12 @@ impl Lab {
         &self.hosts[index].ns
     }
 
+    /// The switch namespace, which holds the bridge and its ports `pN`
+    /// (the other ends of the hosts' `eth0`).
+    pub fn switch_ns(&self) -> &str {
+        &self.switch
+    }
+
     /// `ip netns exec <host> program args...`, not started yet.
     pub fn command(&self, index: usize, program: &str, args: &[&str]) -> Command {
         let mut command = Command::new("ip");

@@ -2,27 +2,12 @@
 //! plain manifests validate, and the configuration they ship is one the agent
 //! accepts.
 
+use crate::have;
 use std::path::Path;
 use std::process::Command;
 use tcpwatch::settings::RunSettings;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-
-/// A missing tool fails the test in CI and skips it elsewhere.
-fn have(tool: &str, probe: &[&str]) -> bool {
-    let ok = Command::new(tool)
-        .args(probe)
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{tool} is required in CI (make deps installs it)"
-        );
-        eprintln!("skipped: {tool} not available (run `make deps` as root)");
-    }
-    ok
-}
 
 #[test]
 fn systemd_unit_verifies_and_is_hardened() {

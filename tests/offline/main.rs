@@ -26,6 +26,22 @@ use std::ffi::OsStr;
 use std::fmt::Debug;
 use std::process::{Command, Output, Stdio};
 
+/// A missing tool fails the test in CI and skips it elsewhere.
+pub fn have(tool: &str, probe: &[&str]) -> bool {
+    let ok = Command::new(tool)
+        .args(probe)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{tool} is required in CI (make deps installs it)"
+        );
+        eprintln!("skipped: {tool} not available (run `make deps` as root)");
+    }
+    ok
+}
+
 /// `tcpwatch ARGS...` to its end: stdin closed, output captured.
 fn tcpwatch(args: &[impl AsRef<OsStr>]) -> Output {
     Command::new(args::AGENT)

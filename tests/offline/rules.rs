@@ -6,26 +6,11 @@
 //! built on its variables and names only metrics the agent exports. The
 //! real Prometheus is `tests/e2e/prometheus.rs`.
 
+use crate::have;
 use crate::monitoring::*;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::process::Command;
-
-/// A missing tool fails the test in CI and skips it elsewhere.
-fn have(tool: &str, probe: &[&str]) -> bool {
-    let ok = Command::new(tool)
-        .args(probe)
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{tool} is required in CI (make deps installs it)"
-        );
-        eprintln!("skipped: {tool} not available (run `make deps` as root)");
-    }
-    ok
-}
 
 /// Runs a command to completion; panics with its output unless it succeeds.
 fn run_ok(program: &str, args: &[&str]) -> String {
