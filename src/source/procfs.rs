@@ -392,13 +392,12 @@ impl SocketTable for Procfs {
             // Lines before the current run, to number a bad line.
             let mut before = 0;
             read_lines(&mut opened, &mut self.buf, |run| {
-                let text = std::str::from_utf8(run)
-                    .map_err(|_| anyhow::anyhow!("{}: not UTF-8", file.display()))?;
-                before += parse_lines(text, &mut sockets).map_err(|e| {
-                    anyhow::anyhow!("{}:{}: {}", file.display(), before + e.line, e.reason)
-                })?;
+                let text = std::str::from_utf8(run).map_err(|_| anyhow::anyhow!("not UTF-8"))?;
+                before += parse_lines(text, &mut sockets)
+                    .map_err(|e| anyhow::anyhow!("line {}: {}", before + e.line, e.reason))?;
                 Ok(())
             })
+            // `/proc/net/tcp: line 7: bad state '0Z'`, `/proc/net/tcp: <I/O error>`
             .with_context(|| format!("{}", file.display()))?;
         }
         self.last_len = sockets.len();
@@ -607,7 +606,7 @@ mod tests {
         std::fs::write(dir.path().join("net/tcp"), &text).unwrap();
         let err = Procfs::under(dir.path()).snapshot().unwrap_err();
         assert!(
-            format!("{err:#}").contains("tcp:3001: bad address"),
+            format!("{err:#}").ends_with("net/tcp: line 3001: bad address '0100007G:0050'"),
             "{err:#}"
         );
         assert_eq!(parse_table(&text).unwrap_err().line, 3001);
