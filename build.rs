@@ -4,10 +4,13 @@
 //! empty objects are embedded and the sources that need them say so at run
 //! time.
 //!
-//! It also generates, from the C headers that define them, the Rust twins of
+//! It also prepares libpcap to be linked statically ([`pcap`]), and
+//! generates, from the C headers that define them, the Rust twins of
 //! the structs the programs share with userspace (ring-buffer records, map
 //! keys and values; [`record`]): each layout is written down once.
 
+#[path = "build/pcap.rs"]
+mod pcap;
 #[path = "build/record.rs"]
 mod record;
 
@@ -86,6 +89,7 @@ fn main() {
         std::fs::write(out.join(spec.out), rust)
             .unwrap_or_else(|e| panic!("write {}: {e}", spec.out));
     }
+    pcap::link_static(&out);
 }
 
 enum Failure {

@@ -7,7 +7,10 @@
 //! - `procfs/parse_table tcp6 100k`: the same for `/proc/net/tcp6`, with a
 //!   share of IPv4-mapped peers of dual-stack listeners.
 //! - `connections/observe 20k steady`: `ConnectionTable::observe` on a
-//!   20,000-socket table it has already seen (the steady state of a poll).
+//!   20,000-socket table it has already seen (the steady state of a poll),
+//!   its rows in another order each time so that the whole table is
+//!   looked up; `observe 20k unchanged`, the same table again, which is
+//!   skipped after one comparison.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use std::fmt::Write;
@@ -202,8 +205,23 @@ fn bench_observe(c: &mut Criterion) {
     let mut table = ConnectionTable::new(true);
     assert!(!table.observe(&sockets).is_empty());
     assert!(table.observe(&sockets).is_empty());
+    // The same connections in another order: not the same table, so each
+    // poll takes the full path, as on a host whose table changes a little
+    // between polls.
+    let mut rotated = sockets.clone();
+    rotated.rotate_left(1);
+    let tables = [&sockets, &rotated];
+    let mut poll = 0;
     let mut group = c.benchmark_group("connections");
     group.bench_function("observe 20k steady", |b| {
+        b.iter(|| {
+            poll += 1;
+            table.observe(black_box(tables[poll % 2]))
+        })
+    });
+    // The very same table again (an idle host): one comparison.
+    table.observe(&sockets);
+    group.bench_function("observe 20k unchanged", |b| {
         b.iter(|| table.observe(black_box(&sockets)))
     });
     group.finish();

@@ -11,6 +11,11 @@ use crate::event::{Connection, Direction};
 use crate::event::{Socket, TcpState};
 use hashbrown::HashTable;
 use std::collections::HashSet;
+
+/// A set hashed as the detector's tables are ([`hash`]): every row of a
+/// table whose local port listens is looked up here, on every poll and by
+/// `tcpwatch list` (SipHash, the default, was a tenth of `list`'s own time).
+type Set<T> = HashSet<T, hash::Keyed>;
 use std::net::{SocketAddr, SocketAddrV4};
 
 /// Polls a connection may be absent from before it is forgotten. The kernel's
@@ -35,6 +40,15 @@ pub struct ConnectionTable {
     evicted: u64,
     /// With a state file: what changed since the last [`Self::take_changes`].
     changes: Option<Changes>,
+    /// The last table observed, when [`Self::settled`].
+    last: Vec<Socket>,
+    /// Whether every connection remembered was in the last table (none
+    /// absent, none evicted): the same table again then changes nothing
+    /// (see [`Self::observe`]).
+    settled: bool,
+    /// Whether an unchanged table is skipped (off only to test that
+    /// skipping it changes nothing).
+    skips: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -69,6 +83,9 @@ impl ConnectionTable {
             touches: 0,
             evicted: 0,
             changes: None,
+            last: Vec::new(),
+            settled: false,
+            skips: true,
         }
     }
 
@@ -82,6 +99,7 @@ impl ConnectionTable {
     /// those were opened while the agent was down. Seeded keys get the same
     /// grace as seen ones, then are forgotten if they are not open.
     pub fn restore(&mut self, known: impl IntoIterator<Item = (SocketAddr, SocketAddr)>) {
+        self.settled = false;
         for key in known {
             self.touches += 1;
             let seen = Seen {
@@ -110,7 +128,19 @@ impl ConnectionTable {
     /// reported again when next seen. That is the price of bounded memory
     /// when the kernel's table outgrows the cap (a SYN flood fills it with
     /// SYN-RECV rows).
+    ///
+    /// A table equal to the last one, when that one left every connection
+    /// remembered seen in it, is skipped (one comparison instead of a
+    /// lookup per row): observing it would only move every connection to
+    /// this poll and touch them again in the same order, which changes no
+    /// later answer, since both the grace and the eviction order are
+    /// relative. The poll count is then not bumped. An idle host's table
+    /// is that, poll after poll.
     pub fn observe(&mut self, sockets: &[Socket]) -> Vec<Connection> {
+        if self.settled && sockets == self.last.as_slice() {
+            return Vec::new();
+        }
+        let evicted = self.evicted;
         self.poll += 1;
         let report = self.poll > 1 || self.report_existing;
         let mut fresh = Vec::new();
@@ -135,13 +165,23 @@ impl ConnectionTable {
         }
         let poll = self.poll;
         let changes = &mut self.changes;
+        let mut all_seen = self.evicted == evicted;
         self.seen.retain(|key, last| {
             let keep = poll - last.poll < GRACE_POLLS;
             if let (false, Some(changes)) = (keep, changes.as_mut()) {
                 changes.forgotten.push(*key);
             }
+            all_seen &= last.poll == poll || !keep;
             keep
         });
+        // Kept only when it can be used: its memory is the table's size.
+        self.settled = all_seen && self.skips;
+        self.last.clear();
+        if self.settled {
+            self.last.extend_from_slice(sockets);
+        } else {
+            self.last.shrink_to(0);
+        }
         fresh
     }
 
@@ -349,21 +389,21 @@ pub struct Listeners {
     /// here, without hashing (an outbound connection's local port is
     /// rarely one that listens).
     ports: Box<[u64; 1024]>,
-    exact: HashSet<SocketAddr>,
+    exact: Set<SocketAddr>,
     /// Ports of `0.0.0.0` listeners: any local IPv4 address.
-    any_v4: HashSet<u16>,
+    any_v4: Set<u16>,
     /// Ports of `::` listeners: any local address, since a dual-stack
     /// listener also accepts IPv4 (unmapped to plain IPv4 by the sources).
-    any: HashSet<u16>,
+    any: Set<u16>,
 }
 
 impl Default for Listeners {
     fn default() -> Self {
         Listeners {
             ports: Box::new([0; 1024]),
-            exact: HashSet::new(),
-            any_v4: HashSet::new(),
-            any: HashSet::new(),
+            exact: Set::with_hasher(hash::keyed()),
+            any_v4: Set::with_hasher(hash::keyed()),
+            any: Set::with_hasher(hash::keyed()),
         }
     }
 }
@@ -634,5 +674,71 @@ mod tests {
         assert!(table
             .observe(&[sock("0.0.0.0:5000", "0.0.0.0:0", TcpState::Close)])
             .is_empty());
+    }
+
+    /// Skipping a table equal to the last one changes nothing: the same
+    /// connections reported, the same changes for the state file, the same
+    /// connections remembered, through absences, grace, evictions and a
+    /// restored state, over random sequences of tables that repeat.
+    #[test]
+    fn skipping_an_unchanged_table_changes_nothing() {
+        let conns: Vec<Socket> = (0..12)
+            .map(|i| {
+                est(
+                    &format!("10.0.0.5:{}", 80 + i % 3),
+                    &format!("10.0.0.{}:{}", 7 + i, 1000 + i),
+                )
+            })
+            .chain([listen("0.0.0.0:80")])
+            .collect();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..300 {
+            let capacity = [4, 8, 1000][round % 3];
+            let mut tables = [true, false].map(|skips| {
+                let mut t = ConnectionTable::with_capacity(round % 2 == 0, capacity);
+                t.skips = skips;
+                t.track_changes();
+                if round % 5 == 0 {
+                    t.restore([pair(conns[0].local, conns[0].remote)]);
+                }
+                t
+            });
+            let mut table: Vec<Socket> = Vec::new();
+            for _ in 0..30 {
+                // Mostly the same table again; else one row in or out.
+                if next() % 3 == 0 {
+                    let row = conns[(next() % conns.len() as u64) as usize];
+                    match table.iter().position(|s| *s == row) {
+                        Some(at) => {
+                            table.remove(at);
+                        }
+                        None => table.push(row),
+                    }
+                }
+                let [a, b] = &mut tables;
+                assert_eq!(
+                    lines(&a.observe(&table)),
+                    lines(&b.observe(&table)),
+                    "round {round}"
+                );
+                assert_eq!(a.take_changes(), b.take_changes(), "round {round}");
+                assert_eq!(a.len(), b.len());
+                assert_eq!(a.evicted(), b.evicted());
+            }
+            assert!(tables[1].last.is_empty());
+        }
+        // And the skip is taken: an idle table is compared, not observed.
+        let mut t = ConnectionTable::new(false);
+        let idle = [listen("0.0.0.0:80"), est("10.0.0.5:80", "10.0.0.7:1000")];
+        t.observe(&idle);
+        let poll = t.poll;
+        assert!(t.observe(&idle).is_empty());
+        assert_eq!(t.poll, poll, "skipped");
     }
 }

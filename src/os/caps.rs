@@ -83,6 +83,7 @@ struct Data {
 
 pub struct Held {
     pub permitted: CapSet,
+    pub effective: CapSet,
 }
 
 fn header() -> Header {
@@ -104,7 +105,38 @@ pub fn get() -> std::io::Result<Held> {
     let join = |lo: u32, hi: u32| CapSet(u64::from(lo) | u64::from(hi) << 32);
     Ok(Held {
         permitted: join(data[0].permitted, data[1].permitted),
+        effective: join(data[0].effective, data[1].effective),
     })
+}
+
+/// Runs `f` with `cap` out of this thread's effective set, then puts it
+/// back if it was there: what `f` opens then carries no such privilege (a
+/// socket's opener's credentials are checked at each use, beside the
+/// caller's). The permitted set is untouched; when the sets cannot be read
+/// or written, `f` runs as is.
+pub fn without_effective<T>(cap: Cap, f: impl FnOnce() -> T) -> T {
+    let mut head = header();
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget with a v3 header writes two `Data` words into the
+    // array we own.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut head, data.as_mut_ptr()) };
+    let (word, bit) = ((cap as u32 / 32) as usize, 1u32 << (cap as u32 % 32));
+    if rc != 0 || data[word].effective & bit == 0 {
+        return f();
+    }
+    let set = |data: &[Data; 2]| {
+        let mut header = header();
+        // SAFETY: capset reads the v3 header and two `Data` words we own.
+        unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) == 0 }
+    };
+    let mut lowered = data;
+    lowered[word].effective &= !bit;
+    if !set(&lowered) {
+        return f();
+    }
+    let out = f();
+    set(&data);
+    out
 }
 
 /// Effective = permitted = `keep`; inheritable = ambient = `ambient`
@@ -145,4 +177,25 @@ fn prctl(option: libc::c_int, arg2: u64, arg3: u64) -> std::io::Result<()> {
         return Err(Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_effective_lowers_the_cap_for_the_call_only() {
+        let before = get().unwrap();
+        let inside = without_effective(Cap::NetAdmin, || get().unwrap());
+        assert!(!inside.effective.has(Cap::NetAdmin));
+        assert_eq!(inside.permitted, before.permitted);
+        assert_eq!(
+            inside.effective,
+            CapSet(before.effective.0 & !Cap::NetAdmin.bit())
+        );
+        assert_eq!(get().unwrap().effective, before.effective);
+        // Nested, and for a capability not held: nothing to put back.
+        without_effective(Cap::NetAdmin, || without_effective(Cap::NetAdmin, || ()));
+        assert_eq!(get().unwrap().effective, before.effective);
+    }
 }
