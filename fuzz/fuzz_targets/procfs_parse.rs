@@ -10,12 +10,14 @@
 //!   the torn one, and `parse_line` rejects it for the same reason;
 //! - every socket `parse_line` accepts, written back in the kernel's format,
 //!   parses to the same socket, alone and inside a table;
-//! - error messages stay one line without control characters.
+//! - error messages stay one line without control characters;
+//! - `sockstat_field` (the `/proc/net/sockstat{,6}` counts) never panics
+//!   and finds only a number written on its protocol's line.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use std::net::{IpAddr, SocketAddr};
-use tcpwatch::source::procfs::{parse_line, parse_table};
+use tcpwatch::source::procfs::{parse_line, parse_table, sockstat_field};
 use tcpwatch::event::{Socket, TcpState};
 
 const HEADER4: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode";
@@ -24,7 +26,20 @@ const HEADER6: &str = "  sl  local_address                         remote_addres
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     check(&text);
+    check_sockstat(&text);
 });
+
+fn check_sockstat(text: &str) {
+    for (proto, field) in [("TCP:", "tw"), ("TCP6:", "inuse"), ("TCP:", "inuse")] {
+        if let Some(n) = sockstat_field(text, proto, field) {
+            let line = text
+                .lines()
+                .find(|l| l.split_ascii_whitespace().next() == Some(proto))
+                .expect("a value comes from its protocol's line");
+            assert!(line.contains(&n.to_string()), "{n} not on {line:?}");
+        }
+    }
+}
 
 fn check(text: &str) {
     let lines: Vec<&str> = text.lines().collect();
