@@ -22,7 +22,7 @@ fi
 
 # The median of one benchmark, in ns.
 median() {
-  python3 -c 'import json, sys; print(f"{json.load(open(sys.argv[1]))["median"]["point_estimate"]:.0f}")' \
+  python3 -c 'import json, sys; m = json.load(open(sys.argv[1]))["median"]["point_estimate"]; print(f"{m:.0f}")' \
     "$target_dir/criterion/detect/$1/new/estimates.json"
 }
 
