@@ -10,5 +10,6 @@ pub mod host;
 pub mod iface;
 pub mod netlink;
 pub mod nftables;
+pub mod poll;
 pub mod process;
 pub mod socket;

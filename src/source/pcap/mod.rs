@@ -21,15 +21,15 @@ use super::stream::{Context, Stream};
 use crate::clock::Clock;
 use crate::diag;
 use crate::event::Observation;
-use crate::os::{addrs, iface};
+use crate::os::{addrs, iface, poll};
 use anyhow::Context as _;
 use futures_util::future::BoxFuture;
-use futures_util::{FutureExt, StreamExt};
-use pcap::{Active, Capture, PacketCodec, PacketStream};
+use pcap::{Active, Capture};
 use std::collections::HashSet;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -38,8 +38,22 @@ use tokio::task::JoinSet;
 /// this snaplen: a quarter of a second of a 130,000 SYN/s flood.
 pub const BUFFER_BYTES: i32 = 8 << 20;
 /// Frames read from the ring in one go before the observations are handed
-/// on (and other tasks get a turn).
-const READ_AT_ONCE: usize = 256;
+/// on.
+const READ_AT_ONCE: usize = 1024;
+/// While frames keep coming (each pass within [`BUSY`] of the last), the
+/// ring is read at most once per `PACE`: what arrives in between waits in
+/// the ring (36,000 frames) and is read in one pass. Measured under a
+/// 120,000 SYN/s flood on this 2-core VM: read as each frame came, nearly
+/// every frame was a pass of its own (500,000 `epoll_wait`, 520,000 `poll`
+/// and 500,000 `write` calls for 615,000 SYNs), 5.7 µs of CPU a SYN
+/// against tcpdump's 2.2. A SYN after a quiet spell is read at once; one
+/// in a burst waits at most this long.
+const PACE: Duration = Duration::from_millis(1);
+/// A pass closer than this to the one before is paced.
+const BUSY: Duration = Duration::from_millis(10);
+/// The longest the capture thread waits in `poll`: how soon it sees that
+/// its [`pump`] was dropped.
+const WAIT_AT_MOST: Duration = Duration::from_millis(250);
 /// How often kernel drop counters are read.
 const STATS_EVERY: Duration = Duration::from_secs(1);
 /// How often first fragments waiting for their flags are checked.
@@ -141,16 +155,6 @@ fn open_one(name: &str) -> anyhow::Result<Opened> {
     })
 }
 
-/// Decodes in the stream itself, so no frame is copied.
-struct FrameCodec(Link);
-
-impl PacketCodec for FrameCodec {
-    type Item = Option<Seen>;
-    fn decode(&mut self, packet: pcap::Packet<'_>) -> Option<Seen> {
-        parse(self.0, packet.data)
-    }
-}
-
 type Local = watch::Receiver<Arc<HashSet<IpAddr>>>;
 
 /// The opened captures, as a running source.
@@ -248,8 +252,12 @@ async fn watch_interface(opened: Opened, mut watched: link::Watched, bound: Boun
     let mut capture = Some(opened);
     loop {
         if let Some(opened) = capture.take() {
-            let mut pumping =
-                std::pin::pin!(pump(opened, bound.clock.as_ref(), &bound.local, &bound.out));
+            let mut pumping = std::pin::pin!(pump(
+                opened,
+                bound.clock.clone(),
+                bound.local.clone(),
+                bound.out.clone()
+            ));
             loop {
                 tokio::select! {
                     ended = &mut pumping => match ended {
@@ -289,63 +297,116 @@ async fn watch_interface(opened: Opened, mut watched: link::Watched, bound: Boun
     }
 }
 
-/// Reads one capture: probes as they come, drop counters every second.
-/// `Ok` when the receiver is gone, `Err` when the capture fails.
+/// Reads one capture on a thread of its own (see [`read_ring`]) until the
+/// receiver is gone (`Ok`) or the capture fails (`Err`). Dropping the
+/// future stops the thread within [`WAIT_AT_MOST`].
 async fn pump(
+    opened: Opened,
+    clock: Arc<dyn Clock>,
+    local: Local,
+    out: mpsc::Sender<Observation>,
+) -> anyhow::Result<()> {
+    let stop = Stop::default();
+    let flag = stop.0.clone();
+    let (done, ended) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("tcpwatch-pcap".into())
+        .spawn(move || {
+            let _ = done.send(read_ring(opened, clock.as_ref(), &local, &out, &flag));
+        })
+        .context("cannot start the capture thread")?;
+    ended
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the capture thread ended")))
+}
+
+/// Set when the [`pump`] that started a capture thread is dropped.
+#[derive(Default)]
+struct Stop(Arc<AtomicBool>);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The capture loop: what the ring holds is read in one `pcap_dispatch`
+/// (no copy per frame), turned into observations with one clock reading
+/// and one look at the host's addresses, and handed on; kernel drop
+/// counters every [`STATS_EVERY`]. While frames keep coming the ring is
+/// read once per [`PACE`] (see there); otherwise the thread waits in
+/// `poll` for the next frame.
+fn read_ring(
     opened: Opened,
     clock: &dyn Clock,
     local: &Local,
     out: &mpsc::Sender<Observation>,
+    stop: &AtomicBool,
 ) -> anyhow::Result<()> {
-    let mut stream: PacketStream<Active, FrameCodec> =
-        opened.capture.stream(FrameCodec(opened.link))?;
+    let Opened {
+        link, mut capture, ..
+    } = opened;
     let mut drops = Drops::default();
-    let mut stats = tokio::time::interval(STATS_EVERY);
-    let mut fragments = tokio::time::interval(FRAGMENTS_EVERY);
-    fragments.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut probes = probes::Probes::new();
     let mut batch = Vec::new();
+    let mut next_stats = Instant::now() + STATS_EVERY;
+    let mut next_fragments = Instant::now() + FRAGMENTS_EVERY;
+    let mut last_pass: Option<Instant> = None;
     loop {
-        tokio::select! {
-            packet = stream.next() => {
-                // What the ring holds past this packet is read at once: one
-                // wake-up, one clock reading and one look at the host's
-                // addresses for the lot (a flood comes in thousands).
-                let at = clock.now();
-                let addrs = local.borrow();
-                let is_local = |ip: IpAddr| addrs.contains(&ip);
-                let mut next = Some(packet);
-                let mut read = 0;
-                while let Some(packet) = next.take() {
-                    match packet {
-                        Some(Ok(Some(seen))) => {
-                            probes.frame(at, seen, &is_local, &mut |o| batch.push(o));
-                        }
-                        Some(Ok(None)) => {}
-                        Some(Err(e)) => return Err(e.into()),
-                        None => anyhow::bail!("capture ended"),
-                    }
-                    read += 1;
-                    if read < READ_AT_ONCE {
-                        next = stream.next().now_or_never();
-                    }
+        if stop.load(Ordering::Relaxed) || out.is_closed() {
+            return Ok(());
+        }
+        let at = clock.now();
+        let read = {
+            let addrs = local.borrow();
+            let is_local = |ip: IpAddr| addrs.contains(&ip);
+            capture.dispatch(Some(READ_AT_ONCE), |packet| {
+                if let Some(seen) = parse(link, packet.data) {
+                    probes.frame(at, seen, &is_local, &mut |o| batch.push(o));
                 }
-            }
-            _ = fragments.tick(), if probes.pending() > 0 => {
+            })?
+        };
+        let now = Instant::now();
+        if now >= next_fragments {
+            if probes.pending() > 0 {
                 let addrs = local.borrow();
                 let is_local = |ip: IpAddr| addrs.contains(&ip);
                 probes.expire(clock.now().mono, &is_local, &mut |o| batch.push(o));
             }
-            _ = stats.tick() => {
-                let stat = stream.capture_mut().stats()?;
-                batch.extend(drops.lost_since_last(stat).map(|count| Observation::Lost { count, source: "pcap" }));
-            }
-        };
+            next_fragments = now + FRAGMENTS_EVERY;
+        }
+        if now >= next_stats {
+            let lost = drops.lost_since_last(capture.stats()?);
+            batch.extend(lost.map(|count| Observation::Lost {
+                count,
+                source: "pcap",
+            }));
+            next_stats = now + STATS_EVERY;
+        }
         for observation in batch.drain(..) {
-            if out.send(observation).await.is_err() {
+            if out.blocking_send(observation).is_err() {
                 return Ok(());
             }
         }
+        if read == READ_AT_ONCE {
+            // More is waiting.
+            continue;
+        }
+        if read > 0 {
+            let busy = last_pass.is_some_and(|last| now - last < BUSY);
+            last_pass = Some(now);
+            if busy {
+                std::thread::sleep(PACE);
+                continue;
+            }
+        }
+        let tick = if probes.pending() > 0 {
+            next_stats.min(next_fragments)
+        } else {
+            next_stats
+        };
+        let wait = tick.saturating_duration_since(Instant::now());
+        poll::readable(&capture, wait.min(WAIT_AT_MOST)).context("cannot wait for the capture")?;
     }
 }
 
