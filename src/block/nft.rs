@@ -205,7 +205,7 @@ impl Backend for Nftables {
         // replaced by the same content. The new sets are empty: nothing
         // can overlap but the entries themselves, which the script sorts
         // out.
-        let script = self.table_script() + &block_batch(&by_whole_seconds(entries), &[]);
+        let script = self.table_script() + &create_batch(&by_whole_seconds(entries));
         nft(&script).context("cannot re-create table inet tcpwatch")?;
         self.made();
         Ok(true)
@@ -281,7 +281,17 @@ fn counted_decisions(json: &str) -> Option<u64> {
 /// Runs the blocks of `groups` (TTL, targets) as one transaction; when nft
 /// says an element overlaps a blocked one, reads the sets and runs the
 /// batch rebuilt around what they hold.
+///
+/// First as `create element`, which the kernel refuses whole when any
+/// element is already there: then the batch that resets timeouts runs.
+/// Why: in an interval set the resetting `add; delete; add` costs the
+/// kernel about 3 ms an element when thousands share one transaction
+/// (10,000: 32 s with `nft -f` on kernel 6.18), `create` 15 µs (0.15 s);
+/// new targets are the usual case (a restore, a fleet's batch, a scan).
 fn apply(groups: &[(Duration, Vec<IpNet>)]) -> anyhow::Result<()> {
+    if nft(&create_batch(groups)).is_ok() {
+        return Ok(());
+    }
     match nft(&block_batch(groups, &[])) {
         Err(e) if overlaps(&e) => nft(&block_batch(groups, &held()?)),
         other => other,
@@ -366,6 +376,17 @@ pub fn block_script(targets: &[IpNet], ttl: Duration, held: &[IpNet]) -> String 
 ///   element, is covered and left out; a `held` element inside a target is
 ///   deleted before the target is added (the prefix replaces it).
 pub fn block_batch(groups: &[(Duration, Vec<IpNet>)], held: &[IpNet]) -> String {
+    batch(groups, held, true)
+}
+
+/// Each group's targets as `create element` with its TTL, overlaps within
+/// the batch sorted out as [`block_batch`] does: one transaction the
+/// kernel refuses whole if any element is already in a set.
+pub fn create_batch(groups: &[(Duration, Vec<IpNet>)]) -> String {
+    batch(groups, &[], false)
+}
+
+fn batch(groups: &[(Duration, Vec<IpNet>)], held: &[IpNet], reset: bool) -> String {
     let all: Vec<IpNet> = groups
         .iter()
         .flat_map(|(_, targets)| targets.iter().map(|t| canonical(*t)))
@@ -407,12 +428,16 @@ pub fn block_batch(groups: &[(Duration, Vec<IpNet>)], held: &[IpNet]) -> String 
                 let plain = join(chunk, "");
                 let timed = join(chunk, &format!(" timeout {timeout}"));
                 // Writing to a String cannot fail.
-                let _ = write!(
-                    script,
-                    "add element {TABLE} {set} {{ {plain} }}\n\
-                     delete element {TABLE} {set} {{ {plain} }}\n\
-                     add element {TABLE} {set} {{ {timed} }}\n"
-                );
+                let _ = if reset {
+                    write!(
+                        script,
+                        "add element {TABLE} {set} {{ {plain} }}\n\
+                         delete element {TABLE} {set} {{ {plain} }}\n\
+                         add element {TABLE} {set} {{ {timed} }}\n"
+                    )
+                } else {
+                    writeln!(script, "create element {TABLE} {set} {{ {timed} }}")
+                };
             }
         }
     }
@@ -652,6 +677,28 @@ mod tests {
         let script = block_script(&many, Duration::from_secs(30), &[]);
         assert_eq!(script.lines().count(), 9, "3 chunks x add/delete/add");
         assert_eq!(script.matches("timeout 30s").count(), 2500);
+    }
+
+    #[test]
+    fn a_create_batch_creates_each_uncovered_target_once_with_its_ttl() {
+        let net = |s: &str| s.parse::<IpNet>().unwrap();
+        let script = create_batch(&[
+            (
+                Duration::from_secs(60),
+                vec![net("10.0.0.2/32"), net("10.0.0.0/24"), net("fd00:1::/64")],
+            ),
+            (
+                Duration::from_secs(3600),
+                vec![net("10.0.0.0/24"), net("192.0.2.7/32")],
+            ),
+        ]);
+        assert_eq!(
+            script,
+            "create element inet tcpwatch blocked4 { 10.0.0.0/24 timeout 60s }\n\
+             create element inet tcpwatch blocked6 { fd00:1::/64 timeout 60s }\n\
+             create element inet tcpwatch blocked4 { 192.0.2.7 timeout 3600s }\n"
+        );
+        assert!(!script.contains("delete") && !script.contains("add element"));
     }
 
     #[test]
