@@ -561,7 +561,14 @@ fn file_capabilities_permitted_only_are_raised_as_needed() {
         env: &[("TCPWATCH_LIBNFTABLES", "0")],
         ..Privs::nobody(&[])
     };
-    let agent = privs.start(&lab, &args().source(Source::Pcap).block("nftables"));
+    // The scan holds its four connections open; the table's own decision
+    // (`nft_decide::`) would drop the fourth SYN. Here the capabilities
+    // are under test, with every block written by the agent through `nft`.
+    let args = args()
+        .source(Source::Pcap)
+        .block("nftables")
+        .set("--nft-decide", "off");
+    let agent = privs.start(&lab, &args);
     assert_holds(&agent, NOBODY, &["net_admin", "net_raw"], &["net_admin"]);
     let _scan = assert_reports_and_blocks(&lab, &agent);
     stop(agent);
