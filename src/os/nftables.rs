@@ -19,10 +19,15 @@ type CtxInt = unsafe extern "C" fn(*mut c_void) -> c_int;
 type CtxStr = unsafe extern "C" fn(*mut c_void) -> *const c_char;
 type SetFlags = unsafe extern "C" fn(*mut c_void, c_uint);
 type RunCmd = unsafe extern "C" fn(*mut c_void, *const c_char) -> c_int;
+type CtxFree = unsafe extern "C" fn(*mut c_void);
 
 /// One libnftables context. Not thread-safe in C: used under a mutex.
 struct Context {
     ctx: *mut c_void,
+    new: CtxNew,
+    free: CtxFree,
+    buffer_output: CtxInt,
+    buffer_error: CtxInt,
     output: CtxStr,
     error: CtxStr,
     set_flags: SetFlags,
@@ -60,7 +65,11 @@ fn load() -> Option<Context> {
         let new: CtxNew = std::mem::transmute(symbol(c"nft_ctx_new")?);
         let buffer_output: CtxInt = std::mem::transmute(symbol(c"nft_ctx_buffer_output")?);
         let buffer_error: CtxInt = std::mem::transmute(symbol(c"nft_ctx_buffer_error")?);
-        let context = Context {
+        let mut context = Context {
+            new,
+            free: std::mem::transmute::<*mut c_void, CtxFree>(symbol(c"nft_ctx_free")?),
+            buffer_output,
+            buffer_error,
             output: std::mem::transmute::<*mut c_void, CtxStr>(symbol(
                 c"nft_ctx_get_output_buffer",
             )?),
@@ -69,15 +78,36 @@ fn load() -> Option<Context> {
                 c"nft_ctx_output_set_flags",
             )?),
             run: std::mem::transmute::<*mut c_void, RunCmd>(symbol(c"nft_run_cmd_from_buffer")?),
-            ctx: new(0),
+            ctx: std::ptr::null_mut(),
         };
-        if context.ctx.is_null()
-            || buffer_output(context.ctx) != 0
-            || buffer_error(context.ctx) != 0
-        {
-            return None;
+        context.fresh().then_some(context)
+    }
+}
+
+impl Context {
+    /// Puts a new libnftables context (with its own netlink socket) in
+    /// place of the one it had, freed; false when none can be made (then
+    /// `ctx` is null, and commands fail).
+    fn fresh(&mut self) -> bool {
+        // SAFETY: `new`, `free` and the buffer setters are libnftables'
+        // own functions (see `load`); the old context, when there is one,
+        // is not used again once freed, and the new one is checked before
+        // use.
+        unsafe {
+            if !self.ctx.is_null() {
+                (self.free)(self.ctx);
+            }
+            self.ctx = (self.new)(0);
+            if self.ctx.is_null() {
+                return false;
+            }
+            if (self.buffer_output)(self.ctx) != 0 || (self.buffer_error)(self.ctx) != 0 {
+                (self.free)(self.ctx);
+                self.ctx = std::ptr::null_mut();
+                return false;
+            }
         }
-        Some(context)
+        true
     }
 }
 
@@ -94,7 +124,12 @@ pub fn run(script: &str, json: bool) -> Option<anyhow::Result<String>> {
     let Ok(script) = CString::new(script) else {
         return Some(Err(anyhow::anyhow!("nft: script contains a NUL byte")));
     };
-    let context = lock.lock().unwrap_or_else(|e| e.into_inner());
+    let mut context = lock.lock().unwrap_or_else(|e| e.into_inner());
+    if context.ctx.is_null() && !context.fresh() {
+        return Some(Err(anyhow::anyhow!(
+            "nft: cannot make a libnftables context"
+        )));
+    }
     // SAFETY: `ctx` is a live context owned by `context`, used under the
     // lock; the buffers returned are owned by the context and copied out
     // before the next call.
@@ -114,6 +149,15 @@ pub fn run(script: &str, json: bool) -> Option<anyhow::Result<String>> {
             text((context.error)(context.ctx)),
         )
     };
+    if rc != 0 {
+        // A refused transaction can leave replies unread on the context's
+        // netlink socket: a batch of 10,000 elements the kernel refuses
+        // message by message overruns the socket's buffer ("No buffer
+        // space available"), and the next command read what was left as
+        // its own answer, the wrong sequence number: "cache initialization
+        // failed: Protocol error". The next command gets a new context.
+        context.fresh();
+    }
     Some(if rc == 0 {
         Ok(output)
     } else {

@@ -59,6 +59,7 @@ mod fleet_redis;
 mod memory;
 mod metrics;
 mod netlink;
+mod nft_batch;
 mod nft_decide;
 mod operators;
 mod pcap;

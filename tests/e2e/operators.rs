@@ -554,3 +554,64 @@ fn status_after_a_scan_in_text_and_json() {
     assert_eq!(v["blocks"][0]["ttl_seconds"], 3600);
     assert_eq!(agent.stop().status.code(), Some(0));
 }
+
+// ---------------------------------------------------------------------------
+// A block applied again
+
+/// The milliseconds left of `ip`'s element in an `nft list set` text
+/// (`expires 9m56s992ms`).
+fn expires_ms(text: &str, ip: IpAddr) -> u64 {
+    let re = regex::Regex::new(&format!(
+        r"{} [^,}}]*expires (?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?",
+        regex::escape(&ip.to_string())
+    ))
+    .unwrap();
+    let caps = re
+        .captures(text)
+        .unwrap_or_else(|| panic!("no expiry of {ip} in {text}"));
+    let n = |i: usize| {
+        caps.get(i)
+            .map_or(0, |m| m.as_str().parse::<u64>().unwrap())
+    };
+    ((n(1) * 60 + n(2)) * 60 + n(3)) * 1000 + n(4)
+}
+
+/// `blocks add` of a block in force applies it again: the kernel's timeout
+/// of its element starts over (nftables updates it in place on this
+/// kernel), and its count of dropped packets starts from zero while the
+/// total keeps what was counted (the element's counter goes on in the
+/// kernel: the backend subtracts what it held at the re-block).
+#[test]
+fn nftables_block_applied_again_restarts_its_timeout_and_its_count() {
+    let Some(lab) = Lab::needing(&["nft", "curl"], 2) else {
+        return;
+    };
+    let control = ControlSocket::new();
+    let args = Args::run()
+        .block("nftables")
+        .metrics(metrics_addr(&lab))
+        .control(&control);
+    let agent = Agent::start(&lab, A, &args);
+    let scanner: IpAddr = lab.v4(B).into();
+    let shown = scanner.to_string();
+    control.output(&lab, A, &["blocks", "add", &shown, "--ttl", "10m"]);
+    let ports: Vec<u16> = (20000..20050).collect();
+    lab.attempts(B, lab.v4(A).into(), &ports, 0.05);
+    let series = "tcpwatch_dropped_packets_total{backend=\"nftables\"}";
+    assert!(within(Duration::from_secs(7), || {
+        dropped_in(&listed(&lab, &control, scanner)) >= 50 && metric(&lab, series) >= 50.0
+    }));
+    let total = metric(&lab, series);
+    std::thread::sleep(Duration::from_secs(3));
+    let before = expires_ms(&nft_set(&lab, "blocked4"), scanner);
+    assert!(before <= 597_000, "{before} ms left");
+    control.output(&lab, A, &["blocks", "add", &shown, "--ttl", "10m"]);
+    let after = expires_ms(&nft_set(&lab, "blocked4"), scanner);
+    assert!(after >= 598_000, "{after} ms left after the re-block");
+    // Past the next check (every 5 s), which reads the kernel's counters.
+    std::thread::sleep(Duration::from_secs(6));
+    let line = listed(&lab, &control, scanner);
+    assert_eq!(dropped_in(&line), 0, "{line}");
+    assert_eq!(metric(&lab, series), total);
+    assert_eq!(agent.stop().status.code(), Some(0));
+}
