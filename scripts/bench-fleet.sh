@@ -76,7 +76,7 @@ STAMP='
 import re, subprocess, sys, time
 nft = subprocess.Popen(["stdbuf", "-oL", "nft", "monitor", "new", "elements"],
                        stdout=subprocess.PIPE, text=True)
-pat = re.compile(r"add element inet tcpwatch blocked4 \{ ([0-9.]+)")
+pat = re.compile(r"(?:add|create) element inet tcpwatch blocked4 \{ ([0-9.]+)")
 for line in nft.stdout:
     t = time.time()
     m = pat.search(line)
