@@ -309,7 +309,7 @@ static __always_inline void block_source(const struct event *ev,
 	count_drop(ev->family);
 }
 
-// Counts an inbound attempt (a SYN) toward its source's scan; returns 1
+// Counts an inbound probe (a SYN, FIN, NULL or Xmas) toward its source's scan; returns 1
 // when it makes the source a scanner and the source is now blocked (the
 // caller drops the probe after reporting it).
 static __always_inline int decide(const struct event *ev)
@@ -323,7 +323,10 @@ static __always_inline int decide(const struct event *ev)
 
 	if (!cfg || cfg->ports == 0 || cfg->ports >= DECIDE_SLOTS)
 		return 0;
-	if (ev->kind != TCPW_SYN)
+	// SYNs and stealth probes (FIN, NULL, Xmas) count alike, as they do
+	// in userspace; a SYN+ACK is this host's own connection, and a bare
+	// first fragment or a UDP probe is left to userspace.
+	if (ev->kind != TCPW_SYN && ev->kind != TCPW_STEALTH)
 		return 0;
 	allow = allowed(ev);
 	if (allow == ALLOW_ALL)
