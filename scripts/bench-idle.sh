@@ -52,25 +52,9 @@ work=$LAB_WORK
 lab_host procfs
 lab_pair xdp peer eth0 10.253.0 fd00:253::
 
-# The sockets: one process accepts and holds, another connects and holds.
-lab_bg procfs python3 -c '
-import resource, socket, sys, time, os
-n = int(sys.argv[1])
-soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-server = socket.create_server(("127.0.0.1", 7000), backlog=4096)
-if os.fork() == 0:
-    held = [socket.create_connection(("127.0.0.1", 7000)) for _ in range(n)]
-    time.sleep(100000)
-held = [server.accept()[0] for _ in range(n)]
-time.sleep(100000)' "$N"
-have=0
-for _ in $(seq 240); do
-  have=$(lab_exec procfs ss -Htn state established | wc -l)
-  [ "$have" -ge $((2 * N)) ] && break
-  sleep 0.5
-done
-[ "$have" -ge $((2 * N)) ] || lab_die "only $have of $((2 * N)) sockets established"
+# The sockets, held open in the procfs agent's namespace.
+lab_hold_connections procfs "$N"
+have=$LAB_HELD
 echo "bench-idle: $have established sockets in $(lab_ns procfs)"
 
 mkdir -p "$work/state-procfs" "$work/state-xdp" "$work/state-netlink"

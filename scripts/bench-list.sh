@@ -17,24 +17,8 @@ lab_init
 lab_host list
 NS=$(lab_ns list)
 
-# One process accepts and holds, another connects and holds: each stays under
-# the open-files limit (20,000 here) on its own.
-lab_bg list python3 -c '
-import resource, socket, sys, time, os
-n = int(sys.argv[1])
-soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-server = socket.create_server(("127.0.0.1", 7000), backlog=4096)
-if os.fork() == 0:
-    held = [socket.create_connection(("127.0.0.1", 7000)) for _ in range(n)]
-    time.sleep(3600)
-held = [server.accept()[0] for _ in range(n)]
-time.sleep(3600)' "$N"
-for _ in $(seq 120); do
-  have=$(lab_exec list ss -Htn state established | wc -l)
-  [ "$have" -ge $((2 * N)) ] && break
-  sleep 0.5
-done
+lab_hold_connections list "$N"
+have=$LAB_HELD
 echo "bench-list: $have established sockets in $NS"
 
 lab_exec list python3 - "$RUNS" "$BIN" "$FIGURE" "$have" <<'PY'

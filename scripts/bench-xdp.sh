@@ -74,49 +74,8 @@ held = collections.deque(maxlen=500)
 while True: held.append(s.accept()[0])'
 lab_wait_listen a 8080
 
-want latency && lab_exec b python3 - "$N" "$(lab_ns a)" "$BIN" "${ARGS[@]}" <<'EOF'
-import os, subprocess, sys, threading, time, socket, re
-n, ns_a, binary, args = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
-agent = subprocess.Popen(["ip", "netns", "exec", ns_a, binary, *args],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-seen, ready = {}, threading.Event()
-def read_out():
-    pat = re.compile(r"New connection: 10\.250\.0\.2:(\d+) -> 10\.250\.0\.1:8080$")
-    for line in agent.stdout:
-        t = time.monotonic()
-        m = pat.search(line.rstrip("\n"))
-        if m: seen.setdefault(int(m.group(1)), t)
-def read_err():
-    for line in agent.stderr:
-        if "watching: xdp on" in line: ready.set()
-        sys.stderr.write(line)
-threading.Thread(target=read_out, daemon=True).start()
-threading.Thread(target=read_err, daemon=True).start()
-if not ready.wait(15): sys.exit("agent did not attach")
-started, reused = {}, 0
-for _ in range(n):
-    t0 = time.monotonic()
-    s = socket.create_connection(("10.250.0.1", 8080))
-    port = s.getsockname()[1]
-    reused += port in started
-    started[port] = t0
-    s.close()
-    time.sleep(0.005)
-time.sleep(1)
-if reused: print(f"warning: {reused} source ports reused; their latency is not measured")
-agent.terminate(); agent.wait(5)
-lat = sorted((seen[p] - t0) * 1000 for p, t0 in started.items() if p in seen)
-missing = len(started) - len(lat)
-pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]
-print(f"latency: {len(lat)}/{len(started)} connections printed (missing {missing}); "
-      f"p50 {pct(0.50):.2f} ms, p99 {pct(0.99):.2f} ms, max {lat[-1]:.2f} ms")
-figure = os.environ["FIGURE"]
-subprocess.run([figure, f"xdp: connections missed (of {len(started)})", str(missing), "connections"],
-               check=True)
-subprocess.run([figure, "xdp: connect-to-line p50", f"{pct(0.50):.2f}", "ms"], check=True)
-subprocess.run([figure, "xdp: connect-to-line p99", f"{pct(0.99):.2f}", "ms", "-", "-", "value < 5"],
-               check=True)
-EOF
+want latency && lab_exec b python3 scripts/lib/latency.py "$N" "$(lab_ns a)" "$BIN" \
+  10.250.0.2 10.250.0.1 xdp "watching: xdp on" 15 - "${ARGS[@]}"
 
 # --- 2. flood: xdpgen, then hping3 ----------------------------------------------
 if want flood; then

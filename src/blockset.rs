@@ -162,6 +162,18 @@ impl BlockSet {
     }
 }
 
+/// Targets from text, for tests: a prefix, or an address as its host
+/// prefix.
+#[cfg(test)]
+pub fn nets(list: &[&str]) -> Vec<IpNet> {
+    list.iter()
+        .map(|s| {
+            s.parse::<IpNet>()
+                .unwrap_or_else(|_| IpNet::from(s.parse::<IpAddr>().unwrap()))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -400,6 +400,18 @@ pub enum Observation {
     Batch(Vec<Observation>),
 }
 
+/// The fleet's messages, as (direction, kind): the series of
+/// `tcpwatch_fleet_messages_total`, one list for the fleet stage that counts
+/// them and the metrics that export them.
+pub const FLEET_MESSAGES: [(&str, &str); 6] = [
+    ("out", "block"),
+    ("out", "unblock"),
+    ("out", "observe"),
+    ("in", "block"),
+    ("in", "unblock"),
+    ("in", "scan"),
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -203,6 +203,31 @@ lab_stop() {
   wait "$1" 2>/dev/null || true
 }
 
+# lab_hold_connections NAME N: N loopback connections held open in NAME's
+# namespace (2N established sockets): one process accepts and holds, another
+# connects and holds, so each stays under the open-files limit on its own.
+# Waits up to 2 minutes for them; LAB_HELD is how many sockets it saw.
+lab_hold_connections() {
+  lab_bg "$1" python3 -c '
+import resource, socket, sys, time, os
+n = int(sys.argv[1])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+server = socket.create_server(("127.0.0.1", 7000), backlog=4096)
+if os.fork() == 0:
+    held = [socket.create_connection(("127.0.0.1", 7000)) for _ in range(n)]
+    time.sleep(100000)
+held = [server.accept()[0] for _ in range(n)]
+time.sleep(100000)' "$2"
+  LAB_HELD=0
+  for _ in $(seq 240); do
+    LAB_HELD=$(lab_exec "$1" ss -Htn state established | wc -l)
+    [ "$LAB_HELD" -ge $(($2 * 2)) ] && return 0
+    sleep 0.5
+  done
+  lab_die "only $LAB_HELD of $(($2 * 2)) sockets established"
+}
+
 # lab_wait_for FILE TEXT [SECONDS]: whether TEXT (fixed text) shows up in
 # FILE within SECONDS (10).
 lab_wait_for() {

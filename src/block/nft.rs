@@ -725,15 +725,7 @@ fn element(val: &serde_json::Value) -> Option<IpNet> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn nets(list: &[&str]) -> Vec<IpNet> {
-        list.iter()
-            .map(|s| {
-                s.parse::<IpNet>()
-                    .unwrap_or_else(|_| IpNet::from(s.parse::<IpAddr>().unwrap()))
-            })
-            .collect()
-    }
+    use crate::blockset::nets;
 
     #[test]
     fn one_batch_blocks_both_families_idempotently() {

@@ -414,15 +414,7 @@ pub fn lift_script(table: &str, target: IpNet, ipv6_prefix: u8, holds: &[IpNet])
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn nets(list: &[&str]) -> Vec<IpNet> {
-        list.iter()
-            .map(|s| {
-                s.parse::<IpNet>()
-                    .unwrap_or_else(|_| IpNet::from(s.parse::<IpAddr>().unwrap()))
-            })
-            .collect()
-    }
+    use crate::blockset::nets;
 
     fn rule() -> Rule {
         Rule {

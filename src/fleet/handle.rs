@@ -6,6 +6,7 @@
 
 use super::settings::FleetLimits;
 use super::wire::{self, target_text};
+use crate::event::FLEET_MESSAGES;
 use ipnet::IpNet;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -136,16 +137,6 @@ pub struct FleetCounters {
     pub reconnects: AtomicU64,
 }
 
-/// Message kinds, as the `kind` label of `tcpwatch_fleet_messages_total`.
-pub const KINDS: [(&str, &str); 6] = [
-    ("out", "block"),
-    ("out", "unblock"),
-    ("out", "observe"),
-    ("in", "block"),
-    ("in", "unblock"),
-    ("in", "scan"),
-];
-
 impl FleetCounters {
     /// `tcpwatch_fleet_up`.
     pub fn up(&self) -> bool {
@@ -153,7 +144,7 @@ impl FleetCounters {
     }
 
     /// `(direction, kind, count)` for `tcpwatch_fleet_messages_total`, in
-    /// the order of [`KINDS`].
+    /// the order of [`FLEET_MESSAGES`].
     pub fn messages(&self) -> [(&'static str, &'static str, u64); 6] {
         let v = [
             &self.out_block,
@@ -163,7 +154,13 @@ impl FleetCounters {
             &self.in_unblock,
             &self.in_scan,
         ];
-        std::array::from_fn(|i| (KINDS[i].0, KINDS[i].1, v[i].load(Ordering::Relaxed)))
+        std::array::from_fn(|i| {
+            (
+                FLEET_MESSAGES[i].0,
+                FLEET_MESSAGES[i].1,
+                v[i].load(Ordering::Relaxed),
+            )
+        })
     }
 
     /// One message counter.

@@ -46,7 +46,6 @@ pub use wire::target_text;
 
 pub use handle::{
     from_unix_ms, scan_text, unix_ms, Attempt, FleetCounters, FleetEvent, FleetHandle, Rejected,
-    KINDS,
 };
 
 use handle::{random_u64, Aggregate, Shared};

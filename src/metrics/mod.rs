@@ -48,7 +48,7 @@ crate::settings! {
     }
 }
 
-use crate::event::{Event, EventKind};
+use crate::event::{Event, EventKind, FLEET_MESSAGES};
 use crate::health::SourceHealth;
 use prometheus_client::encoding::{prometheus_text, text};
 use prometheus_client::metrics::counter::Counter;
@@ -566,16 +566,6 @@ impl Metrics {
         out
     }
 }
-
-/// The (direction, kind) series of `tcpwatch_fleet_messages_total`.
-pub const FLEET_MESSAGES: [(&str, &str); 6] = [
-    ("out", "block"),
-    ("out", "unblock"),
-    ("out", "observe"),
-    ("in", "block"),
-    ("in", "unblock"),
-    ("in", "scan"),
-];
 
 /// The reasons of `tcpwatch_fleet_dropped_total`.
 pub const FLEET_DROPS: [&str; 4] = ["queue", "pending", "attempts", "events"];

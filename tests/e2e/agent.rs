@@ -3,7 +3,7 @@
 //! ([`Agent`]) and the lines it prints.
 
 pub use crate::args::{Args, AGENT};
-use crate::lab::{Lab, A, B};
+use crate::lab::{closed_ports, filtered_ports, Lab, A, B};
 use crate::prereq::{require_tracepoint_program, require_xdp_program};
 use crate::proc::{Finished, Proc};
 use regex::Regex;
@@ -585,6 +585,46 @@ pub fn attempts(events: &[String], scanner: IpAddr, target: IpAddr) -> HashMap<u
 /// Text of a block event.
 pub fn blocked(ip: IpAddr, ttl: &str, backend: &str) -> String {
     format!("Blocked {ip} for {ttl} via {backend}")
+}
+
+/// A full-speed nmap `scan` (`-sS`, or `-sF` for a FIN scan) of ports
+/// 1-1000 from `from` at `host` against an agent on `lab`'s host A that
+/// blocks in the kernel via `backend` with a 10 minute TTL and the default
+/// rule (more than `n` ports): waits for the block line, asserts the scan
+/// is printed once and that at most `after_threshold` probes past the
+/// first `n` were answered (for a SYN scan, every port not filtered; for a
+/// FIN scan, every port closed: a dropped FIN gets no RST). Prints the
+/// figure under `label`; returns the scanner's and the host's addresses.
+pub fn decided_scan(
+    lab: &Lab,
+    agent: &Agent,
+    (from, v6, scan): (usize, bool, &str),
+    backend: &str,
+    (n, after_threshold): (usize, usize),
+    label: &str,
+) -> (IpAddr, IpAddr) {
+    let (scanner, host) = (lab.addr(from, v6), lab.addr(A, v6));
+    let report = lab.fast_scan(from, host, "1-1000", scan);
+    agent.expect_event(&blocked(scanner, "10m", backend), Duration::from_secs(10));
+    let scan_prefix = format!("Port scan detected: {scanner} -> {host} on ports ");
+    let texts = event_texts(&agent.stdout_lines());
+    let scans = texts.iter().filter(|t| t.starts_with(&scan_prefix)).count();
+    assert_eq!(scans, 1, "{texts:#?}");
+    let answered = if scan == "-sS" {
+        1000 - filtered_ports(&report)
+    } else {
+        closed_ports(&report)
+    };
+    eprintln!(
+        "{label} ({}, {scan}): {answered} of 1000 probes answered, {} after the threshold",
+        if v6 { "IPv6" } else { "IPv4" },
+        answered.saturating_sub(n)
+    );
+    assert!(
+        answered <= n + after_threshold,
+        "{answered} probes answered (the first {n} are before the threshold):\n{report}"
+    );
+    (scanner, host)
 }
 
 /// Asserts a clean stop (exit status 0) and that stdout is exactly

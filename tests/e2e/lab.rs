@@ -307,9 +307,15 @@ impl Lab {
     /// `target`'s family; nmap must succeed. Returns nmap's report (see
     /// [`filtered_ports`]).
     pub fn fast_syn_scan(&self, from: usize, target: IpAddr, ports: &str) -> String {
+        self.fast_scan(from, target, ports, "-sS")
+    }
+
+    /// [`Lab::fast_syn_scan`] with another of nmap's scan types (`-sF`,
+    /// `-sN`, `-sX`).
+    pub fn fast_scan(&self, from: usize, target: IpAddr, ports: &str, scan: &str) -> String {
         let target_text = target.to_string();
         let mut args = vec![
-            "-sS",
+            scan,
             "-n",
             "-Pn",
             "-p",
@@ -499,6 +505,17 @@ pub fn parse_local(line: &str) -> SocketAddr {
 
 /// How many ports an nmap report shows filtered (no answer): the summary's
 /// `N filtered tcp ports` plus the ports it lists one by one as filtered.
+/// How many ports nmap's `report` says are closed (a RST came back):
+/// listed one by one or in its "Not shown" summary.
+pub fn closed_ports(report: &str) -> usize {
+    let re = regex::Regex::new(r"(\d+) closed tcp ports").unwrap();
+    let listed = report
+        .lines()
+        .filter(|l| l.contains("/tcp") && l.contains(" closed "))
+        .count();
+    re.captures(report).map_or(0, |c| c[1].parse().unwrap()) + listed
+}
+
 pub fn filtered_ports(report: &str) -> usize {
     let re = regex::Regex::new(r"(\d+) filtered tcp ports").unwrap();
     let listed = report

@@ -53,25 +53,13 @@ fn kernel_decides_at_the_threshold_probe(v6: bool) {
         .block("nftables")
         .block_ttl("10m");
     let agent = Agent::watching_with(&lab, Source::Pcap, &args);
-    let (scanner, host) = (lab.addr(B, v6), lab.addr(A, v6));
-    let report = lab.fast_syn_scan(B, host, "1-1000");
-    agent.expect_event(&blocked(scanner, "10m", "nftables"), EVENT);
-    let scan_prefix = format!("Port scan detected: {scanner} -> {host} on ports ");
-    let texts = event_texts(&agent.stdout_lines());
-    let scans: Vec<&String> = texts
-        .iter()
-        .filter(|t| t.starts_with(&scan_prefix))
-        .collect();
-    assert_eq!(scans.len(), 1, "{texts:#?}");
-    let answered = 1000 - filtered_ports(&report);
-    eprintln!(
-        "nft decide ({}): {answered} of 1000 probes answered, {} after the threshold",
-        if v6 { "IPv6" } else { "IPv4" },
-        answered.saturating_sub(N)
-    );
-    assert!(
-        answered <= N + AFTER_THRESHOLD,
-        "{answered} probes answered (the first {N} are before the threshold):\n{report}"
+    let (scanner, host) = decided_scan(
+        &lab,
+        &agent,
+        (B, v6, "-sS"),
+        "nftables",
+        (N, AFTER_THRESHOLD),
+        "nft decide",
     );
     // The kernel decided (its counter), userspace confirmed into its set.
     let listed = table(&lab);

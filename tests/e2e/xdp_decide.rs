@@ -1,6 +1,7 @@
 //! `--source xdp --block xdp` (with `--xdp-decide on`, the default): the
-//! XDP program blocks a SYN scanner at the probe that makes it one, before
-//! userspace has read it. `nmap -sS -p 1-1000` at full speed then gets at
+//! XDP program blocks a scanner (SYN, FIN, NULL or Xmas probes) at the probe
+//! that makes it one, before userspace has read it. `nmap -sS -p 1-1000`
+//! (or `-sF`) at full speed then gets at
 //! most 2 probes answered after the threshold: with the default rule (more
 //! than 3 ports in 60 s), the first 3 are answered, the 4th is dropped, and
 //! so is every later one (nmap counts the unanswered as filtered). Userspace
@@ -19,7 +20,7 @@ const N: usize = 3;
 /// Probes answered after the threshold, at most (issue target for xdp).
 const AFTER_THRESHOLD: usize = 2;
 
-fn kernel_decides_at_the_threshold_probe(v6: bool) {
+fn kernel_decides_at_the_threshold_probe(v6: bool, scan: &str) {
     if !Source::Xdp.available() {
         return;
     }
@@ -28,25 +29,13 @@ fn kernel_decides_at_the_threshold_probe(v6: bool) {
     };
     let args = Args::watching(Source::Xdp).block("xdp").block_ttl("10m");
     let agent = Agent::start(&lab, A, &args);
-    let (scanner, host) = (lab.addr(B, v6), lab.addr(A, v6));
-    let report = lab.fast_syn_scan(B, host, "1-1000");
-    agent.expect_event(&blocked(scanner, "10m", "xdp"), EVENT);
-    let scan_prefix = format!("Port scan detected: {scanner} -> {host} on ports ");
-    let texts = event_texts(&agent.stdout_lines());
-    let scans: Vec<&String> = texts
-        .iter()
-        .filter(|t| t.starts_with(&scan_prefix))
-        .collect();
-    assert_eq!(scans.len(), 1, "{texts:#?}");
-    let answered = 1000 - filtered_ports(&report);
-    eprintln!(
-        "xdp decide ({}): {answered} of 1000 probes answered, {} after the threshold",
-        if v6 { "IPv6" } else { "IPv4" },
-        answered.saturating_sub(N)
-    );
-    assert!(
-        answered <= N + AFTER_THRESHOLD,
-        "{answered} probes answered (the first {N} are before the threshold):\n{report}"
+    let (_, host) = decided_scan(
+        &lab,
+        &agent,
+        (B, v6, scan),
+        "xdp",
+        (N, AFTER_THRESHOLD),
+        "xdp decide",
     );
     // The block holds: a further probe times out.
     let err = lab
@@ -58,8 +47,9 @@ fn kernel_decides_at_the_threshold_probe(v6: bool) {
 }
 
 test_rows!(kernel_decides_at_the_threshold_probe {
-    xdp_decides_a_v4_syn_scan_at_its_threshold_probe: false;
-    xdp_decides_a_v6_syn_scan_at_its_threshold_probe: true;
+    xdp_decides_a_v4_syn_scan_at_its_threshold_probe: false, "-sS";
+    xdp_decides_a_v6_syn_scan_at_its_threshold_probe: true, "-sS";
+    xdp_decides_a_v4_fin_scan_at_its_threshold_probe: false, "-sF";
 });
 
 /// The host's nmap scan from `from` of ports 1-1000 (IPv4, full speed);

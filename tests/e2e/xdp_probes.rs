@@ -65,6 +65,21 @@ fn drained(agent: &Agent) {
     }
 }
 
+/// Once a flood is over and the agent has drained it: what the program
+/// reported and lost since `before` (its counters then), and the lines the
+/// stopped agent printed.
+fn tally(lab: &Lab, agent: Agent, before: (u64, u64)) -> (u64, u64, u64) {
+    drained(&agent);
+    let (reported, lost) = counters(lab, A);
+    let finished = agent.stop();
+    let lines = finished
+        .stdout
+        .iter()
+        .filter(|l| l.contains("New connection: "))
+        .count() as u64;
+    (reported - before.0, lost - before.1, lines)
+}
+
 /// A 3 s spoofed SYN flood (`hping3 --flood -S --rand-source`), running
 /// alone: every SYN the program saw is accounted for. What the ring
 /// buffer took is printed, a line each (`reported` = lines), and SYNs
@@ -94,16 +109,8 @@ fn a_spoofed_flood_is_accounted_for() {
         &a,
     ];
     lab.run(B, "timeout", &args);
-    drained(&agent);
+    let (reported, lost, lines) = tally(&lab, agent, (reported0, lost0));
     let received = rx_packets(&lab) - rx0;
-    let (reported, lost) = counters(&lab, A);
-    let (reported, lost) = (reported - reported0, lost - lost0);
-    let finished = agent.stop();
-    let lines = finished
-        .stdout
-        .iter()
-        .filter(|l| l.contains("New connection: "))
-        .count() as u64;
     eprintln!(
         "flood: A received {received}; the program reported {reported}, lost {lost}; {lines} lines"
     );
@@ -229,16 +236,8 @@ fn an_xdp_frame_flood_is_accounted_for() {
         "xdpgen: {line}{}",
         String::from_utf8_lossy(&sent.stderr)
     );
-    drained(&agent);
+    let (reported, lost, lines) = tally(&lab, agent, (reported0, lost0));
     let xmit = switch_stat(&lab, "p1", "tx_queue_0_xdp_xmit") - xmit0;
-    let (reported, lost) = counters(&lab, A);
-    let (reported, lost) = (reported - reported0, lost - lost0);
-    let finished = agent.stop();
-    let lines = finished
-        .stdout
-        .iter()
-        .filter(|l| l.contains("New connection: "))
-        .count() as u64;
     eprintln!(
         "xdpgen flood: {}; p1 sent {xmit} XDP frames; the program reported {reported}, lost {lost}; {lines} lines ({:.2} %)",
         line.trim(),
