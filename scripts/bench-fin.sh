@@ -20,12 +20,11 @@
 #          one burst (a few hundred within 0.5 ms on this host), so this
 #          counts mostly what that burst holds beyond the 4th probe.
 # Medians of $ROUNDS rounds, SYN and FIN alternating, for
-#   --source xdp --block xdp          (the program decides SYN scans in the
-#                                      kernel; a FIN scan is decided by
-#                                      userspace, which then fills the
-#                                      program's blocklist),
-#   --source xdp --block xdp --xdp-decide off (SYN only: userspace decides,
-#                                      as it does for FIN),
+#   --source xdp --block xdp          (the program decides SYN and FIN
+#                                      scans alike in the kernel),
+#   --source xdp --block xdp --xdp-decide off (SYN only: userspace decides
+#                                      and then fills the program's
+#                                      blocklist),
 #   --source pcap --block nftables,
 #   --source xdp --block nftables (both with --nft-decide on, the default:
 #                                      the table decides SYN and FIN scans
