@@ -505,22 +505,21 @@ pub fn parse_local(line: &str) -> SocketAddr {
 
 /// How many ports an nmap report shows filtered (no answer): the summary's
 /// `N filtered tcp ports` plus the ports it lists one by one as filtered.
-/// How many ports nmap's `report` says are closed (a RST came back):
-/// listed one by one or in its "Not shown" summary.
-pub fn closed_ports(report: &str) -> usize {
-    let re = regex::Regex::new(r"(\d+) closed tcp ports").unwrap();
-    let listed = report
-        .lines()
-        .filter(|l| l.contains("/tcp") && l.contains(" closed "))
-        .count();
-    re.captures(report).map_or(0, |c| c[1].parse().unwrap()) + listed
+pub fn filtered_ports(report: &str) -> usize {
+    ports_in_state(report, "filtered")
 }
 
-pub fn filtered_ports(report: &str) -> usize {
-    let re = regex::Regex::new(r"(\d+) filtered tcp ports").unwrap();
+/// How many ports an nmap report shows closed (a RST came back), counted
+/// as [`filtered_ports`] counts the filtered.
+pub fn closed_ports(report: &str) -> usize {
+    ports_in_state(report, "closed")
+}
+
+fn ports_in_state(report: &str, state: &str) -> usize {
+    let re = regex::Regex::new(&format!(r"(\d+) {state} tcp ports")).unwrap();
     let listed = report
         .lines()
-        .filter(|l| l.contains("/tcp") && l.contains(" filtered "))
+        .filter(|l| l.contains("/tcp") && l.contains(&format!(" {state} ")))
         .count();
     re.captures(report).map_or(0, |c| c[1].parse().unwrap()) + listed
 }

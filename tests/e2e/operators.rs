@@ -285,21 +285,33 @@ test_rows!(blocks_list_counts_the_probes_a_block_dropped {
 // ---------------------------------------------------------------------------
 // Drift
 
+/// An agent on A blocking via `backend`, with metrics and a control
+/// socket, and B blocked by hand for 10 minutes through it: the agent, its
+/// control socket and B's address.
+fn blocking_b_by_hand(lab: &Lab, backend: &str) -> (Agent, ControlSocket, IpAddr) {
+    let control = ControlSocket::new();
+    let args = Args::run()
+        .block(backend)
+        .metrics(metrics_addr(lab))
+        .control(&control);
+    let agent = Agent::start(lab, A, &args);
+    let scanner: IpAddr = lab.v4(B).into();
+    control.output(
+        lab,
+        A,
+        &["blocks", "add", &scanner.to_string(), "--ttl", "10m"],
+    );
+    (agent, control, scanner)
+}
+
 /// An element deleted behind the agent's back is back within the check
 /// interval (5 s) and counted; one added behind its back is adopted.
 fn drift_is_repaired_within_the_check_interval(backend: &str) {
     let Some(lab) = Lab::needing(&["nft", "ipset", "iptables", "curl"], 2) else {
         return;
     };
-    let control = ControlSocket::new();
-    let args = Args::run()
-        .block(backend)
-        .metrics(metrics_addr(&lab))
-        .control(&control);
-    let agent = Agent::start(&lab, A, &args);
-    let scanner: IpAddr = lab.v4(B).into();
+    let (agent, control, scanner) = blocking_b_by_hand(&lab, backend);
     let shown = scanner.to_string();
-    control.output(&lab, A, &["blocks", "add", &shown, "--ttl", "10m"]);
     let held = |ip: IpAddr| match backend {
         "nftables" => lists(&nft_set(&lab, "blocked4"), ip),
         _ => lists(
@@ -586,15 +598,8 @@ fn nftables_block_applied_again_restarts_its_timeout_and_its_count() {
     let Some(lab) = Lab::needing(&["nft", "curl"], 2) else {
         return;
     };
-    let control = ControlSocket::new();
-    let args = Args::run()
-        .block("nftables")
-        .metrics(metrics_addr(&lab))
-        .control(&control);
-    let agent = Agent::start(&lab, A, &args);
-    let scanner: IpAddr = lab.v4(B).into();
+    let (agent, control, scanner) = blocking_b_by_hand(&lab, "nftables");
     let shown = scanner.to_string();
-    control.output(&lab, A, &["blocks", "add", &shown, "--ttl", "10m"]);
     let ports: Vec<u16> = (20000..20050).collect();
     lab.attempts(B, lab.v4(A).into(), &ports, 0.05);
     let series = "tcpwatch_dropped_packets_total{backend=\"nftables\"}";
