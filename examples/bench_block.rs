@@ -43,23 +43,9 @@ fn main() -> anyhow::Result<()> {
     let took = started.elapsed();
     let listed = nft.list()?.len();
     anyhow::ensure!(listed == 10_000, "{listed} elements in the sets, not 10000");
-    let rate = 10_000.0 / took.as_secs_f64();
     nft.flush()?;
     let anchor = nft_binary(&create_batch(&[(ttl, many.clone())]))?;
-    let anchor_rate = 10_000.0 / anchor.as_secs_f64();
-    println!(
-        "batch of 10000: {:.1} ms, {rate:.0} IPs/s   (nft -f: {:.1} ms, {anchor_rate:.0} IPs/s)",
-        took.as_secs_f64() * 1e3,
-        anchor.as_secs_f64() * 1e3,
-    );
-    figure(&[
-        "nftables batch of 10,000",
-        &format!("{rate:.0}"),
-        "IPs/s",
-        "nft -f, same batch",
-        &format!("{anchor_rate:.0}"),
-        "value >= 10000",
-    ]);
+    batch_figure("batch of 10000", "nftables batch of 10,000", took, anchor);
     // The same batch again: the idempotent re-block (timeouts restarted).
     nft.block(&many, ttl)?;
     let started = Instant::now();
@@ -70,23 +56,14 @@ fn main() -> anyhow::Result<()> {
         listed == 10_000,
         "{listed} elements after the re-block, not 10000"
     );
-    let rate = 10_000.0 / took.as_secs_f64();
     let in_place = restarts_in_place();
     let anchor = nft_binary(&reblock_batch(&[(ttl, many.clone())], &many, in_place))?;
-    let anchor_rate = 10_000.0 / anchor.as_secs_f64();
-    println!(
-        "same batch again (in place: {in_place}): {:.1} ms, {rate:.0} IPs/s   (nft -f: {:.1} ms, {anchor_rate:.0} IPs/s)",
-        took.as_secs_f64() * 1e3,
-        anchor.as_secs_f64() * 1e3,
-    );
-    figure(&[
+    batch_figure(
+        &format!("same batch again (in place: {in_place})"),
         "nftables same batch of 10,000 again",
-        &format!("{rate:.0}"),
-        "IPs/s",
-        "nft -f, same batch",
-        &format!("{anchor_rate:.0}"),
-        "value >= 10000",
-    ]);
+        took,
+        anchor,
+    );
     nft.flush()?;
 
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
@@ -155,6 +132,26 @@ fn nft_binary(script: &str) -> anyhow::Result<Duration> {
 }
 
 /// Hands one figure to `scripts/bench-figure` for the `make bench` summary.
+/// Prints a batch of 10,000 that took `took` (`nft -f` of the same
+/// script: `anchor`) as `what`, and records it as the figure `name`.
+fn batch_figure(what: &str, name: &str, took: Duration, anchor: Duration) {
+    let rate = 10_000.0 / took.as_secs_f64();
+    let anchor_rate = 10_000.0 / anchor.as_secs_f64();
+    println!(
+        "{what}: {:.1} ms, {rate:.0} IPs/s   (nft -f: {:.1} ms, {anchor_rate:.0} IPs/s)",
+        took.as_secs_f64() * 1e3,
+        anchor.as_secs_f64() * 1e3,
+    );
+    figure(&[
+        name,
+        &format!("{rate:.0}"),
+        "IPs/s",
+        "nft -f, same batch",
+        &format!("{anchor_rate:.0}"),
+        "value >= 10000",
+    ]);
+}
+
 fn figure(args: &[&str]) {
     let Some(helper) = std::env::var_os("FIGURE") else {
         return;
